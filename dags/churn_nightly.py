@@ -1,0 +1,137 @@
+"""Nightly churn scoring: ingest -> validate -> split -> train -> gate -> register -> score -> publish -> export.
+
+This file only wires tasks. Every task calls a plain function in ``churn.pipeline``
+(under ``include/``); nothing here does I/O or imports heavy libraries at parse time.
+Tasks pass references (paths, table names, versions) through XCom, never data.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Asset, Param, dag, task
+
+from churn.config import ChurnConfig
+
+CONFIG = ChurnConfig.from_env()  # environment only: no I/O at parse time
+SCORES_POSTGRES = Asset("churn_scores_postgres")
+SCORES_REDIS = Asset("churn_scores_redis")
+EXPORT_FILES = Asset("churn_export_files")
+
+
+@dag(
+    dag_id="churn_nightly",
+    schedule=CONFIG.schedule_cron,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=CONFIG.catchup,
+    max_active_runs=1,
+    tags=["churn", "ml", "nightly"],
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=1), "retry_exponential_backoff": True},
+    params={
+        "retrain": Param(False, type="boolean", description="Retrain now, even if the champion is fresh."),
+        "train_budget_minutes": Param(
+            None, type=["null", "number"], minimum=0.1, maximum=240,
+            description="TPOT wall-clock budget for this run in minutes (empty = configured default).",
+        ),
+    },
+    doc_md=__doc__,
+)
+def churn_nightly():
+    """Wire the stages; see churn.pipeline for what each one does."""
+
+    @task
+    def start_run() -> dict:
+        from churn.pipeline import start_run_from_airflow
+
+        return start_run_from_airflow()
+
+    @task
+    def ingest(run: dict) -> dict:
+        from churn.pipeline import run_stage
+
+        return run_stage("ingest", run)
+
+    @task
+    def profile_and_validate(run: dict, ingested: dict) -> dict:
+        from churn.pipeline import run_stage
+
+        return run_stage("profile_and_validate", run, ingested)
+
+    @task
+    def split(run: dict, validated: dict) -> dict:
+        from churn.pipeline import run_stage
+
+        return run_stage("split", run, validated)
+
+    @task(execution_timeout=timedelta(hours=3))
+    def train(run: dict, splits: dict) -> dict:
+        from churn.pipeline import run_stage
+
+        return run_stage("train", run, splits)
+
+    @task
+    def evaluate_and_gate(run: dict, splits: dict, trained: dict) -> dict:
+        from churn.pipeline import run_stage
+
+        return run_stage("evaluate_and_gate", run, splits, trained)
+
+    @task
+    def register(run: dict, splits: dict, evaluation: dict) -> dict:
+        from churn.pipeline import run_stage
+
+        return run_stage("register", run, splits, evaluation)
+
+    @task
+    def score(run: dict, validated: dict, registered: dict) -> dict:
+        from churn.pipeline import run_stage
+
+        return run_stage("score", run, validated, registered)
+
+    @task(outlets=[SCORES_POSTGRES])
+    def publish_postgres(run: dict, scored: dict) -> dict:
+        from churn.pipeline import run_stage
+
+        return run_stage("publish_postgres", run, scored)
+
+    @task(outlets=[SCORES_REDIS])
+    def publish_redis(run: dict, scored: dict, pg_published: dict) -> dict:
+        from churn.pipeline import run_stage
+
+        return run_stage("publish_redis", run, scored, pg_published)
+
+    @task(outlets=[EXPORT_FILES])
+    def export(run: dict, scored: dict, pg_published: dict) -> dict:
+        from churn.pipeline import run_stage
+
+        return run_stage("export", run, scored, pg_published)
+
+    @task
+    def summarize(run: dict, stages: dict) -> dict:
+        from churn.pipeline import run_stage
+
+        return run_stage("summarize", run, stages)
+
+    run = start_run()
+    ingested = ingest(run)
+    validated = profile_and_validate(run, ingested)
+    splits = split(run, validated)
+    trained = train(run, splits)
+    evaluation = evaluate_and_gate(run, splits, trained)
+    registered = register(run, splits, evaluation)
+    scored = score(run, validated, registered)
+    pg_published = publish_postgres(run, scored)
+    redis_published = publish_redis(run, scored, pg_published)
+    exported = export(run, scored, pg_published)
+    exported.set_upstream(redis_published)
+    summarize(
+        run,
+        {
+            "ingested": ingested, "validated": validated, "splits": splits, "trained": trained,
+            "evaluation": evaluation, "registered": registered, "scored": scored, "pg_published": pg_published,
+            "redis_published": redis_published, "exported": exported,
+        },
+    )
+
+
+churn_nightly()

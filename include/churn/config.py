@@ -1,0 +1,183 @@
+"""One typed configuration for the whole churn platform.
+
+Every field has a local default so that ``make demo`` works with no setup.
+Each field can be overridden by an environment variable named
+``CHURN_<FIELD NAME IN UPPER CASE>`` (for example ``CHURN_TRAIN_BUDGET_MINUTES=5``).
+Secrets never live here: database and Redis credentials come from Airflow
+connections (``postgres_conn_id`` / ``redis_conn_id``) or from the
+``CHURN_POSTGRES_URL`` / ``CHURN_REDIS_URL`` environment variables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable to fix."""
+
+
+def _default_state_dir() -> Path:
+    return PROJECT_ROOT / ".state"
+
+
+@dataclass(frozen=True)
+class ChurnConfig:
+    """Typed settings; see README "Configuration" for the table of fields."""
+
+    # --- where things live -------------------------------------------------
+    state_dir: Path = field(default_factory=_default_state_dir)
+    """Project-local folder for embedded servers' data, run folders, models and exports."""
+
+    # --- connections (ids only: the secrets stay in Airflow / the environment) --
+    postgres_conn_id: str = "churn_postgres"
+    """Airflow connection id of the Postgres that holds source tables, scores and the registry."""
+    redis_conn_id: str = "churn_redis"
+    """Airflow connection id of the Redis that serves scores to front-end apps."""
+    sftp_conn_id: str = "churn_sftp"
+    """Airflow connection id of the SFTP server receiving exports (absent = keep files local)."""
+    postgres_port: int = 54329
+    """Loopback port of the embedded PostgreSQL server (embedded default only)."""
+    redis_port: int = 63799
+    """Loopback port of the embedded Redis server (embedded default only)."""
+
+    # --- schedule ------------------------------------------------------------
+    schedule_cron: str = "0 2 * * *"
+    """Cron expression of the nightly run (UTC)."""
+    catchup: bool = False
+    """Whether the scheduler back-fills missed nightly runs."""
+
+    # --- demo data -------------------------------------------------------------
+    demo_customers: int = 20_000
+    """Population size written by the synthetic generator for ``make demo``."""
+    demo_seed: int = 7
+    """Seed of the synthetic generator (same seed, same data)."""
+    usage_months: int = 6
+    """Months of usage history the generator writes (per active customer and month)."""
+
+    # --- data / labels --------------------------------------------------------
+    label_window_days: int = 30
+    """Label = churned within this many days after the training snapshot."""
+    max_bad_row_fraction: float = 0.05
+    """Share of quarantined rows above which a run stops before training and publishing."""
+
+    # --- training ----------------------------------------------------------------
+    train_budget_minutes: float = 2.0
+    """Wall-clock budget of the TPOT search."""
+    max_eval_minutes: float = 0.5
+    """Time limit for evaluating one candidate pipeline inside TPOT."""
+    tpot_search_space: str = "linear-light"
+    """TPOT 1.x search space name (``linear-light``, ``linear``, ``graph`` ...)."""
+    tpot_cv: int = 3
+    """Cross-validation folds inside the TPOT search."""
+    tpot_population_size: int = 20
+    """Individuals per TPOT generation."""
+    n_jobs: int = 2
+    """Local parallel workers for TPOT (ignored when a Dask scheduler is configured)."""
+    dask_scheduler_address: str = ""
+    """``tcp://host:8786`` of an existing Dask cluster; empty = TPOT starts a local one."""
+    random_state: int = 42
+    """Seed for splits, TPOT and the baseline."""
+    max_train_rows: int = 200_000
+    """Training rows are sampled down to this many (stratified) to keep the search in budget."""
+    split_fractions: str = "0.8,0.1,0.1"
+    """Train, validation and test fractions, keyed on a hash of the customer id."""
+
+    max_champion_age_days: int = 7
+    """The nightly run retrains when the champion is older than this (or on a 'retrain' trigger)."""
+
+    # --- gate -------------------------------------------------------------------
+    min_roc_auc: float = 0.6
+    """A challenger below this test ROC AUC is never promoted (<= 0 disables promotion)."""
+    max_auc_drop: float = 0.01
+    """A challenger may be at most this much worse than the champion on the same test rows."""
+
+    # --- scoring / publish -------------------------------------------------------
+    score_chunk_rows: int = 200_000
+    """Rows scored and published per chunk (bounds memory)."""
+    risk_band_cuts: str = "0.3,0.6"
+    """Probability cut points between the ``low``, ``medium`` and ``high`` risk bands."""
+    redis_key_prefix: str = "churn"
+    """Prefix of every Redis key the platform writes."""
+    score_history_runs: int = 7
+    """How many published runs stay queryable in Postgres score history."""
+
+    # --- exports -----------------------------------------------------------------
+    export_band: str = "high"
+    """Risk band exported for email journeys."""
+
+    @property
+    def runs_dir(self) -> Path:
+        """Folder holding one sub-folder per run (parquet files, reports, summary)."""
+        return self.state_dir / "runs"
+
+    @property
+    def models_dir(self) -> Path:
+        """Folder holding model artifacts, one sub-folder per version."""
+        return self.state_dir / "models"
+
+    @property
+    def exports_dir(self) -> Path:
+        """Folder where CSV exports are written before (optional) SFTP delivery."""
+        return self.state_dir / "exports"
+
+    @property
+    def band_cuts(self) -> tuple[float, ...]:
+        """Risk band cut points as floats, validated ascending in (0, 1)."""
+        cuts = tuple(float(x) for x in self.risk_band_cuts.split(","))
+        if list(cuts) != sorted(cuts) or not all(0.0 < c < 1.0 for c in cuts):
+            raise ConfigError(
+                f"CHURN_RISK_BAND_CUTS={self.risk_band_cuts!r} must be ascending numbers in (0, 1), e.g. '0.3,0.6'"
+            )
+        return cuts
+
+    @property
+    def splits(self) -> tuple[float, float, float]:
+        """Train/validation/test fractions, validated to sum to 1."""
+        parts = tuple(float(x) for x in self.split_fractions.split(","))
+        if len(parts) != 3 or abs(sum(parts) - 1.0) > 1e-6 or min(parts) <= 0:
+            raise ConfigError(
+                f"CHURN_SPLIT_FRACTIONS={self.split_fractions!r} must be three positive fractions summing to 1"
+            )
+        return parts  # type: ignore[return-value]
+
+    def replace(self, **changes: typing.Any) -> "ChurnConfig":
+        """Return a copy with some fields changed (per-run overrides)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: typing.Mapping[str, str] | None = None) -> "ChurnConfig":
+        """Build the config from defaults overridden by ``CHURN_*`` environment variables."""
+        env = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
+        values: dict[str, typing.Any] = {}
+        for f in dataclasses.fields(cls):
+            var = f"CHURN_{f.name.upper()}"
+            if var not in env:
+                continue
+            raw = env[var]
+            values[f.name] = _coerce(var, raw, hints[f.name])
+        return cls(**values)
+
+
+def _coerce(var: str, raw: str, kind: typing.Any) -> typing.Any:
+    """Convert one environment string to the field's type, or explain the fix."""
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if kind is Path:
+            return Path(raw).expanduser().resolve()
+        return kind(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{var}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from exc

@@ -1,0 +1,103 @@
+"""Where Postgres and Redis are: Airflow connections, environment URLs, or the embedded default.
+
+Order of precedence, so that one code path serves the demo and production alike:
+
+1. ``CHURN_POSTGRES_URL`` / ``CHURN_REDIS_URL`` environment variables;
+2. the Airflow connections ``churn_postgres`` / ``churn_redis`` (through the
+   providers' hooks inside tasks; ``AIRFLOW_CONN_*`` variables elsewhere);
+3. the embedded servers recorded in ``<state_dir>/services.json`` by ``make services``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from churn.config import ChurnConfig
+
+
+class ConnectionNotConfigured(RuntimeError):
+    """No Postgres/Redis location is configured; the message lists the ways to set one."""
+
+
+def _embedded(cfg: ChurnConfig, key: str) -> str | None:
+    path = cfg.state_dir / "services.json"
+    if path.exists():
+        return json.loads(path.read_text()).get(key)
+    return None
+
+
+def postgres_url(cfg: ChurnConfig | None = None) -> str:
+    """libpq URL for the platform database (see module docstring for precedence)."""
+    cfg = cfg or ChurnConfig.from_env()
+    url = (
+        os.environ.get("CHURN_POSTGRES_URL")
+        or os.environ.get(f"AIRFLOW_CONN_{cfg.postgres_conn_id.upper()}")
+        or _embedded(cfg, "postgres_url")
+    )
+    if not url:
+        raise ConnectionNotConfigured(
+            "no Postgres configured: set CHURN_POSTGRES_URL, create the Airflow connection "
+            f"'{cfg.postgres_conn_id}', or start the embedded servers with 'make services'"
+        )
+    return url
+
+
+def redis_url(cfg: ChurnConfig | None = None) -> str:
+    """redis-py URL for the serving Redis (see module docstring for precedence)."""
+    cfg = cfg or ChurnConfig.from_env()
+    url = (
+        os.environ.get("CHURN_REDIS_URL")
+        or os.environ.get(f"AIRFLOW_CONN_{cfg.redis_conn_id.upper()}")
+        or _embedded(cfg, "redis_url")
+    )
+    if not url:
+        raise ConnectionNotConfigured(
+            "no Redis configured: set CHURN_REDIS_URL, create the Airflow connection "
+            f"'{cfg.redis_conn_id}', or start the embedded servers with 'make services'"
+        )
+    return url
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Factories for the clients a stage needs; each call opens a fresh client."""
+
+    pg: Callable[[], object]
+    redis: Callable[[], object]
+
+    @classmethod
+    def from_urls(cls, pg_url: str, redis_url_: str) -> "Resources":
+        """Clients from explicit URLs (tests, CLI, benchmarks)."""
+        import psycopg2
+        import redis
+
+        return cls(
+            pg=lambda: psycopg2.connect(pg_url),
+            redis=lambda: redis.Redis.from_url(redis_url_, socket_timeout=30, socket_connect_timeout=10),
+        )
+
+    @classmethod
+    def from_airflow(cls, cfg: ChurnConfig) -> "Resources":
+        """Clients from Airflow connections via the providers' hooks, falling back to URLs."""
+        if os.environ.get("CHURN_POSTGRES_URL") or os.environ.get("CHURN_REDIS_URL"):
+            return cls.from_urls(postgres_url(cfg), redis_url(cfg))
+        from airflow.providers.redis.hooks.redis import RedisHook
+
+        return cls(pg=lambda: _psycopg2_from_airflow(cfg.postgres_conn_id),
+                   redis=lambda: RedisHook(redis_conn_id=cfg.redis_conn_id).get_conn())
+
+
+def _psycopg2_from_airflow(conn_id: str):
+    """psycopg2 connection from an Airflow connection's fields (the Postgres provider may hand out psycopg 3)."""
+    import psycopg2
+    from airflow.sdk import BaseHook
+
+    conn = BaseHook.get_connection(conn_id)
+    extra = conn.extra_dejson or {}
+    kwargs = {k: v for k, v in extra.items() if k in {"sslmode", "sslrootcert", "sslcert", "sslkey",
+                                                          "connect_timeout", "application_name", "options"}}
+    return psycopg2.connect(host=conn.host, port=conn.port or 5432, user=conn.login, password=conn.password or None,
+                            dbname=conn.schema or "postgres", **kwargs)

@@ -1,0 +1,107 @@
+"""The platform's own Postgres tables (schema ``churn``), created idempotently."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+PLATFORM_DDL = """
+CREATE SCHEMA IF NOT EXISTS churn;
+
+CREATE TABLE IF NOT EXISTS churn.pipeline_runs (
+    run_key text PRIMARY KEY,            -- the logical date the run covers, e.g. 2026-11-20
+    airflow_run_id text,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    status text NOT NULL DEFAULT 'running',
+    summary jsonb
+);
+
+CREATE TABLE IF NOT EXISTS churn.column_profiles (
+    run_key text NOT NULL,
+    dataset text NOT NULL,
+    column_name text NOT NULL,
+    profile jsonb NOT NULL,
+    profiled_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_key, dataset, column_name)
+);
+
+CREATE TABLE IF NOT EXISTS churn.validation_results (
+    run_key text NOT NULL,
+    dataset text NOT NULL,
+    success boolean NOT NULL,
+    rows_checked bigint NOT NULL,
+    rows_quarantined bigint NOT NULL,
+    result jsonb NOT NULL,
+    validated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_key, dataset)
+);
+
+CREATE TABLE IF NOT EXISTS churn.quarantine (
+    run_key text NOT NULL,
+    dataset text NOT NULL,
+    row_number bigint NOT NULL,
+    customer_id text,
+    reasons text[] NOT NULL,
+    record jsonb NOT NULL,
+    quarantined_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_key, dataset, row_number)
+);
+
+CREATE TABLE IF NOT EXISTS churn.model_registry (
+    version text PRIMARY KEY,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    run_key text NOT NULL,
+    model_name text NOT NULL,
+    status text NOT NULL,                -- champion | retired | refused | challenger
+    reason text NOT NULL,
+    metrics jsonb NOT NULL,
+    params jsonb NOT NULL,
+    signature jsonb NOT NULL,
+    artifact_path text NOT NULL,
+    artifact_sha256 text NOT NULL,
+    formats text[] NOT NULL DEFAULT ARRAY['joblib'],
+    data_fingerprint text NOT NULL,
+    code_version text NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS churn.model_champion (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    version text NOT NULL REFERENCES churn.model_registry(version),
+    promoted_at timestamptz NOT NULL DEFAULT now(),
+    reason text NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS churn.score_runs (
+    run_key text PRIMARY KEY,
+    table_name text NOT NULL,
+    model_version text NOT NULL,
+    rows bigint NOT NULL,
+    published_at timestamptz NOT NULL DEFAULT now(),
+    is_current boolean NOT NULL DEFAULT false
+);
+"""
+
+
+def ensure_schema(conn) -> None:
+    """Create the platform tables if they are missing (safe to call on every task)."""
+    with conn.cursor() as cur:
+        # An advisory lock keeps concurrent first runs from racing on CREATE IF NOT EXISTS.
+        cur.execute("SELECT pg_advisory_xact_lock(7411)")
+        cur.execute(PLATFORM_DDL)
+    conn.commit()
+
+
+def to_jsonb(value: Any) -> str:
+    """JSON text for a jsonb parameter (NaN/inf become null, which JSON cannot hold)."""
+    return json.dumps(_finite(value), default=str)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

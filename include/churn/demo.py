@@ -1,0 +1,86 @@
+"""Demo helpers: load the synthetic source tables, print a finished run's summary.
+
+    python -m churn.demo load --as-of 2026-11-20 [--customers 20000]
+    python -m churn.demo report --run-key 2026-11-20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from datetime import date
+
+from churn.config import ChurnConfig
+
+
+def load(cfg: ChurnConfig, as_of: date, customers: int) -> dict[str, int]:
+    """Generate ``customers`` synthetic customers as of ``as_of`` and replace the src.* tables."""
+    import psycopg2
+
+    from churn.connections import postgres_url
+    from churn.data.generate import generate, load_source_tables
+
+    started = time.monotonic()
+    tables = generate(customers, as_of, seed=cfg.demo_seed, usage_months=cfg.usage_months)
+    generated = time.monotonic() - started
+    conn = psycopg2.connect(postgres_url(cfg))
+    try:
+        counts = load_source_tables(conn, tables)
+    finally:
+        conn.close()
+    print(f"generated {customers} customers in {generated:.1f} s and loaded {counts} "
+          f"in {time.monotonic() - started - generated:.1f} s")
+    return counts
+
+
+def report(cfg: ChurnConfig, run_key: str) -> dict:
+    """Print the summary a finished run stored in its run folder."""
+    path = cfg.runs_dir / run_key / "summary.json"
+    if not path.exists():
+        raise SystemExit(f"no summary at {path}: did the churn_nightly run for {run_key} finish? "
+                         f"See the Airflow log above.")
+    summary = json.loads(path.read_text())
+    lookup = summary.get("sample_lookup") or {}
+    lines = [
+        f"run {summary['run_key']} (airflow run {summary['airflow_run_id']})",
+        f"  rows ingested:     {summary['rows_ingested']}",
+        f"  rows validated:    {summary['rows_validated']} (quarantined {summary['rows_quarantined']})",
+        f"  retrained:         {summary['retrained']} ({summary['retrain_reason']})",
+        f"  candidates:        {summary['candidates']}",
+        f"  gate:              {summary['gate']}",
+        f"  champion model:    {summary['champion']} (holdout ROC AUC {summary['champion_test_roc_auc']})",
+        f"  published:         {summary['published_postgres']} rows to Postgres (churn.scores_current), "
+        f"{summary['published_redis']} to Redis",
+        f"  sample from Redis: GET {cfg.redis_key_prefix}:score:{lookup.get('customer_id')} -> "
+        f"{json.dumps(lookup.get('record'))} in {lookup.get('lookup_ms')} ms",
+        f"  export:            {summary['export_path']} ({summary['export_rows']} rows)",
+        f"  stage seconds:     {summary['stage_seconds']}",
+    ]
+    print("\n".join(lines))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(prog="python -m churn.demo")
+    sub = parser.add_subparsers(dest="action", required=True)
+    load_cmd = sub.add_parser("load")
+    load_cmd.add_argument("--as-of", type=date.fromisoformat, required=True)
+    load_cmd.add_argument("--customers", type=int, default=None)
+    report_cmd = sub.add_parser("report")
+    report_cmd.add_argument("--run-key", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = ChurnConfig.from_env()
+    if args.action == "load":
+        load(cfg, args.as_of, args.customers or cfg.demo_customers)
+    else:
+        report(cfg, args.run_key)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,449 @@
+"""The nightly job's stages as plain functions: ``stage(cfg, resources, run, *inputs) -> reference dict``.
+
+Airflow tasks call these through :func:`run_stage`; tests call them directly.
+Inputs and outputs are small JSON-able dicts of references (paths, table names,
+versions, counts), never data. Every stage is idempotent for a run key (the
+logical date): re-running it replaces its own outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from churn.config import ChurnConfig
+from churn.connections import Resources
+from churn.db import ensure_schema, to_jsonb
+
+log = logging.getLogger(__name__)
+
+# Per-run overrides accepted from the Airflow trigger form (param name -> config field).
+PARAM_FIELDS = {"train_budget_minutes": "train_budget_minutes", "max_eval_minutes": "max_eval_minutes"}
+
+
+class NoChampionError(RuntimeError):
+    """There is no promoted model to score with."""
+
+
+def _cfg_for(cfg: ChurnConfig, run: dict) -> ChurnConfig:
+    overrides = {field: run["params"][param] for param, field in PARAM_FIELDS.items()
+                 if run.get("params", {}).get(param) is not None}
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def _timed(run: dict, stage: str, started: float, result: dict) -> dict:
+    result["stage_seconds"] = round(time.monotonic() - started, 3)
+    log.info("stage %s of run %s took %.2f s", stage, run["run_key"], result["stage_seconds"])
+    return result
+
+
+def start_run(cfg: ChurnConfig, res: Resources, as_of: date, airflow_run_id: str, params: dict | None = None) -> dict:
+    """Open (or re-open) the run for ``as_of`` and return its reference."""
+    run_key = as_of.isoformat()
+    run_dir = cfg.runs_dir / run_key
+    run_dir.mkdir(parents=True, exist_ok=True)
+    conn = res.pg()
+    try:
+        ensure_schema(conn)
+        with conn.cursor() as cur:
+            cur.execute(
+                """INSERT INTO churn.pipeline_runs (run_key, airflow_run_id, status) VALUES (%s, %s, 'running')
+                   ON CONFLICT (run_key) DO UPDATE SET airflow_run_id = EXCLUDED.airflow_run_id,
+                   status = 'running', started_at = now(), finished_at = NULL""",
+                (run_key, airflow_run_id),
+            )
+        conn.commit()
+    finally:
+        conn.close()
+    return {"run_key": run_key, "as_of": run_key, "run_dir": str(run_dir), "airflow_run_id": airflow_run_id,
+            "params": dict(params or {})}
+
+
+def ingest(cfg: ChurnConfig, res: Resources, run: dict) -> dict:
+    """Point-in-time snapshots: training (features at as_of - window, with labels) and scoring (at as_of)."""
+    from churn.data.ingest import extract_snapshot
+
+    started = time.monotonic()
+    as_of = date.fromisoformat(run["as_of"])
+    train_date = as_of - timedelta(days=cfg.label_window_days)
+    conn = res.pg()
+    try:
+        train = extract_snapshot(conn, train_date, Path(run["run_dir"]) / "train_raw.parquet", cfg.label_window_days)
+        score = extract_snapshot(conn, as_of, Path(run["run_dir"]) / "score_raw.parquet")
+    finally:
+        conn.close()
+    return _timed(run, "ingest", started, {"train": train.__dict__, "score": score.__dict__})
+
+
+def profile_and_validate(cfg: ChurnConfig, res: Resources, run: dict, ingested: dict) -> dict:
+    """Profile both snapshots, validate them with the GX suite, quarantine bad rows."""
+    from churn.data.profile import profile_snapshot
+    from churn.data.validate import validate_snapshot
+
+    started = time.monotonic()
+    out: dict[str, Any] = {}
+    conn = res.pg()
+    try:
+        for dataset in ("train", "score"):
+            path = ingested[dataset]["path"]
+            profile_snapshot(conn, path, run["run_key"], dataset)
+            outcome = validate_snapshot(
+                conn, path, run["run_key"], dataset, run["run_dir"], cfg.max_bad_row_fraction,
+                training=dataset == "train",
+            )
+            out[dataset] = outcome.as_dict()
+    finally:
+        conn.close()
+    return _timed(run, "profile_and_validate", started, out)
+
+
+def split(cfg: ChurnConfig, res: Resources, run: dict, validated: dict) -> dict:
+    """Deterministic id-keyed train/valid/test split of the clean training rows."""
+    from churn.data.ingest import LABEL_COLUMN
+    from churn.model.train import split_ids
+
+    started = time.monotonic()
+    frame = pd.read_parquet(validated["train"]["clean_path"])
+    if len(frame) > cfg.max_train_rows:
+        frame = frame.groupby(LABEL_COLUMN, group_keys=False).sample(
+            frac=cfg.max_train_rows / len(frame), random_state=cfg.random_state
+        )
+    assignment = split_ids(frame["customer_id"], cfg.splits)
+    paths: dict[str, str] = {}
+    counts: dict[str, dict] = {}
+    for name in ("train", "valid", "test"):
+        part = frame[assignment == name]
+        if part[LABEL_COLUMN].nunique() < 2:
+            raise ValueError(
+                f"the {name} split has only one class ({len(part)} rows): the population is too small "
+                "or the label window too short; raise CHURN_DEMO_CUSTOMERS or CHURN_LABEL_WINDOW_DAYS"
+            )
+        path = Path(run["run_dir"]) / f"split_{name}.parquet"
+        part.to_parquet(path, index=False)
+        paths[name] = str(path)
+        counts[name] = {"rows": len(part), "positives": int(part[LABEL_COLUMN].sum())}
+    fingerprint = hashlib.sha256(Path(validated["train"]["clean_path"]).read_bytes()).hexdigest()
+    return _timed(run, "split", started, {"paths": paths, "counts": counts, "data_fingerprint": fingerprint})
+
+
+def retrain_decision(cfg: ChurnConfig, res: Resources, run: dict) -> tuple[bool, str]:
+    """Retrain when forced, when there is no champion, or when it is older than the configured age."""
+    from churn.model import registry
+
+    if run.get("params", {}).get("retrain"):
+        return True, "retrain requested by the trigger"
+    conn = res.pg()
+    try:
+        champ = registry.champion(conn)
+        if champ is None:
+            return True, "no champion yet"
+        with conn.cursor() as cur:
+            cur.execute("SELECT created_at FROM churn.model_registry WHERE version = %s", (champ.version,))
+            created = cur.fetchone()[0]
+        conn.commit()
+    finally:
+        conn.close()
+    age = datetime.now(timezone.utc) - created
+    if age > timedelta(days=cfg.max_champion_age_days):
+        return True, f"champion {champ.version} is {age.days} days old (> {cfg.max_champion_age_days})"
+    return False, f"champion {champ.version} is fresh ({age.days} days old)"
+
+
+def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict) -> dict:
+    """Fit the logistic baseline and the TPOT search on the training split (if the policy says retrain)."""
+    import joblib
+
+    from churn.data.ingest import BOOLEAN_FEATURES, CATEGORICAL_FEATURES, ID_COLUMN, LABEL_COLUMN, NUMERIC_FEATURES
+    from churn.model.features import ModelSignature
+    from churn.model.train import fit_baseline, fit_tpot
+
+    started = time.monotonic()
+    cfg = _cfg_for(cfg, run)
+    retrain, why = retrain_decision(cfg, res, run)
+    if not retrain:
+        log.info("not retraining: %s", why)
+        return _timed(run, "train", started, {"retrained": False, "reason": why, "candidates": []})
+    train_df = pd.read_parquet(splits["paths"]["train"])
+    valid_df = pd.read_parquet(splits["paths"]["valid"])
+    signature = ModelSignature.infer(train_df, ID_COLUMN, LABEL_COLUMN, NUMERIC_FEATURES, BOOLEAN_FEATURES,
+                                     CATEGORICAL_FEATURES)
+    candidates = [fit_baseline(train_df, valid_df, signature, cfg.random_state)]
+    candidates.append(
+        fit_tpot(
+            train_df, valid_df, signature, budget_minutes=cfg.train_budget_minutes,
+            max_eval_minutes=cfg.max_eval_minutes, search_space=cfg.tpot_search_space, cv=cfg.tpot_cv,
+            population_size=cfg.tpot_population_size, n_jobs=cfg.n_jobs, random_state=cfg.random_state,
+            dask_scheduler_address=cfg.dask_scheduler_address,
+        )
+    )
+    out_dir = Path(run["run_dir"]) / "candidates"
+    out_dir.mkdir(exist_ok=True)
+    described = []
+    for cand in candidates:
+        path = out_dir / f"{cand.name}.joblib"
+        joblib.dump({"model": cand.pipeline, "signature": signature.as_dict()}, path)
+        described.append({"name": cand.name, "path": str(path), "valid_roc_auc": cand.valid_roc_auc,
+                          "fit_seconds": round(cand.fit_seconds, 2), "params": cand.params})
+    return _timed(run, "train", started, {"retrained": True, "reason": why, "candidates": described})
+
+
+def evaluate_and_gate(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, trained: dict) -> dict:
+    """Test-split metrics for every candidate and the champion on the same rows; gate the best challenger."""
+    import joblib
+
+    from churn.model import registry
+    from churn.model.evaluate import classification_metrics, gate
+    from churn.model.features import ModelSignature, SignatureMismatch, labels, to_model_input
+
+    started = time.monotonic()
+    if not trained["retrained"]:
+        return _timed(run, "evaluate_and_gate", started, {"evaluated": False, "promote": False,
+                                                          "reason": trained["reason"], "candidates": []})
+    test_df = pd.read_parquet(splits["paths"]["test"])
+    results = []
+    for cand in trained["candidates"]:
+        payload = joblib.load(cand["path"])  # written by this run's train task, in this run's folder
+        signature = ModelSignature.from_dict(payload["signature"])
+        proba = payload["model"].predict_proba(to_model_input(test_df, signature))[:, 1]
+        results.append({**cand, "metrics": classification_metrics(labels(test_df, signature), proba)})
+    challenger = max(results, key=lambda r: r["valid_roc_auc"])
+    champion_auc = None
+    champion_version = None
+    conn = res.pg()
+    try:
+        champ = registry.champion(conn)
+    finally:
+        conn.close()
+    if champ is not None:
+        champion_version = champ.version
+        model, champ_sig = registry.load_verified(champ.artifact_path, champ.artifact_sha256)
+        try:
+            frame = champ_sig.enforce(test_df)
+            champion_proba = model.predict_proba(frame[champ_sig.feature_columns])[:, 1]
+            champion_auc = classification_metrics(labels(test_df, champ_sig), champion_proba)["roc_auc"]
+        except SignatureMismatch as exc:
+            log.warning("champion %s cannot score this data (%s); judging on thresholds alone", champ.version, exc)
+    decision = gate(challenger["metrics"]["roc_auc"], champion_auc, cfg.min_roc_auc, cfg.max_auc_drop)
+    log.info("gate: challenger %s -> promote=%s (%s)", challenger["name"], decision.promote, decision.reason)
+    return _timed(run, "evaluate_and_gate", started, {
+        "evaluated": True, "challenger": challenger["name"], "promote": decision.promote, "reason": decision.reason,
+        "champion_version": champion_version, "champion_test_roc_auc": champion_auc, "candidates": results,
+    })
+
+
+def register(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, evaluation: dict) -> dict:
+    """Store every candidate in the registry; move the champion pointer if the gate said so."""
+    import joblib
+
+    from churn.model import registry
+    from churn.model.features import ModelSignature
+
+    started = time.monotonic()
+    conn = res.pg()
+    try:
+        registered = []
+        for cand in evaluation["candidates"]:
+            version = f"{run['run_key']}-{cand['name']}"
+            payload = joblib.load(cand["path"])
+            signature = ModelSignature.from_dict(payload["signature"])
+            path, sha = registry.save_artifact(payload["model"], signature, cfg.models_dir, version)
+            is_challenger = cand["name"] == evaluation["challenger"]
+            if is_challenger:
+                status = "challenger" if evaluation["promote"] else "refused"
+                reason = evaluation["reason"]
+            else:
+                status = "refused"
+                reason = f"lower validation ROC AUC than {evaluation['challenger']}"
+            registry.register(
+                conn, version=version, run_key=run["run_key"], model_name=cand["name"], status=status, reason=reason,
+                metrics={**cand["metrics"], "valid_roc_auc": cand["valid_roc_auc"]},
+                params={**cand["params"], "fit_seconds": cand["fit_seconds"]}, signature=signature,
+                artifact_path=path, artifact_sha256=sha, data_fingerprint=splits["data_fingerprint"],
+            )
+            if is_challenger and evaluation["promote"]:
+                registry.promote(conn, version, evaluation["reason"])
+            registered.append({"version": version, "status": "champion" if is_challenger and evaluation["promote"]
+                               else status, "reason": reason, "test_roc_auc": cand["metrics"]["roc_auc"]})
+        champ = registry.champion(conn)
+    finally:
+        conn.close()
+    return _timed(run, "register", started, {"registered": registered,
+                                             "champion": champ.version if champ else None})
+
+
+def score(cfg: ChurnConfig, res: Resources, run: dict, validated: dict, registered: dict) -> dict:
+    """Score every valid customer of the scoring snapshot with the (verified) champion."""
+    from churn.model import registry
+    from churn.model.score import score_snapshot
+
+    started = time.monotonic()
+    conn = res.pg()
+    try:
+        champ = registry.champion(conn)
+    finally:
+        conn.close()
+    if champ is None:
+        raise NoChampionError(
+            "no champion model to score with: the first challenger was refused by the gate "
+            f"({registered['registered']}); lower CHURN_MIN_ROC_AUC or retrain with more data"
+        )
+    model, signature = registry.load_verified(champ.artifact_path, champ.artifact_sha256)
+    result = score_snapshot(
+        model, signature, validated["score"]["clean_path"], Path(run["run_dir"]) / "scores.parquet",
+        model_version=champ.version, run_id=run["run_key"], scored_at=datetime.now(timezone.utc),
+        band_cuts=cfg.band_cuts, chunk_rows=cfg.score_chunk_rows,
+    )
+    return _timed(run, "score", started, {
+        "path": result.path, "rows": result.rows, "model_version": champ.version,
+        "inference_seconds": round(result.inference_seconds, 3), "other_seconds": round(result.other_seconds, 3),
+        "rows_per_second": round(result.rows_per_second, 1),
+    })
+
+
+def publish_postgres(cfg: ChurnConfig, res: Resources, run: dict, scored: dict) -> dict:
+    """COPY into the run's table, then switch ``churn.scores_current`` atomically."""
+    from churn.publish.postgres import publish_scores
+
+    started = time.monotonic()
+    conn = res.pg()
+    try:
+        published = publish_scores(conn, scored["path"], run["run_key"], scored["model_version"],
+                                   cfg.score_history_runs)
+    finally:
+        conn.close()
+    return _timed(run, "publish_postgres", started, dict(published.__dict__))
+
+
+def publish_redis(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_published: dict) -> dict:
+    """Bulk-write the run's scores to Redis, move the marker, delete customers no longer scored."""
+    from churn.publish.postgres import run_table
+    from churn.publish.redis_store import publish_scores, served_run
+
+    started = time.monotonic()
+    if not pg_published["is_current"]:
+        return _timed(run, "publish_redis", started, {
+            "skipped": True, "rows": 0,
+            "reason": "a newer run is already served; this (back-filled) run stays in Postgres history only"})
+    client = res.redis()
+    conn = res.pg()
+    try:
+        previous = served_run(client, cfg.redis_key_prefix)
+        stale: list[str] = []
+        if previous and previous != run["run_key"]:
+            with conn.cursor() as cur:
+                cur.execute("SELECT to_regclass(%s)", (f"churn.{run_table(previous)}",))
+                if cur.fetchone()[0] is not None:
+                    cur.execute(
+                        f"SELECT customer_id FROM churn.{run_table(previous)} EXCEPT "
+                        f"SELECT customer_id FROM {pg_published['table']}"
+                    )
+                    stale = [row[0] for row in cur.fetchall()]
+            conn.commit()
+        published = publish_scores(client, scored["path"], run["run_key"], scored["model_version"], stale,
+                                   prefix=cfg.redis_key_prefix)
+    finally:
+        conn.close()
+        client.close()
+    return _timed(run, "publish_redis", started, dict(published.__dict__))
+
+
+def export(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_published: dict) -> dict:
+    """Write the configured risk band as a CSV (plus manifest) for email journeys."""
+    from churn.publish.files import export_segment
+
+    started = time.monotonic()
+    conn = res.pg()
+    try:
+        table = pg_published["table"].split(".", 1)[1]
+        written = export_segment(conn, table, cfg.export_band, cfg.exports_dir, run["run_key"],
+                                 scored["model_version"])
+    finally:
+        conn.close()
+    return _timed(run, "export", started, {**written.__dict__, "delivered_to": "local folder"})
+
+
+def summarize(cfg: ChurnConfig, res: Resources, run: dict, stages: dict) -> dict:
+    """Collect the run's figures, read one score back from Redis (timed), store and return the summary."""
+    from churn.publish.redis_store import lookup_score
+
+    started = time.monotonic()
+    summary: dict[str, Any] = {"run_key": run["run_key"], "airflow_run_id": run["airflow_run_id"]}
+    validated = stages["validated"]
+    summary["rows_ingested"] = {k: v["rows"] for k, v in stages["ingested"].items() if isinstance(v, dict)}
+    summary["rows_validated"] = {k: v["rows_checked"] - v["rows_quarantined"] for k, v in validated.items()
+                                 if isinstance(v, dict)}
+    summary["rows_quarantined"] = {k: v["rows_quarantined"] for k, v in validated.items() if isinstance(v, dict)}
+    evaluation = stages["evaluation"]
+    summary["retrained"] = stages["trained"]["retrained"]
+    summary["retrain_reason"] = stages["trained"]["reason"]
+    summary["candidates"] = [
+        {"name": c["name"], "valid_roc_auc": round(c["valid_roc_auc"], 4),
+         "test_roc_auc": round(c["metrics"]["roc_auc"], 4)} for c in evaluation.get("candidates", [])
+    ]
+    summary["gate"] = {"promote": evaluation["promote"], "reason": evaluation["reason"]}
+    summary["champion"] = stages["registered"]["champion"]
+    champion_auc = next((c["metrics"]["roc_auc"] for c in evaluation.get("candidates", [])
+                         if f"{run['run_key']}-{c['name']}" == summary["champion"]), None)
+    summary["champion_test_roc_auc"] = champion_auc
+    summary["scored"] = stages["scored"]["rows"]
+    summary["inference_seconds"] = stages["scored"]["inference_seconds"]
+    summary["published_postgres"] = stages["pg_published"]["rows"]
+    summary["published_redis"] = stages["redis_published"]["rows"]
+    summary["export_path"] = stages["exported"]["path"]
+    summary["export_rows"] = stages["exported"]["rows"]
+    summary["stage_seconds"] = {name: value.get("stage_seconds") for name, value in stages.items()
+                                if isinstance(value, dict)}
+
+    sample = pd.read_parquet(stages["scored"]["path"], columns=["customer_id"]).iloc[0, 0] \
+        if stages["scored"]["rows"] else None
+    client = res.redis()
+    try:
+        if sample is not None:
+            client.ping()
+            t0 = time.perf_counter()
+            record = lookup_score(client, sample, cfg.redis_key_prefix)
+            summary["sample_lookup"] = {"customer_id": sample, "record": record,
+                                        "lookup_ms": round((time.perf_counter() - t0) * 1000, 3)}
+    finally:
+        client.close()
+    summary_path = Path(run["run_dir"]) / "summary.json"
+    summary_path.write_text(json.dumps(summary, indent=2, default=str))
+    summary["summary_path"] = str(summary_path)
+    conn = res.pg()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "UPDATE churn.pipeline_runs SET status = 'success', finished_at = now(), summary = %s "
+                "WHERE run_key = %s", (to_jsonb(summary), run["run_key"]),
+            )
+        conn.commit()
+    finally:
+        conn.close()
+    log.info("run summary: %s", json.dumps(summary, default=str))
+    return _timed(run, "summarize", started, summary)
+
+
+def run_stage(stage: str, *args: Any) -> dict:
+    """Entry point for Airflow tasks: config from the environment, clients from Airflow connections."""
+    cfg = ChurnConfig.from_env()
+    res = Resources.from_airflow(cfg)
+    return globals()[stage](cfg, res, *args)
+
+
+def start_run_from_airflow() -> dict:
+    """``start_run`` for the current Airflow task: as-of date from the run's logical date (or run_after)."""
+    from airflow.sdk import get_current_context
+
+    context = get_current_context()
+    dag_run = context["dag_run"]
+    moment = context.get("logical_date") or dag_run.run_after
+    params = dict(context.get("params") or {})
+    cfg = ChurnConfig.from_env()
+    return start_run(cfg, Resources.from_airflow(cfg), moment.date(), dag_run.run_id, params)
