@@ -84,10 +84,22 @@ class Resources:
         """Clients from Airflow connections via the providers' hooks, falling back to URLs."""
         if os.environ.get("CHURN_POSTGRES_URL") or os.environ.get("CHURN_REDIS_URL"):
             return cls.from_urls(postgres_url(cfg), redis_url(cfg))
-        from airflow.providers.redis.hooks.redis import RedisHook
-
         return cls(pg=lambda: _psycopg2_from_airflow(cfg.postgres_conn_id),
-                   redis=lambda: RedisHook(redis_conn_id=cfg.redis_conn_id).get_conn())
+                   redis=lambda: _redis_from_airflow(cfg.redis_conn_id))
+
+
+def _redis_from_airflow(conn_id: str):
+    """redis-py client from an Airflow connection; the db comes from extra ``db`` or the URI path (``/3``)."""
+    import redis
+    from airflow.sdk import BaseHook
+
+    conn = BaseHook.get_connection(conn_id)
+    extra = conn.extra_dejson or {}
+    schema = (conn.schema or "").strip("/")
+    db = int(extra.get("db", schema if schema.isdigit() else 0))
+    return redis.Redis(host=conn.host or "127.0.0.1", port=conn.port or 6379, db=db, password=conn.password or None,
+                       username=conn.login or None, ssl=bool(extra.get("ssl", False)), socket_timeout=30,
+                       socket_connect_timeout=10)
 
 
 def _psycopg2_from_airflow(conn_id: str):
