@@ -29,10 +29,32 @@ EXPORT_FILES = Asset("churn_export_files")
     tags=["churn", "ml", "nightly"],
     default_args={"retries": 2, "retry_delay": timedelta(minutes=1), "retry_exponential_backoff": True},
     params={
-        "retrain": Param(False, type="boolean", description="Retrain now, even if the champion is fresh."),
+        "retrain": Param(False, type="boolean", title="Retrain now",
+                         description="Retrain now, even if the champion is fresh."),
         "train_budget_minutes": Param(
-            None, type=["null", "number"], minimum=0.1, maximum=240,
-            description="TPOT wall-clock budget for this run in minutes (empty = configured default).",
+            None, type=["null", "number"], minimum=0.1, maximum=240, title="Training budget (minutes)",
+            description="TPOT wall-clock budget for this run in minutes, 0.1 to 240 (empty = configured default).",
+        ),
+        "max_eval_minutes": Param(
+            None, type=["null", "number"], minimum=0.05, maximum=60, title="Per-pipeline limit (minutes)",
+            description="Time limit for one candidate pipeline inside TPOT, 0.05 to 60 (empty = configured default).",
+        ),
+        "sample_fraction": Param(
+            1.0, type="number", exclusiveMinimum=0, maximum=1, title="Population sample fraction",
+            description="Share of customers to use, in (0, 1]: always samples the training rows; samples the "
+                        "scored population only in a dry run, so a published batch is always complete.",
+        ),
+        "dry_run": Param(
+            False, type="boolean", title="Dry run",
+            description="Score and write the report, but publish nothing (no Postgres/Redis scores, no export).",
+        ),
+        "min_roc_auc": Param(
+            None, type=["null", "number"], minimum=0, maximum=1, title="Minimum ROC AUC for promotion",
+            description="Gate floor for this run, 0 to 1 (empty = configured default; 0 disables promotion).",
+        ),
+        "note": Param(
+            "", type="string", maxLength=200, title="Note",
+            description="Why this run was triggered (shown in the run report and on the Churn page).",
         ),
     },
     doc_md=__doc__,

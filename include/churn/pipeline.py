@@ -25,7 +25,8 @@ from churn.db import ensure_schema, to_jsonb
 log = logging.getLogger(__name__)
 
 # Per-run overrides accepted from the Airflow trigger form (param name -> config field).
-PARAM_FIELDS = {"train_budget_minutes": "train_budget_minutes", "max_eval_minutes": "max_eval_minutes"}
+PARAM_FIELDS = {"train_budget_minutes": "train_budget_minutes", "max_eval_minutes": "max_eval_minutes",
+                "min_roc_auc": "min_roc_auc"}
 
 
 class NoChampionError(RuntimeError):
@@ -36,6 +37,23 @@ def _cfg_for(cfg: ChurnConfig, run: dict) -> ChurnConfig:
     overrides = {field: run["params"][param] for param, field in PARAM_FIELDS.items()
                  if run.get("params", {}).get(param) is not None}
     return cfg.replace(**overrides) if overrides else cfg
+
+
+def _dry_run(run: dict) -> bool:
+    """True when the trigger asked to score and report but publish nothing."""
+    return bool(run.get("params", {}).get("dry_run"))
+
+
+def _sample_snapshot(path: str, fraction: float, seed: int) -> int:
+    """Keep a deterministic, id-keyed share of a snapshot in place (same customers on a re-run); returns rows."""
+    frame = pd.read_parquet(path)
+    keep = pd.util.hash_pandas_object(frame["customer_id"].astype(str) + str(seed), index=False) % 10_000 \
+        < int(round(fraction * 10_000))
+    sampled = frame[keep.to_numpy()]
+    tmp = f"{path}.sampling"
+    sampled.to_parquet(tmp, index=False)
+    Path(tmp).replace(path)  # atomic: readers see the full or the sampled file, never half of one
+    return len(sampled)
 
 
 def _timed(run: dict, stage: str, started: float, result: dict) -> dict:
@@ -79,7 +97,16 @@ def ingest(cfg: ChurnConfig, res: Resources, run: dict) -> dict:
         score = extract_snapshot(conn, as_of, Path(run["run_dir"]) / "score_raw.parquet")
     finally:
         conn.close()
-    return _timed(run, "ingest", started, {"train": train.__dict__, "score": score.__dict__})
+    out = {"train": dict(train.__dict__), "score": dict(score.__dict__)}
+    fraction = float(run.get("params", {}).get("sample_fraction") or 1.0)
+    if fraction < 1.0:
+        # A published batch must cover everyone (publish_redis deletes customers not scored), so the
+        # scored population is sampled only in a dry run; training rows are sampled in every run.
+        for dataset in ("train", "score") if _dry_run(run) else ("train",):
+            out[dataset]["rows"] = _sample_snapshot(out[dataset]["path"], fraction, cfg.random_state)
+            out[dataset]["sample_fraction"] = fraction
+        log.info("sampled %s of the population: %s", fraction, {k: v["rows"] for k, v in out.items()})
+    return _timed(run, "ingest", started, out)
 
 
 def profile_and_validate(cfg: ChurnConfig, res: Resources, run: dict, ingested: dict) -> dict:
@@ -312,6 +339,9 @@ def publish_postgres(cfg: ChurnConfig, res: Resources, run: dict, scored: dict) 
     from churn.publish.postgres import publish_scores
 
     started = time.monotonic()
+    if _dry_run(run):
+        return _timed(run, "publish_postgres", started, {"skipped": True, "rows": 0, "is_current": False,
+                                                         "table": None, "reason": "dry run: nothing published"})
     conn = res.pg()
     try:
         published = publish_scores(conn, scored["path"], run["run_key"], scored["model_version"],
@@ -327,6 +357,9 @@ def publish_redis(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_
     from churn.publish.redis_store import publish_scores, served_run
 
     started = time.monotonic()
+    if _dry_run(run):
+        return _timed(run, "publish_redis", started, {"skipped": True, "rows": 0,
+                                                      "reason": "dry run: nothing published"})
     if not pg_published["is_current"]:
         return _timed(run, "publish_redis", started, {
             "skipped": True, "rows": 0,
@@ -359,6 +392,9 @@ def export(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_publish
     from churn.publish.files import export_segment
 
     started = time.monotonic()
+    if _dry_run(run):
+        return _timed(run, "export", started, {"skipped": True, "rows": 0, "path": None,
+                                               "reason": "dry run: nothing exported"})
     conn = res.pg()
     try:
         table = pg_published["table"].split(".", 1)[1]
@@ -434,6 +470,8 @@ def run_stage(stage: str, *args: Any) -> dict:
     """Entry point for Airflow tasks: config from the environment, clients from Airflow connections."""
     cfg = ChurnConfig.from_env()
     res = Resources.from_airflow(cfg)
+    if args and isinstance(args[0], dict) and "run_key" in args[0]:
+        cfg = _cfg_for(cfg, args[0])  # per-run overrides from the trigger form apply to every stage
     return globals()[stage](cfg, res, *args)
 
 

@@ -1,0 +1,73 @@
+"""The trigger form: churn_nightly's Params validate values (real Airflow DagBag) before any task runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.airflow_env import REPO_ROOT
+
+# Each case: (param, value, should_be_accepted). Resolved by Airflow's own Param.resolve (JSON schema).
+CASES = [
+    ("retrain", True, True), ("retrain", "yes", False),
+    ("train_budget_minutes", None, True), ("train_budget_minutes", 0.5, True),
+    ("train_budget_minutes", 0, False), ("train_budget_minutes", 500, False), ("train_budget_minutes", "ten", False),
+    ("max_eval_minutes", 0.1, True), ("max_eval_minutes", 0.01, False),
+    ("sample_fraction", 1.0, True), ("sample_fraction", 0.25, True),
+    ("sample_fraction", 0, False), ("sample_fraction", 1.5, False), ("sample_fraction", -0.1, False),
+    ("dry_run", False, True), ("dry_run", 1, False),
+    ("min_roc_auc", 0.7, True), ("min_roc_auc", 1.2, False),
+    ("note", "weekly check", True), ("note", "x" * 201, False),
+]
+
+_PROBE = r"""
+import json, os, sys
+from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk.exceptions import ParamValidationError
+bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+dag = bag.dags["churn_nightly"]
+out = {"descriptions": {k: dag.params.get_param(k).description for k in dag.params.keys()},
+       "defaults": {k: dag.params.get_param(k).resolve() for k in dag.params.keys()}, "cases": []}
+for name, value, _ in json.loads(sys.argv[1]):
+    try:
+        dag.params.get_param(name).resolve(value)
+        out["cases"].append([name, value, True, ""])
+    except ParamValidationError as exc:
+        out["cases"].append([name, value, False, str(exc)])
+print("JSON" + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def resolved(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("params")
+    env = {
+        "PATH": "/usr/bin:/bin", "HOME": str(tmp), "AIRFLOW_HOME": str(tmp / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "PYTHONPATH": str(REPO_ROOT / "include"),
+    }
+    proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(CASES)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("JSON")), None)
+    assert line, proc.stderr[-3000:]
+    return json.loads(line[4:])
+
+
+def test_every_param_has_a_description_and_a_valid_default(resolved):
+    assert set(resolved["descriptions"]) >= {"retrain", "train_budget_minutes", "sample_fraction", "dry_run"}
+    for name, description in resolved["descriptions"].items():
+        assert description and len(description) > 15, f"{name} has no useful description"
+    assert resolved["defaults"]["dry_run"] is False and resolved["defaults"]["sample_fraction"] == 1.0
+
+
+@pytest.mark.parametrize("index", range(len(CASES)))
+def test_form_accepts_good_and_rejects_bad_values(resolved, index):
+    name, value, expected = CASES[index]
+    got_name, got_value, accepted, message = resolved["cases"][index]
+    assert (got_name, got_value) == (name, value)
+    assert accepted is expected, f"{name}={value!r}: accepted={accepted} ({message})"
+    if not expected:
+        assert message, "a rejected value must come with a message"
