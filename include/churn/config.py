@@ -110,7 +110,17 @@ class ChurnConfig:
 
     # --- exports -----------------------------------------------------------------
     export_band: str = "high"
-    """Risk band exported for email journeys."""
+    """Risk band of the default export (used only while ``exports`` is empty)."""
+    exports: str = ""
+    """JSON list of export definitions (README "Exports"); empty = one CSV of ``export_band`` as before."""
+    export_remote_dir: str = "."
+    """Folder on the SFTP server receiving exports (relative to the login's home directory)."""
+    export_upload_attempts: int = 4
+    """SFTP upload attempts per run (a dropped connection is retried with exponential backoff)."""
+    export_retry_seconds: float = 2.0
+    """First backoff between SFTP upload attempts; doubles after each failure."""
+    export_chunk_rows: int = 50_000
+    """Rows fetched from Postgres per chunk while an export file is streamed to disk."""
 
     @property
     def runs_dir(self) -> Path:

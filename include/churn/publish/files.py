@@ -1,4 +1,12 @@
-"""CSV exports for email-journey tools: safe cells, atomic files, a manifest beside each."""
+"""CSV exports for email-journey tools: configured segments, safe cells, atomic files, a manifest beside each.
+
+An export definition (``ExportSpec``, parsed from ``CHURN_EXPORTS``) says which customers
+(risk bands, minimum decile, probability above a cut), which columns (score columns and
+``src.customers`` attributes), the file name pattern (with ``{run_date}``) and whether to gzip.
+Files are streamed from Postgres in chunks to a temporary name, fsynced, then renamed; the
+manifest (row count, byte size, sha256 of the file bytes, model version, run id) is written
+the same way after the data file. Re-running a date replaces that date's files.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +17,66 @@ import io
 import json
 import logging
 import os
-from dataclasses import dataclass
+import re
+import string
+from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
+from typing import Any, Iterable, Sequence
 
-import pandas as pd
+from churn.config import ConfigError
 
 log = logging.getLogger(__name__)
 
+# OWASP "CSV injection": a cell starting with one of these is run as a formula by spreadsheets.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+# Score columns an export may select (name -> SQL over the run's table ``s``).
+SCORE_COLUMNS = {
+    "customer_id": "s.customer_id",
+    "churn_probability": "s.churn_probability",
+    "risk_band": "s.risk_band",
+    "risk_decile": "s.risk_decile",
+    "model_version": "s.model_version",
+    "run_id": "s.run_id",
+    "run_date": "s.run_id",  # the run key is the logical date the batch was scored for
+    "scored_at": "s.scored_at",
+}
+DEFAULT_COLUMNS = ("customer_id", "churn_probability", "risk_band", "risk_decile", "model_version", "run_id",
+                   "email", "plan")
+DEFAULT_FILE_PATTERN = "churn_{name}_{run_date}.csv"
+RISK_BANDS = ("low", "medium", "high")
+_SPEC_KEYS = {"name", "band", "min_decile", "probability_above", "columns", "file", "gzip"}
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_PLACEHOLDERS = {"run_date", "name"}
+
+
+class ExportRefused(RuntimeError):
+    """The run's validation or publish did not succeed, so nothing is exported (old files stay as they were)."""
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """One configured export: which customers, which columns, which file."""
+
+    name: str
+    bands: tuple[str, ...] = ()
+    min_decile: int | None = None
+    probability_above: float | None = None
+    columns: tuple[str, ...] = DEFAULT_COLUMNS
+    file_pattern: str = DEFAULT_FILE_PATTERN
+    gzip: bool = False
+
+    @property
+    def attributes(self) -> tuple[str, ...]:
+        """Columns taken from ``src.customers`` (everything that is not a score column)."""
+        return tuple(c for c in self.columns if c not in SCORE_COLUMNS)
+
+    def file_name(self, run_date: str) -> str:
+        """File name for one run date, with ``.gz`` appended when gzipped."""
+        name = self.file_pattern.format(run_date=run_date, name=self.name)
+        return name + (".gz" if self.gzip else "")
 
 
 @dataclass
@@ -27,6 +87,111 @@ class ExportFile:
     manifest_path: str
     rows: int
     sha256: str
+    name: str = ""
+    bytes: int = 0
+    columns: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- config
+
+
+def default_exports(band: str) -> list[dict[str, Any]]:
+    """The export used when ``CHURN_EXPORTS`` is empty: one risk band with today's columns."""
+    return [{"name": f"{band}_risk", "band": band, "columns": list(DEFAULT_COLUMNS), "file": DEFAULT_FILE_PATTERN,
+             "gzip": False}]
+
+
+def parse_exports(raw: str, default_band: str = "high") -> list[ExportSpec]:
+    """Parse and validate ``CHURN_EXPORTS`` (a JSON list of objects); raise ConfigError saying what to fix."""
+    if not raw or not raw.strip():
+        items: Any = default_exports(default_band)
+    else:
+        try:
+            items = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"CHURN_EXPORTS is not valid JSON ({exc}); expected a list such as "
+                              '[{"name": "high_risk", "band": "high", "columns": ["customer_id", "email"]}]') from exc
+    if isinstance(items, dict):
+        items = [items]
+    if not isinstance(items, list) or not items:
+        raise ConfigError("CHURN_EXPORTS must be a non-empty JSON list of export objects")
+    specs = [_parse_one(i, item) for i, item in enumerate(items)]
+    for attr, what in (("name", "name"), ("file_pattern", "file pattern")):
+        values = [getattr(s, attr) for s in specs]
+        dupes = sorted({v for v in values if values.count(v) > 1})
+        if dupes:
+            raise ConfigError(f"CHURN_EXPORTS: {what} {dupes} used by more than one export; each needs its own")
+    return specs
+
+
+def _parse_one(index: int, item: Any) -> ExportSpec:
+    where = f"CHURN_EXPORTS[{index}]"
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where} must be a JSON object, got {type(item).__name__}")
+    unknown = sorted(set(item) - _SPEC_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_SPEC_KEYS)}")
+    name = item.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"{where}: 'name' must be letters, digits, '_', '-' or '.', e.g. \"high_risk\"")
+    where = f"{where} ({name})"
+
+    band = item.get("band")
+    bands: tuple[str, ...] = ()
+    if band is not None:
+        bands = (band,) if isinstance(band, str) else tuple(band) if isinstance(band, list) else ("<invalid>",)
+        bad = [b for b in bands if b not in RISK_BANDS]
+        if bad or not bands:
+            raise ConfigError(f"{where}: 'band' must be one of {list(RISK_BANDS)} or a list of them, got {band!r}")
+
+    min_decile = item.get("min_decile")
+    if min_decile is not None and (isinstance(min_decile, bool) or not isinstance(min_decile, int)
+                                   or not 1 <= min_decile <= 10):
+        raise ConfigError(f"{where}: 'min_decile' must be an integer 1..10 (10 = top decile), got {min_decile!r}")
+
+    cut = item.get("probability_above")
+    if cut is not None and (isinstance(cut, bool) or not isinstance(cut, (int, float)) or not 0.0 <= cut < 1.0):
+        raise ConfigError(f"{where}: 'probability_above' must be a number in [0, 1), got {cut!r}")
+
+    if not bands and min_decile is None and cut is None:
+        # An export without a filter would send every customer to an email journey: make that explicit.
+        raise ConfigError(f"{where}: set at least one of 'band', 'min_decile' or 'probability_above' "
+                          "(use \"min_decile\": 1 to export every scored customer)")
+
+    columns = item.get("columns", list(DEFAULT_COLUMNS))
+    if not isinstance(columns, list) or not columns or not all(isinstance(c, str) for c in columns):
+        raise ConfigError(f"{where}: 'columns' must be a non-empty list of column names")
+    bad_cols = [c for c in columns if not _IDENTIFIER.match(c)]
+    if bad_cols:
+        raise ConfigError(f"{where}: column names {bad_cols} must be lower-case identifiers (score columns "
+                          f"{sorted(SCORE_COLUMNS)} or columns of src.customers such as email, plan)")
+    if len(set(columns)) != len(columns):
+        raise ConfigError(f"{where}: 'columns' lists a column twice: {columns}")
+
+    pattern = item.get("file", DEFAULT_FILE_PATTERN)
+    if not isinstance(pattern, str):
+        raise ConfigError(f"{where}: 'file' must be a string such as \"churn_{{name}}_{{run_date}}.csv\"")
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None}
+    except ValueError as exc:
+        raise ConfigError(f"{where}: 'file' pattern {pattern!r} is malformed ({exc})") from exc
+    if "run_date" not in fields or fields - _PLACEHOLDERS:
+        raise ConfigError(f"{where}: 'file' pattern {pattern!r} must contain {{run_date}} (one file per date, "
+                          f"replaced on re-runs) and no placeholders other than {sorted(_PLACEHOLDERS)}")
+    sample = pattern.format(run_date="2026-01-01", name=name)
+    if "/" in sample or "\\" in sample or sample.startswith(".") or not sample.strip():
+        raise ConfigError(f"{where}: 'file' pattern {pattern!r} must be a plain file name (no folders, "
+                          "not starting with '.', which marks temporary files)")
+
+    gz = item.get("gzip", False)
+    if not isinstance(gz, bool):
+        raise ConfigError(f"{where}: 'gzip' must be true or false, got {gz!r}")
+    return ExportSpec(name=name, bands=bands, min_decile=min_decile,
+                      probability_above=float(cut) if cut is not None else None, columns=tuple(columns),
+                      file_pattern=pattern, gzip=gz)
+
+
+# --------------------------------------------------------------------------- safe cells
 
 
 def neutralize_cell(value: object) -> object:
@@ -36,8 +201,23 @@ def neutralize_cell(value: object) -> object:
     return value
 
 
-def neutralize_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Apply ``neutralize_cell`` to every text column (numbers are left as numbers)."""
+def format_cell(value: object) -> object:
+    """One value as written to the CSV: text neutralized, dates ISO 8601, booleans lower case, NULL empty."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, str):
+        return neutralize_cell(value)
+    return value  # numbers stay numbers (a negative number is not a formula)
+
+
+def neutralize_frame(frame):
+    """Apply ``neutralize_cell`` to every text column of a pandas frame (numbers are left as numbers)."""
+    import pandas as pd
+
     out = frame.copy()
     for column in out.columns:
         if pd.api.types.is_string_dtype(out[column]) or out[column].dtype == object:
@@ -45,52 +225,167 @@ def neutralize_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def write_export(frame: pd.DataFrame, out_dir: str | Path, file_name: str, *, run_id: str, model_version: str,
-                 gzip_output: bool = False) -> ExportFile:
-    """Write ``frame`` as UTF-8 CSV to a temporary name, then rename; write the manifest last."""
+# --------------------------------------------------------------------------- atomic files
+
+
+def _fsync_replace(tmp: Path, final: Path) -> None:
+    os.replace(tmp, final)
+    # fsync the folder so the rename itself survives a crash
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_rows(chunks: Iterable[Sequence[Sequence[object]]], columns: Sequence[str], out_dir: str | Path,
+               file_name: str, *, manifest: dict[str, Any], gzip_output: bool = False) -> ExportFile:
+    """Stream row chunks as UTF-8 CSV to a temporary name, fsync, rename; then write the manifest the same way."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / (file_name + (".gz" if gzip_output else ""))
-    tmp = final.with_name(f".{final.name}.partial")
-    text = io.StringIO()
-    neutralize_frame(frame).to_csv(text, index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
-    data = text.getvalue().encode("utf-8")
-    if gzip_output:
-        data = gzip.compress(data, mtime=0)  # mtime=0: same rows, same bytes, same checksum
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, final)
-    digest = hashlib.sha256(data).hexdigest()
-    manifest = final.with_name(final.name + ".manifest.json")
-    manifest_tmp = manifest.with_name(f".{manifest.name}.partial")
-    manifest_tmp.write_text(
-        json.dumps({"file": final.name, "rows": len(frame), "sha256": digest, "model_version": model_version,
-                    "run_id": run_id, "columns": list(frame.columns)}, indent=2)
-    )
-    os.replace(manifest_tmp, manifest)
-    log.info("export %s: %s rows, sha256 %s", final, len(frame), digest[:12])
-    return ExportFile(str(final), str(manifest), len(frame), digest)
+    final = out_dir / file_name
+    tmp = out_dir / f".{file_name}.partial"  # dot-prefixed: never matched by a consumer's *.csv pattern
+    rows = 0
+    try:
+        with open(tmp, "wb") as raw:
+            # mtime=0 and no embedded name: same rows give the same gzip bytes and the same checksum
+            binary = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if gzip_output else raw
+            text = io.TextIOWrapper(binary, encoding="utf-8", newline="", write_through=False)
+            writer = csv.writer(text, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")  # RFC 4180
+            writer.writerow(columns)
+            for chunk in chunks:
+                writer.writerows([format_cell(v) for v in row] for row in chunk)
+                rows += len(chunk)
+            text.flush()
+            text.detach()
+            if gzip_output:
+                binary.close()
+            raw.flush()
+            os.fsync(raw.fileno())
+        _fsync_replace(tmp, final)
+    finally:
+        if tmp.exists():  # a failed write leaves nothing half-written behind, and never under the final name
+            tmp.unlink()
+    size = final.stat().st_size
+    digest = file_sha256(final)  # hashed from disk: the manifest describes exactly the bytes delivered
+    manifest_path = final.with_name(final.name + ".manifest.json")
+    manifest_tmp = out_dir / f".{manifest_path.name}.partial"
+    body = {"file": final.name, "rows": rows, "bytes": size, "sha256": digest, "columns": list(columns),
+            "encoding": "utf-8", "gzip": gzip_output, **manifest}
+    manifest_tmp.write_text(json.dumps(body, indent=2, default=str) + "\n", encoding="utf-8")
+    _fsync_replace(manifest_tmp, manifest_path)
+    log.info("export %s: %s rows, %s bytes, sha256 %s", final, rows, size, digest[:12])
+    return ExportFile(str(final), str(manifest_path), rows, digest, name=str(manifest.get("export", "")),
+                      bytes=size, columns=list(columns))
 
 
-EXPORT_SQL = """
-SELECT s.customer_id, s.churn_probability, s.risk_band, s.risk_decile, s.model_version, s.run_id,
-       c.email, c.plan
-FROM churn.{table} s
-JOIN src.customers c USING (customer_id)
-WHERE s.risk_band = %s
-ORDER BY s.churn_probability DESC, s.customer_id
-"""
+def write_export(frame, out_dir: str | Path, file_name: str, *, run_id: str, model_version: str,
+                 gzip_output: bool = False) -> ExportFile:
+    """Write a pandas frame as an export (``.gz`` appended when gzipped); see :func:`write_rows`."""
+    values = frame.astype(object).where(frame.notna(), None).itertuples(index=False, name=None)
+    return write_rows([list(values)], [str(c) for c in frame.columns], out_dir,
+                      file_name + (".gz" if gzip_output else ""),
+                      manifest={"model_version": model_version, "run_id": run_id}, gzip_output=gzip_output)
+
+
+# --------------------------------------------------------------------------- from Postgres
+
+
+def check_published(conn, run_key: str, table: str, rows: int) -> None:
+    """Raise ExportRefused unless validation passed and ``table`` is the complete published batch of the run."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT dataset FROM churn.validation_results WHERE run_key = %s AND NOT success", (run_key,))
+        failed = [r[0] for r in cur.fetchall()]
+        if failed:
+            raise ExportRefused(f"run {run_key}: validation failed for {failed}; nothing is exported. "
+                                "Fix the data (see churn.quarantine) and re-run the date")
+        cur.execute("SELECT table_name, rows FROM churn.score_runs WHERE run_key = %s", (run_key,))
+        published = cur.fetchone()
+    conn.commit()
+    if published is None or published[0] != table or int(published[1]) != int(rows):
+        raise ExportRefused(
+            f"run {run_key}: publish_postgres did not complete (churn.score_runs has {published}, the task "
+            f"reported table {table} with {rows} rows); re-run publish_postgres before exporting")
+
+
+def customer_columns(conn) -> list[str]:
+    """Columns of ``src.customers`` (the attributes an export may select)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = 'src' "
+                    "AND table_name = 'customers' ORDER BY ordinal_position")
+        names = [r[0] for r in cur.fetchall()]
+    conn.commit()
+    return names
+
+
+def segment_query(spec: ExportSpec, table: str):
+    """SQL (psycopg2.sql.Composed) and parameters selecting one export's rows from ``churn.<table>``."""
+    from psycopg2 import sql
+
+    select = [sql.SQL("{} AS {}").format(sql.SQL(SCORE_COLUMNS[c]), sql.Identifier(c)) if c in SCORE_COLUMNS
+              else sql.SQL("c.{}").format(sql.Identifier(c)) for c in spec.columns]
+    where: list[sql.Composable] = []
+    params: list[Any] = []
+    if spec.bands:
+        where.append(sql.SQL("s.risk_band = ANY(%s)"))
+        params.append(list(spec.bands))
+    if spec.min_decile is not None:
+        where.append(sql.SQL("s.risk_decile >= %s"))
+        params.append(spec.min_decile)
+    if spec.probability_above is not None:
+        where.append(sql.SQL("s.churn_probability > %s::real"))  # compared at the stored (real) precision
+        params.append(spec.probability_above)
+    query = sql.SQL(
+        "SELECT {cols} FROM churn.{table} s JOIN src.customers c USING (customer_id) WHERE {where} "
+        "ORDER BY s.churn_probability DESC, s.customer_id"
+    ).format(cols=sql.SQL(", ").join(select), table=sql.Identifier(table), where=sql.SQL(" AND ").join(where))
+    return query, params
+
+
+def export_spec(conn, spec: ExportSpec, table: str, out_dir: str | Path, run_key: str, model_version: str,
+                *, airflow_run_id: str = "", chunk_rows: int = 50_000) -> ExportFile:
+    """Stream one export from the run's table (server-side cursor, ``chunk_rows`` at a time) to its file."""
+    available = set(customer_columns(conn))
+    missing = [c for c in spec.attributes if c not in available]
+    if missing:
+        raise ConfigError(f"CHURN_EXPORTS ({spec.name}): columns {missing} are neither score columns "
+                          f"{sorted(SCORE_COLUMNS)} nor columns of src.customers {sorted(available)}")
+    query, params = segment_query(spec, table)
+
+    def chunks():
+        with conn.cursor(name=f"export_{spec.name}".replace("-", "_").replace(".", "_")) as cur:
+            cur.itersize = chunk_rows
+            cur.execute(query, params)
+            while True:
+                chunk = cur.fetchmany(chunk_rows)
+                if not chunk:
+                    break
+                yield chunk
+
+    try:
+        written = write_rows(
+            chunks(), spec.columns, out_dir, spec.file_name(run_key), gzip_output=spec.gzip,
+            manifest={"export": spec.name, "model_version": model_version, "run_id": run_key, "run_date": run_key,
+                      "airflow_run_id": airflow_run_id,
+                      "segment": {"band": list(spec.bands) or None, "min_decile": spec.min_decile,
+                                  "probability_above": spec.probability_above}},
+        )
+    finally:
+        conn.commit()  # closes the read transaction the named cursor needed
+    return written
 
 
 def export_segment(conn, table: str, band: str, out_dir: str | Path, run_id: str, model_version: str,
                    gzip_output: bool = False) -> ExportFile:
-    """Export one risk band of a published run, joined with contact attributes."""
-    with conn.cursor() as cur:
-        cur.execute(EXPORT_SQL.format(table=table), (band,))
-        columns = [d[0] for d in cur.description]
-        frame = pd.DataFrame(cur.fetchall(), columns=columns)
-    conn.commit()
-    return write_export(frame, out_dir, f"churn_{band}_risk_{run_id}.csv", run_id=run_id,
-                        model_version=model_version, gzip_output=gzip_output)
+    """Export one risk band of a published run with the default columns (kept for callers of the first version)."""
+    spec = ExportSpec(name=f"{band}_risk", bands=(band,), gzip=gzip_output)
+    return export_spec(conn, spec, table, out_dir, run_id, model_version)
