@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
-from sklearn.impute import SimpleImputer
-from sklearn.pipeline import Pipeline
+from sklearn.impute import MissingIndicator, SimpleImputer
+from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 
@@ -81,8 +81,16 @@ class ModelSignature:
 
 
 def build_preprocessor(signature: ModelSignature) -> ColumnTransformer:
-    """Impute + scale numerics, one-hot categoricals (unknown categories ignored)."""
-    numeric = Pipeline([("impute", SimpleImputer(strategy="median", add_indicator=True)), ("scale", StandardScaler())])
+    """Median-impute + missing flags + scale numerics, one-hot categoricals (unknown categories ignored)."""
+    # The missing flags are a separate MissingIndicator (not SimpleImputer(add_indicator=True)) because
+    # skl2onnx cannot convert add_indicator; churn.model.export registers a converter for MissingIndicator.
+    numeric = Pipeline([
+        ("impute", FeatureUnion([
+            ("median", SimpleImputer(strategy="median")),
+            ("missing", MissingIndicator(features="missing-only", error_on_new=False)),
+        ])),
+        ("scale", StandardScaler()),
+    ])
     return ColumnTransformer(
         [
             ("num", numeric, signature.numeric + signature.boolean),
