@@ -1,4 +1,25 @@
-"""Chunked batch scoring: bounded memory, inference time measured apart from everything else."""
+"""Chunked batch scoring with peak memory independent of the population size.
+
+Deciles need the whole population's ranks, which is what usually forces a
+scorer to keep every probability in memory. Here they come from exact cut
+points found with two bounded histograms instead (the "two-pass" choice,
+README "Batch scoring"):
+
+1. **score pass** -- read the feature snapshot chunk by chunk, run the model,
+   append ``(customer_id, probability)`` to a temporary Parquet file and count
+   the probability's float32 bit pattern in a coarse histogram (65,024 bins);
+2. **refine pass** -- re-read only the probability column of the temporary file
+   and, for the (at most 9) coarse bins that hold a decile boundary, count the
+   low bits (16,384 bins each), which pins every boundary to an exact float32;
+3. **write pass** -- re-read the temporary file chunk by chunk, derive band and
+   decile, and stream the final Parquet file.
+
+Memory is a few chunks plus ~1 MB of histograms, whatever the population. A
+positive float32's bit pattern orders like its value, so the histograms are
+exact: customer of rank r (1 = lowest) gets decile ceil(10 r / N), except that
+customers with *identical* probabilities straddling a boundary share the lower
+decile (a rank-``first`` tie-break would split equal scores arbitrarily).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +40,10 @@ from churn.model.features import ModelSignature
 log = logging.getLogger(__name__)
 
 BAND_NAMES = ("low", "medium", "high", "very_high", "critical")
+PROGRESS_SECONDS = 10.0  # a progress line at least this often on long runs
+_COARSE_SHIFT = 14  # float32 bits >> 14: 65,024 bins cover [0, 1]
+_FINE_BINS = 1 << _COARSE_SHIFT
+_COARSE_BINS = (0x3F800000 >> _COARSE_SHIFT) + 1  # bit pattern of 1.0f, shifted, inclusive
 
 SCORE_SCHEMA = pa.schema(
     [
@@ -31,6 +56,11 @@ SCORE_SCHEMA = pa.schema(
         ("scored_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+_RAW_SCHEMA = pa.schema([("customer_id", pa.string()), ("churn_probability", pa.float32())])
+
+
+class ScoringError(RuntimeError):
+    """The model produced unusable output; the message says what to check."""
 
 
 @dataclass
@@ -41,6 +71,7 @@ class ScoreResult:
     rows: int
     inference_seconds: float
     other_seconds: float
+    decile_cuts: tuple[float, ...] = ()
 
     @property
     def rows_per_second(self) -> float:
@@ -54,20 +85,91 @@ def risk_bands(proba: np.ndarray, cuts: tuple[float, ...]) -> np.ndarray:
     return names[np.searchsorted(np.asarray(cuts), proba, side="right")]
 
 
+def _bits(proba: np.ndarray) -> np.ndarray:
+    """float32 probabilities in [0, 1] as their (order-preserving) uint32 bit patterns."""
+    return np.ascontiguousarray(proba, dtype=np.float32).view(np.uint32)
+
+
+class DecileSketch:
+    """Exact decile cut points from two fixed-size histograms (memory does not grow with rows)."""
+
+    def __init__(self) -> None:
+        self.coarse = np.zeros(_COARSE_BINS, dtype=np.int64)
+        self.rows = 0
+        self._targets: list[tuple[int, int]] = []  # (rank, coarse bin) per boundary; bin -1 = below all rows
+        self._fine: dict[int, np.ndarray] = {}
+
+    def add(self, proba: np.ndarray) -> None:
+        """Pass 1: count a chunk of probabilities."""
+        self.coarse += np.bincount(_bits(proba) >> _COARSE_SHIFT, minlength=_COARSE_BINS)
+        self.rows += len(proba)
+
+    def boundary_bins(self) -> set[int]:
+        """Coarse bins holding a decile boundary (the last row of deciles 1..9)."""
+        cumulative = np.cumsum(self.coarse)
+        self._targets = []
+        for k in range(1, 10):
+            rank = (k * self.rows) // 10  # 1-based rank of decile k's last row (0: decile k is empty)
+            self._targets.append((rank, int(np.searchsorted(cumulative, rank, side="left")) if rank else -1))
+        self._fine = {b: np.zeros(_FINE_BINS, dtype=np.int64) for _, b in self._targets if b >= 0}
+        return set(self._fine)
+
+    def refine(self, proba: np.ndarray) -> None:
+        """Pass 2: count the low bits of rows falling in a boundary bin."""
+        bits = _bits(proba)
+        coarse = bits >> _COARSE_SHIFT
+        for b, hist in self._fine.items():
+            hist += np.bincount(bits[coarse == b] & (_FINE_BINS - 1), minlength=_FINE_BINS)
+
+    def cuts(self) -> np.ndarray:
+        """float32 value of the last row of deciles 1..9 (after ``refine`` saw every row)."""
+        before = np.concatenate([[0], np.cumsum(self.coarse)])
+        values = []
+        for rank, b in self._targets:
+            if b < 0:
+                values.append(-np.inf)
+                continue
+            within = rank - before[b]
+            low = int(np.searchsorted(np.cumsum(self._fine[b]), within, side="left"))
+            values.append(np.array([(b << _COARSE_SHIFT) | low], dtype=np.uint32).view(np.float32)[0])
+        return np.asarray(values, dtype=np.float32)
+
+
+def deciles_from_cuts(proba: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    """Decile 1..10: one plus the number of boundaries strictly below the probability."""
+    if len(cuts) == 0:
+        return np.full(len(proba), 10 if len(proba) else 0, dtype=np.int16)
+    return (np.searchsorted(cuts, np.asarray(proba, dtype=np.float32), side="left") + 1).astype(np.int16)
+
+
 def deciles(proba: np.ndarray) -> np.ndarray:
-    """1 (lowest risk) .. 10 (highest) by rank within the scored population."""
+    """1 (lowest risk) .. 10 (highest) by rank within ``proba`` (in-memory helper, same rule as scoring)."""
+    proba = np.asarray(proba, dtype=np.float32)
     if len(proba) == 0:
         return np.zeros(0, dtype=np.int16)
-    ranks = pd.Series(proba).rank(method="first").to_numpy()
-    return np.ceil(ranks * 10 / len(proba)).clip(1, 10).astype(np.int16)
+    sketch = DecileSketch()
+    sketch.add(proba)
+    sketch.boundary_bins()
+    sketch.refine(proba)
+    return deciles_from_cuts(proba, sketch.cuts())
 
 
 def in_partition(ids: pd.Series, partition: int, partitions: int) -> np.ndarray:
     """Mask of ids in hash bucket ``partition`` of ``partitions`` (stable across runs)."""
+    if not 0 <= partition < partitions:
+        raise ValueError(f"partition {partition} is outside 0..{partitions - 1}")
     if partitions == 1:
         return np.ones(len(ids), dtype=bool)
     hashed = pd.util.hash_pandas_object(ids.astype("str"), index=False).to_numpy()
     return (hashed % np.uint64(partitions)) == np.uint64(partition)
+
+
+def _check_probabilities(proba: np.ndarray) -> None:
+    if len(proba) and (not np.isfinite(proba).all() or proba.min() < 0.0 or proba.max() > 1.0):
+        raise ScoringError(
+            "the model returned probabilities outside [0, 1] or NaN; check the artifact's predict_proba "
+            "(was it trained as a classifier?) before publishing anything"
+        )
 
 
 def score_snapshot(
@@ -84,51 +186,72 @@ def score_snapshot(
     partition: int = 0,
     partitions: int = 1,
 ) -> ScoreResult:
-    """Score every customer of a feature snapshot (or one hash partition of it) into a Parquet file."""
+    """Score every customer of a feature snapshot (or one hash partition of it) into a Parquet file.
+
+    Peak memory is bounded by ``chunk_rows`` (see the module docstring); deciles
+    are ranks within the scored rows (the partition, when ``partitions > 1``).
+    """
     started = time.monotonic()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    raw_path = out_path.with_name(out_path.name + ".raw")
+    tmp = out_path.with_name(out_path.name + ".tmp")
     parquet = pq.ParquetFile(features_path)
-    id_parts: list[pa.Array] = []
-    proba_parts: list[np.ndarray] = []
+    total_rows = parquet.metadata.num_rows
+    sketch = DecileSketch()
     inference = 0.0
     last_progress = time.monotonic()
     done = 0
-    for batch in parquet.iter_batches(batch_size=chunk_rows):
-        frame = batch.to_pandas()
-        mask = in_partition(frame[signature.id_column], partition, partitions)
-        frame = signature.enforce(frame.loc[mask], max_unknown_fraction=0.0)
-        if frame.empty:
-            continue
-        t0 = time.monotonic()
-        proba = model.predict_proba(frame[signature.feature_columns])[:, 1].astype(np.float32)
-        inference += time.monotonic() - t0
-        id_parts.append(pa.array(frame[signature.id_column].astype("str").to_numpy(dtype=object), pa.string()))
-        proba_parts.append(proba)
-        done += len(frame)
-        if time.monotonic() - last_progress >= 10:
-            log.info("scored %s rows so far (%.0f rows/s inference)", done, done / max(inference, 1e-9))
-            last_progress = time.monotonic()
-    proba_all = np.concatenate(proba_parts) if proba_parts else np.zeros(0, np.float32)
-    ids_all = pa.concat_arrays(id_parts) if id_parts else pa.array([], pa.string())
-    table = pa.table(
-        {
-            "customer_id": ids_all,
-            "churn_probability": pa.array(proba_all, pa.float32()),
-            "risk_band": pa.array(risk_bands(proba_all, band_cuts), pa.string()),
-            "risk_decile": pa.array(deciles(proba_all), pa.int16()),
-            "model_version": pa.array(np.full(len(proba_all), model_version, dtype=object), pa.string()),
-            "run_id": pa.array(np.full(len(proba_all), run_id, dtype=object), pa.string()),
-            "scored_at": pa.array(np.full(len(proba_all), pd.Timestamp(scored_at).value // 1000, dtype=np.int64),
-                                  pa.timestamp("us", tz="UTC")),
-        },
-        schema=SCORE_SCHEMA,
-    )
-    tmp = out_path.with_suffix(".tmp")
-    pq.write_table(table, tmp, row_group_size=chunk_rows)
-    os.replace(tmp, out_path)
+    try:
+        with pq.ParquetWriter(raw_path, _RAW_SCHEMA) as raw_writer:
+            for batch in parquet.iter_batches(batch_size=chunk_rows,
+                                              columns=[signature.id_column, *signature.feature_columns]):
+                frame = batch.to_pandas()
+                mask = in_partition(frame[signature.id_column], partition, partitions)
+                frame = signature.enforce(frame.loc[mask], max_unknown_fraction=0.0)
+                if frame.empty:
+                    continue
+                t0 = time.monotonic()
+                proba = model.predict_proba(frame[signature.feature_columns])[:, 1].astype(np.float32)
+                inference += time.monotonic() - t0
+                _check_probabilities(proba)
+                sketch.add(proba)
+                raw_writer.write_batch(pa.record_batch(
+                    [pa.array(frame[signature.id_column].astype("str").to_numpy(dtype=object), pa.string()),
+                     pa.array(proba, pa.float32())], schema=_RAW_SCHEMA))
+                done += len(frame)
+                if time.monotonic() - last_progress >= PROGRESS_SECONDS:
+                    log.info("scoring progress: %s of %s rows read, %s scored; inference %.1f s (%.0f rows/s)",
+                             done if partitions == 1 else "?", total_rows, done, inference,
+                             done / max(inference, 1e-9))
+                    last_progress = time.monotonic()
+        raw = pq.ParquetFile(raw_path)
+        if sketch.boundary_bins():
+            for batch in raw.iter_batches(batch_size=chunk_rows, columns=["churn_probability"]):
+                sketch.refine(batch.column(0).to_numpy(zero_copy_only=False))
+        cuts = sketch.cuts()
+        scored_us = pd.Timestamp(scored_at).value // 1000
+        with pq.ParquetWriter(tmp, SCORE_SCHEMA) as writer:
+            for batch in raw.iter_batches(batch_size=chunk_rows):
+                proba = batch.column(1).to_numpy(zero_copy_only=False)
+                n = len(proba)
+                writer.write_batch(pa.record_batch(
+                    [batch.column(0), batch.column(1),
+                     pa.array(risk_bands(proba, band_cuts), pa.string()),
+                     pa.array(deciles_from_cuts(proba, cuts), pa.int16()),
+                     pa.array(np.full(n, model_version, dtype=object), pa.string()),
+                     pa.array(np.full(n, run_id, dtype=object), pa.string()),
+                     pa.array(np.full(n, scored_us, dtype=np.int64), pa.timestamp("us", tz="UTC"))],
+                    schema=SCORE_SCHEMA))
+                if time.monotonic() - last_progress >= PROGRESS_SECONDS:
+                    log.info("scoring progress: writing deciles and bands")
+                    last_progress = time.monotonic()
+        os.replace(tmp, out_path)  # readers never see a half-written score file
+    finally:
+        raw_path.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
     total = time.monotonic() - started
-    result = ScoreResult(str(out_path), len(proba_all), inference, total - inference)
+    result = ScoreResult(str(out_path), done, inference, total - inference, tuple(float(c) for c in cuts))
     log.info(
         "scored %s customers: inference %.2f s (%.0f rows/s), everything else %.2f s",
         result.rows, result.inference_seconds, result.rows_per_second, result.other_seconds,

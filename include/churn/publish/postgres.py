@@ -16,9 +16,12 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
+import psycopg2
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from psycopg2 import sql
 
 from churn.db import ensure_schema
 
@@ -38,8 +41,15 @@ CREATE TABLE {name} (
 _LOCK_KEY = 7412  # serializes publishes (the switch is short; loads run in parallel-safe private tables)
 
 
+READER_VIEWS = ("scores_current", "scores_history")  # all a consumer role may read
+
+
 class PublishError(RuntimeError):
     """Publishing failed before the switch; readers still see the previous batch."""
+
+
+class ReaderRoleError(RuntimeError):
+    """The read-only consumer role could not be created or granted; the message says what a DBA must run."""
 
 
 @dataclass
@@ -61,8 +71,9 @@ def run_table(run_key: str) -> str:
 
 
 def copy_parquet(cur, parquet_path: str | Path, table: str, columns: str = SCORES_COLUMNS,
-                 batch_rows: int = 250_000) -> int:
+                 batch_rows: int = 250_000, freeze: bool = False) -> int:
     """COPY a Parquet file into ``table`` batch by batch (CSV over the wire, bounded memory)."""
+    options = "FORMAT csv, FREEZE true" if freeze else "FORMAT csv"
     rows = 0
     parquet = pq.ParquetFile(parquet_path)
     names = [c.strip() for c in columns.split(",")]
@@ -70,14 +81,41 @@ def copy_parquet(cur, parquet_path: str | Path, table: str, columns: str = SCORE
         buf = io.BytesIO()
         pacsv.write_csv(batch, buf, write_options=pacsv.WriteOptions(include_header=False))
         buf.seek(0)
-        cur.copy_expert(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv)", buf)
+        cur.copy_expert(f"COPY {table} ({columns}) FROM STDIN WITH ({options})", buf)
         rows += batch.num_rows
     return rows
 
 
-def publish_scores(conn, scores_path: str | Path, run_key: str, model_version: str, retention_runs: int = 7
-                   ) -> PostgresPublish:
-    """Load the run's scores into a private table, then switch readers to it in one transaction."""
+def publish_scores(conn, scores_path: str | Path, run_key: str, model_version: str, retention_runs: int = 7,
+                   hook: Callable[[str], None] | None = None) -> PostgresPublish:
+    """Load the run's scores into a private table, then switch readers to it in one transaction.
+
+    ``hook(point)`` is called at named points (``loaded``, ``switching``,
+    ``switched``); the kill tests use it to stop the process exactly there.
+    Database errors become :class:`PublishError` (nothing is switched before the
+    single switch transaction commits).
+    """
+    try:
+        return _publish(conn, scores_path, run_key, model_version, retention_runs, hook or (lambda point: None))
+    except PublishError:
+        if not conn.closed:
+            conn.rollback()  # drops the half-loaded staging table of this attempt
+        raise
+    except psycopg2.Error as exc:
+        if not conn.closed:
+            try:
+                conn.rollback()
+            except psycopg2.Error:
+                pass  # the connection is gone: the server rolls the transaction back itself
+        raise PublishError(
+            f"Postgres publish of run {run_key} failed ({type(exc).__name__}: {str(exc).strip()}). Readers still "
+            "see the previous batch (the switch is one transaction). Check that Postgres is reachable "
+            "(CHURN_POSTGRES_URL / Airflow connection 'churn_postgres') and let the task retry."
+        ) from exc
+
+
+def _publish(conn, scores_path: str | Path, run_key: str, model_version: str, retention_runs: int,
+             hook: Callable[[str], None]) -> PostgresPublish:
     ensure_schema(conn)
     final = run_table(run_key)
     staging = f"{final}__loading"
@@ -85,11 +123,19 @@ def publish_scores(conn, scores_path: str | Path, run_key: str, model_version: s
     with conn.cursor() as cur:
         cur.execute(f"DROP TABLE IF EXISTS churn.{staging}")  # leftovers of a killed attempt
         cur.execute(_TABLE_DDL.format(name=f"churn.{staging}"))
-        rows = copy_parquet(cur, scores_path, f"churn.{staging}")
+        # FREEZE: the table was created in this transaction, so rows can be written pre-frozen
+        # (no hint-bit rewrite of the whole table on first read by consumers).
+        rows = copy_parquet(cur, scores_path, f"churn.{staging}", freeze=True)
+        cur.execute(f"SELECT count(DISTINCT run_id), min(run_id) FROM churn.{staging}")
+        runs, found = cur.fetchone()
+        if rows and (runs != 1 or found != run_key):
+            raise PublishError(f"{scores_path} holds scores of run {found!r} ({runs} run ids), not {run_key!r}: "
+                               "publish the score file of this run (nothing was switched)")
         cur.execute(f"ALTER TABLE churn.{staging} ADD PRIMARY KEY (customer_id)")
         cur.execute(f"ANALYZE churn.{staging}")
     conn.commit()  # loaded but invisible: no view points at the staging table yet
     load_seconds = time.monotonic() - started
+    hook("loaded")
 
     with conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
@@ -115,7 +161,9 @@ def publish_scores(conn, scores_path: str | Path, run_key: str, model_version: s
         )
         cur.execute("UPDATE churn.score_runs SET is_current = (run_key = %s)", (latest,))
         _apply_retention(cur, retention_runs)
+        hook("switching")  # everything done but the commit: a kill here must leave the old batch served
     conn.commit()
+    hook("switched")
     log.info("published %s scores to churn.%s (current: %s) in %.2f s", rows, final, is_current, load_seconds)
     return PostgresPublish(f"churn.{final}", rows, is_current, load_seconds)
 
@@ -143,6 +191,30 @@ def _apply_retention(cur, retention_runs: int) -> None:
             log.info("retention: dropped scores of run %s", run)
 
 
+def stale_customers(conn, runs: list[str], current_table: str, fetch_rows: int = 50_000) -> Iterator[str]:
+    """Ids scored by any of ``runs`` (whose tables still exist) but absent from ``current_table``, streamed."""
+    tables = []
+    with conn.cursor() as cur:
+        for run in runs:
+            cur.execute("SELECT to_regclass(%s)", (f"churn.{run_table(run)}",))
+            if cur.fetchone()[0] is not None:
+                tables.append(f"churn.{run_table(run)}")
+            else:
+                log.warning("scores of run %s are gone from Postgres: its Redis keys cannot be matched for cleanup",
+                            run)
+    conn.commit()
+    if not tables:
+        return
+    union = " UNION ".join(f"SELECT customer_id FROM {t}" for t in tables)
+    # A named (server-side) cursor streams the difference: memory stays flat for any population.
+    with conn.cursor(name="stale_customers") as cur:
+        cur.itersize = fetch_rows
+        cur.execute(f"{union} EXCEPT SELECT customer_id FROM {current_table}")
+        for (customer_id,) in cur:
+            yield customer_id
+    conn.commit()
+
+
 def current_run(conn) -> str | None:
     """run_key of the batch readers currently see, or None before the first publish."""
     ensure_schema(conn)
@@ -151,3 +223,53 @@ def current_run(conn) -> str | None:
         row = cur.fetchone()
     conn.commit()
     return row[0] if row else None
+
+
+def ensure_reader_role(conn, role: str = "churn_reader", password: str | None = None) -> None:
+    """Create (or update) the read-only consumer role: SELECT on the score views, nothing else.
+
+    The role logs in with ``password`` (taken by the caller from the
+    ``CHURN_PG_READER_PASSWORD`` environment variable, never from config or
+    code); without one it is created without a password (it can still be used
+    through ``SET ROLE`` or trust/peer authentication). The views are owned by
+    the publisher, so the role needs no right on the run tables behind them.
+    """
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", role):
+        raise ReaderRoleError(f"CHURN_PG_READER_ROLE={role!r} must be a lower-case SQL identifier")
+    for attempt in (1, 2):
+        try:
+            _grant_reader(conn, role, password)
+            return
+        except psycopg2.errors.DuplicateObject:
+            conn.rollback()  # roles are cluster-wide: another database's publish created it meanwhile
+            if attempt == 2:
+                raise
+
+
+def _grant_reader(conn, role: str, password: str | None) -> None:
+    ident = sql.Identifier(role)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+            if cur.fetchone() is None:
+                cur.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT").format(ident))
+            if password:
+                cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(ident), (password,))
+            # Consumers cannot write by accident even through a function or a future grant.
+            cur.execute(sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(ident))
+            cur.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                sql.Identifier(conn.get_dsn_parameters()["dbname"]), ident))
+            cur.execute(sql.SQL("GRANT USAGE ON SCHEMA churn TO {}").format(ident))
+            for view in READER_VIEWS:
+                cur.execute("SELECT to_regclass(%s)", (f"churn.{view}",))
+                if cur.fetchone()[0] is not None:
+                    cur.execute(sql.SQL("GRANT SELECT ON churn.{} TO {}").format(sql.Identifier(view), ident))
+        conn.commit()
+    except psycopg2.errors.InsufficientPrivilege as exc:
+        conn.rollback()
+        raise ReaderRoleError(
+            f"the publishing user may not create or grant role {role!r} ({exc.pgerror.strip()}); have a DBA run "
+            f"'CREATE ROLE {role} LOGIN PASSWORD ...; GRANT USAGE ON SCHEMA churn TO {role}; GRANT SELECT ON "
+            f"churn.scores_current, churn.scores_history TO {role}' or set CHURN_PG_READER_ROLE to empty"
+        ) from exc

@@ -1,18 +1,36 @@
-"""Scores in Redis for front-end lookups: one documented key per customer, bulk-written.
+"""Scores in Redis for front-end lookups: one documented key per lookup, bulk-written.
 
-Key contract (layout ``json``, the default)::
+Two layouts, chosen with ``CHURN_REDIS_LAYOUT`` (the reference client
+:func:`lookup_score` reads both). Each lookup is ONE round trip.
+
+``json`` (default)::
 
     GET churn:score:{customer_id}
-    -> {"customer_id": "C00000042", "churn_probability": 0.8123, "risk_band": "high",
-        "risk_decile": 10, "model_version": "2026-11-20-tpot", "run_id": "2026-11-20",
-        "scored_at": "2026-11-20T02:14:03Z"}
+    -> {"customer_id":"C00000042","churn_probability":0.812346,"risk_band":"high","risk_decile":10,
+        "model_version":"2026-11-20-tpot","run_id":"2026-11-20","scored_at":"2026-11-20T02:14:03Z"}
 
-    HGETALL churn:meta   -> run_id, model_version, customers, published_at of the served batch
+``hash`` (compact: customers packed into hash buckets, ~40-60 bytes per customer)::
 
-Publishing overwrites each key in place (SET is atomic per key), so every
-existing customer's lookup returns a complete record, old or new, during the
-whole publish. The ``churn:meta`` marker moves to the new run only after every
-record is written; customers absent from the new batch are deleted after that.
+    bucket = crc32(utf8(customer_id)) % B        # B = CHURN_REDIS_HASH_BUCKETS (also HGET churn:meta buckets)
+    HGET churn:h:{bucket} {customer_id}
+    -> "0.812346|10|high|2026-11-20"              # probability|decile|band|run_id
+    HGET churn:runs {run_id}                      # once per run, cacheable: model_version, scored_at (JSON)
+
+``HGETALL churn:meta`` -> run_id, model_version, customers, published_at, layout, buckets of the served batch.
+
+Publish protocol (both layouts): records are overwritten **in place** (one
+key or one hash field per customer, each write atomic), so during a publish
+every existing customer's lookup returns a complete record of the old or the
+new run, never nothing; there is never more than one record per customer, so
+old versions cannot pile up. ``churn:meta`` moves to the new run in one
+MULTI/EXEC only after every record is written; customers absent from the new
+batch (and a previous layout's keys) are deleted after that. Runs whose keys
+may still need cleaning are remembered in ``churn:meta`` (``writing``,
+``cleanup_from``) so a publish killed at any point is finished by the retry.
+
+Records are encoded column-wise with Arrow and sent as pre-built RESP
+commands (one MSET, or one EVALSHA for the hash layout, per batch), which is
+what makes the project path close to the raw batched-MSET floor.
 """
 
 from __future__ import annotations
@@ -20,14 +38,29 @@ from __future__ import annotations
 import json
 import logging
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 log = logging.getLogger(__name__)
+
+LAYOUTS = ("json", "hash")
+DEFAULT_BUCKETS = 65_536
+_DELETE_BATCH = 10_000
+# Hash layout: one EVALSHA per batch writes every field (HSET per row inside Redis, no reply per row).
+_HSET_SCRIPT = """
+for i = 1, #KEYS do
+  redis.call('HSET', KEYS[i], ARGV[2 * i - 1], ARGV[2 * i])
+end
+return #KEYS
+"""
 
 
 class RedisPublishError(RuntimeError):
@@ -41,11 +74,23 @@ class RedisPublish:
     rows: int
     stale_deleted: int
     seconds: float
+    layout: str = "json"
+    previous_run: str | None = None
 
 
 def score_key(customer_id: str, prefix: str = "churn") -> str:
-    """The documented lookup key for one customer."""
+    """The documented lookup key of one customer (``json`` layout)."""
     return f"{prefix}:score:{customer_id}"
+
+
+def bucket_of(customer_id: str, buckets: int = DEFAULT_BUCKETS) -> int:
+    """Hash bucket of a customer (``hash`` layout): crc32 of the UTF-8 id modulo the bucket count."""
+    return zlib.crc32(customer_id.encode()) % buckets
+
+
+def bucket_key(customer_id: str, prefix: str = "churn", buckets: int = DEFAULT_BUCKETS) -> str:
+    """The documented lookup key of one customer (``hash`` layout): ``HGET <key> <customer_id>``."""
+    return f"{prefix}:h:{bucket_of(customer_id, buckets)}"
 
 
 def meta_key(prefix: str = "churn") -> str:
@@ -53,34 +98,215 @@ def meta_key(prefix: str = "churn") -> str:
     return f"{prefix}:meta"
 
 
-def lookup_score(client, customer_id: str, prefix: str = "churn") -> dict | None:
-    """Reference client: one GET round trip; None when the customer has no score."""
-    raw = client.get(score_key(customer_id, prefix))
-    return None if raw is None else json.loads(raw)
+def runs_key(prefix: str = "churn") -> str:
+    """Hash ``run_id -> {"model_version", "scored_at"}`` for the runs referenced by compact records."""
+    return f"{prefix}:runs"
 
 
-def _records(scores_path: str | Path, batch_rows: int) -> Iterator[dict[str, bytes]]:
-    """Key -> JSON value mappings, one per Parquet batch."""
-    parquet = pq.ParquetFile(scores_path)
-    for batch in parquet.iter_batches(batch_size=batch_rows):
-        columns = batch.to_pydict()
-        yield columns  # type: ignore[misc]
+def _text(value) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+_RUN_INFO_CACHE: dict[tuple[int, str, str], dict] = {}
+
+
+def lookup_score(client, customer_id: str, prefix: str = "churn", layout: str = "json",
+                 buckets: int = DEFAULT_BUCKETS) -> dict | None:
+    """Reference client: one round trip (GET or HGET); None when the customer has no score.
+
+    The compact layout's per-run details (model version, scoring time) are read
+    once per run id and cached in the process.
+    """
+    if layout == "json":
+        raw = client.get(score_key(customer_id, prefix))
+        return None if raw is None else json.loads(raw)
+    if layout != "hash":
+        raise ValueError(f"unknown Redis layout {layout!r}; use one of {LAYOUTS}")
+    raw = client.hget(bucket_key(customer_id, prefix, buckets), customer_id)
+    if raw is None:
+        return None
+    proba, decile, band, run_id = _text(raw).split("|")
+    cache_key = (id(client), prefix, run_id)
+    info = _RUN_INFO_CACHE.get(cache_key)
+    if info is None:
+        info_raw = client.hget(runs_key(prefix), run_id)
+        info = json.loads(info_raw) if info_raw is not None else {"model_version": None, "scored_at": None}
+        if info_raw is not None:
+            _RUN_INFO_CACHE[cache_key] = info
+    return {"customer_id": customer_id, "churn_probability": float(proba), "risk_band": band,
+            "risk_decile": int(decile), "model_version": info["model_version"], "run_id": run_id,
+            "scored_at": info["scored_at"]}
+
+
+def served_run(client, prefix: str = "churn") -> str | None:
+    """run_id of the batch the marker points at."""
+    return _text(client.hget(meta_key(prefix), "run_id"))
+
+
+def served_meta(client, prefix: str = "churn") -> dict[str, str]:
+    """The whole marker hash as text (empty before the first publish)."""
+    return {_text(k): _text(v) for k, v in client.hgetall(meta_key(prefix)).items()}
+
+
+def cleanup_sources(meta: dict[str, str], run_id: str) -> list[str]:
+    """Runs whose customers may still have keys that the publish of ``run_id`` must remove when absent."""
+    sources = []
+    if meta.get("run_id") and meta["run_id"] != run_id:
+        sources.append(meta["run_id"])
+    for field in ("cleanup_from", "writing"):
+        for run in (meta.get(field) or "").split(","):
+            if run and run != run_id and run not in sources:
+                sources.append(run)
+    return sources
+
+
+# --- encoding -----------------------------------------------------------------------------
+
+
+def _scored_at_text(column: pa.ChunkedArray | pa.Array) -> str:
+    value = column[0].as_py()
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _needs_escaping(ids: pa.Array) -> bool:
+    return pc.any(pc.match_substring_regex(ids, r'["\\\x00-\x1f]')).as_py() or False
+
+
+def encode_json_values(batch: pa.RecordBatch) -> pa.Array:
+    """The JSON record of every row of a score batch, built column-wise (no Python loop per row)."""
+    ids = batch.column("customer_id")
+    if _needs_escaping(ids):
+        raise RedisPublishError("customer ids with quotes, backslashes or control characters cannot be keys; "
+                                "fix them at the source (they were not quarantined by validation)")
+    run = batch.column("run_id")[0].as_py()
+    model = batch.column("model_version")[0].as_py()
+    proba = pc.cast(pc.round(pc.cast(batch.column("churn_probability"), pa.float64()), 6), pa.string())
+    tail = json.dumps({"model_version": model, "run_id": run, "scored_at": _scored_at_text(batch.column("scored_at"))},
+                      separators=(",", ":"))[1:]
+    return pc.binary_join_element_wise(
+        '{"customer_id":"', ids, '","churn_probability":', proba, ',"risk_band":"', batch.column("risk_band"),
+        '","risk_decile":', pc.cast(batch.column("risk_decile"), pa.string()), ",", tail, "",
+    )
+
+
+def encode_compact_values(batch: pa.RecordBatch) -> pa.Array:
+    """``probability|decile|band|run_id`` of every row (the ``hash`` layout's value)."""
+    proba = pc.cast(pc.round(pc.cast(batch.column("churn_probability"), pa.float64()), 6), pa.string())
+    run = batch.column("run_id")[0].as_py()
+    return pc.binary_join_element_wise(
+        proba, pc.cast(batch.column("risk_decile"), pa.string()), batch.column("risk_band"), run, "|"
+    )
 
 
 def encode_batch(columns: dict, prefix: str) -> dict[str, str]:
-    """JSON value per key for one batch of score columns."""
-    out: dict[str, str] = {}
-    for cid, proba, band, decile, model, run, scored in zip(
-        columns["customer_id"], columns["churn_probability"], columns["risk_band"], columns["risk_decile"],
-        columns["model_version"], columns["run_id"], columns["scored_at"],
-    ):
-        out[f"{prefix}:score:{cid}"] = json.dumps(
-            {"customer_id": cid, "churn_probability": round(float(proba), 6), "risk_band": band,
-             "risk_decile": int(decile), "model_version": model, "run_id": run,
-             "scored_at": scored.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")},
-            separators=(",", ":"),
-        )
-    return out
+    """JSON value per key for one batch of score columns given as Python lists (small batches, tests)."""
+    batch = pa.RecordBatch.from_pydict(columns)
+    keys = pc.binary_join_element_wise(f"{prefix}:score:", batch.column("customer_id"), "")
+    return dict(zip(keys.to_pylist(), encode_json_values(batch).to_pylist()))
+
+
+def _bulk_strings(*arrays: pa.Array) -> tuple[int, pa.Buffer | bytes]:
+    """RESP bulk strings of the arrays interleaved row by row (``$len\\r\\nvalue\\r\\n`` ...), as one buffer."""
+    parts = []
+    for array in arrays:
+        array = pc.cast(array, pa.string())
+        parts += ["$", pc.cast(pc.binary_length(array), pa.string()), "\r\n", array, "\r\n"]
+    joined = pc.binary_join_element_wise(*parts, "")
+    if isinstance(joined, pa.ChunkedArray):
+        joined = joined.combine_chunks()
+    if len(joined) == 0:
+        return 0, b""
+    offsets = np.frombuffer(joined.buffers()[1], dtype=np.int32, count=len(joined) + 1, offset=joined.offset * 4)
+    data = joined.buffers()[2]
+    return len(joined) * len(arrays), data[int(offsets[0]):int(offsets[-1])]
+
+
+def _bulk(value: str | bytes) -> bytes:
+    raw = value.encode() if isinstance(value, str) else value
+    return b"$%d\r\n%s\r\n" % (len(raw), raw)
+
+
+def _send_raw(client, head: bytes, body) -> object:
+    """Send one pre-built RESP command on a pooled connection and return its reply."""
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command([head, body])
+        return conn.read_response()
+    except BaseException:
+        conn.disconnect()  # unknown protocol state: never reuse this socket
+        raise
+    finally:
+        pool.release(conn)
+
+
+def _write_json(client, batch: pa.RecordBatch, prefix: str) -> int:
+    keys = pc.binary_join_element_wise(f"{prefix}:score:", batch.column("customer_id"), "")
+    count, body = _bulk_strings(keys, encode_json_values(batch))
+    _send_raw(client, b"*%d\r\n" % (count + 1) + _bulk("MSET"), body)
+    return batch.num_rows
+
+
+def _write_hash(client, batch: pa.RecordBatch, prefix: str, buckets: int, script_sha: str) -> int:
+    ids = batch.column("customer_id")
+    bucket = np.fromiter((zlib.crc32(i.encode()) % buckets for i in ids.to_pylist()), dtype=np.int64,
+                         count=batch.num_rows)
+    keys = pc.binary_join_element_wise(f"{prefix}:h:", pc.cast(pa.array(bucket), pa.string()), "")
+    key_count, key_body = _bulk_strings(keys)
+    arg_count, arg_body = _bulk_strings(ids, encode_compact_values(batch))
+    head = b"*%d\r\n" % (3 + key_count + arg_count) + _bulk("EVALSHA") + _bulk(script_sha) + _bulk(str(key_count))
+    _send_raw(client, head, bytes(key_body) + bytes(arg_body))
+    return batch.num_rows
+
+
+def _check_run(batch: pa.RecordBatch, run_id: str, scores_path: str | Path) -> None:
+    runs = pc.unique(batch.column("run_id")).to_pylist()
+    if runs != [run_id]:
+        raise RedisPublishError(f"{scores_path} holds scores of run(s) {runs}, not {run_id!r}: publish the "
+                                "score file of this run (nothing was switched)")
+
+
+def _batches(scores_path: str | Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    yield from pq.ParquetFile(scores_path).iter_batches(batch_size=batch_rows)
+
+
+def _scan_delete(client, pattern: str) -> int:
+    """UNLINK every key matching ``pattern`` (a previous layout's keys), in batches."""
+    deleted = 0
+    batch: list[bytes] = []
+    for key in client.scan_iter(match=pattern, count=10_000):
+        batch.append(key)
+        if len(batch) >= _DELETE_BATCH:
+            deleted += client.unlink(*batch)
+            batch = []
+    if batch:
+        deleted += client.unlink(*batch)
+    return deleted
+
+
+def _delete_stale(client, ids: Iterable[str], prefix: str, layout: str, buckets: int, batch_rows: int) -> int:
+    deleted = 0
+    pipe = client.pipeline(transaction=False)
+    pending = 0
+    for cid in ids:
+        if layout == "json":
+            pipe.unlink(score_key(cid, prefix))
+        else:
+            pipe.hdel(bucket_key(cid, prefix, buckets), cid)
+        pending += 1
+        if pending >= batch_rows:
+            deleted += sum(pipe.execute())
+            pending = 0
+    if pending:
+        deleted += sum(pipe.execute())
+    return deleted
+
+
+def _layout_pattern(layout: str, prefix: str) -> str:
+    return f"{prefix}:score:*" if layout == "json" else f"{prefix}:h:*"
+
+
+StaleIds = Callable[[list[str]], Iterable[str]] | Iterable[str] | None
 
 
 def publish_scores(
@@ -88,53 +314,108 @@ def publish_scores(
     scores_path: str | Path,
     run_id: str,
     model_version: str,
-    stale_ids: Iterable[str] | None = None,
+    stale_ids: StaleIds = None,
     prefix: str = "churn",
     batch_rows: int = 10_000,
+    layout: str = "json",
+    buckets: int = DEFAULT_BUCKETS,
+    hook: Callable[[str], None] | None = None,
 ) -> RedisPublish:
-    """Write every score with batched MSET, then move the marker, then delete customers no longer scored.
+    """Write every score in batches, then move the marker, then delete customers no longer scored.
 
-    ``stale_ids`` lists customers of the previous batch that are not in this one
-    (the caller computes it, e.g. from Postgres run tables); they are deleted only
-    after the marker has moved.
+    ``stale_ids`` is either the ids to delete, or a function receiving the runs
+    whose customers may still have keys (:func:`cleanup_sources`) and returning
+    the ids of those runs that are not in this batch (the pipeline answers it from
+    the Postgres run tables). ``hook(point)`` is called at named points
+    (``start``, ``batch``, ``records_written``, ``switched``, ``cleaned``): the
+    kill tests use it to stop the process exactly there.
     """
     import redis
 
+    if layout not in LAYOUTS:
+        raise RedisPublishError(f"CHURN_REDIS_LAYOUT={layout!r} is not a layout; use one of {LAYOUTS}")
+    if buckets < 1:
+        raise RedisPublishError(f"CHURN_REDIS_HASH_BUCKETS={buckets} must be positive")
     started = time.monotonic()
+    hook = hook or (lambda point: None)
     rows = 0
+    deleted = 0
+    layout_tag = layout if layout == "json" else f"hash:{buckets}"
     try:
-        for columns in _records(scores_path, batch_rows):
-            mapping = encode_batch(columns, prefix)
-            client.mset(mapping)  # one round trip per batch, atomic per batch
-            rows += len(mapping)
-        client.hset(
-            meta_key(prefix),
-            mapping={"run_id": run_id, "model_version": model_version, "customers": rows,
-                     "published_at": datetime.now(timezone.utc).isoformat()},
-        )
-        deleted = 0
-        if stale_ids is not None:
-            pipe = client.pipeline(transaction=False)
-            pending = 0
-            for cid in stale_ids:
-                pipe.delete(score_key(cid, prefix))
-                pending += 1
-                if pending >= batch_rows:
-                    deleted += sum(pipe.execute())
-                    pending = 0
-            if pending:
-                deleted += sum(pipe.execute())
+        meta = served_meta(client, prefix)
+        sources = cleanup_sources(meta, run_id)
+        previous = meta.get("run_id")
+        previous_tag = meta.get("layout_tag") or (previous and "json")  # markers older than layouts: json
+        hook("start")
+        # Remember this attempt first, so a later run can clean its keys if it is abandoned.
+        writing = [r for r in (meta.get("writing") or "").split(",") if r and r != run_id] + [run_id]
+        client.hset(meta_key(prefix), "writing", ",".join(writing))
+        script_sha = ""
+        if layout == "hash":
+            first = next(_batches(scores_path, 1), None)
+            scored_at = _scored_at_text(first.column("scored_at")) if first is not None else None
+            client.hset(runs_key(prefix), run_id, json.dumps({"model_version": model_version,
+                                                              "scored_at": scored_at}))
+            script_sha = client.script_load(_HSET_SCRIPT)
+        for batch in _batches(scores_path, batch_rows):
+            _check_run(batch, run_id, scores_path)
+            if layout == "json":
+                rows += _write_json(client, batch, prefix)
+            else:
+                rows += _write_hash(client, batch, prefix, buckets, script_sha)
+            hook("batch")
+        hook("records_written")
+        pending_cleanup = ",".join(sources)
+        with client.pipeline(transaction=True) as pipe:  # MULTI/EXEC: readers see old or new marker
+            pipe.hset(meta_key(prefix), mapping={
+                "run_id": run_id, "model_version": model_version, "customers": rows,
+                "published_at": datetime.now(timezone.utc).isoformat(), "layout": layout,
+                "buckets": buckets if layout == "hash" else "", "layout_tag": layout_tag,
+                "cleanup_from": pending_cleanup,
+            })
+            pipe.hdel(meta_key(prefix), "writing")
+            pipe.execute()
+        hook("switched")
+        if callable(stale_ids):
+            ids = stale_ids(sources) if sources else ()
+        else:
+            ids = stale_ids or ()
+        deleted += _delete_stale(client, ids, prefix, layout, buckets, batch_rows)
+        if previous_tag and previous_tag != layout_tag:
+            # The layout (or bucket count) changed: every key of the old layout is stale now.
+            if previous_tag == "json" or layout == "json":
+                deleted += _scan_delete(client, _layout_pattern("json" if previous_tag == "json" else "hash", prefix))
+            else:
+                log.warning("bucket count changed (%s -> %s): removing the old buckets' fields", previous_tag,
+                            layout_tag)
+                deleted += _rehash_cleanup(client, prefix, buckets)
+        if layout == "hash":
+            old_runs = [r for r in map(_text, client.hkeys(runs_key(prefix))) if r != run_id]
+            if old_runs:
+                client.hdel(runs_key(prefix), *old_runs)
+        else:
+            client.unlink(runs_key(prefix))
+        client.hdel(meta_key(prefix), "cleanup_from")
+        hook("cleaned")
     except redis.RedisError as exc:
         raise RedisPublishError(
-            f"Redis publish of run {run_id} failed after {rows} records: {exc}. "
-            "The batch marker was not moved if this happened before it; the task retry rewrites every record."
+            f"Redis publish of run {run_id} failed after {rows} records ({type(exc).__name__}: {exc}). "
+            f"Readers still see complete records and the marker says run {previous!r} unless the switch "
+            "already happened; check that Redis is reachable (CHURN_REDIS_URL / Airflow connection "
+            "'churn_redis') and let the task retry: it rewrites every record and finishes the cleanup."
         ) from exc
     elapsed = time.monotonic() - started
-    log.info("published %s scores to Redis (%s stale removed) in %.2f s", rows, deleted, elapsed)
-    return RedisPublish(rows, deleted, elapsed)
+    log.info("published %s scores to Redis (%s layout, %s stale removed) in %.2f s (%.0f rows/s)",
+             rows, layout, deleted, elapsed, rows / max(elapsed, 1e-9))
+    return RedisPublish(rows, deleted, elapsed, layout, previous)
 
 
-def served_run(client, prefix: str = "churn") -> str | None:
-    """run_id of the batch the marker points at."""
-    raw = client.hget(meta_key(prefix), "run_id")
-    return raw.decode() if isinstance(raw, bytes) else raw
+def _rehash_cleanup(client, prefix: str, buckets: int) -> int:
+    """After a bucket-count change, drop every field that sits in a bucket it no longer hashes to."""
+    removed = 0
+    for key in client.scan_iter(match=f"{prefix}:h:*", count=1000):
+        bucket = int(_text(key).rsplit(":", 1)[1])
+        wrong = [f for f in client.hkeys(key) if zlib.crc32(f) % buckets != bucket]
+        if wrong:
+            removed += client.hdel(key, *wrong)
+    return removed
