@@ -66,6 +66,46 @@ class ChurnConfig:
     """Label = churned within this many days after the training snapshot."""
     max_bad_row_fraction: float = 0.05
     """Share of quarantined rows above which a run stops before training and publishing."""
+    max_row_count_change: float = 0.5
+    """Batch check: rows may shrink to (1 - this) or grow to 1 / (1 - this) times the previous good run's count."""
+    max_data_age_days: float = 3.0
+    """Batch check where a timestamp column exists: the newest record must be at most this old at the run date."""
+    ingest_chunk_rows: int = 100_000
+    """Rows a file source holds in memory at once while reading (bounds memory for big exports)."""
+
+    # --- data source (default: the Postgres synthetic tables) ------------------------
+    source: str = "postgres"
+    """``postgres`` (the src.* tables, point-in-time SQL) or ``file`` (CSV/Parquet in a drop folder)."""
+    file_path: str = ""
+    """File source: path or glob; ``{ds}`` = the run date; relative paths are from the project root."""
+    file_score_path: str = ""
+    """File source: path/glob of the customers to score; empty = score the rows of ``file_path``."""
+    file_id_column: str = "customer_id"
+    """File source: the customer id column."""
+    file_label_column: str = "churned"
+    """File source: the target column (training rows)."""
+    file_label_values: str = ""
+    """File source: raw label -> 0/1, e.g. ``Yes:1,No:0``; empty = the label already is 0/1."""
+    file_numeric_columns: str = ""
+    """File source: comma-separated numeric feature columns (blanks become nulls)."""
+    file_boolean_columns: str = ""
+    """File source: comma-separated yes/no feature columns (1/0, true/false, yes/no)."""
+    file_categorical_columns: str = ""
+    """File source: comma-separated categorical feature columns."""
+    file_timestamp_column: str = ""
+    """File source: optional record update-time column (enables the freshness check)."""
+    file_suite: str = "file_source"
+    """File source: expectation suite name (``include/churn/expectations/<name>.json``) and dataset name."""
+    file_delimiter: str = ","
+    """File source: CSV delimiter."""
+    file_encoding: str = "utf-8"
+    """File source: CSV text encoding (a UTF-8 byte-order mark is accepted)."""
+
+    # --- drift -------------------------------------------------------------------------
+    drift_psi_threshold: float = 0.2
+    """A feature whose PSI against the champion's training reference exceeds this is a reason to retrain."""
+    drift_sample_rows: int = 200_000
+    """Scoring rows sampled for the drift comparison (bounds memory)."""
 
     # --- training ----------------------------------------------------------------
     train_budget_minutes: float = 2.0
@@ -88,6 +128,12 @@ class ChurnConfig:
     """Training rows are sampled down to this many (stratified) to keep the search in budget."""
     split_fractions: str = "0.8,0.1,0.1"
     """Train, validation and test fractions, keyed on a hash of the customer id."""
+    train_progress_seconds: float = 15.0
+    """Seconds between TPOT progress lines in the task log (also one line per finished generation)."""
+    reference_rows: int = 50_000
+    """Training feature rows (with ids) saved as ``reference.parquet`` next to each model for drift checks."""
+    onnx_parity_tolerance: float = 1e-5
+    """ONNX export counts only if its probabilities differ from scikit-learn's by less than this on the test split."""
 
     max_champion_age_days: int = 7
     """The nightly run retrains when the champion is older than this (or on a 'retrain' trigger)."""
@@ -105,8 +151,32 @@ class ChurnConfig:
     """Probability cut points between the ``low``, ``medium`` and ``high`` risk bands."""
     redis_key_prefix: str = "churn"
     """Prefix of every Redis key the platform writes."""
+    redis_layout: str = "json"
+    """Redis key layout: ``json`` (GET churn:score:{id}) or ``hash`` (compact buckets, README "Score contracts")."""
+    redis_hash_buckets: int = 65_536
+    """Buckets of the ``hash`` layout; keep customers / buckets under ~100 so buckets stay compactly encoded."""
+    pg_reader_role: str = "churn_reader"
+    """Read-only Postgres role for consumers (password from CHURN_PG_READER_PASSWORD); empty = not managed."""
     score_history_runs: int = 7
     """How many published runs stay queryable in Postgres score history."""
+
+    # --- monitoring and alerts ----------------------------------------------------
+    realized_lag_days: int = 30
+    """Realized performance: judge the scores published this many days ago against the churn seen since."""
+    realized_min_customers: int = 200
+    """Minimum customers with a known outcome before a realized ROC AUC is computed."""
+    max_realized_auc_drop: float = 0.05
+    """Realized ROC AUC this much below the model's test ROC AUC triggers a retrain and an alert."""
+    max_prediction_psi: float = 0.2
+    """PSI of this run's scores vs the previous run's above which an alert is raised."""
+    run_deadline_minutes: float = 240.0
+    """The nightly run alerts when it has not finished this many minutes after it was queued."""
+    alert_webhook_conn_id: str = "churn_alert_webhook"
+    """Airflow connection (http, host = URL) receiving alerts as JSON POSTs; absent = log only."""
+    alert_email_conn_id: str = "churn_alert_smtp"
+    """Airflow connection (smtp; extra {"to": "a@b"}) receiving alerts by e-mail; absent = log only."""
+    report_base_url: str = "http://localhost:8080/churn"
+    """Public URL of the Churn page (plugin) used in logs and alerts to link a run's report."""
 
     # --- exports -----------------------------------------------------------------
     export_band: str = "high"

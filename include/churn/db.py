@@ -80,6 +80,51 @@ CREATE TABLE IF NOT EXISTS churn.score_runs (
     published_at timestamptz NOT NULL DEFAULT now(),
     is_current boolean NOT NULL DEFAULT false
 );
+
+-- Data drift (churn.data.drift): per run and feature, scoring snapshot vs the champion's training reference.
+CREATE TABLE IF NOT EXISTS churn.drift_metrics (
+    run_key text NOT NULL,
+    feature text NOT NULL,
+    kind text NOT NULL,                  -- numeric | boolean | categorical
+    psi double precision,
+    ks_statistic double precision,       -- numeric features only
+    ks_pvalue double precision,
+    reference_version text NOT NULL,     -- champion whose reference.parquet was compared
+    reference_rows bigint NOT NULL,
+    current_rows bigint NOT NULL,
+    computed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_key, feature)
+);
+
+-- Monitoring (churn.monitoring): one row per run, replaced when the run is re-run.
+CREATE TABLE IF NOT EXISTS churn.run_metrics (
+    run_key text PRIMARY KEY,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    model_version text,
+    dry_run boolean NOT NULL DEFAULT false,
+    rows_in bigint,
+    rows_quarantined bigint,
+    rows_scored bigint,
+    rows_published bigint,
+    stage_seconds jsonb NOT NULL,
+    score_summary jsonb,                 -- mean, quantiles, band shares, 10-bin histogram
+    prediction_psi double precision,     -- this run's scores vs the previous run's
+    previous_run_key text,
+    report_path text
+);
+
+-- Realized performance: how the scores published N days ago did against the churn seen since.
+CREATE TABLE IF NOT EXISTS churn.realized_performance (
+    scored_run_key text NOT NULL,
+    model_version text NOT NULL,
+    evaluated_on date NOT NULL,
+    customers bigint NOT NULL,
+    churned bigint NOT NULL,
+    realized_roc_auc double precision,
+    expected_roc_auc double precision,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (scored_run_key, model_version)
+);
 """
 
 

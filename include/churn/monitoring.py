@@ -1,0 +1,235 @@
+"""Run monitoring in Postgres: per-run figures, prediction drift (PSI) and realized performance.
+
+- :func:`score_summary` / :func:`psi`: the score distribution of a run and its drift against
+  the previous run's (fixed 10 equal-width probability bins, so summaries compare across runs).
+- :func:`record_run`: one row per run in ``churn.run_metrics`` (replaced on a re-run).
+- :func:`evaluate_realized`: when outcomes (``src.churn_events``) are known for customers scored
+  ``realized_lag_days`` ago, the ROC AUC those scores achieved, per model version, in
+  ``churn.realized_performance``; :func:`realized_retrain_trigger` turns a drop into a retrain.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from churn.config import ChurnConfig
+from churn.db import ensure_schema, to_jsonb
+
+log = logging.getLogger(__name__)
+
+BIN_EDGES = np.linspace(0.0, 1.0, 11)
+
+
+def score_summary(proba: np.ndarray, band_cuts: tuple[float, ...] = (0.3, 0.6)) -> dict[str, Any]:
+    """Mean, spread, quantiles, risk-band shares and a 10-bin histogram of churn probabilities."""
+    proba = np.asarray(proba, dtype=float)
+    if proba.size == 0:
+        raise ValueError("no scores to summarize: the scored population is empty")
+    counts, _ = np.histogram(np.clip(proba, 0.0, 1.0), bins=BIN_EDGES)
+    bands = np.digitize(proba, band_cuts)
+    names = ["low", "medium", "high"] if len(band_cuts) == 2 else [f"band_{i}" for i in range(len(band_cuts) + 1)]
+    quantiles = np.quantile(proba, [0.1, 0.25, 0.5, 0.75, 0.9])
+    return {
+        "count": int(proba.size),
+        "mean": float(proba.mean()),
+        "std": float(proba.std()),
+        "quantiles": {k: float(v) for k, v in zip(("p10", "p25", "p50", "p75", "p90"), quantiles)},
+        "band_shares": {name: float((bands == i).mean()) for i, name in enumerate(names)},
+        "histogram": {"edges": [float(e) for e in BIN_EDGES], "counts": [int(c) for c in counts]},
+    }
+
+
+def psi(expected_counts: list[int] | np.ndarray, actual_counts: list[int] | np.ndarray, eps: float = 1e-4) -> float:
+    """Population stability index between two histograms over the same bins (0 = identical)."""
+    expected = np.asarray(expected_counts, dtype=float)
+    actual = np.asarray(actual_counts, dtype=float)
+    if expected.shape != actual.shape or expected.sum() <= 0 or actual.sum() <= 0:
+        raise ValueError("PSI needs two non-empty histograms over the same bins")
+    # Empty bins get a tiny share so the log stays finite (the usual PSI convention).
+    e = np.clip(expected / expected.sum(), eps, None)
+    a = np.clip(actual / actual.sum(), eps, None)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def previous_run(conn, run_key: str) -> tuple[str, dict] | None:
+    """The latest earlier non-dry run with a score summary: (run_key, score_summary)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT run_key, score_summary FROM churn.run_metrics WHERE run_key < %s AND NOT dry_run "
+            "AND score_summary IS NOT NULL ORDER BY run_key DESC LIMIT 1", (run_key,),
+        )
+        row = cur.fetchone()
+    conn.commit()
+    return (row[0], row[1]) if row else None
+
+
+@dataclass
+class RunMetrics:
+    """One row of ``churn.run_metrics``."""
+
+    run_key: str
+    model_version: str | None
+    dry_run: bool
+    rows_in: int | None
+    rows_quarantined: int | None
+    rows_scored: int | None
+    rows_published: int | None
+    stage_seconds: dict
+    score_summary: dict | None
+    prediction_psi: float | None
+    previous_run_key: str | None
+    report_path: str | None = None
+
+
+def build_run_metrics(conn, run_key: str, summary: dict, scores_path: str | None, model_version: str | None,
+                      band_cuts: tuple[float, ...], dry_run: bool) -> RunMetrics:
+    """Figures of one run from its summary and scores file, with PSI against the previous run."""
+    import pandas as pd
+
+    scores = None
+    if scores_path and Path(scores_path).exists():
+        scores = score_summary(pd.read_parquet(scores_path, columns=["churn_probability"])["churn_probability"]
+                               .to_numpy(), band_cuts)
+    prev = previous_run(conn, run_key)
+    drift = psi(prev[1]["histogram"]["counts"], scores["histogram"]["counts"]) if prev and scores else None
+    ingested = summary.get("rows_ingested") or {}
+    quarantined = summary.get("rows_quarantined") or {}
+    return RunMetrics(
+        run_key=run_key, model_version=model_version,
+        dry_run=dry_run, rows_in=sum(v for v in ingested.values() if isinstance(v, int)) if ingested else None,
+        rows_quarantined=sum(v for v in quarantined.values() if isinstance(v, int)) if quarantined else None,
+        rows_scored=summary.get("scored"), rows_published=summary.get("published_postgres"),
+        stage_seconds={k: v for k, v in (summary.get("stage_seconds") or {}).items() if v is not None},
+        score_summary=scores, prediction_psi=drift, previous_run_key=prev[0] if prev else None,
+    )
+
+
+def record_run(conn, metrics: RunMetrics) -> None:
+    """Insert or replace the run's row in ``churn.run_metrics`` (idempotent per run key)."""
+    ensure_schema(conn)
+    with conn.cursor() as cur:
+        cur.execute(
+            """INSERT INTO churn.run_metrics (run_key, model_version, dry_run, rows_in, rows_quarantined,
+                   rows_scored, rows_published, stage_seconds, score_summary, prediction_psi, previous_run_key,
+                   report_path)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+               ON CONFLICT (run_key) DO UPDATE SET recorded_at = now(), model_version = EXCLUDED.model_version,
+                   dry_run = EXCLUDED.dry_run, rows_in = EXCLUDED.rows_in,
+                   rows_quarantined = EXCLUDED.rows_quarantined, rows_scored = EXCLUDED.rows_scored,
+                   rows_published = EXCLUDED.rows_published, stage_seconds = EXCLUDED.stage_seconds,
+                   score_summary = EXCLUDED.score_summary, prediction_psi = EXCLUDED.prediction_psi,
+                   previous_run_key = EXCLUDED.previous_run_key, report_path = EXCLUDED.report_path""",
+            (metrics.run_key, metrics.model_version, metrics.dry_run, metrics.rows_in, metrics.rows_quarantined,
+             metrics.rows_scored, metrics.rows_published, to_jsonb(metrics.stage_seconds),
+             to_jsonb(metrics.score_summary) if metrics.score_summary else None, metrics.prediction_psi,
+             metrics.previous_run_key, metrics.report_path),
+        )
+    conn.commit()
+
+
+def _scores_of_run(conn, cfg: ChurnConfig, run_key: str):
+    """A published run's scores (customer_id, churn_probability, model_version): Postgres table, else run folder."""
+    import pandas as pd
+
+    from churn.publish.postgres import run_table
+
+    table = run_table(run_key)
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s)", (f"churn.{table}",))
+        exists = cur.fetchone()[0] is not None
+        if exists:
+            cur.execute(f"SELECT customer_id, churn_probability, model_version FROM churn.{table}")
+            rows = cur.fetchall()
+    conn.commit()
+    if exists:
+        return pd.DataFrame(rows, columns=["customer_id", "churn_probability", "model_version"])
+    path = cfg.runs_dir / run_key / "scores.parquet"
+    if path.exists():  # history tables are pruned after CHURN_SCORE_HISTORY_RUNS runs; run folders stay
+        return pd.read_parquet(path, columns=["customer_id", "churn_probability", "model_version"])
+    return None
+
+
+def evaluate_realized(conn, cfg: ChurnConfig, as_of: date) -> list[dict]:
+    """ROC AUC achieved by the scores of ``as_of - realized_lag_days``, per model version; stored and returned."""
+    from sklearn.metrics import roc_auc_score
+
+    ensure_schema(conn)
+    scored_on = as_of - timedelta(days=cfg.realized_lag_days)
+    scores = _scores_of_run(conn, cfg, scored_on.isoformat())
+    if scores is None or scores.empty:
+        log.info("realized performance: no scores from %s (%s days ago) to judge", scored_on, cfg.realized_lag_days)
+        return []
+    with conn.cursor() as cur:
+        # Outcome = churned after the scoring day, up to the evaluation day (the label window of those scores).
+        cur.execute("SELECT DISTINCT customer_id FROM src.churn_events WHERE churn_date > %s AND churn_date <= %s",
+                    (scored_on, as_of))
+        churned = {row[0] for row in cur.fetchall()}
+    conn.commit()
+    results = []
+    for version, part in scores.groupby("model_version"):
+        y = part["customer_id"].isin(churned).to_numpy().astype(int)
+        if len(part) < cfg.realized_min_customers or y.min() == y.max():
+            log.info("realized performance of %s: %s customers, %s churned: not enough to judge",
+                     version, len(part), int(y.sum()))
+            continue
+        with conn.cursor() as cur:
+            cur.execute("SELECT (metrics->>'roc_auc')::float FROM churn.model_registry WHERE version = %s",
+                        (version,))
+            row = cur.fetchone()
+        conn.commit()
+        record = {"scored_run_key": scored_on.isoformat(), "model_version": str(version),
+                  "evaluated_on": as_of.isoformat(), "customers": int(len(part)), "churned": int(y.sum()),
+                  "realized_roc_auc": float(roc_auc_score(y, part["churn_probability"].to_numpy())),
+                  "expected_roc_auc": row[0] if row else None}
+        with conn.cursor() as cur:
+            cur.execute(
+                """INSERT INTO churn.realized_performance (scored_run_key, model_version, evaluated_on, customers,
+                       churned, realized_roc_auc, expected_roc_auc) VALUES (%s, %s, %s, %s, %s, %s, %s)
+                   ON CONFLICT (scored_run_key, model_version) DO UPDATE SET evaluated_on = EXCLUDED.evaluated_on,
+                       customers = EXCLUDED.customers, churned = EXCLUDED.churned,
+                       realized_roc_auc = EXCLUDED.realized_roc_auc, expected_roc_auc = EXCLUDED.expected_roc_auc,
+                       recorded_at = now()""",
+                (record["scored_run_key"], record["model_version"], as_of, record["customers"], record["churned"],
+                 record["realized_roc_auc"], record["expected_roc_auc"]),
+            )
+        conn.commit()
+        log.info("realized ROC AUC of %s on scores from %s: %.4f (test: %s)", version, scored_on,
+                 record["realized_roc_auc"], record["expected_roc_auc"])
+        results.append(record)
+    return results
+
+
+def realized_drop(record: dict, max_drop: float) -> str | None:
+    """Why a realized result is a decay signal (test AUC minus realized AUC above ``max_drop``), or None."""
+    expected, realized = record.get("expected_roc_auc"), record.get("realized_roc_auc")
+    if expected is None or realized is None or expected - realized <= max_drop:
+        return None
+    return (f"realized ROC AUC of {record['model_version']} on scores from {record['scored_run_key']} is "
+            f"{realized:.4f}, {expected - realized:.4f} below its test ROC AUC {expected:.4f} "
+            f"(allowed drop {max_drop:.4f})")
+
+
+def realized_retrain_trigger(conn, cfg: ChurnConfig, champion_version: str | None) -> tuple[bool, str]:
+    """Retrain when the champion's latest realized ROC AUC dropped more than ``max_realized_auc_drop``."""
+    if champion_version is None:
+        return False, "no champion"
+    ensure_schema(conn)
+    with conn.cursor() as cur:
+        cur.execute(
+            """SELECT scored_run_key, model_version, realized_roc_auc, expected_roc_auc
+               FROM churn.realized_performance WHERE model_version = %s ORDER BY scored_run_key DESC LIMIT 1""",
+            (champion_version,),
+        )
+        row = cur.fetchone()
+    conn.commit()
+    if row is None:
+        return False, f"no realized performance for {champion_version} yet"
+    reason = realized_drop(dict(zip(("scored_run_key", "model_version", "realized_roc_auc", "expected_roc_auc"),
+                                    row)), cfg.max_realized_auc_drop)
+    return (True, reason) if reason else (False, f"realized ROC AUC of {champion_version} is {row[2]:.4f}: fine")
