@@ -62,6 +62,22 @@ class PostgresPublish:
     load_seconds: float
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def connect_for_publish(factory: Callable[[], object], run_key: str):
+    """Open the publishing connection; an unreachable server becomes a PublishError that says what to check."""
+    try:
+        return factory()
+    except psycopg2.OperationalError as exc:
+        raise PublishError(
+            f"cannot reach Postgres to publish run {run_key} ({_one_line(exc)}); nothing was changed and readers "
+            "still see the previous batch. Check CHURN_POSTGRES_URL / the Airflow connection 'churn_postgres' "
+            "and that the server is up; the task retry publishes the run."
+        ) from exc
+
+
 def run_table(run_key: str) -> str:
     """Per-run table name, e.g. ``scores_2026_11_20`` (schema ``churn``)."""
     safe = re.sub(r"[^a-z0-9]+", "_", run_key.lower()).strip("_")
@@ -71,7 +87,7 @@ def run_table(run_key: str) -> str:
 
 
 def copy_parquet(cur, parquet_path: str | Path, table: str, columns: str = SCORES_COLUMNS,
-                 batch_rows: int = 250_000, freeze: bool = False) -> int:
+                 batch_rows: int = 250_000, freeze: bool = False, on_batch: Callable[[], None] | None = None) -> int:
     """COPY a Parquet file into ``table`` batch by batch (CSV over the wire, bounded memory)."""
     options = "FORMAT csv, FREEZE true" if freeze else "FORMAT csv"
     rows = 0
@@ -83,20 +99,23 @@ def copy_parquet(cur, parquet_path: str | Path, table: str, columns: str = SCORE
         buf.seek(0)
         cur.copy_expert(f"COPY {table} ({columns}) FROM STDIN WITH ({options})", buf)
         rows += batch.num_rows
+        if on_batch is not None:
+            on_batch()
     return rows
 
 
 def publish_scores(conn, scores_path: str | Path, run_key: str, model_version: str, retention_runs: int = 7,
-                   hook: Callable[[str], None] | None = None) -> PostgresPublish:
+                   hook: Callable[[str], None] | None = None, copy_batch_rows: int = 250_000) -> PostgresPublish:
     """Load the run's scores into a private table, then switch readers to it in one transaction.
 
-    ``hook(point)`` is called at named points (``loaded``, ``switching``,
-    ``switched``); the kill tests use it to stop the process exactly there.
+    ``hook(point)`` is called at named points (``copy`` after each COPY batch,
+    ``loaded``, ``switching``, ``switched``); the kill tests use it to stop the process exactly there.
     Database errors become :class:`PublishError` (nothing is switched before the
     single switch transaction commits).
     """
     try:
-        return _publish(conn, scores_path, run_key, model_version, retention_runs, hook or (lambda point: None))
+        return _publish(conn, scores_path, run_key, model_version, retention_runs, hook or (lambda point: None),
+                        copy_batch_rows)
     except PublishError:
         if not conn.closed:
             conn.rollback()  # drops the half-loaded staging table of this attempt
@@ -108,14 +127,14 @@ def publish_scores(conn, scores_path: str | Path, run_key: str, model_version: s
             except psycopg2.Error:
                 pass  # the connection is gone: the server rolls the transaction back itself
         raise PublishError(
-            f"Postgres publish of run {run_key} failed ({type(exc).__name__}: {str(exc).strip()}). Readers still "
+            f"Postgres publish of run {run_key} failed ({type(exc).__name__}: {_one_line(exc)}). Readers still "
             "see the previous batch (the switch is one transaction). Check that Postgres is reachable "
             "(CHURN_POSTGRES_URL / Airflow connection 'churn_postgres') and let the task retry."
         ) from exc
 
 
 def _publish(conn, scores_path: str | Path, run_key: str, model_version: str, retention_runs: int,
-             hook: Callable[[str], None]) -> PostgresPublish:
+             hook: Callable[[str], None], copy_batch_rows: int) -> PostgresPublish:
     ensure_schema(conn)
     final = run_table(run_key)
     staging = f"{final}__loading"
@@ -125,7 +144,8 @@ def _publish(conn, scores_path: str | Path, run_key: str, model_version: str, re
         cur.execute(_TABLE_DDL.format(name=f"churn.{staging}"))
         # FREEZE: the table was created in this transaction, so rows can be written pre-frozen
         # (no hint-bit rewrite of the whole table on first read by consumers).
-        rows = copy_parquet(cur, scores_path, f"churn.{staging}", freeze=True)
+        rows = copy_parquet(cur, scores_path, f"churn.{staging}", batch_rows=copy_batch_rows, freeze=True,
+                            on_batch=lambda: hook("copy"))
         cur.execute(f"SELECT count(DISTINCT run_id), min(run_id) FROM churn.{staging}")
         runs, found = cur.fetchone()
         if rows and (runs != 1 or found != run_key):
