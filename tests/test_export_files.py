@@ -34,6 +34,7 @@ def test_default_exports_equal_the_first_versions_behaviour():
     assert spec.bands == ("high",) and spec.min_decile is None and spec.probability_above is None
     assert spec.columns == DEFAULT_COLUMNS and spec.gzip is False
     assert spec.file_name("2026-11-20") == "churn_high_risk_2026-11-20.csv"
+    assert len(parse_exports('[{"name": "a", "band": "high"}, {"name": "b", "min_decile": 10}]')) == 2
     (medium,) = parse_exports("", "medium")
     assert medium.file_name("2026-11-20") == "churn_medium_risk_2026-11-20.csv"
 
@@ -66,6 +67,8 @@ def test_exports_from_environment_json():
     ('[{"name": "a", "band": "high", "gzip": "yes"}]', "'gzip' must be true or false"),
     ('[{"name": "a", "band": "high"}, {"name": "a", "band": "low", "file": "b_{run_date}.csv"}]', "more than one"),
     ('[{"name": "../a", "band": "high"}]', "'name' must be"),
+    ('[{"name": "a", "band": "high", "file": "x_{run_date}.csv"}, {"name": "b", "band": "low", '
+     '"file": "x_{run_date}.csv"}]', "file name"),
 ])
 def test_bad_export_definitions_say_what_to_fix(raw, message):
     with pytest.raises(ConfigError, match="CHURN_EXPORTS") as info:

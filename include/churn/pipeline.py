@@ -388,21 +388,41 @@ def publish_redis(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_
 
 
 def export(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_published: dict) -> dict:
-    """Write the configured risk band as a CSV (plus manifest) for email journeys."""
-    from churn.publish.files import export_segment
+    """Write the configured exports (CSV + manifest each); deliver them over SFTP when the connection exists."""
+    from churn.publish.files import ExportRefused, check_published, export_spec, parse_exports
+    from churn.publish.sftp import deliver_files, hook_sftp_factory, sftp_connection_configured, sftp_location
 
     started = time.monotonic()
     if _dry_run(run):
         return _timed(run, "export", started, {"skipped": True, "rows": 0, "path": None,
                                                "reason": "dry run: nothing exported"})
+    specs = parse_exports(cfg.exports, cfg.export_band)  # a config mistake fails before anything is written
+    if pg_published.get("skipped") or not pg_published.get("table"):
+        # Skipped, not emptied: yesterday's complete files stay where the consumer picks them up.
+        raise ExportRefused(f"run {run['run_key']}: publish_postgres published nothing "
+                            f"({pg_published.get('reason')}); no export is written or delivered")
+    table = pg_published["table"].split(".", 1)[1]
     conn = res.pg()
     try:
-        table = pg_published["table"].split(".", 1)[1]
-        written = export_segment(conn, table, cfg.export_band, cfg.exports_dir, run["run_key"],
-                                 scored["model_version"])
+        check_published(conn, run["run_key"], table, pg_published["rows"])
+        written = [export_spec(conn, spec, table, cfg.exports_dir, run["run_key"], scored["model_version"],
+                               airflow_run_id=run.get("airflow_run_id", ""), chunk_rows=cfg.export_chunk_rows)
+                   for spec in specs]
     finally:
         conn.close()
-    return _timed(run, "export", started, {**written.__dict__, "delivered_to": "local folder"})
+    remote: list[str] = []
+    if sftp_connection_configured(cfg.sftp_conn_id):
+        files = [path for w in written for path in (w.path, w.manifest_path)]  # each manifest after its file
+        remote = deliver_files(files, cfg.export_remote_dir, hook_sftp_factory(cfg.sftp_conn_id),
+                               attempts=cfg.export_upload_attempts, backoff_seconds=cfg.export_retry_seconds)
+        delivered_to = sftp_location(cfg.sftp_conn_id, cfg.export_remote_dir)
+    else:
+        delivered_to = str(cfg.exports_dir)
+        log.info("no Airflow connection '%s': exports stay in %s", cfg.sftp_conn_id, delivered_to)
+    return _timed(run, "export", started, {
+        **written[0].__dict__, "exports": [w.__dict__ for w in written], "delivered_to": delivered_to,
+        "delivery": "sftp" if remote else "local", "remote_paths": remote,
+    })
 
 
 def summarize(cfg: ChurnConfig, res: Resources, run: dict, stages: dict) -> dict:
@@ -434,6 +454,7 @@ def summarize(cfg: ChurnConfig, res: Resources, run: dict, stages: dict) -> dict
     summary["published_redis"] = stages["redis_published"]["rows"]
     summary["export_path"] = stages["exported"]["path"]
     summary["export_rows"] = stages["exported"]["rows"]
+    summary["export_delivered_to"] = stages["exported"].get("delivered_to")
     summary["stage_seconds"] = {name: value.get("stage_seconds") for name, value in stages.items()
                                 if isinstance(value, dict)}
 

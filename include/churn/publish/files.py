@@ -116,8 +116,8 @@ def parse_exports(raw: str, default_band: str = "high") -> list[ExportSpec]:
     if not isinstance(items, list) or not items:
         raise ConfigError("CHURN_EXPORTS must be a non-empty JSON list of export objects")
     specs = [_parse_one(i, item) for i, item in enumerate(items)]
-    for attr, what in (("name", "name"), ("file_pattern", "file pattern")):
-        values = [getattr(s, attr) for s in specs]
+    for what, key in (("name", lambda s: s.name), ("file name", lambda s: s.file_name("2026-01-01"))):
+        values = [key(s) for s in specs]
         dupes = sorted({v for v in values if values.count(v) > 1})
         if dupes:
             raise ConfigError(f"CHURN_EXPORTS: {what} {dupes} used by more than one export; each needs its own")
