@@ -81,16 +81,22 @@ def churn_nightly():
         return run_stage("profile_and_validate", run, ingested)
 
     @task
+    def drift(run: dict, validated: dict) -> dict:
+        from churn.pipeline import run_stage
+
+        return run_stage("drift", run, validated)
+
+    @task
     def split(run: dict, validated: dict) -> dict:
         from churn.pipeline import run_stage
 
         return run_stage("split", run, validated)
 
     @task(execution_timeout=timedelta(hours=3))
-    def train(run: dict, splits: dict) -> dict:
+    def train(run: dict, splits: dict, drifted: dict) -> dict:
         from churn.pipeline import run_stage
 
-        return run_stage("train", run, splits)
+        return run_stage("train", run, splits, drifted)
 
     @task
     def evaluate_and_gate(run: dict, splits: dict, trained: dict) -> dict:
@@ -137,8 +143,9 @@ def churn_nightly():
     run = start_run()
     ingested = ingest(run)
     validated = profile_and_validate(run, ingested)
+    drifted = drift(run, validated)
     splits = split(run, validated)
-    trained = train(run, splits)
+    trained = train(run, splits, drifted)
     evaluation = evaluate_and_gate(run, splits, trained)
     registered = register(run, splits, evaluation)
     scored = score(run, validated, registered)

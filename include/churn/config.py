@@ -110,6 +110,8 @@ class ChurnConfig:
     # --- training ----------------------------------------------------------------
     train_budget_minutes: float = 2.0
     """Wall-clock budget of the TPOT search."""
+    train_tpot: bool = True
+    """Run the TPOT search next to the logistic baseline (false = baseline only, e.g. quick checks of a new source)."""
     max_eval_minutes: float = 0.5
     """Time limit for evaluating one candidate pipeline inside TPOT."""
     tpot_search_space: str = "linear-light"

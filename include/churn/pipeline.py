@@ -44,10 +44,10 @@ def _dry_run(run: dict) -> bool:
     return bool(run.get("params", {}).get("dry_run"))
 
 
-def _sample_snapshot(path: str, fraction: float, seed: int) -> int:
+def _sample_snapshot(path: str, fraction: float, seed: int, id_column: str = "customer_id") -> int:
     """Keep a deterministic, id-keyed share of a snapshot in place (same customers on a re-run); returns rows."""
     frame = pd.read_parquet(path)
-    keep = pd.util.hash_pandas_object(frame["customer_id"].astype(str) + str(seed), index=False) % 10_000 \
+    keep = pd.util.hash_pandas_object(frame[id_column].astype(str) + str(seed), index=False) % 10_000 \
         < int(round(fraction * 10_000))
     sampled = frame[keep.to_numpy()]
     tmp = f"{path}.sampling"
@@ -85,36 +85,61 @@ def start_run(cfg: ChurnConfig, res: Resources, as_of: date, airflow_run_id: str
 
 
 def ingest(cfg: ChurnConfig, res: Resources, run: dict) -> dict:
-    """Point-in-time snapshots: training (features at as_of - window, with labels) and scoring (at as_of)."""
-    from churn.data.ingest import extract_snapshot
+    """Point-in-time snapshots (training with labels, scoring) from the configured source, plus its dataset spec.
+
+    Postgres source: training features as of ``as_of - label_window_days`` with the label "churned within
+    the window", scoring features as of ``as_of``. File source: the file(s) delivered for the run date are
+    that date's snapshot (a file has no time dimension); labelled rows train, and the same rows (or
+    ``CHURN_FILE_SCORE_PATH``) are scored. The spec is written to ``<run_dir>/dataset_spec.json``.
+    """
+    from churn.data.spec import spec_from_config
 
     started = time.monotonic()
     as_of = date.fromisoformat(run["as_of"])
-    train_date = as_of - timedelta(days=cfg.label_window_days)
-    conn = res.pg()
-    try:
-        train = extract_snapshot(conn, train_date, Path(run["run_dir"]) / "train_raw.parquet", cfg.label_window_days)
-        score = extract_snapshot(conn, as_of, Path(run["run_dir"]) / "score_raw.parquet")
-    finally:
-        conn.close()
+    spec = spec_from_config(cfg)
+    run_dir = Path(run["run_dir"])
+    if spec.source == "file":
+        from churn.data.sources import read_file_snapshot, resolve_files
+
+        options = {"delimiter": cfg.file_delimiter, "encoding": cfg.file_encoding, "chunk_rows": cfg.ingest_chunk_rows}
+        train = read_file_snapshot(spec, resolve_files(cfg.file_path, as_of), run_dir / "train_raw.parquet", as_of,
+                                   labelled=True, **options)
+        score = read_file_snapshot(spec, resolve_files(cfg.file_score_path or cfg.file_path, as_of),
+                                   run_dir / "score_raw.parquet", as_of, labelled=False, **options)
+    else:
+        from churn.data.ingest import extract_snapshot
+
+        train_date = as_of - timedelta(days=cfg.label_window_days)
+        conn = res.pg()
+        try:
+            train = extract_snapshot(conn, train_date, run_dir / "train_raw.parquet", cfg.label_window_days)
+            score = extract_snapshot(conn, as_of, run_dir / "score_raw.parquet")
+        finally:
+            conn.close()
     out = {"train": dict(train.__dict__), "score": dict(score.__dict__)}
     fraction = float(run.get("params", {}).get("sample_fraction") or 1.0)
     if fraction < 1.0:
         # A published batch must cover everyone (publish_redis deletes customers not scored), so the
         # scored population is sampled only in a dry run; training rows are sampled in every run.
         for dataset in ("train", "score") if _dry_run(run) else ("train",):
-            out[dataset]["rows"] = _sample_snapshot(out[dataset]["path"], fraction, cfg.random_state)
+            out[dataset]["rows"] = _sample_snapshot(out[dataset]["path"], fraction, cfg.random_state,
+                                                    spec.id_column)
             out[dataset]["sample_fraction"] = fraction
         log.info("sampled %s of the population: %s", fraction, {k: v["rows"] for k, v in out.items()})
+    out["dataset"] = spec.name
+    out["spec_path"] = str(spec.write(run_dir))  # a reference: split/train/validate read the spec from here
     return _timed(run, "ingest", started, out)
 
 
 def profile_and_validate(cfg: ChurnConfig, res: Resources, run: dict, ingested: dict) -> dict:
-    """Profile both snapshots, validate them with the GX suite, quarantine bad rows."""
+    """Profile both snapshots, validate them with the dataset's GX suite, quarantine bad rows, build Data Docs."""
     from churn.data.profile import profile_snapshot
+    from churn.data.spec import load_run_spec
     from churn.data.validate import validate_snapshot
 
     started = time.monotonic()
+    spec = load_run_spec(run["run_dir"])
+    docs_dir = Path(run["run_dir"]) / "data_docs"
     out: dict[str, Any] = {}
     conn = res.pg()
     try:
@@ -123,26 +148,49 @@ def profile_and_validate(cfg: ChurnConfig, res: Resources, run: dict, ingested: 
             profile_snapshot(conn, path, run["run_key"], dataset)
             outcome = validate_snapshot(
                 conn, path, run["run_key"], dataset, run["run_dir"], cfg.max_bad_row_fraction,
-                training=dataset == "train",
+                training=dataset == "train", spec=spec, as_of=date.fromisoformat(run["as_of"]),
+                max_row_count_change=cfg.max_row_count_change, max_data_age_days=cfg.max_data_age_days,
+                docs_dir=docs_dir,
             )
             out[dataset] = outcome.as_dict()
     finally:
         conn.close()
+    out["data_docs_path"] = str(docs_dir / "index.html")  # HTML per dataset, linked from this index
     return _timed(run, "profile_and_validate", started, out)
+
+
+def drift(cfg: ChurnConfig, res: Resources, run: dict, validated: dict) -> dict:
+    """PSI (every feature) and KS (numeric) of the clean scoring snapshot vs the champion's training reference."""
+    from churn.data.drift import drift_against_champion
+    from churn.model import registry
+    from churn.model.features import ModelSignature
+
+    started = time.monotonic()
+    conn = res.pg()
+    try:
+        champ = registry.champion(conn)
+        signature = ModelSignature.from_dict(champ.signature) if champ is not None else None
+        report = drift_against_champion(conn, champ, signature, validated["score"]["clean_path"], run["run_key"],
+                                        cfg.drift_psi_threshold, cfg.drift_sample_rows)
+    finally:
+        conn.close()
+    return _timed(run, "drift", started, report.as_dict())
 
 
 def split(cfg: ChurnConfig, res: Resources, run: dict, validated: dict) -> dict:
     """Deterministic id-keyed train/valid/test split of the clean training rows."""
-    from churn.data.ingest import LABEL_COLUMN
+    from churn.data.spec import load_run_spec
     from churn.model.train import split_ids
 
     started = time.monotonic()
+    spec = load_run_spec(run["run_dir"])
+    LABEL_COLUMN = spec.label_column  # noqa: N806 - the dataset's label column (from its spec)
     frame = pd.read_parquet(validated["train"]["clean_path"])
     if len(frame) > cfg.max_train_rows:
         frame = frame.groupby(LABEL_COLUMN, group_keys=False).sample(
             frac=cfg.max_train_rows / len(frame), random_state=cfg.random_state
         )
-    assignment = split_ids(frame["customer_id"], cfg.splits)
+    assignment = split_ids(frame[spec.id_column], cfg.splits)
     paths: dict[str, str] = {}
     counts: dict[str, dict] = {}
     for name in ("train", "valid", "test"):
@@ -160,8 +208,8 @@ def split(cfg: ChurnConfig, res: Resources, run: dict, validated: dict) -> dict:
     return _timed(run, "split", started, {"paths": paths, "counts": counts, "data_fingerprint": fingerprint})
 
 
-def retrain_decision(cfg: ChurnConfig, res: Resources, run: dict) -> tuple[bool, str]:
-    """Retrain when forced, when there is no champion, or when it is older than the configured age."""
+def retrain_decision(cfg: ChurnConfig, res: Resources, run: dict, drift: dict | None = None) -> tuple[bool, str]:
+    """Retrain when forced, without a champion, on feature drift above the threshold, or when the champion is old."""
     from churn.model import registry
 
     if run.get("params", {}).get("retrain"):
@@ -171,6 +219,10 @@ def retrain_decision(cfg: ChurnConfig, res: Resources, run: dict) -> tuple[bool,
         champ = registry.champion(conn)
         if champ is None:
             return True, "no champion yet"
+        if drift and drift.get("computed") and drift.get("drifted"):
+            return True, (f"feature drift vs {drift.get('reference_version')}: PSI of {drift['max_psi_feature']} is "
+                          f"{drift['max_psi']} > CHURN_DRIFT_PSI_THRESHOLD={cfg.drift_psi_threshold} "
+                          f"({len(drift['drifted'])} feature(s) drifted)")
         with conn.cursor() as cur:
             cur.execute("SELECT created_at FROM churn.model_registry WHERE version = %s", (champ.version,))
             created = cur.fetchone()[0]
@@ -183,33 +235,35 @@ def retrain_decision(cfg: ChurnConfig, res: Resources, run: dict) -> tuple[bool,
     return False, f"champion {champ.version} is fresh ({age.days} days old)"
 
 
-def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict) -> dict:
-    """Fit the logistic baseline and the TPOT search on the training split (if the policy says retrain)."""
+def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict | None = None) -> dict:
+    """Fit the logistic baseline and the TPOT search on the training split (if the policy, drift included, says so)."""
     import joblib
 
-    from churn.data.ingest import BOOLEAN_FEATURES, CATEGORICAL_FEATURES, ID_COLUMN, LABEL_COLUMN, NUMERIC_FEATURES
+    from churn.data.spec import load_run_spec
     from churn.model.features import ModelSignature
     from churn.model.train import fit_baseline, fit_tpot
 
     started = time.monotonic()
     cfg = _cfg_for(cfg, run)
-    retrain, why = retrain_decision(cfg, res, run)
+    retrain, why = retrain_decision(cfg, res, run, drift)
     if not retrain:
         log.info("not retraining: %s", why)
         return _timed(run, "train", started, {"retrained": False, "reason": why, "candidates": []})
     train_df = pd.read_parquet(splits["paths"]["train"])
     valid_df = pd.read_parquet(splits["paths"]["valid"])
-    signature = ModelSignature.infer(train_df, ID_COLUMN, LABEL_COLUMN, NUMERIC_FEATURES, BOOLEAN_FEATURES,
-                                     CATEGORICAL_FEATURES)
+    spec = load_run_spec(run["run_dir"])  # the dataset's columns and kinds, whatever the source
+    signature = ModelSignature.infer(train_df, spec.id_column, spec.label_column, spec.numeric, spec.boolean,
+                                     spec.categorical)
     candidates = [fit_baseline(train_df, valid_df, signature, cfg.random_state)]
-    candidates.append(
-        fit_tpot(
+    if not cfg.train_tpot:
+        log.info("CHURN_TRAIN_TPOT=false: baseline only, no TPOT search")
+    else:
+        candidates.append(fit_tpot(
             train_df, valid_df, signature, budget_minutes=cfg.train_budget_minutes,
             max_eval_minutes=cfg.max_eval_minutes, search_space=cfg.tpot_search_space, cv=cfg.tpot_cv,
             population_size=cfg.tpot_population_size, n_jobs=cfg.n_jobs, random_state=cfg.random_state,
             dask_scheduler_address=cfg.dask_scheduler_address,
-        )
-    )
+        ))
     out_dir = Path(run["run_dir"]) / "candidates"
     out_dir.mkdir(exist_ok=True)
     described = []

@@ -120,6 +120,12 @@ class Snapshot:
     rows: int
     snapshot_date: str
     labelled: bool
+    source_files: list[str] | None = None
+    """Files read (file sources only), in reading order."""
+    ignored_columns: list[str] | None = None
+    """Columns present in the files but not in the dataset spec (dropped, logged)."""
+    max_chunk_rows: int | None = None
+    """Largest number of rows held in memory at once while reading (file sources)."""
 
 
 def snapshot_sql(cur, snapshot: date, label_window_days: int | None) -> str:

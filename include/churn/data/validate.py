@@ -8,6 +8,14 @@ Each expectation's ``meta.level`` says what a failure means:
 * ``row``: the offending rows go to ``churn.quarantine`` with the reason and the run
   key; the run continues with the good rows while their share stays under
   ``max_bad_row_fraction``.
+
+Two batch checks need figures only known at run time; the suite file declares them
+and this module fills in the bounds: ``meta.row_count_vs_previous`` (row count
+within ``max_row_count_change`` of the previous successful run of the same suite
+and dataset) and ``meta.freshness`` (the newest value of the timestamp column at
+most ``max_data_age_days`` old at the run date). Rows a file source could not
+parse (``_parse_errors``) and label values outside the configured mapping are
+quarantined here too. Every run renders GX Data Docs HTML into ``docs_dir``.
 """
 
 from __future__ import annotations
@@ -16,10 +24,12 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
 
+from churn.data.spec import PARSE_ERRORS_COLUMN, DatasetSpec, synthetic_spec
 from churn.db import ensure_schema, to_jsonb
 
 log = logging.getLogger(__name__)
@@ -43,6 +53,8 @@ class ValidationOutcome:
     result_path: str
     batch_failures: list[str] = field(default_factory=list)
     row_failures: dict[str, int] = field(default_factory=dict)
+    data_docs_path: str | None = None
+    previous_rows: int | None = None
 
     def as_dict(self) -> dict:
         """Plain dict for XCom / the run summary."""
@@ -50,12 +62,14 @@ class ValidationOutcome:
 
 
 def load_suite_definition(name: str = "churn_features") -> dict:
-    """The suite JSON as a dict (the file is the source of truth, not code)."""
-    path = EXPECTATIONS_DIR / f"{name}.json"
+    """The suite JSON as a dict (the file is the source of truth, not code); ``name`` may also be a .json path."""
+    path = Path(name) if name.endswith(".json") else EXPECTATIONS_DIR / f"{name}.json"
     try:
         return json.loads(path.read_text())
     except FileNotFoundError as exc:
-        raise ValidationFailed(f"expectation suite file {path} is missing") from exc
+        raise ValidationFailed(
+            f"expectation suite file {path} is missing: add it (see the existing suites) or set CHURN_FILE_SUITE"
+        ) from exc
 
 
 def _gx_validate(frame: pd.DataFrame, suite_def: dict, dataset: str):
@@ -70,6 +84,65 @@ def _gx_validate(frame: pd.DataFrame, suite_def: dict, dataset: str):
     return batch.validate(suite, result_format={"result_format": "COMPLETE"})
 
 
+def _previous_rows(conn, run_key: str, dataset: str, suite_name: str) -> int | None:
+    """Rows checked by the latest earlier successful run of the same suite and dataset."""
+    ensure_schema(conn)
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT rows_checked FROM churn.validation_results WHERE dataset = %s AND run_key < %s AND success"
+            " AND result->>'suite_name' = %s ORDER BY run_key DESC LIMIT 1",
+            (dataset, run_key, suite_name),
+        )
+        row = cur.fetchone()
+    conn.commit()
+    return None if row is None else int(row[0])
+
+
+def resolve_runtime_expectations(suite_def: dict, *, previous_rows: int | None, max_row_count_change: float,
+                                 timestamp_column: str | None, as_of: date | None,
+                                 max_data_age_days: float) -> dict:
+    """Fill the bounds of the suite's run-time checks; drop those that cannot apply (no previous run, no timestamp)."""
+    resolved = []
+    for exp in suite_def["expectations"]:
+        meta = exp.get("meta", {})
+        if meta.get("row_count_vs_previous"):
+            if previous_rows is None:
+                log.info("row-count change check skipped: no earlier successful run of suite %s", suite_def["name"])
+                continue
+            keep = 1.0 - max_row_count_change
+            exp = {**exp, "kwargs": {**exp.get("kwargs", {}), "min_value": int(previous_rows * keep),
+                                     "max_value": int(previous_rows / keep) if keep > 0 else None}}
+        elif meta.get("freshness"):
+            column = exp.get("kwargs", {}).get("column") or timestamp_column
+            if not column or as_of is None:
+                log.info("freshness check skipped: the dataset has no timestamp column")
+                continue
+            oldest = datetime.combine(as_of, time.min, tzinfo=timezone.utc) - timedelta(days=max_data_age_days)
+            exp = {**exp, "kwargs": {**exp.get("kwargs", {}), "column": column, "min_value": pd.Timestamp(oldest)}}
+        resolved.append(exp)
+    return {**suite_def, "expectations": resolved}
+
+
+def render_data_docs(result, docs_dir: str | Path, dataset: str) -> Path:
+    """Render one GX validation result as Data Docs HTML (``<docs_dir>/<dataset>.html``) and refresh the index."""
+    from great_expectations.render.renderer import ValidationResultsPageRenderer
+    from great_expectations.render.view import DefaultJinjaPageView
+
+    docs_dir = Path(docs_dir)
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    page = DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result))
+    path = docs_dir / f"{dataset}.html"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(page)
+    os.replace(tmp, path)
+    links = "".join(f'<li><a href="{p.name}">{p.stem}</a></li>' for p in sorted(docs_dir.glob("*.html"))
+                    if p.name != "index.html")
+    (docs_dir / "index.html").write_text(
+        f"<html><head><title>Data Docs</title></head><body><h1>Validation results</h1><ul>{links}</ul></body></html>"
+    )
+    return path
+
+
 def validate_snapshot(
     conn,
     snapshot_path: str | Path,
@@ -78,9 +151,17 @@ def validate_snapshot(
     out_dir: str | Path,
     max_bad_row_fraction: float,
     training: bool,
-    suite_name: str = "churn_features",
+    suite_name: str | None = None,
+    *,
+    spec: DatasetSpec | None = None,
+    as_of: date | None = None,
+    max_row_count_change: float = 0.5,
+    max_data_age_days: float = 3.0,
+    docs_dir: str | Path | None = None,
 ) -> ValidationOutcome:
-    """Validate a Parquet snapshot, quarantine bad rows, write the clean rows next to it."""
+    """Validate a Parquet snapshot, quarantine bad rows, write the clean rows (labels as 0/1) next to it."""
+    spec = spec or synthetic_spec()
+    suite_name = suite_name or spec.suite
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = pd.read_parquet(snapshot_path).reset_index(drop=True)
@@ -89,11 +170,33 @@ def validate_snapshot(
         suite_def = {**suite_def, "expectations": [
             e for e in suite_def["expectations"] if not e.get("meta", {}).get("training_only")
         ]}
-    result = _gx_validate(frame, suite_def, dataset)
+    previous = _previous_rows(conn, run_key, dataset, suite_def["name"])
+    suite_def = resolve_runtime_expectations(
+        suite_def, previous_rows=previous, max_row_count_change=max_row_count_change,
+        timestamp_column=spec.timestamp_column, as_of=as_of, max_data_age_days=max_data_age_days,
+    )
 
     batch_failures: list[str] = []
     row_failures: dict[str, int] = {}
     bad_rows: dict[int, list[str]] = {}
+    # Cells a file source could not parse: the row is quarantined with the cell's text as the reason.
+    if PARSE_ERRORS_COLUMN in frame.columns:
+        parse_errors = frame.pop(PARSE_ERRORS_COLUMN)
+        for index, note in parse_errors.dropna().items():
+            bad_rows.setdefault(int(index), []).append(f"unparseable: {note}")
+        if parse_errors.notna().any():
+            row_failures["unparseable value"] = int(parse_errors.notna().sum())
+    # A label the mapping does not know cannot become 0/1: quarantine it even if the suite forgot the check.
+    if training and spec.label_values and spec.label_column in frame.columns:
+        labels = frame[spec.label_column]
+        unknown = labels.isna() | ~labels.astype("str").isin(list(spec.label_values))
+        for index in frame.index[unknown]:
+            bad_rows.setdefault(int(index), []).append(
+                f"label {spec.label_column}={labels[index]!r} not in CHURN_FILE_LABEL_VALUES {list(spec.label_values)}")
+        if unknown.any():
+            row_failures[f"label outside {list(spec.label_values)}"] = int(unknown.sum())
+
+    result = _gx_validate(frame, suite_def, dataset)
     for item in result.results:
         config = item.expectation_config
         level = (config.meta or {}).get("level", "batch")
@@ -110,26 +213,29 @@ def validate_snapshot(
 
     result_path = out_dir / f"validation_{dataset}.json"
     result_path.write_text(json.dumps(result.to_json_dict(), default=str))
+    docs_path = render_data_docs(result, docs_dir or out_dir / "data_docs", dataset)
     bad_fraction = len(bad_rows) / max(len(frame), 1)
     success = not batch_failures and bad_fraction <= max_bad_row_fraction
-    _store(conn, run_key, dataset, frame, bad_rows, success, result_path)
+    _store(conn, run_key, dataset, frame, bad_rows, success, result_path, spec.id_column)
 
     clean_path = out_dir / f"{dataset}_clean.parquet"
     clean = frame.drop(index=list(bad_rows)) if bad_rows else frame
+    clean = _normalize(clean, spec, training)
     tmp = clean_path.with_suffix(".tmp")
     clean.to_parquet(tmp, index=False)
     os.replace(tmp, clean_path)
     outcome = ValidationOutcome(
-        dataset, success, len(frame), len(bad_rows), str(clean_path), str(result_path), batch_failures, row_failures
+        dataset, success, len(frame), len(bad_rows), str(clean_path), str(result_path), batch_failures, row_failures,
+        str(docs_path), previous,
     )
     log.info(
-        "validated %s: %s rows, %s quarantined (%.2f%%), batch failures: %s",
-        dataset, len(frame), len(bad_rows), 100 * bad_fraction, batch_failures or "none",
+        "validated %s: %s rows, %s quarantined (%.2f%%), batch failures: %s, data docs: %s",
+        dataset, len(frame), len(bad_rows), 100 * bad_fraction, batch_failures or "none", docs_path,
     )
     if batch_failures:
         raise ValidationFailed(
             f"{dataset} snapshot failed batch checks {batch_failures}; the run stops before training and "
-            f"publishing, so the served scores stay as they were. Details: {result_path}"
+            f"publishing, so the served scores stay as they were. Details: {result_path}, Data Docs: {docs_path}"
         )
     if bad_fraction > max_bad_row_fraction:
         raise ValidationFailed(
@@ -139,13 +245,27 @@ def validate_snapshot(
     return outcome
 
 
+def _normalize(clean: pd.DataFrame, spec: DatasetSpec, training: bool) -> pd.DataFrame:
+    """Clean rows in model-ready types: label as 0/1, yes/no columns with gaps as floats (the imputer fills them)."""
+    clean = clean.copy()
+    if training and spec.label_column in clean.columns and not pd.api.types.is_integer_dtype(clean[spec.label_column]):
+        if spec.label_values:
+            clean[spec.label_column] = clean[spec.label_column].astype("str").map(spec.label_values).astype("int8")
+        else:
+            clean[spec.label_column] = pd.to_numeric(clean[spec.label_column]).astype("int8")
+    for column in spec.boolean:
+        if column in clean.columns and not pd.api.types.is_bool_dtype(clean[column]):
+            clean[column] = clean[column].astype("float64")
+    return clean
+
+
 def _describe(result: dict) -> str:
     keys = ("observed_value", "unexpected_count", "partial_unexpected_list")
     return ", ".join(f"{k}={result[k]}" for k in keys if result.get(k) is not None)[:300] or "failed"
 
 
 def _store(conn, run_key: str, dataset: str, frame: pd.DataFrame, bad_rows: dict[int, list[str]], success: bool,
-           result_path: Path) -> None:
+           result_path: Path, id_column: str = "customer_id") -> None:
     """Replace this run's stored result and quarantine rows for the dataset (idempotent)."""
     ensure_schema(conn)
     summary = json.loads(result_path.read_text())
@@ -166,7 +286,7 @@ def _store(conn, run_key: str, dataset: str, frame: pd.DataFrame, bad_rows: dict
                 cur,
                 "INSERT INTO churn.quarantine (run_key, dataset, row_number, customer_id, reasons, record) VALUES %s",
                 [
-                    (run_key, dataset, int(idx), None if rec.get("customer_id") is None else str(rec["customer_id"]),
+                    (run_key, dataset, int(idx), None if rec.get(id_column) is None else str(rec[id_column]),
                      bad_rows[idx], to_jsonb(rec))
                     for idx, rec in zip(sorted(bad_rows), records)
                 ],

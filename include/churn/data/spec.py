@@ -1,0 +1,140 @@
+"""The dataset spec: which columns are the id, the label and the features of each kind.
+
+Every source (the Postgres synthetic tables, CSV/Parquet files in a drop folder)
+produces one, ingest writes it as ``dataset_spec.json`` into the run folder, and
+split, train and validate read it from there, so a new dataset needs configuration
+only, never code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SPEC_FILE = "dataset_spec.json"
+PARSE_ERRORS_COLUMN = "_parse_errors"  # per-row text of cells ingest could not parse (files only)
+
+
+class SpecError(ValueError):
+    """The dataset spec (from configuration) is incomplete or contradictory; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Columns and kinds of one dataset, plus the expectation suite that checks it."""
+
+    name: str
+    source: str
+    id_column: str
+    label_column: str
+    numeric: list[str] = field(default_factory=list)
+    boolean: list[str] = field(default_factory=list)
+    categorical: list[str] = field(default_factory=list)
+    suite: str = "churn_features"
+    label_values: dict[str, int] = field(default_factory=dict)
+    """Raw label value -> 0/1 (e.g. ``{"Yes": 1, "No": 0}``); empty when the label already is 0/1."""
+    timestamp_column: str | None = None
+    """Column holding each record's update time; enables the freshness check."""
+
+    @property
+    def feature_columns(self) -> list[str]:
+        """All feature columns in a stable order (numeric, boolean, categorical)."""
+        return [*self.numeric, *self.boolean, *self.categorical]
+
+    def required_columns(self, labelled: bool) -> list[str]:
+        """Columns a snapshot must have: id, features, the timestamp if configured, the label for training."""
+        cols = [self.id_column, *self.feature_columns]
+        if self.timestamp_column:
+            cols.append(self.timestamp_column)
+        if labelled:
+            cols.append(self.label_column)
+        return cols
+
+    def check(self) -> "DatasetSpec":
+        """Raise SpecError when the spec cannot work (no features, a column listed twice)."""
+        if not self.id_column or not self.label_column:
+            raise SpecError("the dataset spec needs an id column and a label column (CHURN_FILE_ID_COLUMN / "
+                            "CHURN_FILE_LABEL_COLUMN)")
+        if not self.feature_columns:
+            raise SpecError("the dataset spec has no feature columns: set CHURN_FILE_NUMERIC_COLUMNS, "
+                            "CHURN_FILE_BOOLEAN_COLUMNS and/or CHURN_FILE_CATEGORICAL_COLUMNS")
+        names = [self.id_column, self.label_column, *self.feature_columns]
+        dupes = sorted({c for c in names if names.count(c) > 1})
+        if dupes:
+            raise SpecError(f"column(s) {dupes} are listed twice in the dataset spec (id, label and feature lists "
+                            "must not overlap)")
+        return self
+
+    def as_dict(self) -> dict:
+        """JSON-able form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DatasetSpec":
+        """Inverse of ``as_dict``."""
+        return cls(**data)
+
+    def write(self, run_dir: str | Path) -> Path:
+        """Write ``dataset_spec.json`` into the run folder and return its path."""
+        path = Path(run_dir) / SPEC_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.as_dict(), indent=2))
+        tmp.replace(path)
+        return path
+
+
+def synthetic_spec() -> DatasetSpec:
+    """The spec of the Postgres synthetic source (the default)."""
+    from churn.data.ingest import BOOLEAN_FEATURES, CATEGORICAL_FEATURES, ID_COLUMN, LABEL_COLUMN, NUMERIC_FEATURES
+
+    return DatasetSpec("churn_synthetic", "postgres", ID_COLUMN, LABEL_COLUMN, list(NUMERIC_FEATURES),
+                       list(BOOLEAN_FEATURES), list(CATEGORICAL_FEATURES), "churn_features")
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def parse_label_values(value: str) -> dict[str, int]:
+    """``"Yes:1,No:0"`` -> ``{"Yes": 1, "No": 0}``; raises SpecError naming CHURN_FILE_LABEL_VALUES."""
+    mapping: dict[str, int] = {}
+    for part in _split(value):
+        raw, sep, target = part.rpartition(":")
+        if not sep or target.strip() not in {"0", "1"}:
+            raise SpecError(f"CHURN_FILE_LABEL_VALUES={value!r}: each item must be '<raw value>:<0 or 1>', "
+                            "e.g. 'Yes:1,No:0'")
+        mapping[raw.strip()] = int(target)
+    if mapping and set(mapping.values()) != {0, 1}:
+        raise SpecError(f"CHURN_FILE_LABEL_VALUES={value!r} must map at least one value to 1 and one to 0")
+    return mapping
+
+
+def spec_from_config(cfg) -> DatasetSpec:
+    """The dataset spec the configured source produces (``CHURN_SOURCE`` = ``postgres`` or ``file``)."""
+    if cfg.source == "postgres":
+        return synthetic_spec()
+    if cfg.source != "file":
+        raise SpecError(f"CHURN_SOURCE={cfg.source!r} must be 'postgres' or 'file'")
+    if not cfg.file_path:
+        raise SpecError("CHURN_SOURCE=file needs CHURN_FILE_PATH (a path or glob, may contain {ds})")
+    return DatasetSpec(
+        name=cfg.file_suite, source="file", id_column=cfg.file_id_column, label_column=cfg.file_label_column,
+        numeric=_split(cfg.file_numeric_columns), boolean=_split(cfg.file_boolean_columns),
+        categorical=_split(cfg.file_categorical_columns), suite=cfg.file_suite,
+        label_values=parse_label_values(cfg.file_label_values),
+        timestamp_column=cfg.file_timestamp_column or None,
+    ).check()
+
+
+def load_run_spec(run_dir: str | Path) -> DatasetSpec:
+    """The spec ingest wrote for this run (the synthetic one, with a warning, for runs from before specs)."""
+    path = Path(run_dir) / SPEC_FILE
+    if not path.exists():
+        log.warning("no %s in %s (run ingested before dataset specs); assuming the synthetic source", SPEC_FILE,
+                    run_dir)
+        return synthetic_spec()
+    return DatasetSpec.from_dict(json.loads(path.read_text()))
