@@ -341,6 +341,7 @@ def publish_scores(
     rows = 0
     deleted = 0
     layout_tag = layout if layout == "json" else f"hash:{buckets}"
+    previous: str | None = None
     try:
         meta = served_meta(client, prefix)
         sources = cleanup_sources(meta, run_id)
@@ -384,7 +385,8 @@ def publish_scores(
         if previous_tag and previous_tag != layout_tag:
             # The layout (or bucket count) changed: every key of the old layout is stale now.
             if previous_tag == "json" or layout == "json":
-                deleted += _scan_delete(client, _layout_pattern("json" if previous_tag == "json" else "hash", prefix))
+                old_layout = "json" if previous_tag == "json" else "hash"
+                deleted += _scan_delete(client, _layout_pattern(old_layout, prefix))
             else:
                 log.warning("bucket count changed (%s -> %s): removing the old buckets' fields", previous_tag,
                             layout_tag)

@@ -1,0 +1,253 @@
+"""Integration: Redis publish on the real server, both layouts (json GET, compact hash HGET)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import redis
+
+from churn.publish import redis_store as rs
+from churn.services import start_redis, stop_redis
+from tests.conftest import free_port
+from tests.test_publish_postgres import RUN_A, RUN_B, write_scores
+
+FIELDS = {"customer_id", "churn_probability", "risk_band", "risk_decile", "model_version", "run_id", "scored_at"}
+A_IDS = [f"C{i:08d}" for i in range(1, 6001)]
+B_IDS = [f"C{i:08d}" for i in range(1001, 8001)]
+BUCKETS = 64  # ~110 customers per bucket at 7000: small hashes, like production's 65,536 at millions
+
+
+@pytest.fixture
+def scores(tmp_path):
+    """Run A: customers 1..6000; run B: 1001..8000 (1000 dropped, 2000 added)."""
+    return {RUN_A: write_scores(tmp_path / "a.parquet", RUN_A, 0, 6000, seed=1),
+            RUN_B: write_scores(tmp_path / "b.parquet", RUN_B, 1000, 7000, seed=2)}
+
+
+def expected(path) -> dict[str, dict]:
+    table = pq.read_table(path).to_pylist()
+    return {r["customer_id"]: r for r in table}
+
+
+def stale_between(old_ids, new_ids):
+    """What the pipeline answers from Postgres: ids of the given runs that the new run lacks."""
+    new = set(new_ids)
+    return lambda sources: [c for c in old_ids if c not in new] if sources else []
+
+
+def publish(client, path, run, layout, stale=None, **kwargs):
+    return rs.publish_scores(client, path, run, f"{run}-logreg", stale, layout=layout, buckets=BUCKETS,
+                             batch_rows=500, **kwargs)
+
+
+def lookup(client, cid, layout):
+    return rs.lookup_score(client, cid, layout=layout, buckets=BUCKETS)
+
+
+def check_record(record, cid, truth):
+    assert record is not None, f"{cid} missing"
+    assert set(record) == FIELDS and None not in record.values(), record
+    row = truth[cid]
+    assert record["customer_id"] == cid
+    assert abs(record["churn_probability"] - row["churn_probability"]) < 1e-6
+    assert (record["risk_band"], record["risk_decile"], record["model_version"], record["run_id"]) == (
+        row["risk_band"], row["risk_decile"], row["model_version"], row["run_id"])
+    assert record["scored_at"] == row["scored_at"].strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.mark.parametrize("layout", rs.LAYOUTS)
+def test_publish_writes_every_record_and_republish_is_identical(redis_client, scores, layout):
+    truth = expected(scores[RUN_A])
+    result = publish(redis_client, scores[RUN_A], RUN_A, layout)
+    assert result.rows == 6000
+    for cid in random.Random(1).sample(A_IDS, 300):
+        check_record(lookup(redis_client, cid, layout), cid, truth)
+    snapshot = {k: redis_client.dump(k) for k in redis_client.keys() if k != b"churn:meta"}
+    size = redis_client.dbsize()
+    publish(redis_client, scores[RUN_A], RUN_A, layout)
+    assert redis_client.dbsize() == size
+    assert {k: redis_client.dump(k) for k in redis_client.keys() if k != b"churn:meta"} == snapshot
+    assert rs.served_meta(redis_client)["run_id"] == RUN_A
+    assert "writing" not in rs.served_meta(redis_client)
+    assert lookup(redis_client, "C99999999", layout) is None
+
+
+def test_json_layout_key_contract_is_plain_get(redis_client, scores):
+    publish(redis_client, scores[RUN_A], RUN_A, "json")
+    assert redis_client.dbsize() == 6000 + 1  # one key per customer plus the marker
+    raw = redis_client.get("churn:score:C00000042")
+    import json
+
+    assert json.loads(raw) == lookup(redis_client, "C00000042", "json")
+
+
+def test_hash_layout_key_contract_is_one_hget_on_a_crc32_bucket(redis_client, scores):
+    import zlib
+
+    publish(redis_client, scores[RUN_A], RUN_A, "hash")
+    bucket = zlib.crc32(b"C00000042") % BUCKETS
+    raw = redis_client.hget(f"churn:h:{bucket}", "C00000042").decode()
+    proba, decile, band, run = raw.split("|")
+    record = lookup(redis_client, "C00000042", "hash")
+    assert (float(proba), int(decile), band, run) == (record["churn_probability"], record["risk_decile"],
+                                                      record["risk_band"], RUN_A)
+    meta = rs.served_meta(redis_client)
+    assert meta["layout"] == "hash" and int(meta["buckets"]) == BUCKETS
+    assert redis_client.hlen("churn:runs") == 1
+    assert sum(redis_client.hlen(f"churn:h:{b}") for b in range(BUCKETS)) == 6000
+
+
+class LookupReader(threading.Thread):
+    """Looks customers up during a publish: every existing customer must return a complete record."""
+
+    def __init__(self, url: str, layout: str, truths: dict[str, dict[str, dict]]):
+        super().__init__(daemon=True)
+        self.client = redis.Redis.from_url(url)
+        self.layout, self.truths = layout, truths
+        self.stop = threading.Event()
+        self.lookups = 0
+        self.bad: list[object] = []
+        self.marker_runs: list[str] = []
+
+    def run(self) -> None:
+        rng = random.Random(7)
+        overlap = [c for c in A_IDS if c in set(B_IDS)]
+        new_only = B_IDS[-2000:]
+        while not self.stop.is_set():
+            marker = rs.served_run(self.client)
+            self.marker_runs.append(marker)
+            cid = rng.choice(overlap)
+            record = rs.lookup_score(self.client, cid, layout=self.layout, buckets=BUCKETS)
+            self.lookups += 1
+            if record is None or set(record) != FIELDS or None in record.values():
+                self.bad.append(("incomplete", cid, record))
+            elif record != self._as_record(record["run_id"], cid):
+                self.bad.append(("not an old or new record", cid, record))
+            if marker == RUN_B:
+                # the marker moved: every record of run B must already be there
+                cid = rng.choice(new_only)
+                record = rs.lookup_score(self.client, cid, layout=self.layout, buckets=BUCKETS)
+                if record is None or record["run_id"] != RUN_B:
+                    self.bad.append(("marker moved before all records", cid, record))
+
+    def _as_record(self, run, cid):
+        row = self.truths.get(run, {}).get(cid)
+        if row is None:
+            return None
+        return {"customer_id": cid, "churn_probability": round(float(row["churn_probability"]), 6),
+                "risk_band": row["risk_band"], "risk_decile": row["risk_decile"], "model_version": row["model_version"],
+                "run_id": run, "scored_at": row["scored_at"].strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+@pytest.mark.parametrize("layout", rs.LAYOUTS)
+def test_during_publish_every_customer_has_a_complete_record_and_stale_ones_go_after_the_switch(
+        redis_client, redis_url, scores, layout):
+    truths = {RUN_A: expected(scores[RUN_A]), RUN_B: expected(scores[RUN_B])}
+    publish(redis_client, scores[RUN_A], RUN_A, layout)
+    size_a = redis_client.info("memory")["used_memory"]
+    reader = LookupReader(redis_url, layout, truths)
+    marker_at_points: dict[str, str | None] = {}
+    stale_present: dict[str, bool] = {}
+
+    def hook(point: str) -> None:
+        marker_at_points[point] = rs.served_run(redis_client)
+        stale_present[point] = lookup(redis_client, "C00000001", layout) is not None
+        time.sleep(0.01)  # give the reader time inside every step
+
+    reader.start()
+    try:
+        while reader.lookups < 20:
+            time.sleep(0.005)
+        publish(redis_client, scores[RUN_B], RUN_B, layout, stale_between(A_IDS, B_IDS), hook=hook)
+        seen = reader.lookups
+        while reader.lookups < seen + 20:
+            time.sleep(0.005)
+    finally:
+        reader.stop.set()
+        reader.join(10)
+    assert not reader.bad, reader.bad[:5]
+    assert reader.lookups > 100
+    assert marker_at_points["records_written"] == RUN_A and marker_at_points["switched"] == RUN_B
+    assert stale_present["switched"] and not stale_present["cleaned"]  # stale removed only after the switch
+    assert RUN_A in reader.marker_runs and reader.marker_runs[-1] == RUN_B
+    for cid in ("C00000001", "C00001000"):
+        assert lookup(redis_client, cid, layout) is None
+    for cid in random.Random(3).sample(B_IDS, 300):
+        check_record(lookup(redis_client, cid, layout), cid, truths[RUN_B])
+    # old versions never pile up: one record per customer, memory about the same as one batch
+    if layout == "json":
+        assert redis_client.dbsize() == 7000 + 1
+    else:
+        assert sum(redis_client.hlen(f"churn:h:{b}") for b in range(BUCKETS)) == 7000
+        assert [k.decode() for k in redis_client.hkeys("churn:runs")] == [RUN_B]
+    assert redis_client.info("memory")["used_memory"] < size_a * 1.5
+    assert set(rs.served_meta(redis_client)) >= {"run_id", "customers", "layout"}
+    assert rs.served_meta(redis_client)["customers"] == "7000"
+    assert "cleanup_from" not in rs.served_meta(redis_client)
+
+
+def test_switching_layout_removes_the_old_layout_after_the_switch(redis_client, scores):
+    publish(redis_client, scores[RUN_A], RUN_A, "json")
+    publish(redis_client, scores[RUN_B], RUN_B, "hash", stale_between(A_IDS, B_IDS))
+    assert not list(redis_client.scan_iter("churn:score:*"))
+    assert lookup(redis_client, "C00005000", "hash")["run_id"] == RUN_B
+    publish(redis_client, scores[RUN_B], RUN_B, "json")
+    assert not list(redis_client.scan_iter("churn:h:*")) and not redis_client.exists("churn:runs")
+    assert redis_client.dbsize() == 7000 + 1
+
+
+def test_a_file_of_another_run_is_refused_and_the_marker_stays(redis_client, scores):
+    publish(redis_client, scores[RUN_A], RUN_A, "json")
+    with pytest.raises(rs.RedisPublishError, match="not '2026-11-22'"):
+        publish(redis_client, scores[RUN_B], "2026-11-22", "json")
+    assert rs.served_run(redis_client) == RUN_A
+
+
+def test_unreachable_redis_fails_with_a_clear_error(scores):
+    client = redis.Redis(port=free_port(), socket_connect_timeout=1)
+    with pytest.raises(rs.RedisPublishError, match="check that Redis is reachable"):
+        publish(client, scores[RUN_A], RUN_A, "json")
+
+
+@pytest.mark.parametrize("layout", rs.LAYOUTS)
+def test_redis_dying_mid_publish_leaves_the_marker_and_a_retry_completes(tmp_path, scores, layout):
+    port = free_port()
+    start_redis(tmp_path / "redis", port)
+    client = redis.Redis(port=port, socket_timeout=5, socket_connect_timeout=1)
+    try:
+        publish(client, scores[RUN_A], RUN_A, layout)
+        client.save()  # the served batch is on disk, as in production persistence
+        batches = 0
+
+        def die(point: str) -> None:
+            nonlocal batches
+            batches += point == "batch"
+            if batches == 3:
+                admin = redis.Redis(port=port)
+                try:
+                    admin.shutdown(nosave=True)  # the server crashes mid-publish
+                except redis.ConnectionError:
+                    pass  # SHUTDOWN closes the connection: that is its success
+                while True:  # wait until the port is closed
+                    try:
+                        redis.Redis(port=port, socket_connect_timeout=0.2).ping()
+                        time.sleep(0.05)
+                    except redis.ConnectionError:
+                        break
+
+        with pytest.raises(rs.RedisPublishError, match="reachable.*retry"):
+            publish(client, scores[RUN_B], RUN_B, layout, stale_between(A_IDS, B_IDS), hook=die)
+        start_redis(tmp_path / "redis", port)  # back from its last dump: run A served
+        assert rs.served_run(client) == RUN_A
+        assert lookup(client, "C00000001", layout)["run_id"] == RUN_A
+        publish(client, scores[RUN_B], RUN_B, layout, stale_between(A_IDS, B_IDS))
+        assert rs.served_run(client) == RUN_B
+        assert lookup(client, "C00000001", layout) is None
+        assert lookup(client, "C00008000", layout)["run_id"] == RUN_B
+    finally:
+        client.close()
+        stop_redis(tmp_path / "redis")
