@@ -262,7 +262,7 @@ def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict
             train_df, valid_df, signature, budget_minutes=cfg.train_budget_minutes,
             max_eval_minutes=cfg.max_eval_minutes, search_space=cfg.tpot_search_space, cv=cfg.tpot_cv,
             population_size=cfg.tpot_population_size, n_jobs=cfg.n_jobs, random_state=cfg.random_state,
-            dask_scheduler_address=cfg.dask_scheduler_address,
+            dask_scheduler_address=cfg.dask_scheduler_address, progress_seconds=cfg.train_progress_seconds,
         ))
     out_dir = Path(run["run_dir"]) / "candidates"
     out_dir.mkdir(exist_ok=True)
@@ -311,7 +311,8 @@ def evaluate_and_gate(cfg: ChurnConfig, res: Resources, run: dict, splits: dict,
             champion_auc = classification_metrics(labels(test_df, champ_sig), champion_proba)["roc_auc"]
         except SignatureMismatch as exc:
             log.warning("champion %s cannot score this data (%s); judging on thresholds alone", champ.version, exc)
-    decision = gate(challenger["metrics"]["roc_auc"], champion_auc, cfg.min_roc_auc, cfg.max_auc_drop)
+    decision = gate(challenger["metrics"]["roc_auc"], champion_auc, cfg.min_roc_auc, cfg.max_auc_drop,
+                    challenger_auc_ci_low=challenger["metrics"].get("roc_auc_ci_low"))
     log.info("gate: challenger %s -> promote=%s (%s)", challenger["name"], decision.promote, decision.reason)
     return _timed(run, "evaluate_and_gate", started, {
         "evaluated": True, "challenger": challenger["name"], "promote": decision.promote, "reason": decision.reason,
@@ -327,6 +328,8 @@ def register(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, evaluati
     from churn.model.features import ModelSignature
 
     started = time.monotonic()
+    train_df = pd.read_parquet(splits["paths"]["train"]) if evaluation["candidates"] else None
+    test_df = pd.read_parquet(splits["paths"]["test"]) if evaluation["candidates"] else None
     conn = res.pg()
     try:
         registered = []
@@ -334,7 +337,10 @@ def register(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, evaluati
             version = f"{run['run_key']}-{cand['name']}"
             payload = joblib.load(cand["path"])
             signature = ModelSignature.from_dict(payload["signature"])
-            path, sha = registry.save_artifact(payload["model"], signature, cfg.models_dir, version)
+            # artifact + reference.parquet (for the drift stage) + ONNX where convertible, in models_dir/version
+            pkg = registry.package(payload["model"], signature, cfg.models_dir, version, train_rows=train_df,
+                                   test_rows=test_df, reference_rows=cfg.reference_rows,
+                                   onnx_tolerance=cfg.onnx_parity_tolerance, random_state=cfg.random_state)
             is_challenger = cand["name"] == evaluation["challenger"]
             if is_challenger:
                 status = "challenger" if evaluation["promote"] else "refused"
@@ -345,13 +351,16 @@ def register(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, evaluati
             registry.register(
                 conn, version=version, run_key=run["run_key"], model_name=cand["name"], status=status, reason=reason,
                 metrics={**cand["metrics"], "valid_roc_auc": cand["valid_roc_auc"]},
-                params={**cand["params"], "fit_seconds": cand["fit_seconds"]}, signature=signature,
-                artifact_path=path, artifact_sha256=sha, data_fingerprint=splits["data_fingerprint"],
+                params={**cand["params"], "fit_seconds": cand["fit_seconds"], "reference_rows": pkg.reference_rows,
+                        "onnx": pkg.onnx, "split_counts": splits.get("counts")},
+                signature=signature, artifact_path=pkg.artifact_path, artifact_sha256=pkg.artifact_sha256,
+                data_fingerprint=splits["data_fingerprint"], formats=pkg.formats,
             )
             if is_challenger and evaluation["promote"]:
                 registry.promote(conn, version, evaluation["reason"])
             registered.append({"version": version, "status": "champion" if is_challenger and evaluation["promote"]
-                               else status, "reason": reason, "test_roc_auc": cand["metrics"]["roc_auc"]})
+                               else status, "reason": reason, "test_roc_auc": cand["metrics"]["roc_auc"],
+                               "formats": pkg.formats, "reference_path": pkg.reference_path})
         champ = registry.champion(conn)
     finally:
         conn.close()

@@ -12,16 +12,21 @@ import logging
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import joblib
+import pandas as pd
 
 from churn.db import ensure_schema, to_jsonb
 from churn.model.features import ModelSignature
 
 log = logging.getLogger(__name__)
+
+REFERENCE_FILE = "reference.parquet"
+_RECORD_COLUMNS = """version, run_key, model_name, status, reason, metrics, signature, artifact_path,
+                     artifact_sha256, formats"""
 
 
 class ArtifactIntegrityError(RuntimeError):
@@ -45,6 +50,17 @@ class ModelRecord:
     signature: dict
     artifact_path: str
     artifact_sha256: str
+    formats: list[str] = field(default_factory=lambda: ["joblib"])
+
+    @property
+    def folder(self) -> Path:
+        """The version's artifact folder (``model.joblib``, ``reference.parquet``, optional ``model.onnx``)."""
+        return Path(self.artifact_path).parent
+
+    @property
+    def reference_path(self) -> Path:
+        """Training feature sample saved at registration, read by the drift check."""
+        return self.folder / REFERENCE_FILE
 
 
 def file_sha256(path: str | Path) -> str:
@@ -60,7 +76,7 @@ def code_version() -> str:
     """Git commit of the code that trained the model, or 'unknown' outside a checkout."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True, text=True, check=True,
             cwd=Path(__file__).resolve().parent,
         )
         return out.stdout.strip()
@@ -77,6 +93,63 @@ def save_artifact(model: Any, signature: ModelSignature, models_dir: str | Path,
     joblib.dump({"model": model, "signature": signature.as_dict(), "version": version}, tmp)
     os.replace(tmp, path)
     return str(path), file_sha256(path)
+
+
+def save_reference(frame: pd.DataFrame, signature: ModelSignature, models_dir: str | Path, version: str,
+                   max_rows: int = 50_000, random_state: int = 0) -> tuple[str, int]:
+    """Write ``<models_dir>/<version>/reference.parquet``: up to ``max_rows`` training rows (id + features)."""
+    folder = Path(models_dir) / version
+    folder.mkdir(parents=True, exist_ok=True)
+    sample = frame[[signature.id_column, *signature.feature_columns]]
+    if len(sample) > max_rows:
+        sample = sample.sample(n=max_rows, random_state=random_state)
+    sample = sample.sort_values(signature.id_column, kind="stable").reset_index(drop=True)
+    path = folder / REFERENCE_FILE
+    tmp = path.with_suffix(".tmp")
+    sample.to_parquet(tmp, index=False)
+    os.replace(tmp, path)  # the drift stage never sees a half-written reference
+    return str(path), len(sample)
+
+
+@dataclass
+class Package:
+    """Everything written to a version's folder at registration."""
+
+    artifact_path: str
+    artifact_sha256: str
+    formats: list[str]
+    reference_path: str
+    reference_rows: int
+    onnx: dict
+
+
+def package(model: Any, signature: ModelSignature, models_dir: str | Path, version: str, *,
+            train_rows: pd.DataFrame, test_rows: pd.DataFrame, reference_rows: int = 50_000,
+            onnx_tolerance: float = 1e-5, random_state: int = 0) -> Package:
+    """Write a version's folder: verified joblib artifact, reference sample, and ONNX where convertible.
+
+    ``formats`` lists only files that exist and passed their check: ``joblib`` always,
+    ``onnx`` when skl2onnx converts the pipeline and its probabilities on ``test_rows`` match
+    scikit-learn's within ``onnx_tolerance``.
+    """
+    from churn.model.export import ONNX_FILE, OnnxExportError, export_onnx
+
+    path, sha = save_artifact(model, signature, models_dir, version)
+    ref_path, ref_rows = save_reference(train_rows, signature, models_dir, version, reference_rows, random_state)
+    formats = ["joblib"]
+    onnx_file = Path(models_dir) / version / ONNX_FILE
+    try:
+        exported = export_onnx(model, signature, Path(models_dir) / version, test_rows, onnx_tolerance)
+    except OnnxExportError as exc:
+        onnx_file.unlink(missing_ok=True)  # a stale export from an earlier registration must not linger
+        log.info("version %s: no ONNX export (%s)", version, exc)
+        onnx = {"exported": False, "error": str(exc)[:500]}
+    else:
+        formats.append("onnx")
+        onnx = {"exported": True, "path": exported.path, "sha256": file_sha256(exported.path),
+                "parity_max_abs_diff": exported.max_abs_diff, "parity_rows": exported.rows_checked,
+                "parity_tolerance": onnx_tolerance}
+    return Package(path, sha, formats, ref_path, ref_rows, onnx)
 
 
 def load_verified(path: str | Path, expected_sha256: str) -> tuple[Any, ModelSignature]:
@@ -122,9 +195,8 @@ def champion(conn) -> ModelRecord | None:
     ensure_schema(conn)
     with conn.cursor() as cur:
         cur.execute(
-            """SELECT r.version, r.run_key, r.model_name, r.status, r.reason, r.metrics, r.signature,
-                      r.artifact_path, r.artifact_sha256
-               FROM churn.model_champion c JOIN churn.model_registry r USING (version)"""
+            f"""SELECT {_RECORD_COLUMNS} FROM churn.model_registry
+               WHERE version = (SELECT version FROM churn.model_champion)"""
         )
         row = cur.fetchone()
     conn.commit()
@@ -133,10 +205,10 @@ def champion(conn) -> ModelRecord | None:
 
 def get(conn, version: str) -> ModelRecord:
     """One version's record; RegistryError if unknown."""
+    ensure_schema(conn)
     with conn.cursor() as cur:
         cur.execute(
-            """SELECT version, run_key, model_name, status, reason, metrics, signature, artifact_path,
-                      artifact_sha256 FROM churn.model_registry WHERE version = %s""",
+            f"SELECT {_RECORD_COLUMNS} FROM churn.model_registry WHERE version = %s",
             (version,),
         )
         row = cur.fetchone()
@@ -167,28 +239,46 @@ def promote(conn, version: str, reason: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``list`` versions or ``rollback VERSION`` (moves the champion pointer)."""
+    """CLI: ``list`` versions, ``show VERSION``, or ``rollback VERSION`` (moves the champion pointer)."""
+    import json
+
     import psycopg2
 
     from churn.connections import postgres_url
 
-    parser = argparse.ArgumentParser(prog="python -m churn.model.registry")
+    parser = argparse.ArgumentParser(prog="python -m churn.model.registry",
+                                     description="Model registry (Postgres churn.model_registry / model_champion).")
     sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("list")
-    rollback = sub.add_parser("rollback")
+    sub.add_parser("list", help="every version, oldest first")
+    show = sub.add_parser("show", help="one version's record as JSON")
+    show.add_argument("version")
+    rollback = sub.add_parser("rollback", help="make VERSION the champion (its artifact is verified first)")
     rollback.add_argument("version")
     args = parser.parse_args(argv)
     conn = psycopg2.connect(postgres_url())
-    if args.action == "rollback":
-        promote(conn, args.version, f"manual rollback to {args.version}")
-        print(f"champion is now {args.version}")
+    try:
+        if args.action == "rollback":
+            before = champion(conn)
+            promote(conn, args.version, f"manual rollback to {args.version}"
+                    + (f" (was {before.version})" if before else ""))
+            print(f"champion is now {args.version}" + (f" (was {before.version})" if before else ""))
+            return 0
+        if args.action == "show":
+            print(json.dumps(get(conn, args.version).__dict__, indent=2, default=str))
+            return 0
+        ensure_schema(conn)
+        with conn.cursor() as cur:
+            cur.execute("SELECT version, status, model_name, metrics->>'roc_auc', array_to_string(formats, ','), "
+                        "created_at, reason FROM churn.model_registry ORDER BY created_at, version")
+            print("version\tstatus\tmodel\ttest_roc_auc\tformats\tcreated_at\treason")
+            for row in cur.fetchall():
+                print("\t".join(str(v) for v in row))
         return 0
-    with conn.cursor() as cur:
-        cur.execute("SELECT version, status, model_name, metrics->>'roc_auc', reason FROM churn.model_registry "
-                    "ORDER BY created_at")
-        for row in cur.fetchall():
-            print("\t".join(str(v) for v in row))
-    return 0
+    except (RegistryError, ArtifactIntegrityError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        conn.close()
 
 
 if __name__ == "__main__":

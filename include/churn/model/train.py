@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -35,6 +36,81 @@ def split_ids(ids: pd.Series, fractions: tuple[float, float, float]) -> pd.Serie
     return pd.Series(names, index=ids.index, name="split")
 
 
+class SearchProgress:
+    """Logs a TPOT search's progress (generation, pipelines evaluated, best score, time left) while it runs.
+
+    TPOT 1.x only draws a tqdm bar; this thread reads the estimator's evolver
+    (``_evolver_instance``: its ``generation`` and ``population.evaluated_individuals``)
+    and writes ordinary log lines, so the progress shows in the Airflow task log.
+    A line is written when a generation finishes and at least every ``every_seconds``.
+    """
+
+    def __init__(self, search, budget_minutes: float, every_seconds: float = 15.0, poll_seconds: float = 1.0):
+        self.search = search
+        self.budget_seconds = budget_minutes * 60.0
+        self.every_seconds = every_seconds
+        self.poll_seconds = poll_seconds
+        self.lines = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tpot-progress", daemon=True)
+        self._started = 0.0
+
+    def __enter__(self) -> "SearchProgress":
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.report(final=True)
+
+    def snapshot(self) -> dict | None:
+        """Current generation, evaluated pipelines and best score, or None before the search starts."""
+        evolver = getattr(self.search, "_evolver_instance", None)
+        if evolver is None or getattr(evolver, "population", None) is None:
+            return None
+        try:
+            # The search thread mutates this frame in place; read a copy and tolerate a torn read.
+            frame = evolver.population.evaluated_individuals.copy()
+            names = list(evolver.objective_names)
+            raw = frame[names[0]] if len(frame) else pd.Series(dtype=object)
+            scores = pd.to_numeric(raw, errors="coerce")
+            failed = int(raw.isin(["INVALID", "TIMEOUT"]).sum())
+        except (KeyError, ValueError, IndexError, AttributeError, TypeError, RuntimeError):
+            return None
+        best = float(scores.max()) if scores.notna().any() else None
+        return {"generation": int(evolver.generation), "evaluated": int(scores.notna().sum()), "failed": failed,
+                "best": best}
+
+    def report(self, final: bool = False) -> None:
+        """Write one progress line."""
+        state = self.snapshot()
+        elapsed = time.monotonic() - self._started
+        left = max(self.budget_seconds - elapsed, 0.0)
+        if state is None:
+            log.info("TPOT progress: starting (%.0f s elapsed, %.0f s of budget left)", elapsed, left)
+        else:
+            log.info(
+                "TPOT progress%s: generation %s, %s pipelines scored (%s failed/timed out), best CV ROC AUC so far %s, "
+                "%.0f s elapsed, %.0f s of budget left",
+                " (final)" if final else "", state["generation"], state["evaluated"], state["failed"],
+                "n/a" if state["best"] is None else f"{state['best']:.4f}", elapsed, left,
+            )
+        self.lines += 1
+
+    def _run(self) -> None:
+        last_line = time.monotonic()
+        last_generation = None
+        while not self._stop.wait(self.poll_seconds):
+            state = self.snapshot()
+            generation = None if state is None else state["generation"]
+            if generation != last_generation or time.monotonic() - last_line >= self.every_seconds:
+                self.report()
+                last_line = time.monotonic()
+                last_generation = generation
+
+
 @dataclass
 class Candidate:
     """One trained model with its validation score."""
@@ -58,7 +134,30 @@ def fit_baseline(train: pd.DataFrame, valid: pd.DataFrame, signature: ModelSigna
     pipeline.fit(to_model_input(train, signature), labels(train, signature))
     auc = roc_auc_score(labels(valid, signature), pipeline.predict_proba(to_model_input(valid, signature))[:, 1])
     log.info("baseline logistic regression: validation ROC AUC %.4f", auc)
-    return Candidate("logistic_baseline", pipeline, float(auc), time.monotonic() - started, {"C": 1.0})
+    return Candidate("logistic_baseline", pipeline, float(auc), time.monotonic() - started,
+                     {"estimator": "LogisticRegression", "C": 1.0, "penalty": "l2", "random_state": random_state})
+
+
+class _RemoteCluster:
+    """Stand-in for ``client.cluster`` when the client was opened by address.
+
+    TPOT 1.1 sizes its submission queue with ``len(client.cluster.workers)``, but a
+    ``distributed.Client(address)`` has ``cluster = None`` (only clients built from a
+    cluster object have one), so TPOT crashes with AttributeError on a remote scheduler.
+    One slot per worker thread keeps every thread busy, as TPOT's own local cluster does.
+    """
+
+    def __init__(self, slots: int):
+        self.workers = list(range(max(slots, 1)))
+
+
+def _attach_remote_cluster(client) -> int:
+    """Give an address-opened Dask client the ``cluster.workers`` TPOT reads; returns the slot count."""
+    workers = client.scheduler_info().get("workers", {})
+    slots = sum(int(w.get("nthreads", 1)) for w in workers.values())
+    if getattr(client, "cluster", None) is None:
+        client.cluster = _RemoteCluster(slots)
+    return max(slots, 1)
 
 
 def fit_tpot(
@@ -74,10 +173,22 @@ def fit_tpot(
     n_jobs: int,
     random_state: int,
     dask_scheduler_address: str = "",
+    progress_seconds: float = 15.0,
+    connect_timeout_seconds: float = 30.0,
 ) -> Candidate:
-    """TPOT 1.x search maximizing ROC AUC within the budget, on the shared preprocessing."""
+    """TPOT 1.x search maximizing ROC AUC within the budget, on the shared preprocessing.
+
+    Runs on the Dask cluster at ``dask_scheduler_address`` when given (TPOT then starts
+    no cluster of its own), else on a local cluster of ``n_jobs`` worker processes.
+    Progress is logged every ``progress_seconds`` and at each generation.
+    """
     from tpot import TPOTClassifier  # heavy import, only inside the training task
 
+    if budget_minutes <= 0 or max_eval_minutes <= 0:
+        raise TrainingError(
+            f"TPOT needs a positive budget and per-pipeline limit, got {budget_minutes} / {max_eval_minutes} min: "
+            "fix CHURN_TRAIN_BUDGET_MINUTES / CHURN_MAX_EVAL_MINUTES (or the run's train_budget_minutes)"
+        )
     started = time.monotonic()
     prep = build_preprocessor(signature)
     x_train = prep.fit_transform(to_model_input(train, signature))
@@ -86,8 +197,15 @@ def fit_tpot(
     if dask_scheduler_address:
         from distributed import Client
 
-        client = Client(dask_scheduler_address)
-        log.info("TPOT uses the Dask cluster at %s", dask_scheduler_address)
+        try:
+            client = Client(dask_scheduler_address, timeout=connect_timeout_seconds)
+        except (OSError, TimeoutError) as exc:
+            raise TrainingError(
+                f"cannot reach the Dask scheduler at {dask_scheduler_address} ({exc}): start it, fix "
+                "CHURN_DASK_SCHEDULER_ADDRESS, or unset it to let TPOT start a local cluster"
+            ) from exc
+        slots = _attach_remote_cluster(client)
+        log.info("TPOT uses the Dask cluster at %s (%s worker threads)", dask_scheduler_address, slots)
     search = TPOTClassifier(
         search_space=search_space,
         scorers=["roc_auc"],
@@ -98,15 +216,18 @@ def fit_tpot(
         population_size=population_size,
         n_jobs=n_jobs,
         random_state=random_state,
-        verbose=2,
+        verbose=1,  # 1 = tqdm bar only; the readable progress comes from SearchProgress
         client=client,
     )
     log.info(
-        "TPOT search started: %s rows, %s features, budget %.1f min, space %s, n_jobs %s",
-        x_train.shape[0], x_train.shape[1], budget_minutes, search_space, n_jobs,
+        "TPOT search started: %s rows, %s features, budget %.2f min, per-pipeline limit %.2f min, space %s, %s",
+        x_train.shape[0], x_train.shape[1], budget_minutes, max_eval_minutes, search_space,
+        f"Dask cluster {dask_scheduler_address}" if client is not None else f"{n_jobs} local workers",
     )
     try:
-        search.fit(x_train, y_train)
+        with SearchProgress(search, budget_minutes, every_seconds=progress_seconds) as progress:
+            search.fit(x_train, y_train)
+        state = progress.snapshot() or {}
     finally:
         if client is not None:
             client.close()
@@ -116,6 +237,9 @@ def fit_tpot(
     auc = roc_auc_score(labels(valid, signature), pipeline.predict_proba(to_model_input(valid, signature))[:, 1])
     elapsed = time.monotonic() - started
     log.info("TPOT search done in %.0f s: best %s, validation ROC AUC %.4f", elapsed, search.fitted_pipeline_, auc)
-    params = {"search_space": search_space, "budget_minutes": budget_minutes, "cv": cv,
-              "population_size": population_size, "pipeline": str(search.fitted_pipeline_)[:2000]}
+    params = {"search_space": search_space, "budget_minutes": budget_minutes, "max_eval_minutes": max_eval_minutes,
+              "cv": cv, "population_size": population_size, "random_state": random_state,
+              "n_jobs": n_jobs if client is None else None, "dask_scheduler_address": dask_scheduler_address or None,
+              "generations": state.get("generation"), "pipelines_scored": state.get("evaluated"),
+              "best_cv_roc_auc": state.get("best"), "pipeline": str(search.fitted_pipeline_)[:2000]}
     return Candidate("tpot", pipeline, float(auc), elapsed, params)

@@ -1,0 +1,131 @@
+"""Integration: a label-shuffled (useless) challenger is never promoted, through the real stages.
+
+train (baseline + TPOT on a real in-process Dask cluster, tiny budget) -> evaluate_and_gate
+-> register against a real Postgres; the refused models stay in the registry with their
+metrics and reason, and scoring keeps using the champion.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import psycopg2
+import pytest
+from distributed import LocalCluster
+
+from churn import pipeline
+from churn.model import registry
+from churn.model.train import fit_baseline
+from tests.test_model_registry import model_data  # noqa: F401 - module fixture: real ingest + split
+
+pytestmark = pytest.mark.integration
+
+
+def _shuffled_splits(data: dict, folder: Path, seed: int) -> dict:
+    """The same split files with the label permuted within each split: features keep no signal."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = {}
+    for name, path in data["splits"]["paths"].items():
+        frame = pd.read_parquet(path)
+        frame["churned"] = rng.permutation(frame["churned"].to_numpy())
+        paths[name] = str(folder / f"split_{name}.parquet")
+        frame.to_parquet(paths[name], index=False)
+    return {**data["splits"], "paths": paths, "data_fingerprint": "shuffled-" + str(seed)}
+
+
+def _baseline_only(data: dict, splits: dict, run: dict) -> dict:
+    """What ``pipeline.train`` returns, for a real logistic baseline fitted on ``splits`` (no TPOT)."""
+    train, valid = (pd.read_parquet(splits["paths"][n]) for n in ("train", "valid"))
+    cand = fit_baseline(train, valid, data["signature"], random_state=0)
+    out = Path(run["run_dir"]) / "candidates"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{cand.name}.joblib"
+    joblib.dump({"model": cand.pipeline, "signature": data["signature"].as_dict()}, path)
+    return {"retrained": True, "reason": "test", "candidates": [
+        {"name": cand.name, "path": str(path), "valid_roc_auc": cand.valid_roc_auc, "fit_seconds": 0.0,
+         "params": cand.params}]}
+
+
+def _registry_rows(url: str) -> dict:
+    conn = psycopg2.connect(url)
+    with conn.cursor() as cur:
+        cur.execute("SELECT version, status, reason, metrics FROM churn.model_registry")
+        rows = {r[0]: {"status": r[1], "reason": r[2], "metrics": r[3]} for r in cur.fetchall()}
+        cur.execute("SELECT version FROM churn.model_champion")
+        champion = cur.fetchone()
+    conn.close()
+    return {"rows": rows, "champion": champion[0] if champion else None}
+
+
+def _run(data: dict, run_key: str, params: dict | None = None) -> dict:
+    run_dir = data["state"] / "runs" / run_key
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return {"run_key": run_key, "as_of": run_key, "run_dir": str(run_dir), "airflow_run_id": "t",
+            "params": params or {}}
+
+
+def test_first_model_trained_on_shuffled_labels_is_refused(model_data, tmp_path):  # noqa: F811
+    data = model_data
+    splits = _shuffled_splits(data, tmp_path / "shuffled", seed=1)
+    cfg = data["cfg"].replace(train_budget_minutes=0.15, max_eval_minutes=0.1, tpot_population_size=4, tpot_cv=2,
+                              train_progress_seconds=5, min_roc_auc=0.6)
+    run = _run(data, "2026-10-01", {"retrain": True})
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp",
+                      dashboard_address=":0") as cluster:
+        trained = pipeline.train(cfg.replace(dask_scheduler_address=cluster.scheduler_address), data["res"], run,
+                                 splits)
+    assert {c["name"] for c in trained["candidates"]} == {"logistic_baseline", "tpot"}
+    evaluation = pipeline.evaluate_and_gate(cfg, data["res"], run, splits, trained)
+    assert evaluation["promote"] is False
+    registered = pipeline.register(cfg, data["res"], run, splits, evaluation)
+    assert registered["champion"] is None
+    state = _registry_rows(data["url"])
+    assert state["champion"] is None
+    for cand in evaluation["candidates"]:
+        row = state["rows"][f"2026-10-01-{cand['name']}"]
+        assert row["status"] == "refused" and row["reason"]
+        assert row["metrics"]["roc_auc"] == pytest.approx(cand["metrics"]["roc_auc"])
+        assert row["metrics"]["roc_auc"] < 0.6 or row["metrics"]["roc_auc_ci_low"] <= 0.5
+    # nothing to score with: the score stage says so instead of using a refused model
+    with pytest.raises(pipeline.NoChampionError, match="refused by the gate"):
+        pipeline.score(cfg, data["res"], run, {"score": {"clean_path": splits["paths"]["test"]}}, registered)
+
+
+def test_shuffled_challenger_never_replaces_a_champion_even_with_a_permissive_floor(model_data, tmp_path):  # noqa: F811
+    data = model_data
+    # 1) a real model on the real labels becomes champion
+    good_run = _run(data, "2026-10-02")
+    cfg = data["cfg"]
+    good = _baseline_only(data, data["splits"], good_run)
+    evaluation = pipeline.evaluate_and_gate(cfg, data["res"], good_run, data["splits"], good)
+    assert evaluation["promote"], evaluation["reason"]
+    pipeline.register(cfg, data["res"], good_run, data["splits"], evaluation)
+    champion = _registry_rows(data["url"])["champion"]
+    assert champion == "2026-10-02-logistic_baseline"
+
+    # 2) useless challengers, judged with a floor so low that only the champion comparison and the
+    #    better-than-random check stand between them and promotion
+    permissive = cfg.replace(min_roc_auc=0.01, max_auc_drop=0.05)
+    for seed in range(3):
+        splits = _shuffled_splits(data, tmp_path / f"s{seed}", seed=seed)
+        run = _run(data, f"2026-10-1{seed}")
+        trained = _baseline_only(data, splits, run)
+        evaluation = pipeline.evaluate_and_gate(permissive, data["res"], run, splits, trained)
+        assert evaluation["promote"] is False, evaluation["reason"]
+        pipeline.register(permissive, data["res"], run, splits, evaluation)
+        row = _registry_rows(data["url"])["rows"][f"2026-10-1{seed}-logistic_baseline"]
+        assert row["status"] == "refused"
+        assert "champion" in row["reason"] or "random" in row["reason"]
+    assert _registry_rows(data["url"])["champion"] == champion
+    assert registry.champion(psycopg2.connect(data["url"])).version == champion
+
+    # 3) scoring still uses the champion
+    scored = pipeline.score(cfg, data["res"], _run(data, "2026-10-20"),
+                            {"score": {"clean_path": data["splits"]["paths"]["test"]}}, {"registered": []})
+    assert scored["model_version"] == champion
+    assert json.dumps(scored)  # a reference dict, JSON-able for XCom
