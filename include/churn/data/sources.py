@@ -134,8 +134,9 @@ def _header(path: Path, delimiter: str, encoding: str) -> list[str]:
     """Column names from the first line (a UTF-8 byte-order mark is dropped)."""
     codec = "utf-8-sig" if encoding.lower().replace("_", "-") in {"utf-8", "utf8"} else encoding
     try:
-        with open(path, encoding=codec, newline="") as handle:
-            first = handle.readline()
+        # Decode the first line only: later lines are checked chunk by chunk while reading.
+        with open(path, "rb") as handle:
+            first = handle.readline().decode(codec)
     except UnicodeDecodeError as exc:
         raise FileSourceError(f"{path}: the header is not valid {encoding} ({exc}); set CHURN_FILE_ENCODING "
                               "to the file's encoding, e.g. latin-1 or cp1252") from exc

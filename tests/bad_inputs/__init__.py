@@ -1,0 +1,1 @@
+"""The bad-input corpus: Telco-shaped CSV files, each broken in one documented way (see corpus.py)."""
