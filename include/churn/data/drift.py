@@ -126,8 +126,8 @@ def compute_drift(reference: pd.DataFrame, current: pd.DataFrame, numeric: list[
                 # booleans may be bool or 0/1 floats depending on the source: compare them as 0/1 text
                 ref, cur = reference[column], current[column]
                 if kind == "boolean":
-                    ref = pd.to_numeric(ref.astype(object), errors="coerce")
-                    cur = pd.to_numeric(cur.astype(object), errors="coerce")
+                    ref = pd.to_numeric(ref.astype(object), errors="coerce").astype("float64")
+                    cur = pd.to_numeric(cur.astype(object), errors="coerce").astype("float64")
                 out.append(FeatureDrift(column, kind, psi_categorical(ref, cur)))
     return out
 

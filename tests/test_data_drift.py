@@ -1,0 +1,113 @@
+"""Drift (PSI / KS) units, and the synthetic source through ingest -> profile -> validate -> drift on real Postgres."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from churn import pipeline
+from churn.config import ChurnConfig
+from churn.connections import Resources
+from churn.data.drift import compute_drift, ks_numeric, psi_categorical, psi_numeric
+from churn.data.generate import generate, load_source_tables
+from churn.data.spec import synthetic_spec
+from churn.model import registry
+from churn.model.features import ModelSignature
+
+RUN_DATE = date(2026, 11, 20)
+
+
+# --- unit -------------------------------------------------------------------------------------------
+
+
+def test_psi_and_ks_are_small_for_the_same_distribution_and_large_for_a_shift():
+    rng = np.random.default_rng(1)
+    ref = pd.Series(rng.normal(50, 10, 20_000))
+    same = pd.Series(rng.normal(50, 10, 20_000))
+    shifted = pd.Series(rng.normal(65, 10, 20_000))
+    assert psi_numeric(ref, same) < 0.01
+    assert psi_numeric(ref, shifted) > 0.5
+    assert ks_numeric(ref, same)[0] < 0.03 and ks_numeric(ref, shifted)[0] > 0.4
+
+
+def test_psi_counts_nulls_and_new_categories():
+    ref = pd.Series(["a", "b", "c"] * 1000)
+    assert psi_categorical(ref, ref.sample(frac=1, random_state=0)) < 1e-9
+    assert psi_categorical(ref, pd.Series(["a", "b", "z"] * 1000)) > 1.0  # 'c' vanished, 'z' appeared
+    numbers = pd.Series(np.arange(3000, dtype=float))
+    half_missing = numbers.where(numbers % 2 == 0)
+    assert psi_numeric(numbers, half_missing) > 1.0  # a column going missing is drift
+
+
+def test_compute_drift_covers_every_kind_and_skips_missing_columns():
+    ref = pd.DataFrame({"x": [1.0, 2.0, 3.0] * 50, "flag": [True, False, True] * 50, "cat": ["a", "b", "c"] * 50})
+    cur = ref.drop(columns=["cat"]).assign(flag=[1.0, 0.0, 1.0] * 50)  # booleans as 0/1 floats from a file source
+    results = {r.feature: r for r in compute_drift(ref, cur, ["x"], ["flag"], ["cat"])}
+    assert set(results) == {"x", "flag"}
+    assert results["x"].kind == "numeric" and results["x"].ks_statistic == 0.0
+    assert results["flag"].kind == "boolean" and results["flag"].psi < 1e-9 and results["flag"].ks_statistic is None
+
+
+# --- integration: synthetic source, stored results, Data Docs, drift vs a champion's reference ----------
+
+
+@pytest.mark.integration
+def test_synthetic_source_validates_and_drift_feeds_the_retrain_decision(pg_conn, fresh_pg_url, redis_url, tmp_path):
+    load_source_tables(pg_conn, generate(3000, RUN_DATE, seed=5))
+    cfg = ChurnConfig.from_env({"CHURN_STATE_DIR": str(tmp_path / "state")})
+    res = Resources.from_urls(fresh_pg_url, redis_url)
+    run = pipeline.start_run(cfg, res, RUN_DATE, "test-drift")
+    ingested = pipeline.ingest(cfg, res, run)
+    assert ingested["dataset"] == "churn_synthetic" and Path(ingested["spec_path"]).exists()
+    validated = pipeline.profile_and_validate(cfg, res, run, ingested)
+    assert validated["train"]["success"] and validated["score"]["success"]
+    assert Path(validated["data_docs_path"]).exists() and Path(validated["score"]["data_docs_path"]).exists()
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM churn.validation_results WHERE run_key = %s", (run["run_key"],))
+        assert cur.fetchone()[0] == 2
+        cur.execute("SELECT count(DISTINCT column_name) FROM churn.column_profiles WHERE dataset = 'score'")
+        assert cur.fetchone()[0] == len(synthetic_spec().feature_columns) + 1
+    pg_conn.commit()
+
+    # A champion trained on this data; its reference.parquet is a sample of the training features.
+    spec = synthetic_spec()
+    train_clean = pd.read_parquet(validated["train"]["clean_path"])
+    signature = ModelSignature.infer(train_clean, spec.id_column, spec.label_column, spec.numeric, spec.boolean,
+                                     spec.categorical)
+    version = "2026-11-01-logistic_baseline"
+    artifact, sha = registry.save_artifact({"stand-in": "model"}, signature, tmp_path / "models", version)
+    version_dir = Path(artifact).parent
+    registry.register(pg_conn, version=version, run_key="2026-11-01", model_name="logistic_baseline",
+                      status="challenger", reason="test", metrics={"roc_auc": 0.8}, params={}, signature=signature,
+                      artifact_path=artifact, artifact_sha256=sha, data_fingerprint="test")
+    registry.promote(pg_conn, version_dir.name, "test")
+
+    missing = pipeline.drift(cfg, res, run, validated)
+    assert missing["computed"] is False and "reference.parquet" in missing["reason"]
+
+    train_clean[[spec.id_column, *signature.feature_columns]].to_parquet(version_dir / "reference.parquet")
+    steady = pipeline.drift(cfg, res, run, validated)
+    assert steady["computed"] and set(steady["features"]) == set(signature.feature_columns)
+    assert steady["features"]["monthly_charge"]["psi"] < cfg.drift_psi_threshold
+    assert steady["features"]["monthly_charge"]["ks"] is not None and steady["features"]["contract"]["ks"] is None
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT count(*), min(reference_version) FROM churn.drift_metrics WHERE run_key = %s",
+                    (run["run_key"],))
+        assert cur.fetchone() == (len(signature.feature_columns), version_dir.name)
+    pg_conn.commit()
+
+    # Tonight's customers are charged three times as much: drift, and a reason to retrain.
+    shifted_path = tmp_path / "score_shifted.parquet"
+    score = pd.read_parquet(validated["score"]["clean_path"])
+    score.assign(monthly_charge=score["monthly_charge"] * 3).to_parquet(shifted_path)
+    shifted = pipeline.drift(cfg, res, run, {**validated, "score": {**validated["score"], "clean_path": str(shifted_path)}})
+    assert "monthly_charge" in shifted["drifted"] and shifted["max_psi_feature"] == "monthly_charge"
+    retrain, why = pipeline.retrain_decision(cfg, res, run, shifted)
+    assert retrain and "drift" in why and "monthly_charge" in why
+    with pg_conn.cursor() as cur:  # re-running the stage replaced the run's rows, no duplicates
+        cur.execute("SELECT count(*) FROM churn.drift_metrics WHERE run_key = %s", (run["run_key"],))
+        assert cur.fetchone()[0] == len(signature.feature_columns)
