@@ -53,7 +53,7 @@ def test_every_dag_has_tags_and_retries(dagbag):
 def test_nightly_is_cron_scheduled_without_catchup(dagbag):
     dag = dagbag["dags"]["churn_nightly"]
     assert dag["schedule"] == "0 2 * * *" and dag["catchup"] is False
-    assert dag["tasks"][:4] == ["start_run", "ingest", "profile_and_validate", "split"]
+    assert dag["tasks"][:5] == ["start_run", "ingest", "profile_and_validate", "drift", "split"]
     for stage in ("train", "evaluate_and_gate", "register", "score", "publish_postgres", "publish_redis", "export"):
         assert stage in dag["tasks"]
 
