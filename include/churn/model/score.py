@@ -29,13 +29,15 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from churn.model.features import ModelSignature
+if TYPE_CHECKING:  # scikit-learn stays out of processes that only publish
+    from churn.model.features import ModelSignature
 
 log = logging.getLogger(__name__)
 
