@@ -58,6 +58,11 @@ class _FaultySFTP(asyncssh.SFTPServer):
             self.connection.abort()
         return written
 
+    def posix_rename(self, oldpath, newpath):
+        if not self._server.posix_rename:  # like an SFTP server without the OpenSSH extension
+            raise asyncssh.SFTPOpUnsupported("posix-rename not supported")
+        return super().posix_rename(oldpath, newpath)
+
 
 @dataclass
 class SftpTestServer:
@@ -72,6 +77,7 @@ class SftpTestServer:
     drops: int = 0
     bytes_received: int = 0
     logins: int = 0
+    posix_rename: bool = True
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
     _acceptor: object = field(default=None, repr=False)

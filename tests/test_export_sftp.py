@@ -171,3 +171,13 @@ def test_failing_every_attempt_keeps_the_previous_complete_file(tmp_path, server
     assert sleeps == [0.25, 0.5]  # exponential backoff
     assert (server.root / old[0].name).read_bytes() == old_bytes
     assert json.loads((server.root / old[1].name).read_text())["rows"] == 100
+
+
+def test_server_without_posix_rename_still_replaces_the_file(tmp_path, server, keys, monkeypatch):
+    _use_connection(monkeypatch, server, keys)
+    server.posix_rename = False  # plain SFTP rename refuses to overwrite: the old file is removed first
+    deliver_files(_export(tmp_path / "first", 50), ".", hook_sftp_factory(CONN_ID))
+    second = _export(tmp_path / "second", 5, first_id=900)
+    deliver_files(second, ".", hook_sftp_factory(CONN_ID))
+    assert (server.root / second[0].name).read_bytes() == second[0].read_bytes()
+    assert sorted(p.name for p in server.root.iterdir()) == [second[0].name, second[1].name]
