@@ -14,11 +14,14 @@ import io
 import logging
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import psycopg2
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from psycopg2 import sql
@@ -86,21 +89,66 @@ def run_table(run_key: str) -> str:
     return f"scores_{safe}"[:60]
 
 
+_PER_CUSTOMER = "customer_id, churn_probability, risk_band, risk_decile"
+_CONSTANT_COLUMNS = ("model_version", "run_id", "scored_at")
+
+
+def _batch_constants(scores_path: str | Path, run_key: str) -> dict[str, object]:
+    """model_version, run_id and scored_at of the score file (one value each for a whole run)."""
+    first = next(pq.ParquetFile(scores_path).iter_batches(batch_size=1, columns=list(_CONSTANT_COLUMNS)), None)
+    if first is None:
+        return {"run_id": run_key}
+    values = {c: first.column(c)[0].as_py() for c in _CONSTANT_COLUMNS}
+    if values["run_id"] != run_key:
+        raise PublishError(f"{scores_path} holds scores of run {values['run_id']!r}, not {run_key!r}: "
+                           "publish the score file of this run (nothing was switched)")
+    return values
+
+
+def _check_constants(batch, constants: dict[str, object], scores_path: str | Path) -> None:
+    for column in _CONSTANT_COLUMNS:
+        values = pc.unique(batch.column(column)).to_pylist()
+        if values != [constants[column]]:
+            raise PublishError(f"{scores_path} mixes {column} values {values[:3]}: a score file holds exactly "
+                               "one run of one model; re-run the score task (nothing was switched)")
+
+
 def copy_parquet(cur, parquet_path: str | Path, table: str, columns: str = SCORES_COLUMNS,
-                 batch_rows: int = 250_000, freeze: bool = False, on_batch: Callable[[], None] | None = None) -> int:
-    """COPY a Parquet file into ``table`` batch by batch (CSV over the wire, bounded memory)."""
+                 batch_rows: int = 250_000, freeze: bool = False, on_batch: Callable[[], None] | None = None,
+                 check: Callable[[pa.RecordBatch], None] | None = None) -> int:
+    """COPY a Parquet file into ``table`` batch by batch (CSV over the wire, bounded memory).
+
+    The next batch is read and CSV-encoded in a helper thread while the server
+    ingests the current one (Arrow releases the GIL), so encoding and COPY overlap;
+    at most two encoded batches exist at a time.
+    """
     options = "FORMAT csv, FREEZE true" if freeze else "FORMAT csv"
-    rows = 0
     parquet = pq.ParquetFile(parquet_path)
     names = [c.strip() for c in columns.split(",")]
-    for batch in parquet.iter_batches(batch_size=batch_rows, columns=names):
+    batches = parquet.iter_batches(batch_size=batch_rows, columns=names if check is None else None)
+
+    def encode_next() -> tuple[int, io.BytesIO] | None:
+        batch = next(batches, None)
+        if batch is None:
+            return None
+        if check is not None:
+            check(batch)  # the check sees every column; COPY sends only ``columns``
+            batch = batch.select(names)
         buf = io.BytesIO()
         pacsv.write_csv(batch, buf, write_options=pacsv.WriteOptions(include_header=False))
         buf.seek(0)
-        cur.copy_expert(f"COPY {table} ({columns}) FROM STDIN WITH ({options})", buf)
-        rows += batch.num_rows
-        if on_batch is not None:
-            on_batch()
+        return batch.num_rows, buf
+
+    rows = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="copy-encode") as pool:
+        pending = pool.submit(encode_next)
+        while (encoded := pending.result()) is not None:
+            pending = pool.submit(encode_next)
+            count, buf = encoded
+            cur.copy_expert(f"COPY {table} ({columns}) FROM STDIN WITH ({options})", buf)
+            rows += count
+            if on_batch is not None:
+                on_batch()
     return rows
 
 
@@ -139,18 +187,23 @@ def _publish(conn, scores_path: str | Path, run_key: str, model_version: str, re
     final = run_table(run_key)
     staging = f"{final}__loading"
     started = time.monotonic()
+    constants = _batch_constants(scores_path, run_key)
     with conn.cursor() as cur:
         cur.execute(f"DROP TABLE IF EXISTS churn.{staging}")  # leftovers of a killed attempt
         cur.execute(_TABLE_DDL.format(name=f"churn.{staging}"))
+        # The batch-wide columns (model version, run id, scoring time) are column defaults while
+        # loading, so COPY carries only the four per-customer columns (less than half the bytes).
+        for column, value in constants.items():
+            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT %s").format(
+                sql.Identifier("churn", staging), sql.Identifier(column)), (value,))
         # FREEZE: the table was created in this transaction, so rows can be written pre-frozen
         # (no hint-bit rewrite of the whole table on first read by consumers).
-        rows = copy_parquet(cur, scores_path, f"churn.{staging}", batch_rows=copy_batch_rows, freeze=True,
-                            on_batch=lambda: hook("copy"))
-        cur.execute(f"SELECT count(DISTINCT run_id), min(run_id) FROM churn.{staging}")
-        runs, found = cur.fetchone()
-        if rows and (runs != 1 or found != run_key):
-            raise PublishError(f"{scores_path} holds scores of run {found!r} ({runs} run ids), not {run_key!r}: "
-                               "publish the score file of this run (nothing was switched)")
+        rows = copy_parquet(cur, scores_path, f"churn.{staging}", columns=_PER_CUSTOMER, batch_rows=copy_batch_rows,
+                            freeze=True, on_batch=lambda: hook("copy"),
+                            check=lambda batch: _check_constants(batch, constants, scores_path))
+        for column in constants:
+            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP DEFAULT").format(
+                sql.Identifier("churn", staging), sql.Identifier(column)))
         cur.execute(f"ALTER TABLE churn.{staging} ADD PRIMARY KEY (customer_id)")
         cur.execute(f"ANALYZE churn.{staging}")
     conn.commit()  # loaded but invisible: no view points at the staging table yet
