@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -399,16 +400,19 @@ def score(cfg: ChurnConfig, res: Resources, run: dict, validated: dict, register
 
 def publish_postgres(cfg: ChurnConfig, res: Resources, run: dict, scored: dict) -> dict:
     """COPY into the run's table, then switch ``churn.scores_current`` atomically."""
-    from churn.publish.postgres import publish_scores
+    from churn.publish.postgres import connect_for_publish, ensure_reader_role, publish_scores
 
     started = time.monotonic()
     if _dry_run(run):
         return _timed(run, "publish_postgres", started, {"skipped": True, "rows": 0, "is_current": False,
                                                          "table": None, "reason": "dry run: nothing published"})
-    conn = res.pg()
+    conn = connect_for_publish(res.pg, run["run_key"])
     try:
         published = publish_scores(conn, scored["path"], run["run_key"], scored["model_version"],
                                    cfg.score_history_runs)
+        if cfg.pg_reader_role:
+            # The password is a secret: only from the environment, never config or XCom.
+            ensure_reader_role(conn, cfg.pg_reader_role, os.environ.get("CHURN_PG_READER_PASSWORD") or None)
     finally:
         conn.close()
     return _timed(run, "publish_postgres", started, dict(published.__dict__))
@@ -416,8 +420,8 @@ def publish_postgres(cfg: ChurnConfig, res: Resources, run: dict, scored: dict) 
 
 def publish_redis(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_published: dict) -> dict:
     """Bulk-write the run's scores to Redis, move the marker, delete customers no longer scored."""
-    from churn.publish.postgres import run_table
-    from churn.publish.redis_store import publish_scores, served_run
+    from churn.publish.postgres import connect_for_publish, stale_customers
+    from churn.publish.redis_store import publish_scores
 
     started = time.monotonic()
     if _dry_run(run):
@@ -428,22 +432,12 @@ def publish_redis(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_
             "skipped": True, "rows": 0,
             "reason": "a newer run is already served; this (back-filled) run stays in Postgres history only"})
     client = res.redis()
-    conn = res.pg()
+    conn = connect_for_publish(res.pg, run["run_key"])
     try:
-        previous = served_run(client, cfg.redis_key_prefix)
-        stale: list[str] = []
-        if previous and previous != run["run_key"]:
-            with conn.cursor() as cur:
-                cur.execute("SELECT to_regclass(%s)", (f"churn.{run_table(previous)}",))
-                if cur.fetchone()[0] is not None:
-                    cur.execute(
-                        f"SELECT customer_id FROM churn.{run_table(previous)} EXCEPT "
-                        f"SELECT customer_id FROM {pg_published['table']}"
-                    )
-                    stale = [row[0] for row in cur.fetchall()]
-            conn.commit()
-        published = publish_scores(client, scored["path"], run["run_key"], scored["model_version"], stale,
-                                   prefix=cfg.redis_key_prefix)
+        published = publish_scores(client, scored["path"], run["run_key"], scored["model_version"],
+                                   lambda sources: stale_customers(conn, sources, pg_published["table"]),
+                                   prefix=cfg.redis_key_prefix, layout=cfg.redis_layout,
+                                   buckets=cfg.redis_hash_buckets)
     finally:
         conn.close()
         client.close()
