@@ -59,7 +59,8 @@ airflow-ui: services $(AIRFLOW_HOME)/.migrated
 test: venv
 	$(BIN)/python -m pytest -ra
 
-bench: services
+# Starts its own Postgres/Redis on free ports in a temp dir (never the demo's); writes bench/results/publish.json.
+bench: venv
 	$(BIN)/python -m bench.run
 
 clean: stop
