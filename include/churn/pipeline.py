@@ -400,7 +400,7 @@ def score(cfg: ChurnConfig, res: Resources, run: dict, validated: dict, register
 
 def publish_postgres(cfg: ChurnConfig, res: Resources, run: dict, scored: dict) -> dict:
     """COPY into the run's table, then switch ``churn.scores_current`` atomically."""
-    from churn.publish.postgres import connect_for_publish, ensure_reader_role, publish_scores
+    from churn.publish.postgres import connect_for_publish, publish_scores
 
     started = time.monotonic()
     if _dry_run(run):
@@ -410,12 +410,26 @@ def publish_postgres(cfg: ChurnConfig, res: Resources, run: dict, scored: dict) 
     try:
         published = publish_scores(conn, scored["path"], run["run_key"], scored["model_version"],
                                    cfg.score_history_runs)
-        if cfg.pg_reader_role:
-            # The password is a secret: only from the environment, never config or XCom.
-            ensure_reader_role(conn, cfg.pg_reader_role, os.environ.get("CHURN_PG_READER_PASSWORD") or None)
+        reader_role = _reader_role(conn, cfg)
     finally:
         conn.close()
-    return _timed(run, "publish_postgres", started, dict(published.__dict__))
+    return _timed(run, "publish_postgres", started, {**published.__dict__, "reader_role": reader_role})
+
+
+def _reader_role(conn, cfg: ChurnConfig) -> str:
+    """Keep the read-only consumer role; a missing privilege is logged with the DBA's fix, not a failed publish."""
+    from churn.publish.postgres import ReaderRoleError, ensure_reader_role
+
+    if not cfg.pg_reader_role:
+        return "not managed (CHURN_PG_READER_ROLE is empty)"
+    try:
+        # The password is a secret: only from the environment, never config or XCom.
+        ensure_reader_role(conn, cfg.pg_reader_role, os.environ.get("CHURN_PG_READER_PASSWORD") or None)
+    except ReaderRoleError as exc:
+        # The scores are already switched; failing here would make the retry loop on a grant, not on data.
+        log.error("read-only role not updated: %s", exc)
+        return f"not updated: {exc}"
+    return cfg.pg_reader_role
 
 
 def publish_redis(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_published: dict) -> dict:
