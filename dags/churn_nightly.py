@@ -10,8 +10,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, AsyncCallback, DeadlineAlert, DeadlineReference, Param, dag, task
 
+from churn.alerts import ChurnAlertNotifier
 from churn.config import ChurnConfig
 
 CONFIG = ChurnConfig.from_env()  # environment only: no I/O at parse time
@@ -27,7 +28,12 @@ EXPORT_FILES = Asset("churn_export_files")
     catchup=CONFIG.catchup,
     max_active_runs=1,
     tags=["churn", "ml", "nightly"],
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=1), "retry_exponential_backoff": True},
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=1), "retry_exponential_backoff": True,
+                  "on_failure_callback": ChurnAlertNotifier("churn_nightly task failed")},
+    deadline=DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=timedelta(minutes=CONFIG.run_deadline_minutes),
+        callback=AsyncCallback("churn.alerts.deadline_missed", kwargs={"dag_id": "churn_nightly"}),
+    ),
     params={
         "retrain": Param(False, type="boolean", title="Retrain now",
                          description="Retrain now, even if the champion is fresh."),
@@ -53,7 +59,7 @@ EXPORT_FILES = Asset("churn_export_files")
             description="Gate floor for this run, 0 to 1 (empty = configured default; 0 disables promotion).",
         ),
         "note": Param(
-            "", type="string", maxLength=200, title="Note",
+            None, type=["null", "string"], maxLength=200, title="Note",
             description="Why this run was triggered (shown in the run report and on the Churn page).",
         ),
     },
@@ -140,6 +146,12 @@ def churn_nightly():
 
         return run_stage("summarize", run, stages)
 
+    @task
+    def report(run: dict, stages: dict, summary: dict) -> dict:
+        from churn.pipeline import run_stage
+
+        return run_stage("report", run, stages, summary)
+
     run = start_run()
     ingested = ingest(run)
     validated = profile_and_validate(run, ingested)
@@ -153,14 +165,12 @@ def churn_nightly():
     redis_published = publish_redis(run, scored, pg_published)
     exported = export(run, scored, pg_published)
     exported.set_upstream(redis_published)
-    summarize(
-        run,
-        {
-            "ingested": ingested, "validated": validated, "splits": splits, "trained": trained,
-            "evaluation": evaluation, "registered": registered, "scored": scored, "pg_published": pg_published,
-            "redis_published": redis_published, "exported": exported,
-        },
-    )
+    stages = {
+        "ingested": ingested, "validated": validated, "splits": splits, "trained": trained,
+        "evaluation": evaluation, "registered": registered, "scored": scored, "pg_published": pg_published,
+        "redis_published": redis_published, "exported": exported,
+    }
+    report(run, stages, summarize(run, stages))
 
 
 churn_nightly()

@@ -22,6 +22,11 @@ from churn.services import EmbeddedServices
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config) -> None:
+    """Register the slowest tier: real Airflow + headless Chromium (deselect with ``-m 'not browser'``)."""
+    config.addinivalue_line("markers", "browser: drives the Airflow UI in headless Chromium (slowest tier)")
+
+
 def free_port() -> int:
     """A TCP port on loopback that nobody listens on right now."""
     with socket.socket() as sock:

@@ -233,7 +233,21 @@ def retrain_decision(cfg: ChurnConfig, res: Resources, run: dict, drift: dict | 
     age = datetime.now(timezone.utc) - created
     if age > timedelta(days=cfg.max_champion_age_days):
         return True, f"champion {champ.version} is {age.days} days old (> {cfg.max_champion_age_days})"
+    decayed, decay_reason = _realized_decay(cfg, res, champ.version)
+    if decayed:
+        return True, decay_reason
     return False, f"champion {champ.version} is fresh ({age.days} days old)"
+
+
+def _realized_decay(cfg: ChurnConfig, res: Resources, champion_version: str) -> tuple[bool, str]:
+    """Monitoring's retrain trigger: the champion's realized ROC AUC dropped more than configured."""
+    from churn.monitoring import realized_retrain_trigger
+
+    conn = res.pg()
+    try:
+        return realized_retrain_trigger(conn, cfg, champion_version)
+    finally:
+        conn.close()
 
 
 def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict | None = None) -> dict:
@@ -297,6 +311,7 @@ def evaluate_and_gate(cfg: ChurnConfig, res: Resources, run: dict, splits: dict,
         results.append({**cand, "metrics": classification_metrics(labels(test_df, signature), proba)})
     challenger = max(results, key=lambda r: r["valid_roc_auc"])
     champion_auc = None
+    champion_metrics = None  # full test metrics of the champion on the same rows (run report)
     champion_version = None
     conn = res.pg()
     try:
@@ -309,7 +324,8 @@ def evaluate_and_gate(cfg: ChurnConfig, res: Resources, run: dict, splits: dict,
         try:
             frame = champ_sig.enforce(test_df)
             champion_proba = model.predict_proba(frame[champ_sig.feature_columns])[:, 1]
-            champion_auc = classification_metrics(labels(test_df, champ_sig), champion_proba)["roc_auc"]
+            champion_metrics = classification_metrics(labels(test_df, champ_sig), champion_proba)
+            champion_auc = champion_metrics["roc_auc"]
         except SignatureMismatch as exc:
             log.warning("champion %s cannot score this data (%s); judging on thresholds alone", champ.version, exc)
     decision = gate(challenger["metrics"]["roc_auc"], champion_auc, cfg.min_roc_auc, cfg.max_auc_drop,
@@ -318,6 +334,7 @@ def evaluate_and_gate(cfg: ChurnConfig, res: Resources, run: dict, splits: dict,
     return _timed(run, "evaluate_and_gate", started, {
         "evaluated": True, "challenger": challenger["name"], "promote": decision.promote, "reason": decision.reason,
         "champion_version": champion_version, "champion_test_roc_auc": champion_auc, "candidates": results,
+        "champion_metrics": champion_metrics,
     })
 
 
@@ -556,6 +573,75 @@ def summarize(cfg: ChurnConfig, res: Resources, run: dict, stages: dict) -> dict
         conn.close()
     log.info("run summary: %s", json.dumps(summary, default=str))
     return _timed(run, "summarize", started, summary)
+
+
+def report(cfg: ChurnConfig, res: Resources, run: dict, stages: dict, summary: dict) -> dict:
+    """Monitoring rows (run metrics, prediction PSI, realized performance), alerts, and <run_dir>/report.html."""
+    import os
+
+    from churn import alerts, monitoring
+    from churn.report import build_report, write_report
+
+    started = time.monotonic()
+    run_dir = Path(run["run_dir"])
+    scored = stages.get("scored") or {}
+    dry_run = _dry_run(run)
+    # summarize's returned "stage_seconds" is its own duration (set by _timed); the per-stage dict is in summary.json.
+    summarize_seconds = summary.get("stage_seconds")
+    if summary.get("summary_path") and Path(summary["summary_path"]).exists():
+        summary = {**json.loads(Path(summary["summary_path"]).read_text()), **{
+            k: v for k, v in summary.items() if k != "stage_seconds"}}
+    per_stage = summary.get("stage_seconds") if isinstance(summary.get("stage_seconds"), dict) else {}
+    if isinstance(summarize_seconds, (int, float)):
+        per_stage = {**per_stage, "summarize": summarize_seconds}
+    summary = {**summary, "stage_seconds": per_stage}
+    conn = res.pg()
+    try:
+        ensure_schema(conn)
+        metrics = monitoring.build_run_metrics(conn, run["run_key"], summary, scored.get("path"),
+                                               scored.get("model_version"), cfg.band_cuts, dry_run)
+        previous = monitoring.previous_run(conn, run["run_key"])
+        realized = monitoring.evaluate_realized(conn, cfg, date.fromisoformat(run["as_of"]))
+        if not stages.get("drift"):
+            stages = {**stages, "drift": _stored_drift(conn, run["run_key"])}
+        metrics.report_path = str(run_dir / "report.html")
+        monitoring.record_run(conn, metrics)
+    finally:
+        conn.close()
+    view = {"score_summary": metrics.score_summary, "prediction_psi": metrics.prediction_psi,
+            "previous_run_key": metrics.previous_run_key, "max_prediction_psi": cfg.max_prediction_psi,
+            "previous_score_summary": previous[1] if previous else None}
+    html_text = build_report(run, summary, stages, view, realized,
+                             data_docs_href=lambda p: os.path.relpath(p, run_dir))
+    path = write_report(run_dir / "report.html", html_text)
+    url = f"{cfg.report_base_url.rstrip('/')}/runs/{run['run_key']}/report"
+    log.info("run report: %s (file %s)", url, path)
+
+    breaches = []
+    if metrics.prediction_psi is not None and metrics.prediction_psi > cfg.max_prediction_psi:
+        breaches.append(f"prediction PSI {metrics.prediction_psi:.4f} vs run {metrics.previous_run_key} is above "
+                        f"CHURN_MAX_PREDICTION_PSI={cfg.max_prediction_psi}")
+    breaches += [reason for record in realized
+                 if (reason := monitoring.realized_drop(record, cfg.max_realized_auc_drop))]
+    for breach in breaches:
+        alerts.send_alert("churn threshold breached", {"run_key": run["run_key"], "breach": breach, "report": url},
+                          webhook_conn_id=cfg.alert_webhook_conn_id, email_conn_id=cfg.alert_email_conn_id)
+    return _timed(run, "report", started, {"report_path": path, "report_url": url,
+                                           "prediction_psi": metrics.prediction_psi, "realized": realized,
+                                           "alerts": breaches})
+
+
+def _stored_drift(conn, run_key: str) -> dict:
+    """Per-feature drift of the run from ``churn.drift_metrics`` (written by the drift stage), if any."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('churn.drift_metrics')")
+        if cur.fetchone()[0] is None:
+            conn.commit()
+            return {}
+        cur.execute("SELECT feature, psi, ks_statistic FROM churn.drift_metrics WHERE run_key = %s", (run_key,))
+        rows = cur.fetchall()
+    conn.commit()
+    return {"features": {f: {"psi": p, "ks_statistic": ks} for f, p, ks in rows if p is not None}} if rows else {}
 
 
 def run_stage(stage: str, *args: Any) -> dict:

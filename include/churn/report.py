@@ -211,8 +211,10 @@ def _section_validation(stages: dict, data_docs_href: Any) -> str:
         docs = outcome.get("data_docs") or outcome.get("data_docs_path") or outcome.get("data_docs_url")
         if docs:
             links.append((dataset, docs))
-    if isinstance(validated.get("data_docs"), str):
-        links.append(("all", validated["data_docs"]))
+    for key in ("data_docs_path", "data_docs"):
+        if isinstance(validated.get(key), str):
+            links.insert(0, ("index", validated[key]))
+            break
     out = _table(["dataset", "result", "rows checked", "quarantined", "detail"], rows) if rows else \
         _note("no validation results in this run")
     if links:
