@@ -1,0 +1,276 @@
+"""Airflow 3 plugin: a "Churn" page in the Airflow UI (model versions, rollback, recent runs, reports).
+
+The page is a small FastAPI app mounted by the api-server at ``/churn`` and shown in the UI's
+navigation as an external view (an iframe inside Airflow's own layout). Every route needs
+Airflow's login: the JWT the UI keeps in its ``_token`` cookie (or a Bearer token) is checked
+by Airflow's own ``get_user`` dependency and the caller must be allowed to read (or, for a
+rollback, edit) the ``churn_nightly`` DAG. Data comes from the platform's Postgres tables.
+
+Import-time cost is kept small: database drivers, the registry and pandas load inside handlers.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from airflow.plugins_manager import AirflowPlugin
+
+DAG_ID = "churn_nightly"
+URL_PREFIX = "/churn"
+# Files the page may serve from the state folder: reports and GX Data Docs, never data or models.
+SERVABLE_SUFFIXES = {".html", ".css", ".js", ".png", ".svg", ".jpg", ".ico", ".woff", ".woff2", ".ttf", ".map"}
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:16px;color:#1f2933}
+h1{font-size:20px} h2{font-size:16px;margin-top:24px}
+table{border-collapse:collapse;font-size:13px;margin:6px 0} td,th{border:1px solid #d9e2ec;padding:4px 8px;text-align:left}
+th{background:#f0f4f8} .champion{background:#e3f8e7} .refused{color:#8a1c1c} .msg{padding:8px;background:#fff4d6}
+.err{padding:8px;background:#fde2e1} button{cursor:pointer}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return _e(value)
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
+            f"<style>{_CSS}</style></head><body>{body}</body></html>")
+
+
+def _cfg():
+    from churn.config import ChurnConfig
+
+    return ChurnConfig.from_env()
+
+
+def _connect():
+    import psycopg2
+
+    from churn.connections import postgres_url
+    from churn.db import ensure_schema
+
+    conn = psycopg2.connect(postgres_url(_cfg()), connect_timeout=10)
+    ensure_schema(conn)
+    return conn
+
+
+def _query(conn, sql: str, params: tuple = ()) -> list[dict]:
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        names = [c.name for c in cur.description]
+        rows = [dict(zip(names, row)) for row in cur.fetchall()]
+    conn.commit()
+    return rows
+
+
+def load_overview(conn, runs_limit: int = 20) -> dict:
+    """Model versions (with latest realized AUC), the champion, and recent runs with drift figures."""
+    models = _query(conn, """
+        SELECT r.version, r.model_name, r.status, r.reason, r.created_at, r.run_key,
+               (r.metrics->>'roc_auc')::float AS roc_auc, (r.metrics->>'pr_auc')::float AS pr_auc,
+               (r.metrics->>'brier')::float AS brier, p.realized_roc_auc, p.scored_run_key AS realized_on
+        FROM churn.model_registry r
+        LEFT JOIN LATERAL (SELECT realized_roc_auc, scored_run_key FROM churn.realized_performance rp
+                           WHERE rp.model_version = r.version ORDER BY scored_run_key DESC LIMIT 1) p ON true
+        ORDER BY r.created_at DESC, r.version""")
+    champion = _query(conn, "SELECT version, promoted_at, reason FROM churn.model_champion")
+    has_drift = _query(conn, "SELECT to_regclass('churn.drift_metrics') IS NOT NULL AS present")[0]["present"]
+    drift_join = ("LEFT JOIN (SELECT run_key, max(psi) AS max_feature_psi, count(*) FILTER (WHERE psi > %s) "
+                  "AS drifted_features FROM churn.drift_metrics GROUP BY run_key) d USING (run_key)"
+                  if has_drift else "")
+    drift_cols = "d.max_feature_psi, d.drifted_features," if has_drift else \
+        "NULL::float AS max_feature_psi, NULL::bigint AS drifted_features,"
+    runs = _query(conn, f"""
+        SELECT p.run_key, p.airflow_run_id, p.status, p.started_at, p.finished_at,
+               m.rows_in, m.rows_quarantined, m.rows_scored, m.rows_published, m.model_version, m.prediction_psi,
+               m.dry_run, {drift_cols} m.report_path, p.summary->>'champion' AS champion
+        FROM churn.pipeline_runs p LEFT JOIN churn.run_metrics m USING (run_key) {drift_join}
+        ORDER BY p.run_key DESC LIMIT %s""", ((_cfg().drift_psi_threshold,) if has_drift else ()) + (runs_limit,))
+    return {"models": models, "champion": champion[0] if champion else None, "runs": runs}
+
+
+def render_overview(data: dict, message: str | None = None, error: str | None = None) -> str:
+    """The Churn page's HTML."""
+    champ = data["champion"]
+    parts = ["<h1>Churn scoring</h1>"]
+    if message:
+        parts.append(f'<p class="msg">{_e(message)}</p>')
+    if error:
+        parts.append(f'<p class="err">{_e(error)}</p>')
+    parts.append(f"<p>Champion: <b id='champion'>{_e(champ['version'])}</b> since {_e(champ['promoted_at'])}: "
+                 f"{_e(champ['reason'])}</p>" if champ else "<p>No champion yet.</p>")
+    parts.append("<h2>Model versions</h2><table id='models'><tr><th>version</th><th>model</th><th>status</th>"
+                 "<th>reason</th><th>test ROC AUC</th><th>PR AUC</th><th>Brier</th><th>realized ROC AUC</th>"
+                 "<th>created</th><th></th></tr>")
+    for m in data["models"]:
+        is_champ = champ is not None and m["version"] == champ["version"]
+        status = "champion" if is_champ else m["status"]
+        action = "" if is_champ else (f'<a href="{URL_PREFIX}/rollback/{_e(m["version"])}">roll back to this</a>')
+        realized = f"{_num(m['realized_roc_auc'])} (scores of {_e(m['realized_on'])})" \
+            if m["realized_roc_auc"] is not None else "–"
+        parts.append(f"<tr class='{_e(status)}' data-version='{_e(m['version'])}'><td>{_e(m['version'])}</td>"
+                     f"<td>{_e(m['model_name'])}</td><td>{_e(status)}</td><td>{_e(m['reason'])}</td>"
+                     f"<td>{_num(m['roc_auc'])}</td><td>{_num(m['pr_auc'])}</td><td>{_num(m['brier'])}</td>"
+                     f"<td>{realized}</td><td>{_e(str(m['created_at'])[:19])}</td><td>{action}</td></tr>")
+    parts.append("</table><h2>Recent runs</h2><table id='runs'><tr><th>run</th><th>status</th><th>Airflow run</th>"
+                 "<th>rows in</th><th>quarantined</th><th>scored</th><th>published</th><th>model</th>"
+                 "<th>prediction PSI</th><th>feature drift (max PSI / drifted)</th><th>report</th>"
+                 "<th>Data Docs</th></tr>")
+    for r in data["runs"]:
+        report = f'<a href="{URL_PREFIX}/runs/{_e(r["run_key"])}/report" target="_blank">report</a>' \
+            if r["report_path"] else "–"
+        docs = f'<a href="{URL_PREFIX}/runs/{_e(r["run_key"])}/data_docs/index.html" target="_blank">Data Docs</a>'
+        drift = "–" if r["max_feature_psi"] is None else f"{_num(r['max_feature_psi'])} / {r['drifted_features']}"
+        published = "dry run" if r["dry_run"] else _num(r["rows_published"])
+        parts.append(f"<tr data-run='{_e(r['run_key'])}'><td>{_e(r['run_key'])}</td><td>{_e(r['status'])}</td>"
+                     f"<td>{_e(r['airflow_run_id'])}</td><td>{_num(r['rows_in'])}</td>"
+                     f"<td>{_num(r['rows_quarantined'])}</td><td>{_num(r['rows_scored'])}</td><td>{published}</td>"
+                     f"<td>{_e(r['model_version'] or r['champion'])}</td><td>{_num(r['prediction_psi'])}</td>"
+                     f"<td>{drift}</td><td>{report}</td><td>{docs}</td></tr>")
+    parts.append("</table>")
+    return _page("Churn", "".join(parts))
+
+
+def _state_file(*parts: str):
+    """A servable file under the state folder, or None (no traversal, no data or model files)."""
+    base = _cfg().state_dir.resolve()
+    path = base.joinpath(*parts).resolve()
+    if not path.is_relative_to(base) or path.suffix.lower() not in SERVABLE_SUFFIXES or not path.is_file():
+        return None
+    return path
+
+
+def _build_app():
+    """The FastAPI app behind the Churn page (routes resolve the user through Airflow's auth)."""
+    from fastapi import Depends, FastAPI, Form, HTTPException, Request
+    from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+
+    from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
+
+    can_read = Depends(requires_access_dag("GET", param_dag_id=DAG_ID))
+    can_edit = Depends(requires_access_dag("PUT", param_dag_id=DAG_ID))
+    app = FastAPI(title="Churn", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(HTTPException)
+    async def _login_redirect(request: Request, exc: HTTPException):
+        # A person opening the page without a session goes to Airflow's login and comes back.
+        if exc.status_code == 401 and request.method == "GET":
+            from airflow.api_fastapi.app import get_auth_manager
+
+            return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)), status_code=303)
+        return HTMLResponse(_page("Churn", f"<p class='err'>{_e(exc.detail)}</p>"), status_code=exc.status_code)
+
+    @app.get("/", response_class=HTMLResponse, dependencies=[can_read])
+    def overview(msg: str | None = None, err: str | None = None) -> str:
+        conn = _connect()
+        try:
+            return render_overview(load_overview(conn), msg, err)
+        finally:
+            conn.close()
+
+    @app.get("/rollback/{version}", response_class=HTMLResponse, dependencies=[can_edit])
+    def confirm_rollback(version: str) -> str:
+        from churn.model import registry
+
+        conn = _connect()
+        try:
+            record = registry.get(conn, version)
+            champ = registry.champion(conn)
+        except registry.RegistryError as exc:
+            raise HTTPException(404, str(exc)) from exc
+        finally:
+            conn.close()
+        current = champ.version if champ else "none"
+        return _page("Confirm rollback", (
+            f"<h1>Roll back the champion?</h1><p>Current champion: <b>{_e(current)}</b>.<br>New champion: "
+            f"<b>{_e(version)}</b> ({_e(record.model_name)}, test ROC AUC {_num(record.metrics.get('roc_auc'))}, "
+            f"status {_e(record.status)}: {_e(record.reason)}).</p><p>The next scoring run uses the new champion; "
+            "scores already published stay until then.</p>"
+            f"<form method='post' action='{URL_PREFIX}/rollback/{_e(version)}' "
+            f"onsubmit=\"return confirm('Make {_e(version)} the champion?')\">"
+            f"<input type='hidden' name='confirm' value='{_e(version)}'>"
+            f"<button type='submit' id='confirm-rollback'>Yes, make {_e(version)} the champion</button> "
+            f"<a href='{URL_PREFIX}/'>Cancel</a></form>"))
+
+    @app.post("/rollback/{version}", dependencies=[can_edit])
+    def rollback(version: str, user: GetUserDep, confirm: str = Form("")) -> RedirectResponse:
+        from urllib.parse import urlencode
+
+        from churn.model import registry
+
+        if confirm != version:
+            raise HTTPException(400, "rollback not confirmed: use the confirmation form")
+        conn = _connect()
+        try:
+            registry.promote(conn, version, f"rollback from the Churn page by {user.get_name()}")
+            query = {"msg": f"champion is now {version}"}
+        except (registry.RegistryError, registry.ArtifactIntegrityError) as exc:
+            query = {"err": f"rollback to {version} refused: {exc}"}
+        finally:
+            conn.close()
+        return RedirectResponse(f"{URL_PREFIX}/?{urlencode(query)}", status_code=303)
+
+    @app.get("/runs/{run_key}/report", dependencies=[can_read])
+    def run_report(run_key: str) -> FileResponse:
+        path = _state_file("runs", run_key, "report.html")
+        if path is None:
+            raise HTTPException(404, f"no report for run {run_key}: the run has not reached its report task")
+        return FileResponse(path, media_type="text/html")
+
+    @app.get("/runs/{run_key}/{rest:path}", dependencies=[can_read])
+    def run_file(run_key: str, rest: str) -> FileResponse:
+        path = _state_file("runs", run_key, *rest.split("/"))
+        if path is None:
+            raise HTTPException(404, f"{rest} is not available for run {run_key}")
+        return FileResponse(path)
+
+    @app.get("/by-airflow-run/{airflow_run_id}", dependencies=[can_read])
+    def report_for_airflow_run(airflow_run_id: str) -> RedirectResponse:
+        conn = _connect()
+        try:
+            rows = _query(conn, "SELECT run_key FROM churn.pipeline_runs WHERE airflow_run_id = %s",
+                          (airflow_run_id,))
+        finally:
+            conn.close()
+        if not rows:
+            raise HTTPException(404, f"Airflow run {airflow_run_id} has no churn run record yet")
+        return RedirectResponse(f"{URL_PREFIX}/runs/{rows[0]['run_key']}/report", status_code=303)
+
+    return app
+
+
+class _LazyApp:
+    """ASGI app that builds the FastAPI app on its first request (plugins load in every Airflow process)."""
+
+    def __init__(self) -> None:
+        self._app = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if self._app is None:
+            self._app = _build_app()
+        await self._app(scope, receive, send)
+
+
+class ChurnUIPlugin(AirflowPlugin):
+    """Adds the Churn page (navigation entry) and a per-run "Churn report" tab."""
+
+    name = "churn_ui"
+    fastapi_apps = [{"app": _LazyApp(), "url_prefix": URL_PREFIX, "name": "Churn"}]
+    external_views = [
+        {"name": "Churn", "href": f"{URL_PREFIX}/", "url_route": "churn", "destination": "nav",
+         "nav_top_level": True, "category": "browse"},
+        {"name": "Churn report", "href": f"{URL_PREFIX}/by-airflow-run/{{RUN_ID}}", "url_route": "churn_report",
+         "destination": "dag_run"},
+    ]

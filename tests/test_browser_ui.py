@@ -1,0 +1,233 @@
+"""Browser test (slowest tier): operate churn_nightly entirely from the Airflow UI in headless Chromium.
+
+Starts real Airflow (``airflow standalone``: api-server, scheduler, dag-processor, triggerer) with a
+private AIRFLOW_HOME on a free port against the test Postgres/Redis, logs in with the generated admin
+password, triggers ``churn_nightly`` from the trigger form with a non-default training budget, waits
+for the run to succeed, then opens the Churn page and the run's report. A screenshot of each step is
+saved under ``test-artifacts/browser/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from churn.data.generate import generate, load_source_tables
+from tests.airflow_env import AIRFLOW_BIN, REPO_ROOT, airflow_env
+from tests.conftest import free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+ARTIFACTS = REPO_ROOT / "test-artifacts" / "browser"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+BUDGET = "0.1"  # the non-default parameter typed into the trigger form (minutes of TPOT search)
+
+
+def _http_json(url: str, token: str | None = None, data: dict | None = None, timeout: float = 10) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(data).encode() if data is not None else None,
+                                     headers={"Content-Type": "application/json",
+                                              **({"Authorization": f"Bearer {token}"} if token else {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, {}
+
+
+def _wait(what: str, predicate, timeout: float, every: float = 2.0, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    tail = log.read_text(errors="replace")[-4000:] if log and log.exists() else ""
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
+
+
+@pytest.fixture(scope="module")
+def airflow_ui(services, pg_admin_url, tmp_path_factory):
+    """A running Airflow on a free port with a small population loaded; yields base URL, password, token."""
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.fail("chromium/chromedriver missing: apt-get install -y chromium chromium-driver (.ci/run does it)")
+    tmp = tmp_path_factory.mktemp("browser")
+    admin = psycopg2.connect(pg_admin_url)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        for name in ("ui", "ui_airflow"):  # churn data, and Airflow's own metadata (SQLite times out under load)
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            cur.execute(f"CREATE DATABASE {name}")
+    admin.close()
+    pg_url = f"postgresql://postgres@127.0.0.1:{services.postgres_port}/ui"
+    redis_url = f"redis://127.0.0.1:{services.redis_port}/5"
+    # The form's default logical date is "now": the population is generated as of today (UTC).
+    today = datetime.now(timezone.utc).date()
+    conn = psycopg2.connect(pg_url)
+    load_source_tables(conn, generate(5000, today, seed=21))  # as small as keeps both classes in every split
+    conn.close()
+    port = free_port()
+    # A Feb-29 cron: the scheduler creates no run of its own, so the only run is the one the form triggers.
+    env = airflow_env(tmp, pg_url, redis_url, max_eval_minutes="0.1", tpot_population_size="6", tpot_cv="2",
+                      report_base_url=f"http://127.0.0.1:{port}/churn", schedule_cron="0 2 29 2 *")
+    env.update(AIRFLOW__API__PORT=str(port), AIRFLOW__API__HOST="127.0.0.1",
+               AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{port}",
+               AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{port}/execution/",
+               AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"postgresql+psycopg2://postgres@127.0.0.1:{services.postgres_port}"
+                                                   "/ui_airflow",
+               AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT="30",
+               AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False", AIRFLOW__CORE__PARALLELISM="4",
+               AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5", AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="2",
+               PATH=f"{Path(AIRFLOW_BIN).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    log_path = tmp / "standalone.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([AIRFLOW_BIN, "standalone"], env=env, cwd=REPO_ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        password_file = tmp / "airflow" / "simple_auth_manager_passwords.json.generated"
+        _wait("the api-server", lambda: _http_json(f"{base}/api/v2/monitor/health")[0] == 200 and
+              password_file.exists(), 180, log=log_path)
+        password = json.loads(password_file.read_text())["admin"]
+        token = _http_json(f"{base}/auth/token", data={"username": "admin", "password": password})[1]["access_token"]
+        _wait("churn_nightly to be parsed", lambda: _http_json(f"{base}/api/v2/dags/churn_nightly", token)[0] == 200,
+              120, log=log_path)
+        yield {"base": base, "password": password, "token": token, "pg_url": pg_url, "log": log_path,
+               "state": tmp / "state"}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the whole standalone process group we started
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Headless Debian Chromium driven by Selenium, with a fresh profile."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tmp_path_factory.mktemp("chrome-profile")
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--no-first-run", "--disable-sync", "--window-size=1400,1000",
+                f"--user-data-dir={profile}"):
+        options.add_argument(arg)
+    options.binary_location = CHROMIUM
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+def _shot(driver, name: str) -> None:
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
+def test_trigger_watch_and_judge_a_run_from_the_browser(airflow_ui, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, driver = airflow_ui["base"], browser
+    wait = WebDriverWait(driver, 60)
+
+    # 1. Log in with the generated admin password.
+    driver.get(f"{base}/")
+    wait.until(ec.presence_of_element_located((By.NAME, "username"))).send_keys("admin")
+    driver.find_element(By.NAME, "password").send_keys(airflow_ui["password"])
+    _shot(driver, "01_login")
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait.until(lambda d: "/auth/login" not in d.current_url)
+
+    # 2. Open the DAG and its trigger form; set a non-default training budget and a note.
+    driver.get(f"{base}/dags/churn_nightly")
+    trigger = wait.until(lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, "button")
+                                    if b.text.strip() == "Trigger"])
+    _shot(driver, "02_dag_page")
+    trigger[0].click()
+    budget = wait.until(ec.element_to_be_clickable((By.NAME, "element_train_budget_minutes")))
+    budget.send_keys(BUDGET)
+    note = driver.find_element(By.NAME, "element_note")
+    note.send_keys("browser test")
+    note.send_keys(Keys.TAB)
+    driver.execute_script("arguments[0].scrollIntoView()", budget)
+    _shot(driver, "03_trigger_form")
+    submit = wait.until(lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, "[role=dialog] button, button")
+                                   if b.text.strip() == "Trigger" and b.is_enabled()][-1])
+    submit.click()
+
+    # 3. The run exists with the form's values, and succeeds (the API is the reliable clock; the UI is shown).
+    token = airflow_ui["token"]
+    runs_url = f"{base}/api/v2/dags/churn_nightly/dagRuns?order_by=-run_after&limit=5"
+    run = _wait("the triggered run", lambda: next(iter(_http_json(runs_url, token)[1].get("dag_runs") or []), None),
+                60)
+    assert float(run["conf"]["train_budget_minutes"]) == float(BUDGET), run["conf"]
+    assert run["conf"]["note"] == "browser test"
+    run_id = run["dag_run_id"]
+    run_url = f"{base}/api/v2/dags/churn_nightly/dagRuns/{urllib.request.quote(run_id, safe='')}"
+    driver.get(f"{base}/dags/churn_nightly/runs/{urllib.request.quote(run_id, safe='')}")
+    time.sleep(3)
+    _shot(driver, "04_run_started")
+
+    def finished():
+        state = _http_json(run_url, token)[1].get("state")
+        return state if state in ("success", "failed") else None
+
+    state = _wait("the run to finish", finished, 420, every=3, log=airflow_ui["log"])
+    driver.refresh()
+    time.sleep(3)
+    _shot(driver, "05_run_finished")
+    assert state == "success", _failed_tasks(base, token, run_id)
+
+    # 4. The Churn page (inside Airflow's layout) shows the run and the model version it produced.
+    run_key = run["logical_date"][:10]
+    driver.get(f"{base}/plugin/churn")
+    frame = wait.until(ec.presence_of_element_located((By.TAG_NAME, "iframe")))
+    driver.switch_to.frame(frame)
+    runs_row = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, f"#runs tr[data-run='{run_key}']")))
+    assert "success" in runs_row.text and run_id in runs_row.text
+    champion = driver.find_element(By.ID, "champion").text
+    assert champion.startswith(run_key), champion
+    model_row = driver.find_element(By.CSS_SELECTOR, f"#models tr[data-version='{champion}']")
+    assert "champion" in model_row.text
+    assert champion in runs_row.text  # the run row names the model version that scored it
+    driver.switch_to.default_content()
+    _shot(driver, "06_churn_page")
+
+    # 5. The run's report, served by the plugin behind the same login.
+    driver.get(f"{base}/churn/runs/{run_key}/report")
+    wait.until(ec.presence_of_element_located((By.TAG_NAME, "h1")))
+    assert driver.find_element(By.TAG_NAME, "h1").text == f"Churn run {run_key}"
+    assert len(driver.find_elements(By.CSS_SELECTOR, "svg")) >= 4
+    assert "train_budget_minutes=0.1" in driver.page_source
+    _shot(driver, "07_run_report")
+
+    # 6. Without the login cookie the page is not served (redirect to Airflow's login).
+    driver.delete_all_cookies()
+    driver.get(f"{base}/churn/")
+    wait.until(lambda d: "/auth/login" in d.current_url)
+    _shot(driver, "08_logged_out_redirect")
+
+
+def _failed_tasks(base: str, token: str, run_id: str) -> str:
+    url = f"{base}/api/v2/dags/churn_nightly/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances"
+    tasks = _http_json(url, token)[1].get("task_instances") or []
+    return "task states: " + ", ".join(f"{t['task_id']}={t['state']}" for t in tasks)
