@@ -54,8 +54,9 @@ def _baseline_only(data: dict, splits: dict, run: dict) -> dict:
 def _registry_rows(url: str) -> dict:
     conn = psycopg2.connect(url)
     with conn.cursor() as cur:
-        cur.execute("SELECT version, status, reason, metrics FROM churn.model_registry")
-        rows = {r[0]: {"status": r[1], "reason": r[2], "metrics": r[3]} for r in cur.fetchall()}
+        cur.execute("SELECT version, status, reason, metrics, params, formats FROM churn.model_registry")
+        rows = {r[0]: {"status": r[1], "reason": r[2], "metrics": r[3], "params": r[4], "formats": r[5]}
+                for r in cur.fetchall()}
         cur.execute("SELECT version FROM churn.model_champion")
         champion = cur.fetchone()
     conn.close()
@@ -72,9 +73,9 @@ def _run(data: dict, run_key: str, params: dict | None = None) -> dict:
 def test_first_model_trained_on_shuffled_labels_is_refused(model_data, tmp_path):  # noqa: F811
     data = model_data
     splits = _shuffled_splits(data, tmp_path / "shuffled", seed=1)
-    cfg = data["cfg"].replace(train_budget_minutes=0.15, max_eval_minutes=0.1, tpot_population_size=4, tpot_cv=2,
-                              train_progress_seconds=5, min_roc_auc=0.6)
-    run = _run(data, "2026-10-01", {"retrain": True})
+    cfg = data["cfg"].replace(tpot_population_size=4, tpot_cv=2, train_progress_seconds=5, min_roc_auc=0.6)
+    # budget and per-pipeline limit from the run's trigger params (the config says 2 / 0.5 minutes)
+    run = _run(data, "2026-10-01", {"retrain": True, "train_budget_minutes": 0.15, "max_eval_minutes": 0.1})
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp",
                       dashboard_address=":0") as cluster:
         trained = pipeline.train(cfg.replace(dask_scheduler_address=cluster.scheduler_address), data["res"], run,
@@ -91,6 +92,11 @@ def test_first_model_trained_on_shuffled_labels_is_refused(model_data, tmp_path)
         assert row["status"] == "refused" and row["reason"]
         assert row["metrics"]["roc_auc"] == pytest.approx(cand["metrics"]["roc_auc"])
         assert row["metrics"]["roc_auc"] < 0.6 or row["metrics"]["roc_auc_ci_low"] <= 0.5
+        assert "joblib" in row["formats"]
+    tpot_params = state["rows"]["2026-10-01-tpot"]["params"]
+    assert tpot_params["budget_minutes"] == 0.15 and tpot_params["max_eval_minutes"] == 0.1
+    assert tpot_params["dask_scheduler_address"].startswith("tcp://")
+    assert state["rows"]["2026-10-01-logistic_baseline"]["formats"] == ["joblib", "onnx"]
     # nothing to score with: the score stage says so instead of using a refused model
     with pytest.raises(pipeline.NoChampionError, match="refused by the gate"):
         pipeline.score(cfg, data["res"], run, {"score": {"clean_path": splits["paths"]["test"]}}, registered)

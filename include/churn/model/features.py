@@ -9,13 +9,13 @@ before scoring: a mismatch fails with a message naming the column.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from sklearn.compose import ColumnTransformer
-from sklearn.impute import MissingIndicator, SimpleImputer
-from sklearn.pipeline import FeatureUnion, Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+if TYPE_CHECKING:  # scikit-learn is imported where it is used: the registry CLI must start fast
+    from sklearn.compose import ColumnTransformer
 
 
 class SignatureMismatch(ValueError):
@@ -82,6 +82,11 @@ class ModelSignature:
 
 def build_preprocessor(signature: ModelSignature) -> ColumnTransformer:
     """Median-impute + missing flags + scale numerics, one-hot categoricals (unknown categories ignored)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import MissingIndicator, SimpleImputer
+    from sklearn.pipeline import FeatureUnion, Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
     # The missing flags are a separate MissingIndicator (not SimpleImputer(add_indicator=True)) because
     # skl2onnx cannot convert add_indicator; churn.model.export registers a converter for MissingIndicator.
     numeric = Pipeline([

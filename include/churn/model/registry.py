@@ -14,13 +14,14 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import joblib
-import pandas as pd
 
 from churn.db import ensure_schema, to_jsonb
 from churn.model.features import ModelSignature
+
+if TYPE_CHECKING:  # pandas/joblib are imported where used: `python -m churn.model.registry` starts fast
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ def code_version() -> str:
 
 def save_artifact(model: Any, signature: ModelSignature, models_dir: str | Path, version: str) -> tuple[str, str]:
     """Dump the fitted pipeline (with its preprocessing and signature) atomically; returns (path, sha256)."""
+    import joblib
+
     folder = Path(models_dir) / version
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.joblib"
@@ -162,6 +165,8 @@ def load_verified(path: str | Path, expected_sha256: str) -> tuple[Any, ModelSig
             f"model artifact {path} has sha256 {actual[:12]}..., registry expects {expected_sha256[:12]}...: "
             "the file was changed or truncated; it is refused. Roll back to another version or retrain."
         )
+    import joblib
+
     payload = joblib.load(path)
     return payload["model"], ModelSignature.from_dict(payload["signature"])
 
