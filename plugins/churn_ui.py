@@ -84,7 +84,7 @@ def load_overview(conn, runs_limit: int = 20) -> dict:
         FROM churn.model_registry r
         LEFT JOIN LATERAL (SELECT realized_roc_auc, scored_run_key FROM churn.realized_performance rp
                            WHERE rp.model_version = r.version ORDER BY scored_run_key DESC LIMIT 1) p ON true
-        ORDER BY r.created_at DESC, r.version""")
+        ORDER BY r.created_at DESC, r.version DESC""")
     champion = _query(conn, "SELECT version, promoted_at, reason FROM churn.model_champion")
     has_drift = _query(conn, "SELECT to_regclass('churn.drift_metrics') IS NOT NULL AS present")[0]["present"]
     drift_join = ("LEFT JOIN (SELECT run_key, max(psi) AS max_feature_psi, count(*) FILTER (WHERE psi > %s) "

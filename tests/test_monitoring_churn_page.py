@@ -1,0 +1,80 @@
+"""The Churn page's data and HTML (plugins/churn_ui.py) against a real Postgres; file serving is confined."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from churn.db import ensure_schema
+from churn.monitoring import RunMetrics, record_run
+from tests.conftest import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def churn_ui():
+    spec = importlib.util.spec_from_file_location("churn_ui_under_test", REPO_ROOT / "plugins" / "churn_ui.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _model(cur, version, status, auc, reason):
+    cur.execute(
+        """INSERT INTO churn.model_registry (version, run_key, model_name, status, reason, metrics, params, signature,
+               artifact_path, artifact_sha256, data_fingerprint, code_version)
+           VALUES (%s, %s, 'tpot', %s, %s, %s, '{}', '{}', '/x', 'sha', 'fp', 'test')""",
+        (version, version[:10], status, reason, json.dumps({"roc_auc": auc, "pr_auc": 0.5, "brier": 0.1})),
+    )
+
+
+def test_overview_lists_versions_runs_drift_and_links(churn_ui, pg_conn, monkeypatch):
+    ensure_schema(pg_conn)
+    with pg_conn.cursor() as cur:
+        _model(cur, "2026-11-19-tpot", "retired", 0.81, "first model")
+        _model(cur, "2026-11-20-tpot", "champion", 0.83, "better <b>")
+        _model(cur, "2026-11-20-logistic_baseline", "refused", 0.70, "lower validation ROC AUC than tpot")
+        cur.execute("INSERT INTO churn.model_champion (version, reason) VALUES ('2026-11-20-tpot', 'promoted')")
+        cur.execute("INSERT INTO churn.pipeline_runs (run_key, airflow_run_id, status) VALUES "
+                    "('2026-11-20', 'manual__x', 'success'), ('2026-11-21', 'scheduled__y', 'running')")
+        cur.execute("INSERT INTO churn.realized_performance VALUES ('2026-10-21', '2026-11-20-tpot', '2026-11-20', "
+                    "900, 80, 0.77, 0.83, now())")
+        cur.execute("INSERT INTO churn.drift_metrics (run_key, feature, kind, psi, reference_version, reference_rows, "
+                    "current_rows) VALUES ('2026-11-20', 'tenure', 'numeric', 0.35, 'v', 10, 10), "
+                    "('2026-11-20', 'plan', 'categorical', 0.01, 'v', 10, 10)")
+    pg_conn.commit()
+    record_run(pg_conn, RunMetrics("2026-11-20", "2026-11-20-tpot", False, 1800, 5, 900, 900, {"score": 1.0},
+                                   None, 0.031, "2026-11-19", "/state/runs/2026-11-20/report.html"))
+    monkeypatch.setenv("CHURN_DRIFT_PSI_THRESHOLD", "0.2")
+    data = churn_ui.load_overview(pg_conn)
+    assert data["champion"]["version"] == "2026-11-20-tpot"
+    assert [m["version"] for m in data["models"]][0].startswith("2026-11-20")
+    runs = {r["run_key"]: r for r in data["runs"]}
+    assert runs["2026-11-20"]["rows_published"] == 900 and runs["2026-11-20"]["drifted_features"] == 1
+    assert runs["2026-11-20"]["max_feature_psi"] == pytest.approx(0.35)
+    assert runs["2026-11-21"]["report_path"] is None
+
+    page = churn_ui.render_overview(data, message="champion is now x")
+    assert "<b id='champion'>2026-11-20-tpot</b>" in page
+    assert "better &lt;b&gt;" in page  # registry text is escaped
+    assert "0.7700 (scores of 2026-10-21)" in page
+    assert '/churn/rollback/2026-11-19-tpot' in page and '/churn/rollback/2026-11-20-tpot' not in page
+    assert '/churn/runs/2026-11-20/report' in page and '/churn/runs/2026-11-21/report' not in page
+    assert "/churn/runs/2026-11-20/data_docs/index.html" in page
+    assert "0.3500 / 1" in page and "refused" in page and "champion is now x" in page
+
+
+def test_only_reports_and_docs_are_served_from_the_state_folder(churn_ui, tmp_path, monkeypatch):
+    monkeypatch.setenv("CHURN_STATE_DIR", str(tmp_path))
+    run = tmp_path / "runs" / "2026-11-20"
+    (run / "data_docs").mkdir(parents=True)
+    (run / "report.html").write_text("<h1>r</h1>")
+    (run / "data_docs" / "index.html").write_text("docs")
+    (run / "scores.parquet").write_bytes(b"PAR1")
+    (tmp_path / "secret.html").write_text("outside runs but inside state")
+    assert churn_ui._state_file("runs", "2026-11-20", "report.html") == (run / "report.html").resolve()
+    assert churn_ui._state_file("runs", "2026-11-20", "data_docs", "index.html") is not None
+    assert churn_ui._state_file("runs", "2026-11-20", "scores.parquet") is None  # data is never served
+    assert churn_ui._state_file("runs", "2026-11-20", "..", "..", "..", "etc", "passwd") is None
+    assert churn_ui._state_file("runs", "missing", "report.html") is None
