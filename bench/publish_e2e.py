@@ -92,7 +92,7 @@ def precompute(pg_url: str, redis_url: str, model_path: str, workdir: Path, layo
     t0 = time.perf_counter()
     pg = pgpub.publish_scores(conn, scored.path, AS_OF.isoformat(), "bench-logreg")
     pg_s = time.perf_counter() - t0
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(redis_url, socket_timeout=600)
     t0 = time.perf_counter()
     red = rs.publish_scores(client, scored.path, AS_OF.isoformat(), "bench-logreg",
                             lambda sources: pgpub.stale_customers(conn, sources, pg.table), layout=layout,
@@ -125,7 +125,7 @@ def run_size(admin_url: str, pg_url_for, redis_url: str, customers: int, model_p
     source = _in_process(["load", "--pg-url", url, "--customers", str(customers)])
     import redis
 
-    redis.Redis.from_url(redis_url).flushdb()
+    redis.Redis.from_url(redis_url, socket_timeout=600).flushdb()
     size_dir = workdir / db
     size_dir.mkdir(parents=True, exist_ok=True)
     result = _in_process(["precompute", "--pg-url", url, "--redis-url", redis_url, "--model", model_path,

@@ -14,6 +14,7 @@ Results are written after every section, so an interrupted run still leaves its 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--e2e-sizes", default="1000000,4000000", help="end-to-end populations ('' = skip)")
     parser.add_argument("--buckets", type=int, default=65_536, help="CHURN_REDIS_HASH_BUCKETS for the hash layout")
     parser.add_argument("--clients", type=int, default=50, help="concurrent lookup clients")
+    parser.add_argument("--sections", default="throughput,latency,e2e",
+                        help="comma-separated subset of throughput,latency,e2e")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
@@ -75,26 +78,36 @@ def main(argv: list[str] | None = None) -> int:
     def pg_url_for(db: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{services.postgres_port}/{db}"
 
+    command = "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv)
     results: dict = {"benchmark": "publish", "started_at": datetime.now(timezone.utc).isoformat(),
-                     "machine": machine(), "command": "make bench  (python -m bench.run " + " ".join(argv or sys.argv[1:]) + ")",
+                     "machine": machine(), "command": command.strip(),
                      "caveat": "shared 2-core machine: other engineers ran tests and builds during the run"}
     try:
         scores = pt.write_precomputed_scores(tmp / "scores.parquet", args.customers)
-        publish_e2e.create_database(admin_url, "bench")
-        log.info("postgres throughput (%s rows)", args.customers)
-        results["postgres_publish"] = pt.postgres_throughput(pg_url_for("bench"), scores, args.naive_rows)
-        pt.dump(results, args.out)
-        log.info("redis throughput and memory")
-        redis_out = pt.redis_throughput(services.redis_url, scores, args.naive_rows, args.buckets)
-        results["redis_publish"] = redis_out["throughput"]
-        results["redis_memory_per_customer"] = redis_out["memory"]
-        pt.dump(results, args.out)
-        log.info("lookup latency with %s clients", args.clients)
-        results["lookup_latency"] = {layout: pt.lookup_latency(services.redis_url, scores, layout, args.buckets,
-                                                               clients=args.clients)
-                                     for layout in ("json", "hash")}
-        pt.dump(results, args.out)
-        sizes = [int(s) for s in args.e2e_sizes.split(",") if s.strip()]
+        sections = {s.strip() for s in args.sections.split(",")}
+        if args.out.exists() and sections != {"throughput", "latency", "e2e"}:
+            # a partial re-run keeps the other sections' latest figures
+            previous = json.loads(args.out.read_text())
+            rerun = "rerun_" + "_".join(sorted(sections))
+            results = {**previous, **{k: v for k, v in results.items() if k != "machine"},
+                       "machine": {**previous.get("machine", {}), rerun: results["machine"]}}
+        if "throughput" in sections:
+            publish_e2e.create_database(admin_url, "bench")
+            log.info("postgres throughput (%s rows)", args.customers)
+            results["postgres_publish"] = pt.postgres_throughput(pg_url_for("bench"), scores, args.naive_rows)
+            pt.dump(results, args.out)
+            log.info("redis throughput and memory")
+            redis_out = pt.redis_throughput(services.redis_url, scores, args.naive_rows, args.buckets)
+            results["redis_publish"] = redis_out["throughput"]
+            results["redis_memory_per_customer"] = redis_out["memory"]
+            pt.dump(results, args.out)
+        if "latency" in sections:
+            log.info("lookup latency with %s clients", args.clients)
+            results["lookup_latency"] = {layout: pt.lookup_latency(services.redis_url, scores, layout, args.buckets,
+                                                                   clients=args.clients)
+                                         for layout in ("json", "hash")}
+            pt.dump(results, args.out)
+        sizes = [int(s) for s in args.e2e_sizes.split(",") if s.strip()] if "e2e" in sections else []
         if sizes:
             publish_e2e.create_database(admin_url, "model_src")
             model_url = pg_url_for("model_src")

@@ -235,3 +235,31 @@ def test_reader_role_reads_the_score_views_and_nothing_else(pg_conn, fresh_pg_ur
 def test_reader_role_name_must_be_an_identifier(pg_conn):
     with pytest.raises(pgpub.ReaderRoleError, match="CHURN_PG_READER_ROLE"):
         pgpub.ensure_reader_role(pg_conn, "x; DROP TABLE y")
+
+
+def test_publisher_without_createrole_still_publishes_and_reports_the_role_fix(fresh_pg_url, pg_admin_url, scores,
+                                                                               tmp_path, redis_url):
+    from churn.config import ChurnConfig
+    from churn.connections import Resources
+    from churn.pipeline import publish_postgres
+
+    db = fresh_pg_url.rsplit("/", 1)[1]
+    publisher = f"pub_{db}"
+    admin = psycopg2.connect(pg_admin_url)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE ROLE {publisher} LOGIN NOCREATEROLE")
+        cur.execute(f"ALTER DATABASE {db} OWNER TO {publisher}")
+    try:
+        res = Resources.from_urls(fresh_pg_url.replace("postgres@", f"{publisher}@"), redis_url)
+        cfg = ChurnConfig(state_dir=tmp_path, pg_reader_role="churn_reader_nopriv")
+        out = publish_postgres(cfg, res, {"run_key": RUN_A, "run_dir": str(tmp_path), "params": {}},
+                               {"path": str(scores[RUN_A]), "model_version": "m1"})
+        assert out["rows"] == 6000 and out["is_current"]
+        assert out["reader_role"].startswith("not updated") and "have a DBA run" in out["reader_role"]
+        assert current_state(fresh_pg_url) == (6000, {RUN_A})
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+            cur.execute(f"DROP ROLE IF EXISTS {publisher}")
+        admin.close()
