@@ -135,3 +135,17 @@ def test_shuffled_challenger_never_replaces_a_champion_even_with_a_permissive_fl
                             {"score": {"clean_path": data["splits"]["paths"]["test"]}}, {"registered": []})
     assert scored["model_version"] == champion
     assert json.dumps(scored)  # a reference dict, JSON-able for XCom
+
+
+def test_empty_tpot_search_falls_back_to_the_baseline_candidate(model_data):  # noqa: F811
+    data = model_data
+    run = _run(data, "2026-10-05", {"retrain": True, "train_budget_minutes": 0.001, "max_eval_minutes": 0.001})
+    cfg = data["cfg"].replace(tpot_population_size=2, tpot_cv=2)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                      dashboard_address=":0") as cluster:
+        trained = pipeline.train(cfg.replace(dask_scheduler_address=cluster.scheduler_address), data["res"], run,
+                                 data["splits"])
+    assert [c["name"] for c in trained["candidates"]] == ["logistic_baseline"]
+    assert "CHURN_TRAIN_BUDGET_MINUTES" in trained["tpot_error"]
+    evaluation = pipeline.evaluate_and_gate(cfg, data["res"], run, data["splits"], trained)
+    assert evaluation["challenger"] == "logistic_baseline"

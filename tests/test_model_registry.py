@@ -211,6 +211,9 @@ def test_registry_row_records_fingerprint_params_code_version_and_formats(model_
     pkg = _package(model_data, tmp_path, "v5")
     _register(conn, model_data, "v5", pkg)
     _register(conn, model_data, "v5", pkg)  # idempotent re-registration
+    registry.promote(conn, "v5", "passed the gate")
+    _register(conn, model_data, "v5", pkg, status="refused")  # a re-run cannot contradict the champion pointer
+    assert registry.get(conn, "v5").status == "champion" and registry.get(conn, "v5").reason == "passed the gate"
     with conn.cursor() as cur:
         cur.execute("SELECT count(*), max(data_fingerprint), max(code_version), max(artifact_sha256), "
                     "max(array_to_string(formats, ',')), max(params->>'C') FROM churn.model_registry")

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from distributed import LocalCluster
 
-from churn.model.train import Candidate, TrainingError, fit_baseline, fit_tpot
+from churn.model.train import Candidate, SearchFoundNothing, TrainingError, fit_baseline, fit_tpot
 from tests.test_model_features import frame, signature
 
 
@@ -38,13 +38,22 @@ def test_tpot_uses_the_configured_cluster_and_logs_progress(cluster, caplog):
     assert any("TPOT uses the Dask cluster at " + cluster.scheduler_address in m for m in messages)
     progress = [m for m in messages if m.startswith("TPOT progress")]
     assert len(progress) >= 2, messages
-    print("\n".join(progress))
+    # inside a generation (scores arrive only when it ends) the line shows the evaluations in flight
+    assert any("pipeline evaluations running" in m for m in progress), progress
     final = [m for m in progress if "(final)" in m]
     assert final and "best CV ROC AUC so far 0." in final[-1] and "s of budget left" in final[-1]
     assert cand.params["pipelines_scored"] >= 1 and cand.params["generations"] >= 1
     # the model works on raw signature columns: preprocessing is inside the pipeline
     proba = cand.pipeline.predict_proba(sig.enforce(valid)[sig.feature_columns])[:, 1]
     assert proba.shape == (300,) and np.all((proba >= 0) & (proba <= 1))
+
+
+def test_search_that_evaluates_nothing_raises_search_found_nothing(cluster):
+    data = frame(3000, seed=5)
+    sig = signature(data)
+    with pytest.raises(SearchFoundNothing, match="CHURN_TRAIN_BUDGET_MINUTES"):
+        fit_tpot(data, data, sig, budget_minutes=0.001, max_eval_minutes=0.001, search_space="linear-light", cv=2,
+                 population_size=2, n_jobs=1, random_state=1, dask_scheduler_address=cluster.scheduler_address)
 
 
 def test_unreachable_cluster_fails_with_the_fix():

@@ -256,7 +256,7 @@ def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict
 
     from churn.data.spec import load_run_spec
     from churn.model.features import ModelSignature
-    from churn.model.train import fit_baseline, fit_tpot
+    from churn.model.train import SearchFoundNothing, fit_baseline, fit_tpot
 
     started = time.monotonic()
     cfg = _cfg_for(cfg, run)
@@ -270,15 +270,21 @@ def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict
     signature = ModelSignature.infer(train_df, spec.id_column, spec.label_column, spec.numeric, spec.boolean,
                                      spec.categorical)
     candidates = [fit_baseline(train_df, valid_df, signature, cfg.random_state)]
+    tpot_error = None
     if not cfg.train_tpot:
         log.info("CHURN_TRAIN_TPOT=false: baseline only, no TPOT search")
     else:
-        candidates.append(fit_tpot(
-            train_df, valid_df, signature, budget_minutes=cfg.train_budget_minutes,
-            max_eval_minutes=cfg.max_eval_minutes, search_space=cfg.tpot_search_space, cv=cfg.tpot_cv,
-            population_size=cfg.tpot_population_size, n_jobs=cfg.n_jobs, random_state=cfg.random_state,
-            dask_scheduler_address=cfg.dask_scheduler_address, progress_seconds=cfg.train_progress_seconds,
-        ))
+        try:
+            candidates.append(fit_tpot(
+                train_df, valid_df, signature, budget_minutes=cfg.train_budget_minutes,
+                max_eval_minutes=cfg.max_eval_minutes, search_space=cfg.tpot_search_space, cv=cfg.tpot_cv,
+                population_size=cfg.tpot_population_size, n_jobs=cfg.n_jobs, random_state=cfg.random_state,
+                dask_scheduler_address=cfg.dask_scheduler_address, progress_seconds=cfg.train_progress_seconds,
+            ))
+        except SearchFoundNothing as exc:
+            # The baseline is a full candidate: an empty search must not stop the night's scoring.
+            log.warning("TPOT produced no candidate, continuing with the baseline only: %s", exc)
+            tpot_error = str(exc)
     out_dir = Path(run["run_dir"]) / "candidates"
     out_dir.mkdir(exist_ok=True)
     described = []
@@ -287,7 +293,8 @@ def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict
         joblib.dump({"model": cand.pipeline, "signature": signature.as_dict()}, path)
         described.append({"name": cand.name, "path": str(path), "valid_roc_auc": cand.valid_roc_auc,
                           "fit_seconds": round(cand.fit_seconds, 2), "params": cand.params})
-    return _timed(run, "train", started, {"retrained": True, "reason": why, "candidates": described})
+    return _timed(run, "train", started, {"retrained": True, "reason": why, "candidates": described,
+                                          "tpot_error": tpot_error})
 
 
 def evaluate_and_gate(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, trained: dict) -> dict:

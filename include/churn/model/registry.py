@@ -182,7 +182,11 @@ def register(conn, *, version: str, run_key: str, model_name: str, status: str, 
             INSERT INTO churn.model_registry (version, run_key, model_name, status, reason, metrics, params, signature,
                 artifact_path, artifact_sha256, formats, data_fingerprint, code_version)
             VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-            ON CONFLICT (version) DO UPDATE SET status = EXCLUDED.status, reason = EXCLUDED.reason,
+            ON CONFLICT (version) DO UPDATE SET
+                -- re-registering the current champion (a re-run) must not contradict the champion pointer
+                status = CASE WHEN churn.model_registry.status = 'champion' THEN 'champion' ELSE EXCLUDED.status END,
+                reason = CASE WHEN churn.model_registry.status = 'champion' THEN churn.model_registry.reason
+                              ELSE EXCLUDED.reason END,
                 metrics = EXCLUDED.metrics, params = EXCLUDED.params, signature = EXCLUDED.signature,
                 artifact_path = EXCLUDED.artifact_path, artifact_sha256 = EXCLUDED.artifact_sha256,
                 formats = EXCLUDED.formats, data_fingerprint = EXCLUDED.data_fingerprint,

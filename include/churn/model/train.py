@@ -22,6 +22,10 @@ class TrainingError(RuntimeError):
     """Training could not produce a usable model; the message says what to change."""
 
 
+class SearchFoundNothing(TrainingError):
+    """The TPOT search ended without any evaluated pipeline (budget too small for the data/machine)."""
+
+
 def split_ids(ids: pd.Series, fractions: tuple[float, float, float]) -> pd.Series:
     """'train' / 'valid' / 'test' per id from a stable hash of the id alone.
 
@@ -81,7 +85,22 @@ class SearchProgress:
             return None
         best = float(scores.max()) if scores.notna().any() else None
         return {"generation": int(evolver.generation), "evaluated": int(scores.notna().sum()), "failed": failed,
-                "best": best}
+                "best": best, "generation_running": self._running(getattr(evolver, "_client", None))}
+
+    @staticmethod
+    def _running(client) -> int | None:
+        """Pipeline evaluations in flight, from the Dask client's futures (None without a client).
+
+        TPOT records scores only when a whole generation is back, which can take minutes;
+        its evaluation futures (key prefix ``eval_objective_list``) show the search is busy inside one.
+        """
+        if client is None:
+            return None
+        try:
+            return sum(st.status == "pending" for key, st in list(client.futures.items())
+                       if str(key).startswith("eval_objective_list"))
+        except (AttributeError, RuntimeError):  # dict changed size while the client's loop updated it
+            return None
 
     def report(self, final: bool = False) -> None:
         """Write one progress line."""
@@ -91,10 +110,12 @@ class SearchProgress:
         if state is None:
             log.info("TPOT progress: starting (%.0f s elapsed, %.0f s of budget left)", elapsed, left)
         else:
+            inside = "" if final or state["generation_running"] is None else (
+                f" ({state['generation_running']} pipeline evaluations running)")
             log.info(
-                "TPOT progress%s: generation %s, %s pipelines scored (%s failed/timed out), best CV ROC AUC so far %s, "
-                "%.0f s elapsed, %.0f s of budget left",
-                " (final)" if final else "", state["generation"], state["evaluated"], state["failed"],
+                "TPOT progress%s: generation %s%s, %s pipelines scored (%s failed/timed out), best CV ROC AUC so far "
+                "%s, %.0f s elapsed, %.0f s of budget left",
+                " (final)" if final else "", state["generation"], inside, state["evaluated"], state["failed"],
                 "n/a" if state["best"] is None else f"{state['best']:.4f}", elapsed, left,
             )
         self.lines += 1
@@ -226,13 +247,22 @@ def fit_tpot(
     )
     try:
         with SearchProgress(search, budget_minutes, every_seconds=progress_seconds) as progress:
-            search.fit(x_train, y_train)
+            try:
+                search.fit(x_train, y_train)
+            except Exception as exc:  # noqa: BLE001 - TPOT 1.1 raises a plain Exception when nothing finished
+                if "No individuals could be evaluated" not in str(exc):
+                    raise
+                raise SearchFoundNothing(
+                    f"TPOT evaluated no pipeline within the budget ({budget_minutes} min, {max_eval_minutes} min "
+                    "per pipeline): raise CHURN_TRAIN_BUDGET_MINUTES / CHURN_MAX_EVAL_MINUTES (or the run's "
+                    "train_budget_minutes), or give TPOT more workers"
+                ) from exc
         state = progress.snapshot() or {}
     finally:
         if client is not None:
             client.close()
     if getattr(search, "fitted_pipeline_", None) is None:
-        raise TrainingError("TPOT found no pipeline within the budget: raise CHURN_TRAIN_BUDGET_MINUTES")
+        raise SearchFoundNothing("TPOT found no pipeline within the budget: raise CHURN_TRAIN_BUDGET_MINUTES")
     pipeline = Pipeline([("prep", prep), ("model", search.fitted_pipeline_)])
     auc = roc_auc_score(labels(valid, signature), pipeline.predict_proba(to_model_input(valid, signature))[:, 1])
     elapsed = time.monotonic() - started
