@@ -7,6 +7,7 @@ Tasks pass references (paths, table names, versions) through XCom, never data.
 
 from __future__ import annotations
 
+import sys
 from datetime import timedelta
 
 import pendulum
@@ -16,6 +17,13 @@ from churn.alerts import ChurnAlertNotifier
 from churn.config import ChurnConfig
 
 CONFIG = ChurnConfig.from_env()  # environment only: no I/O at parse time
+# Airflow 3.3.2's `airflow dags test` crashes when it marks a run with a DeadlineAlert successful (it looks
+# the alert up by its serialized dict instead of its id), so the deadline is left out in that CLI only
+# (make demo, the e2e test); scheduled and triggered runs keep it. CHURN_RUN_DEADLINE_MINUTES <= 0 disables it.
+RUN_DEADLINE = None if CONFIG.run_deadline_minutes <= 0 or sys.argv[1:3] == ["dags", "test"] else DeadlineAlert(
+    reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=timedelta(minutes=CONFIG.run_deadline_minutes),
+    callback=AsyncCallback("churn.alerts.deadline_missed", kwargs={"dag_id": "churn_nightly"}),
+)
 SCORES_POSTGRES = Asset("churn_scores_postgres")
 SCORES_REDIS = Asset("churn_scores_redis")
 EXPORT_FILES = Asset("churn_export_files")
@@ -30,10 +38,7 @@ EXPORT_FILES = Asset("churn_export_files")
     tags=["churn", "ml", "nightly"],
     default_args={"retries": 2, "retry_delay": timedelta(minutes=1), "retry_exponential_backoff": True,
                   "on_failure_callback": ChurnAlertNotifier("churn_nightly task failed")},
-    deadline=DeadlineAlert(
-        reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=timedelta(minutes=CONFIG.run_deadline_minutes),
-        callback=AsyncCallback("churn.alerts.deadline_missed", kwargs={"dag_id": "churn_nightly"}),
-    ),
+    deadline=RUN_DEADLINE,
     params={
         "retrain": Param(False, type="boolean", title="Retrain now",
                          description="Retrain now, even if the champion is fresh."),

@@ -81,7 +81,9 @@ def airflow_ui(services, pg_admin_url, tmp_path_factory):
     conn.close()
     port = free_port()
     # A Feb-29 cron: the scheduler creates no run of its own, so the only run is the one the form triggers.
-    env = airflow_env(tmp, pg_url, redis_url, max_eval_minutes="0.1", tpot_population_size="6", tpot_cv="2",
+    # TPOT is off here: its local Dask cluster spawns processes that re-import the `airflow` entry point,
+    # which fails inside a LocalExecutor task (see the report); the test is about the UI, not the search.
+    env = airflow_env(tmp, pg_url, redis_url, train_tpot="false", max_eval_minutes="0.1",
                       report_base_url=f"http://127.0.0.1:{port}/churn", schedule_cron="0 2 29 2 *")
     env.update(AIRFLOW__API__PORT=str(port), AIRFLOW__API__HOST="127.0.0.1",
                AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{port}",
@@ -191,7 +193,7 @@ def test_trigger_watch_and_judge_a_run_from_the_browser(airflow_ui, browser):
         state = _http_json(run_url, token)[1].get("state")
         return state if state in ("success", "failed") else None
 
-    state = _wait("the run to finish", finished, 420, every=3, log=airflow_ui["log"])
+    state = _wait("the run to finish", finished, 900, every=3, log=airflow_ui["log"])
     driver.refresh()
     time.sleep(3)
     _shot(driver, "05_run_finished")
