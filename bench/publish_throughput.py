@@ -208,6 +208,8 @@ def lookup_latency(redis_url: str, scores: Path, layout: str, buckets: int, clie
     rows = pq.ParquetFile(scores).metadata.num_rows
     rs.publish_scores(client, scores, RUN_ID, MODEL, layout=layout, buckets=buckets)
     client.close()
+    admin = redis.Redis.from_url(redis_url, socket_timeout=600)
+    admin.config_resetstat()  # server-side time per lookup command, to separate Redis from client CPU
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     start_at = time.time() + 2.0
@@ -220,6 +222,9 @@ def lookup_latency(redis_url: str, scores: Path, layout: str, buckets: int, clie
     wall = time.perf_counter() - t0
     for p in procs:
         p.join()
+    stats = admin.info("commandstats")
+    admin.close()
+    command = "cmdstat_get" if layout == "json" else "cmdstat_hget"
     lat = np.concatenate(results)
     missing = int((lat < 0).sum())
     lat_ms = lat[lat >= 0] / 1e6
@@ -227,6 +232,7 @@ def lookup_latency(redis_url: str, scores: Path, layout: str, buckets: int, clie
             "p50_ms": round(float(np.percentile(lat_ms, 50)), 3), "p90_ms": round(float(np.percentile(lat_ms, 90)), 3),
             "p99_ms": round(float(np.percentile(lat_ms, 99)), 3), "max_ms": round(float(lat_ms.max()), 3),
             "lookups_per_second": round(lat.size / wall, 1), "mean_think_time_ms_per_client": think_ms,
+            "redis_server_usec_per_lookup": stats.get(command, {}).get("usec_per_call"),
             "client": "churn.publish.redis_store.lookup_score (redis-py, one GET/HGET per lookup)",
             "target": "p99 <= 1 ms"}
 
