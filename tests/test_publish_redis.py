@@ -200,6 +200,27 @@ def test_switching_layout_removes_the_old_layout_after_the_switch(redis_client, 
     assert redis_client.dbsize() == 7000 + 1
 
 
+def test_an_interrupted_layout_change_is_cleaned_by_the_retry(redis_client, scores):
+    publish(redis_client, scores[RUN_A], RUN_A, "json")
+
+    class Killed(Exception):
+        pass
+
+    def stop_after_switch(point: str) -> None:
+        if point == "switched":
+            raise Killed  # the process dies right after the marker moved
+
+    with pytest.raises(Killed):
+        publish(redis_client, scores[RUN_B], RUN_B, "hash", stale_between(A_IDS, B_IDS), hook=stop_after_switch)
+    assert rs.served_meta(redis_client)["cleanup_layout"] == "json"
+    assert list(redis_client.scan_iter("churn:score:*"))  # old layout still there
+    publish(redis_client, scores[RUN_B], RUN_B, "hash", stale_between(A_IDS, B_IDS))
+    assert not list(redis_client.scan_iter("churn:score:*"))
+    assert "cleanup_layout" not in rs.served_meta(redis_client)
+    assert lookup(redis_client, "C00000001", "hash") is None
+    assert lookup(redis_client, "C00008000", "hash")["run_id"] == RUN_B
+
+
 def test_a_file_of_another_run_is_refused_and_the_marker_stays(redis_client, scores):
     publish(redis_client, scores[RUN_A], RUN_A, "json")
     with pytest.raises(rs.RedisPublishError, match="not '2026-11-22'"):

@@ -351,6 +351,10 @@ def publish_scores(
         sources = cleanup_sources(meta, run_id)
         previous = meta.get("run_id")
         previous_tag = meta.get("layout_tag") or (previous and "json")  # markers older than layouts: json
+        # A layout change whose cleanup was interrupted is still pending after the marker moved.
+        old_tag = meta.get("cleanup_layout") or (previous_tag if previous_tag != layout_tag else None)
+        if old_tag == layout_tag:
+            old_tag = None
         hook("start")
         # Remember this attempt first, so a later run can clean its keys if it is abandoned.
         writing = [r for r in (meta.get("writing") or "").split(",") if r and r != run_id] + [run_id]
@@ -374,7 +378,7 @@ def publish_scores(
                 "run_id": run_id, "model_version": model_version, "customers": rows,
                 "published_at": datetime.now(timezone.utc).isoformat(), "layout": layout,
                 "buckets": buckets if layout == "hash" else "", "layout_tag": layout_tag,
-                "cleanup_from": pending_cleanup,
+                "cleanup_from": pending_cleanup, "cleanup_layout": old_tag or "",
             })
             pipe.hdel(meta_key(prefix), "writing")
             pipe.execute()
@@ -384,13 +388,13 @@ def publish_scores(
         else:
             ids = stale_ids or ()
         deleted += _delete_stale(client, ids, prefix, layout, buckets, batch_rows)
-        if previous_tag and previous_tag != layout_tag:
+        if old_tag:
             # The layout (or bucket count) changed: every key of the old layout is stale now.
-            if previous_tag == "json" or layout == "json":
-                old_layout = "json" if previous_tag == "json" else "hash"
+            if old_tag == "json" or layout == "json":
+                old_layout = "json" if old_tag == "json" else "hash"
                 deleted += _scan_delete(client, _layout_pattern(old_layout, prefix))
             else:
-                log.warning("bucket count changed (%s -> %s): removing the old buckets' fields", previous_tag,
+                log.warning("bucket count changed (%s -> %s): removing the old buckets' fields", old_tag,
                             layout_tag)
                 deleted += _rehash_cleanup(client, prefix, buckets)
         if layout == "hash":
@@ -399,7 +403,7 @@ def publish_scores(
                 client.hdel(runs_key(prefix), *old_runs)
         else:
             client.unlink(runs_key(prefix))
-        client.hdel(meta_key(prefix), "cleanup_from")
+        client.hdel(meta_key(prefix), "cleanup_from", "cleanup_layout")
         hook("cleaned")
     except redis.RedisError as exc:
         raise RedisPublishError(
