@@ -140,10 +140,10 @@ def churn_nightly():
         return run_stage("publish_redis", run, scored, pg_published)
 
     @task(outlets=[EXPORT_FILES])
-    def export(run: dict, scored: dict, pg_published: dict) -> dict:
+    def export(run: dict, scored: dict, pg_published: dict, validated: dict) -> dict:
         from churn.pipeline import run_stage
 
-        return run_stage("export", run, scored, pg_published)
+        return run_stage("export", run, scored, pg_published, validated)
 
     @task
     def summarize(run: dict, stages: dict) -> dict:
@@ -168,7 +168,7 @@ def churn_nightly():
     scored = score(run, validated, registered)
     pg_published = publish_postgres(run, scored)
     redis_published = publish_redis(run, scored, pg_published)
-    exported = export(run, scored, pg_published)
+    exported = export(run, scored, pg_published, validated)
     exported.set_upstream(redis_published)
     stages = {
         "ingested": ingested, "validated": validated, "splits": splits, "trained": trained,

@@ -6,6 +6,7 @@ Same DAG as the synthetic e2e test; only ``CHURN_*`` variables differ (the READM
 
 from __future__ import annotations
 
+import csv
 import json
 from datetime import date
 
@@ -16,16 +17,11 @@ import redis
 from tests.airflow_env import airflow_env, run_airflow
 from tests.test_data_telco import TELCO, TELCO_ENV
 
-# Blocked outside the data stage: the export stage always JOINs src.customers (publish/files.py segment_query),
-# which a file source does not have, so the run fails at `export` after scores are published. Verified by hand
-# on 2026-11-23: ingest..publish_redis succeed (7043 scores in Postgres and Redis, champion ROC AUC 0.846).
-# Remove the skip when exports with score columns only no longer need src.customers.
-pytestmark = [pytest.mark.e2e, pytest.mark.skip(reason="export stage needs src.customers (publish/files.py); "
-                                                       "file sources have none")]
+pytestmark = [pytest.mark.e2e]
 RUN_DATE = date(2026, 11, 20)
-# The default export adds email/plan from src.customers, which a file source does not have: score columns only.
+# Customer attributes of a file source come from the scored file itself (there is no src.customers).
 TELCO_EXPORTS = ('[{"name": "high_risk", "band": "high", "columns": ["customer_id", "churn_probability", '
-                 '"risk_band", "risk_decile", "model_version", "run_id"]}]')
+                 '"risk_band", "risk_decile", "model_version", "run_id", "Contract", "MonthlyCharges"]}]')
 
 
 def test_telco_file_runs_through_the_nightly_dag(services, tmp_path, pg_admin_url):
@@ -61,5 +57,19 @@ def test_telco_file_runs_through_the_nightly_dag(services, tmp_path, pg_admin_ur
     conn.close()
     record = json.loads(redis.Redis.from_url(redis_url).get("churn:score:7590-VHVEG"))
     assert abs(record["churn_probability"] - pg_proba) < 1e-6
+    # the export: the high band from Postgres, with the file's own Contract / MonthlyCharges per customer
+    conn = psycopg2.connect(pg_url)
+    with conn.cursor() as cur:
+        cur.execute("SELECT customer_id FROM churn.scores_current WHERE risk_band = 'high'")
+        high = {row[0] for row in cur.fetchall()}
+    conn.close()
+    export = tmp_path / "state" / "exports" / f"churn_high_risk_{RUN_DATE.isoformat()}.csv"
+    with export.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["customer_id"] for row in rows} == high and len(high) > 100
+    telco = {row["customerID"]: row for row in csv.DictReader(TELCO.open(newline="", encoding="utf-8"))}
+    for row in rows:
+        assert row["Contract"] == telco[row["customer_id"]]["Contract"]
+        assert float(row["MonthlyCharges"]) == float(telco[row["customer_id"]]["MonthlyCharges"])
     run_dir = tmp_path / "state" / "runs" / RUN_DATE.isoformat()
     assert (run_dir / "data_docs" / "index.html").exists() and (run_dir / "dataset_spec.json").exists()

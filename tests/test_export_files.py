@@ -60,7 +60,7 @@ def test_exports_from_environment_json():
     ('[{"name": "a", "min_decile": 11}]', "'min_decile' must be an integer 1..10"),
     ('[{"name": "a", "probability_above": 1.5}]', "'probability_above' must be a number"),
     ('[{"name": "a", "band": "high", "colums": ["email"]}]', "unknown key"),
-    ('[{"name": "a", "band": "high", "columns": ["email; DROP TABLE x"]}]', "lower-case identifiers"),
+    ('[{"name": "a", "band": "high", "columns": ["email; DROP TABLE x"]}]', "must be identifiers"),
     ('[{"name": "a", "band": "high", "file": "churn.csv"}]', "must contain {run_date}"),
     ('[{"name": "a", "band": "high", "file": "../x_{run_date}.csv"}]', "plain file name"),
     ('[{"name": "a", "band": "high", "file": "x_{run_date}_{user}.csv"}]', "no placeholders other"),

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 from datetime import date, datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -220,3 +221,100 @@ def test_stage_delivers_to_a_real_sftp_server_via_the_airflow_connection(tmp_pat
         assert arrived == open(written["path"], "rb").read()
         assert hashlib.sha256(arrived).hexdigest() == written["sha256"]
     assert len(_read(str(root / "outbound" / names[0]))) == out["rows"] + 1
+
+
+# --------------------------------------------------------------------------- file sources (no src.customers)
+
+
+@pytest.fixture
+def file_published(fresh_pg_url, tmp_path):
+    """A published run of a file source: no src.customers; attributes live in the clean scoring snapshot."""
+    from churn.data.spec import DatasetSpec
+
+    rng = np.random.default_rng(11)
+    n = 400
+    ids = [f"{i:04d}-ABCDE" for i in range(n)]
+    snapshot = pd.DataFrame({
+        "customerID": ids,
+        "MonthlyCharges": np.round(rng.uniform(18, 120, n), 2),
+        "Balance": np.where(np.arange(n) % 5 == 0, -12.5, 3.0),  # negative numbers stay numbers
+        "SeniorCitizen": (np.arange(n) % 3 == 0),
+        "Contract": np.where(np.arange(n) % 2 == 0, "Month-to-month", "=cmd|' /C calc'!A0"),
+    })
+    snapshot.loc[7, "MonthlyCharges"] = np.nan
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    DatasetSpec("telco_like", "file", "customerID", "Churn", ["MonthlyCharges", "Balance"], ["SeniorCitizen"],
+                ["Contract"], "telco_like").write(run_dir)
+    clean = run_dir / "score_clean.parquet"
+    snapshot.to_parquet(clean, index=False)
+    proba = rng.random(n).astype("float32")
+    scores = pd.DataFrame({
+        "customer_id": ids, "churn_probability": proba,
+        "risk_band": np.where(proba >= 0.6, "high", np.where(proba >= 0.3, "medium", "low")),
+        "risk_decile": (pd.Series(proba).rank(method="first").to_numpy() * 10 // (n + 1)).astype("int16") + 1,
+        "model_version": "2026-11-20-logistic_baseline", "run_id": RUN_KEY,
+        "scored_at": pd.Timestamp(datetime(2026, 11, 20, 2, 14, 3, tzinfo=timezone.utc)),
+    })
+    path = run_dir / "scores.parquet"
+    scores.to_parquet(path, index=False)
+    conn = psycopg2.connect(fresh_pg_url)
+    result = publish_scores(conn, path, RUN_KEY, "2026-11-20-logistic_baseline")
+    conn.close()
+    return {"url": fresh_pg_url, "scores": scores, "snapshot": snapshot, "pg_published": dict(result.__dict__),
+            "scored": {"path": str(path), "rows": n, "model_version": "2026-11-20-logistic_baseline"},
+            "validated": {"score": {"clean_path": str(clean)}},
+            "run": {"run_key": RUN_KEY, "as_of": RUN_KEY, "run_dir": str(run_dir), "airflow_run_id": "manual__f",
+                    "params": {}}}
+
+
+def _file_stage(cfg, p):
+    return export(cfg, _res(p["url"]), p["run"], p["scored"], p["pg_published"], p["validated"])
+
+
+def test_file_source_default_export_has_score_columns_only(tmp_path, file_published):
+    conn = psycopg2.connect(file_published["url"])
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('src.customers')")
+        assert cur.fetchone()[0] is None  # the file source really has no customer table
+    conn.close()
+    out = _file_stage(_cfg(tmp_path), file_published)
+    rows = _read(out["path"])
+    assert rows[0] == ["customer_id", "churn_probability", "risk_band", "risk_decile", "model_version", "run_id"]
+    scores = file_published["scores"]
+    assert {r[0] for r in rows[1:]} == set(scores.loc[scores["risk_band"] == "high", "customer_id"])
+    assert out["rows"] == len(rows) - 1 > 0
+
+
+def test_file_source_export_takes_attributes_from_the_scored_file(tmp_path, file_published):
+    exports = [{"name": "journey", "min_decile": 1,
+                "columns": ["customer_id", "churn_probability", "Contract", "MonthlyCharges", "Balance",
+                            "SeniorCitizen"]}]
+    cfg = _cfg(tmp_path, exports=json.dumps(exports), export_chunk_rows=37)
+    out = _file_stage(cfg, file_published)
+    rows = _read(out["path"])
+    assert rows[0] == exports[0]["columns"] and len(rows) - 1 == 400 == out["rows"]
+    source = file_published["snapshot"].set_index("customerID")
+    for row in rows[1:]:
+        expected = source.loc[row[0]]
+        contract = expected["Contract"]
+        assert row[2] == ("'" + contract if contract.startswith("=") else contract)
+        assert row[3] == ("" if pd.isna(expected["MonthlyCharges"]) else str(float(expected["MonthlyCharges"])))
+        assert float(row[4]) == expected["Balance"]  # -12.5 as a number, not a neutralized text
+        assert row[5] == ("true" if expected["SeniorCitizen"] else "false")
+    again = _file_stage(cfg, file_published)  # the temp table is rebuilt per run: same bytes
+    assert again["sha256"] == out["sha256"]
+
+
+def test_file_source_unknown_attribute_lists_the_file_columns(tmp_path, file_published):
+    cfg = _cfg(tmp_path, exports=json.dumps([{"name": "x", "band": "high", "columns": ["customer_id", "email"]}]))
+    with pytest.raises(ConfigError, match=r"\['email'\].*columns of the scored file.*Contract"):
+        _file_stage(cfg, file_published)
+    assert not cfg.exports_dir.exists() or list(cfg.exports_dir.iterdir()) == []
+
+
+def test_postgres_source_without_customer_table_says_what_to_do(tmp_path, file_published):
+    (Path(file_published["run"]["run_dir"]) / "dataset_spec.json").unlink()  # falls back to the synthetic source
+    cfg = _cfg(tmp_path, exports=json.dumps([{"name": "x", "band": "high", "columns": ["customer_id", "email"]}]))
+    with pytest.raises(ConfigError, match=r"src.customers does not exist.*score columns only"):
+        _file_stage(cfg, file_published)

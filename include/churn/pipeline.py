@@ -482,27 +482,46 @@ def publish_redis(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_
     return _timed(run, "publish_redis", started, dict(published.__dict__))
 
 
-def export(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_published: dict) -> dict:
-    """Write the configured exports (CSV + manifest each); deliver them over SFTP when the connection exists."""
-    from churn.publish.files import ExportRefused, check_published, export_spec, parse_exports
+def export(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_published: dict,
+           validated: dict | None = None) -> dict:
+    """Write the configured exports (CSV + manifest each); deliver them over SFTP when the connection exists.
+
+    Customer attributes come from ``src.customers`` for the Postgres source and from the run's clean
+    scoring snapshot (``validated['score']['clean_path']``) for a file source.
+    """
+    from churn.data.spec import load_run_spec
+    from churn.publish.files import (SOURCE_ATTRIBUTES_TABLE, ExportRefused, check_published, export_spec,
+                                     load_file_attributes, parse_exports)
     from churn.publish.sftp import deliver_files, hook_sftp_factory, sftp_connection_configured, sftp_location
 
     started = time.monotonic()
     if _dry_run(run):
         return _timed(run, "export", started, {"skipped": True, "rows": 0, "path": None,
                                                "reason": "dry run: nothing exported"})
-    specs = parse_exports(cfg.exports, cfg.export_band)  # a config mistake fails before anything is written
+    spec = load_run_spec(run["run_dir"])
+    from_file = spec.source == "file"
+    # a config mistake fails before anything is written; a file source has no src.customers to default to
+    specs = parse_exports(cfg.exports, cfg.export_band, default_attributes=not from_file)
     if pg_published.get("skipped") or not pg_published.get("table"):
         # Skipped, not emptied: yesterday's complete files stay where the consumer picks them up.
         raise ExportRefused(f"run {run['run_key']}: publish_postgres published nothing "
                             f"({pg_published.get('reason')}); no export is written or delivered")
     table = pg_published["table"].split(".", 1)[1]
+    attributes = sorted({c for s in specs for c in s.attributes})
     conn = res.pg()
     try:
         check_published(conn, run["run_key"], table, pg_published["rows"])
-        written = [export_spec(conn, spec, table, cfg.exports_dir, run["run_key"], scored["model_version"],
-                               airflow_run_id=run.get("airflow_run_id", ""), chunk_rows=cfg.export_chunk_rows)
-                   for spec in specs]
+        attributes_table = SOURCE_ATTRIBUTES_TABLE
+        if from_file and attributes:
+            if not validated:
+                raise ExportRefused(f"run {run['run_key']}: exports select file columns {attributes} but the "
+                                    "export task was given no validated scoring snapshot to read them from")
+            attributes_table = load_file_attributes(conn, validated["score"]["clean_path"], spec.id_column,
+                                                    attributes, batch_rows=cfg.export_chunk_rows)
+        written = [export_spec(conn, export_def, table, cfg.exports_dir, run["run_key"], scored["model_version"],
+                               airflow_run_id=run.get("airflow_run_id", ""), chunk_rows=cfg.export_chunk_rows,
+                               attributes_table=attributes_table)
+                   for export_def in specs]
     finally:
         conn.close()
     remote: list[str] = []

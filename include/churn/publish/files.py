@@ -1,8 +1,8 @@
 """CSV exports for email-journey tools: configured segments, safe cells, atomic files, a manifest beside each.
 
 An export definition (``ExportSpec``, parsed from ``CHURN_EXPORTS``) says which customers
-(risk bands, minimum decile, probability above a cut), which columns (score columns and
-``src.customers`` attributes), the file name pattern (with ``{run_date}``) and whether to gzip.
+(risk bands, minimum decile, probability above a cut), which columns (score columns and customer
+attributes: ``src.customers`` for the Postgres source, the scored file's own columns for a file source), the file name pattern (with ``{run_date}``) and whether to gzip.
 Files are streamed from Postgres in chunks to a temporary name, fsynced, then renamed; the
 manifest (row count, byte size, sha256 of the file bytes, model version, run id) is written
 the same way after the data file. Re-running a date replaces that date's files.
@@ -47,7 +47,10 @@ DEFAULT_COLUMNS = ("customer_id", "churn_probability", "risk_band", "risk_decile
 DEFAULT_FILE_PATTERN = "churn_{name}_{run_date}.csv"
 RISK_BANDS = ("low", "medium", "high")
 _SPEC_KEYS = {"name", "band", "min_decile", "probability_above", "columns", "file", "gzip"}
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+# Attribute columns keep their source's spelling (a file source may say "Contract"); always quoted in SQL.
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SOURCE_ATTRIBUTES_TABLE = "src.customers"
+FILE_ATTRIBUTES_TABLE = "export_attributes"  # a session TEMP table loaded from a file source's scored snapshot
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _PLACEHOLDERS = {"run_date", "name"}
 
@@ -70,7 +73,7 @@ class ExportSpec:
 
     @property
     def attributes(self) -> tuple[str, ...]:
-        """Columns taken from ``src.customers`` (everything that is not a score column)."""
+        """Columns taken from the attributes table (everything that is not a score column)."""
         return tuple(c for c in self.columns if c not in SCORE_COLUMNS)
 
     def file_name(self, run_date: str) -> str:
@@ -95,16 +98,19 @@ class ExportFile:
 # --------------------------------------------------------------------------- config
 
 
-def default_exports(band: str) -> list[dict[str, Any]]:
-    """The export used when ``CHURN_EXPORTS`` is empty: one risk band with today's columns."""
-    return [{"name": f"{band}_risk", "band": band, "columns": list(DEFAULT_COLUMNS), "file": DEFAULT_FILE_PATTERN,
-             "gzip": False}]
+def default_exports(band: str, with_attributes: bool = True) -> list[dict[str, Any]]:
+    """The export used when ``CHURN_EXPORTS`` is empty: one risk band with the default columns.
+
+    ``with_attributes=False`` (file sources, which have no ``src.customers``) keeps the score columns only.
+    """
+    columns = [c for c in DEFAULT_COLUMNS if with_attributes or c in SCORE_COLUMNS]
+    return [{"name": f"{band}_risk", "band": band, "columns": columns, "file": DEFAULT_FILE_PATTERN, "gzip": False}]
 
 
-def parse_exports(raw: str, default_band: str = "high") -> list[ExportSpec]:
+def parse_exports(raw: str, default_band: str = "high", default_attributes: bool = True) -> list[ExportSpec]:
     """Parse and validate ``CHURN_EXPORTS`` (a JSON list of objects); raise ConfigError saying what to fix."""
     if not raw or not raw.strip():
-        items: Any = default_exports(default_band)
+        items: Any = default_exports(default_band, default_attributes)
     else:
         try:
             items = json.loads(raw)
@@ -163,8 +169,8 @@ def _parse_one(index: int, item: Any) -> ExportSpec:
         raise ConfigError(f"{where}: 'columns' must be a non-empty list of column names")
     bad_cols = [c for c in columns if not _IDENTIFIER.match(c)]
     if bad_cols:
-        raise ConfigError(f"{where}: column names {bad_cols} must be lower-case identifiers (score columns "
-                          f"{sorted(SCORE_COLUMNS)} or columns of src.customers such as email, plan)")
+        raise ConfigError(f"{where}: column names {bad_cols} must be identifiers (letters, digits, '_'): score "
+                          f"columns {sorted(SCORE_COLUMNS)} or customer attributes such as email, plan")
     if len(set(columns)) != len(columns):
         raise ConfigError(f"{where}: 'columns' lists a column twice: {columns}")
 
@@ -317,18 +323,79 @@ def check_published(conn, run_key: str, table: str, rows: int) -> None:
             f"reported table {table} with {rows} rows); re-run publish_postgres before exporting")
 
 
-def customer_columns(conn) -> list[str]:
-    """Columns of ``src.customers`` (the attributes an export may select)."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = 'src' "
-                    "AND table_name = 'customers' ORDER BY ordinal_position")
-        names = [r[0] for r in cur.fetchall()]
+def _table_sql(table: str):
+    """``schema.name`` or a bare (temp) table name as a quoted SQL identifier."""
+    from psycopg2 import sql
+
+    return sql.Identifier(*table.split(".", 1))
+
+
+def attribute_columns(conn, table: str = SOURCE_ATTRIBUTES_TABLE) -> list[str]:
+    """Columns of the attributes table an export may select; ConfigError when the table does not exist."""
+    import psycopg2
+    from psycopg2 import sql
+
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(_table_sql(table)))
+            names = [d.name for d in cur.description]
+    except psycopg2.errors.UndefinedTable as exc:
+        conn.rollback()
+        raise ConfigError(
+            f"CHURN_EXPORTS selects customer attributes, but {table} does not exist in this database; select "
+            f"score columns only ({sorted(SCORE_COLUMNS)}) or load the customer table") from exc
     conn.commit()
     return names
 
 
-def segment_query(spec: ExportSpec, table: str):
-    """SQL (psycopg2.sql.Composed) and parameters selecting one export's rows from ``churn.<table>``."""
+def customer_columns(conn) -> list[str]:
+    """Columns of ``src.customers`` (the attributes an export may select with the Postgres source)."""
+    return attribute_columns(conn, SOURCE_ATTRIBUTES_TABLE)
+
+
+def load_file_attributes(conn, snapshot_path: str | Path, id_column: str, columns: Sequence[str],
+                         *, batch_rows: int = 50_000) -> str:
+    """Load a file source's attribute columns into a session TEMP table keyed by customer id; returns its name.
+
+    The table lives only in this connection's session (invisible to readers, gone when it closes), so a
+    re-run starts from nothing. Read in Parquet batches: memory does not grow with the population.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from psycopg2 import sql
+
+    parquet = pq.ParquetFile(snapshot_path)
+    available = [name for name in parquet.schema_arrow.names if name != id_column]
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise ConfigError(f"CHURN_EXPORTS selects {missing}, which are neither score columns {sorted(SCORE_COLUMNS)} "
+                          f"nor columns of the scored file {sorted(available)}")
+    schema = parquet.schema_arrow
+    types = ["boolean" if pa.types.is_boolean(schema.field(c).type)
+             else "double precision" if pa.types.is_integer(schema.field(c).type)
+             or pa.types.is_floating(schema.field(c).type) else "text" for c in columns]
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(sql.Identifier(FILE_ATTRIBUTES_TABLE)))
+        cur.execute(sql.SQL("CREATE TEMP TABLE {} (customer_id text PRIMARY KEY, {})").format(
+            sql.Identifier(FILE_ATTRIBUTES_TABLE),
+            sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in zip(columns, types))))
+        copy = sql.SQL("COPY {} FROM STDIN WITH (FORMAT csv, NULL '\\N')").format(
+            sql.Identifier(FILE_ATTRIBUTES_TABLE)).as_string(conn)
+        for batch in parquet.iter_batches(batch_size=batch_rows, columns=[id_column, *columns]):
+            frame = batch.to_pandas()
+            buffer = io.StringIO()
+            frame.to_csv(buffer, index=False, header=False, na_rep="\\N")
+            buffer.seek(0)
+            cur.copy_expert(copy, buffer)
+    conn.commit()  # a temp table survives commits; it is dropped when the session ends
+    return FILE_ATTRIBUTES_TABLE
+
+
+def segment_query(spec: ExportSpec, table: str, attributes_table: str = SOURCE_ATTRIBUTES_TABLE):
+    """SQL (psycopg2.sql.Composed) and parameters selecting one export's rows from ``churn.<table>``.
+
+    The attributes table is joined only when the export selects attribute columns.
+    """
     from psycopg2 import sql
 
     select = [sql.SQL("{} AS {}").format(sql.SQL(SCORE_COLUMNS[c]), sql.Identifier(c)) if c in SCORE_COLUMNS
@@ -344,22 +411,26 @@ def segment_query(spec: ExportSpec, table: str):
     if spec.probability_above is not None:
         where.append(sql.SQL("s.churn_probability > %s::real"))  # compared at the stored (real) precision
         params.append(spec.probability_above)
+    join = sql.SQL(" JOIN {} c USING (customer_id)").format(_table_sql(attributes_table)) if spec.attributes \
+        else sql.SQL("")
     query = sql.SQL(
-        "SELECT {cols} FROM churn.{table} s JOIN src.customers c USING (customer_id) WHERE {where} "
-        "ORDER BY s.churn_probability DESC, s.customer_id"
-    ).format(cols=sql.SQL(", ").join(select), table=sql.Identifier(table), where=sql.SQL(" AND ").join(where))
+        "SELECT {cols} FROM churn.{table} s{join} WHERE {where} ORDER BY s.churn_probability DESC, s.customer_id"
+    ).format(cols=sql.SQL(", ").join(select), table=sql.Identifier(table), join=join,
+             where=sql.SQL(" AND ").join(where))
     return query, params
 
 
 def export_spec(conn, spec: ExportSpec, table: str, out_dir: str | Path, run_key: str, model_version: str,
-                *, airflow_run_id: str = "", chunk_rows: int = 50_000) -> ExportFile:
+                *, airflow_run_id: str = "", chunk_rows: int = 50_000,
+                attributes_table: str = SOURCE_ATTRIBUTES_TABLE) -> ExportFile:
     """Stream one export from the run's table (server-side cursor, ``chunk_rows`` at a time) to its file."""
-    available = set(customer_columns(conn))
-    missing = [c for c in spec.attributes if c not in available]
-    if missing:
-        raise ConfigError(f"CHURN_EXPORTS ({spec.name}): columns {missing} are neither score columns "
-                          f"{sorted(SCORE_COLUMNS)} nor columns of src.customers {sorted(available)}")
-    query, params = segment_query(spec, table)
+    if spec.attributes:
+        available = set(attribute_columns(conn, attributes_table))
+        missing = [c for c in spec.attributes if c not in available]
+        if missing:
+            raise ConfigError(f"CHURN_EXPORTS ({spec.name}): columns {missing} are neither score columns "
+                              f"{sorted(SCORE_COLUMNS)} nor columns of {attributes_table} {sorted(available)}")
+    query, params = segment_query(spec, table, attributes_table)
 
     def chunks():
         with conn.cursor(name=f"export_{spec.name}".replace("-", "_").replace(".", "_")) as cur:
