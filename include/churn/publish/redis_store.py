@@ -220,13 +220,122 @@ def _bulk(value: str | bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(raw), raw)
 
 
-def _send_raw(client, head: bytes, body) -> object:
-    """Send one pre-built RESP command on a pooled connection and return its reply."""
+@dataclass
+class _Encoded:
+    """One batch as a ready-to-send RESP buffer: ``replies`` is how many replies it produces."""
+
+    rows: int
+    data: list
+    replies: int
+    run_ids: list
+
+
+def _encode_json(batch: pa.RecordBatch, prefix: str) -> _Encoded:
+    """One ``MSET key value ...`` of the batch (one reply)."""
+    keys = pc.binary_join_element_wise(f"{prefix}:score:", batch.column("customer_id"), "")
+    count, body = _bulk_strings(keys, encode_json_values(batch))
+    return _Encoded(batch.num_rows, [b"*%d\r\n" % (count + 1) + _bulk("MSET"), body], 1,
+                    pc.unique(batch.column("run_id")).to_pylist())
+
+
+def _crc32_table() -> np.ndarray:
+    table = np.arange(256, dtype=np.uint32)
+    for _ in range(8):
+        table = np.where(table & 1, (table >> 1) ^ np.uint32(0xEDB88320), table >> 1).astype(np.uint32)
+    return table
+
+
+_CRC32_TABLE = _crc32_table()
+
+
+def crc32_array(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """``zlib.crc32`` of every string's UTF-8 bytes, vectorized over the array (uint32).
+
+    The table-driven CRC-32 (IEEE) runs one byte position at a time across all strings, so the cost is
+    (longest id) numpy steps per batch instead of one Python call per customer.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    values = pc.cast(values, pa.string())
+    if values.null_count:
+        raise RedisPublishError("customer ids must not be null (validation quarantines them)")
+    n = len(values)
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int32, count=n + 1, offset=values.offset * 4)
+    data = np.frombuffer(values.buffers()[2], dtype=np.uint8) if n and offsets[-1] > offsets[0] \
+        else np.zeros(0, dtype=np.uint8)
+    starts, lengths = offsets[:-1].astype(np.int64), np.diff(offsets).astype(np.int64)
+    crc = np.full(n, 0xFFFFFFFF, dtype=np.uint32)
+    for position in range(int(lengths.max()) if n else 0):
+        live = lengths > position
+        rows = np.flatnonzero(live) if not live.all() else slice(None)
+        byte = data[starts[rows] + position].astype(np.uint32)
+        crc[rows] = _CRC32_TABLE[(crc[rows] ^ byte) & 0xFF] ^ (crc[rows] >> 8)
+    return crc ^ np.uint32(0xFFFFFFFF)
+
+
+def _encode_hash(batch: pa.RecordBatch, prefix: str, buckets: int) -> _Encoded:
+    """One pipelined ``HSET bucket id value`` per row (one reply each)."""
+    ids = batch.column("customer_id")
+    bucket = crc32_array(ids).astype(np.int64) % buckets
+    keys = pc.binary_join_element_wise(f"{prefix}:h:", pc.cast(pa.array(bucket), pa.string()), "")
+    hset = pa.array(np.full(batch.num_rows, "HSET", dtype=object), pa.string())
+    _, body = _bulk_strings(hset, keys, ids, encode_compact_values(batch), prefix_each=b"*4\r\n")
+    return _Encoded(batch.num_rows, [body], batch.num_rows, pc.unique(batch.column("run_id")).to_pylist())
+
+
+def _encoded_batches(scores_path: str | Path, batch_rows: int, encode: Callable[[pa.RecordBatch], _Encoded],
+                     depth: int = 2) -> Iterator[_Encoded]:
+    """Read and encode batches in a helper thread, ``depth`` ahead of the sender.
+
+    Arrow's kernels release the GIL, so batch k+1 is encoded while Redis ingests batch k: the publish
+    costs about max(encode, server) instead of their sum. Memory stays bounded (``depth`` buffers).
+    """
+    import queue
+    import threading
+
+    done = object()
+    buffers: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in _batches(scores_path, batch_rows):
+                item = encode(batch)
+                while not stop.is_set():
+                    try:
+                        buffers.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffers.put(done)
+        except BaseException as exc:  # handed to the consumer, which raises it in the publishing thread
+            buffers.put(exc)
+
+    worker = threading.Thread(target=produce, name="redis-encode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = buffers.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+
+
+def _send(client, encoded: _Encoded) -> None:
+    """Send one encoded batch and read all its replies (an error reply raises)."""
     pool = client.connection_pool
     conn = pool.get_connection()
     try:
-        conn.send_packed_command([head, body])
-        return conn.read_response()
+        conn.send_packed_command(encoded.data)
+        for _ in range(encoded.replies):
+            conn.read_response()
     except BaseException:
         conn.disconnect()  # unknown protocol state: never reuse this socket
         raise
@@ -234,37 +343,7 @@ def _send_raw(client, head: bytes, body) -> object:
         pool.release(conn)
 
 
-def _write_json(client, batch: pa.RecordBatch, prefix: str) -> int:
-    keys = pc.binary_join_element_wise(f"{prefix}:score:", batch.column("customer_id"), "")
-    count, body = _bulk_strings(keys, encode_json_values(batch))
-    _send_raw(client, b"*%d\r\n" % (count + 1) + _bulk("MSET"), body)
-    return batch.num_rows
-
-
-def _write_hash(client, batch: pa.RecordBatch, prefix: str, buckets: int) -> int:
-    """One pipelined ``HSET bucket id value`` per row, sent as one pre-built buffer; replies counted."""
-    ids = batch.column("customer_id")
-    bucket = np.fromiter((zlib.crc32(i.encode()) % buckets for i in ids.to_pylist()), dtype=np.int64,
-                         count=batch.num_rows)
-    keys = pc.binary_join_element_wise(f"{prefix}:h:", pc.cast(pa.array(bucket), pa.string()), "")
-    hset = pa.array(np.full(batch.num_rows, "HSET", dtype=object), pa.string())
-    _, body = _bulk_strings(hset, keys, ids, encode_compact_values(batch), prefix_each=b"*4\r\n")
-    pool = client.connection_pool
-    conn = pool.get_connection()
-    try:
-        conn.send_packed_command([body])
-        for _ in range(batch.num_rows):
-            conn.read_response()  # an error reply raises: the connection is dropped below
-    except BaseException:
-        conn.disconnect()
-        raise
-    finally:
-        pool.release(conn)
-    return batch.num_rows
-
-
-def _check_run(batch: pa.RecordBatch, run_id: str, scores_path: str | Path) -> None:
-    runs = pc.unique(batch.column("run_id")).to_pylist()
+def _check_run(runs: list, run_id: str, scores_path: str | Path) -> None:
     if runs != [run_id]:
         raise RedisPublishError(f"{scores_path} holds scores of run(s) {runs}, not {run_id!r}: publish the "
                                 "score file of this run (nothing was switched)")
@@ -364,12 +443,12 @@ def publish_scores(
             scored_at = _scored_at_text(first.column("scored_at")) if first is not None else None
             client.hset(runs_key(prefix), run_id, json.dumps({"model_version": model_version,
                                                               "scored_at": scored_at}))
-        for batch in _batches(scores_path, batch_rows):
-            _check_run(batch, run_id, scores_path)
-            if layout == "json":
-                rows += _write_json(client, batch, prefix)
-            else:
-                rows += _write_hash(client, batch, prefix, buckets)
+        encode = (lambda batch: _encode_json(batch, prefix)) if layout == "json" else \
+            (lambda batch: _encode_hash(batch, prefix, buckets))
+        for encoded in _encoded_batches(scores_path, batch_rows, encode):
+            _check_run(encoded.run_ids, run_id, scores_path)
+            _send(client, encoded)
+            rows += encoded.rows
             hook("batch")
         hook("records_written")
         pending_cleanup = ",".join(sources)
