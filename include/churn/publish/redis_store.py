@@ -30,7 +30,8 @@ may still need cleaning are remembered in ``churn:meta`` (``writing``,
 
 Records are encoded column-wise with Arrow and sent as pre-built RESP
 commands (one MSET per batch; for the hash layout, one buffer of pipelined
-HSETs per batch), which is what makes the project path close to the raw
+HSETs per batch), and the next batch is encoded in a helper thread while Redis
+ingests the current one: that is what puts the project path above the raw
 batched-MSET floor.
 """
 
