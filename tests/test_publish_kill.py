@@ -51,7 +51,8 @@ def _child(pg_url: str, redis_url: str, path: str, layout: str, point: str, nth:
     client = redis.Redis.from_url(redis_url)
     rs.publish_scores(client, path, RUN_B, f"{RUN_B}-logreg",
                       lambda sources: pgpub.stale_customers(conn, sources, published.table),
-                      layout=layout, buckets=BUCKETS, batch_rows=200, hook=hook("redis"))
+                      layout=layout, buckets=BUCKETS, batch_rows=200, hook=hook("redis"),
+                      hash_partition_rows=200)
     pipe.send("finished")
 
 

@@ -41,7 +41,7 @@ def stale_between(old_ids, new_ids):
 
 def publish(client, path, run, layout, stale=None, **kwargs):
     return rs.publish_scores(client, path, run, f"{run}-logreg", stale, layout=layout, buckets=BUCKETS,
-                             batch_rows=500, **kwargs)
+                             batch_rows=500, hash_partition_rows=500, **kwargs)
 
 
 def lookup(client, cid, layout):
@@ -309,3 +309,31 @@ def pa_array(values):
     import pyarrow as pa
 
     return pa.array(values, pa.string())
+
+
+@pytest.mark.parametrize("buckets, partition_rows", [(1, 500), (64, 6000), (4096, 250)])
+def test_grouped_hash_writes_equal_the_file_whatever_the_grouping(redis_client, scores, buckets, partition_rows):
+    """One bucket (one HSET with every field), one range, or many ranges: every field arrives once."""
+    truth = expected(scores[RUN_A])
+    result = rs.publish_scores(redis_client, scores[RUN_A], RUN_A, f"{RUN_A}-logreg", layout="hash",
+                               buckets=buckets, hash_partition_rows=partition_rows)
+    assert result.rows == 6000
+    fields = sum(redis_client.hlen(key) for key in redis_client.scan_iter("churn:h:*"))
+    assert fields == 6000
+    for cid in random.Random(2).sample(A_IDS, 200):
+        check_record(rs.lookup_score(redis_client, cid, layout="hash", buckets=buckets), cid, truth)
+    assert not list(scores[RUN_A].parent.glob(".*redis-spill*"))  # the spill folder is removed
+
+
+def test_hash_file_of_another_run_is_refused_before_any_field_is_written(redis_client, scores):
+    publish(redis_client, scores[RUN_A], RUN_A, "hash")
+    before = {k: redis_client.dump(k) for k in redis_client.keys()}
+    with pytest.raises(rs.RedisPublishError, match="not '2026-11-22'"):
+        publish(redis_client, scores[RUN_B], "2026-11-22", "hash")
+    # no record touched (churn:meta notes the attempt; churn:runs may hold the new run's info, harmlessly)
+    control = (b"churn:meta", b"churn:runs")
+    after = {k: redis_client.dump(k) for k in redis_client.keys() if k not in control}
+    assert after == {k: v for k, v in before.items() if k not in control}
+    assert redis_client.hexists("churn:runs", RUN_A)
+    assert rs.served_run(redis_client) == RUN_A
+    assert not list(scores[RUN_B].parent.glob(".*redis-spill*"))

@@ -29,8 +29,8 @@ may still need cleaning are remembered in ``churn:meta`` (``writing``,
 ``cleanup_from``) so a publish killed at any point is finished by the retry.
 
 Records are encoded column-wise with Arrow and sent as pre-built RESP
-commands (one MSET per batch; for the hash layout, one buffer of pipelined
-HSETs per batch), and the next batch is encoded in a helper thread while Redis
+commands (one MSET per batch; for the hash layout, one multi-field HSET per
+bucket, a bucket range at a time), and the next batch is encoded in a helper thread while Redis
 ingests the current one: that is what puts the project path above the raw
 batched-MSET floor.
 """
@@ -200,9 +200,12 @@ def encode_batch(columns: dict, prefix: str) -> dict[str, str]:
     return dict(zip(keys.to_pylist(), encode_json_values(batch).to_pylist()))
 
 
-def _bulk_strings(*arrays: pa.Array, prefix_each: bytes = b"") -> tuple[int, pa.Buffer | bytes]:
-    """RESP bulk strings of the arrays interleaved row by row (``$len\\r\\nvalue\\r\\n`` ...), as one buffer."""
-    parts: list = [prefix_each.decode()] if prefix_each else []
+def _bulk_strings(*arrays: pa.Array, lead: pa.Array | None = None) -> tuple[int, pa.Buffer | bytes]:
+    """RESP bulk strings of the arrays interleaved row by row (``$len\\r\\nvalue\\r\\n`` ...), as one buffer.
+
+    ``lead`` is raw text put in front of each row (a command header, or empty).
+    """
+    parts: list = [lead] if lead is not None else []
     for array in arrays:
         array = pc.cast(array, pa.string())
         parts += ["$", pc.cast(pc.binary_length(array), pa.string()), "\r\n", array, "\r\n"]
@@ -274,23 +277,89 @@ def crc32_array(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return crc ^ np.uint32(0xFFFFFFFF)
 
 
-def _encode_hash(batch: pa.RecordBatch, prefix: str, buckets: int) -> _Encoded:
-    """One pipelined ``HSET bucket id value`` per row (one reply each)."""
-    ids = batch.column("customer_id")
-    bucket = crc32_array(ids).astype(np.int64) % buckets
-    keys = pc.binary_join_element_wise(f"{prefix}:h:", pc.cast(pa.array(bucket), pa.string()), "")
-    hset = pa.array(np.full(batch.num_rows, "HSET", dtype=object), pa.string())
-    _, body = _bulk_strings(hset, keys, ids, encode_compact_values(batch), prefix_each=b"*4\r\n")
-    return _Encoded(batch.num_rows, [body], batch.num_rows, pc.unique(batch.column("run_id")).to_pylist())
+def _encode_grouped_hset(table: pa.Table, prefix: str) -> _Encoded:
+    """One multi-field ``HSET bucket id1 v1 id2 v2 ...`` per bucket of a partition (one reply per bucket).
+
+    Redis spends ~0.6 µs per field this way against ~2 µs for one ``HSET`` per field (measured), and
+    each bucket is still written atomically: a reader sees a field's old or new value, never nothing.
+    """
+    table = table.take(pc.sort_indices(table, [("bucket", "ascending")]))  # stable: file order within a bucket
+    rows = table.num_rows
+    bucket = table.column("bucket").to_numpy()
+    starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
+    sizes = np.diff(np.r_[starts, rows])
+    keys = pc.binary_join_element_wise(f"{prefix}:h:", pc.cast(pa.array(bucket[starts]), pa.string()), "")
+    headers = pc.binary_join_element_wise(
+        "*", pc.cast(pa.array(2 + 2 * sizes), pa.string()), "\r\n$4\r\nHSET\r\n$",
+        pc.cast(pc.binary_length(keys), pa.string()), "\r\n", keys, "\r\n", "")
+    # the command header goes in front of each bucket's first field; other rows get an empty lead
+    lead_index = np.full(rows, len(starts), dtype=np.int64)
+    lead_index[starts] = np.arange(len(starts))
+    lead = pa.concat_arrays([headers, pa.array([""], pa.string())]).take(pa.array(lead_index))
+    _, body = _bulk_strings(table.column("customer_id").combine_chunks(), table.column("value").combine_chunks(),
+                            lead=lead)
+    return _Encoded(rows, [body], len(starts), [])
 
 
-def _encoded_batches(scores_path: str | Path, batch_rows: int, encode: Callable[[pa.RecordBatch], _Encoded],
-                     depth: int = 2) -> Iterator[_Encoded]:
-    """Read and encode batches in a helper thread, ``depth`` ahead of the sender.
+_SPILL_SCHEMA = pa.schema([("bucket", pa.int32()), ("customer_id", pa.string()), ("value", pa.string())])
+
+
+def _hash_partitions(scores_path: str | Path, run_id: str, prefix: str, buckets: int,
+                     partition_rows: int, read_rows: int) -> Iterator[_Encoded]:
+    """The ``hash`` layout's writes, grouped per bucket, one contiguous bucket range at a time.
+
+    Pass 1 checks every row's run id (so a wrong file is refused before anything is written), computes
+    buckets and values, and spills them to one Arrow stream file per bucket range next to the score
+    file. Pass 2 reads one range at a time (about ``partition_rows`` rows in memory whatever the
+    population) and yields its grouped ``HSET`` commands. The spill folder is removed afterwards and
+    on the next attempt.
+    """
+    import math
+    import shutil
+
+    path = Path(scores_path)
+    total = pq.ParquetFile(path).metadata.num_rows
+    parts = max(1, min(buckets, math.ceil(total / max(partition_rows, 1))))
+    spill = path.with_name(f".{path.name}.redis-spill")
+    shutil.rmtree(spill, ignore_errors=True)  # left by a killed attempt
+    spill.mkdir()
+    try:
+        files = [spill / f"{i:05d}.arrows" for i in range(parts)]
+        writers = [pa.ipc.new_stream(str(f), _SPILL_SCHEMA) for f in files]
+        try:
+            # wide enough reads that a batch's slice per range is not tiny, still bounded by partition_rows
+            for batch in _batches(path, max(read_rows, min(partition_rows, parts * 2_000))):
+                _check_run(pc.unique(batch.column("run_id")).to_pylist(), run_id, path)
+                ids = batch.column("customer_id")
+                bucket = (crc32_array(ids) % np.uint32(buckets)).astype(np.int32)
+                part = bucket.astype(np.int64) * parts // buckets
+                order = np.argsort(part, kind="stable")
+                spilled = pa.record_batch([pa.array(bucket), pc.cast(ids, pa.string()), encode_compact_values(batch)],
+                                          schema=_SPILL_SCHEMA).take(pa.array(order))
+                counts = np.bincount(part, minlength=parts)
+                offsets = np.r_[0, np.cumsum(counts)]
+                for i in np.flatnonzero(counts):
+                    writers[i].write_batch(spilled.slice(int(offsets[i]), int(counts[i])))
+        finally:
+            for writer in writers:
+                writer.close()
+        for file in files:
+            with pa.ipc.open_stream(str(file)) as reader:
+                table = reader.read_all()
+            file.unlink()
+            if table.num_rows:
+                yield _encode_grouped_hset(table, prefix)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+def _encoded_batches(source: Callable[[], Iterator[_Encoded]], depth: int = 2) -> Iterator[_Encoded]:
+    """Run ``source`` (read + encode) in a helper thread, ``depth`` items ahead of the sender.
 
     Arrow's kernels release the GIL, so batch k+1 is encoded while Redis ingests batch k: the publish
     costs about max(encode, server) instead of their sum. Memory stays bounded (``depth`` buffers).
     """
+    import contextlib
     import queue
     import threading
 
@@ -298,21 +367,24 @@ def _encoded_batches(scores_path: str | Path, batch_rows: int, encode: Callable[
     buffers: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def hand_over(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                buffers.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
-            for batch in _batches(scores_path, batch_rows):
-                item = encode(batch)
-                while not stop.is_set():
-                    try:
-                        buffers.put(item, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            buffers.put(done)
+            with contextlib.closing(source()) as items:  # closing runs the source's cleanup, also on stop
+                for item in items:
+                    if not hand_over(item):
+                        return
+            hand_over(done)
         except BaseException as exc:  # handed to the consumer, which raises it in the publishing thread
-            buffers.put(exc)
+            hand_over(exc)
 
     worker = threading.Thread(target=produce, name="redis-encode", daemon=True)
     worker.start()
@@ -404,13 +476,15 @@ def publish_scores(
     layout: str = "json",
     buckets: int = DEFAULT_BUCKETS,
     hook: Callable[[str], None] | None = None,
+    hash_partition_rows: int = 200_000,
 ) -> RedisPublish:
     """Write every score in batches, then move the marker, then delete customers no longer scored.
 
     ``stale_ids`` is either the ids to delete, or a function receiving the runs
     whose customers may still have keys (:func:`cleanup_sources`) and returning
     the ids of those runs that are not in this batch (the pipeline answers it from
-    the Postgres run tables). ``hook(point)`` is called at named points
+    the Postgres run tables). The ``hash`` layout writes one multi-field ``HSET`` per bucket, one
+    bucket range of about ``hash_partition_rows`` rows at a time. ``hook(point)`` is called at named points
     (``start``, ``batch``, ``records_written``, ``switched``, ``cleaned``): the
     kill tests use it to stop the process exactly there.
     """
@@ -444,10 +518,16 @@ def publish_scores(
             scored_at = _scored_at_text(first.column("scored_at")) if first is not None else None
             client.hset(runs_key(prefix), run_id, json.dumps({"model_version": model_version,
                                                               "scored_at": scored_at}))
-        encode = (lambda batch: _encode_json(batch, prefix)) if layout == "json" else \
-            (lambda batch: _encode_hash(batch, prefix, buckets))
-        for encoded in _encoded_batches(scores_path, batch_rows, encode):
-            _check_run(encoded.run_ids, run_id, scores_path)
+        if layout == "json":
+            def source() -> Iterator[_Encoded]:
+                for batch in _batches(scores_path, batch_rows):
+                    encoded = _encode_json(batch, prefix)
+                    _check_run(encoded.run_ids, run_id, scores_path)  # before this batch is sent
+                    yield encoded
+        else:
+            def source() -> Iterator[_Encoded]:
+                return _hash_partitions(scores_path, run_id, prefix, buckets, hash_partition_rows, batch_rows)
+        for encoded in _encoded_batches(source):
             _send(client, encoded)
             rows += encoded.rows
             hook("batch")
