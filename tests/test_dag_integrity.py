@@ -20,7 +20,12 @@ out = {"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": {},
 for dag_id, dag in bag.dags.items():
     out["dags"][dag_id] = {"tags": sorted(dag.tags), "retries": [t.retries for t in dag.tasks],
                            "schedule": str(dag.schedule), "catchup": dag.catchup,
-                           "tasks": [t.task_id for t in dag.tasks]}
+                           "tasks": [t.task_id for t in dag.tasks],
+                           "deadline": [{"reference": type(d.reference).__name__,
+                                         "interval_s": d.interval.total_seconds(),
+                                         "callback": getattr(d.callback, "path", str(d.callback))}
+                                        for d in (dag.deadline if isinstance(dag.deadline, list)
+                                                  else [dag.deadline] if dag.deadline else [])]}
 print("JSON" + json.dumps(out))
 """
 
@@ -56,6 +61,15 @@ def test_nightly_is_cron_scheduled_without_catchup(dagbag):
     assert dag["tasks"][:5] == ["start_run", "ingest", "profile_and_validate", "drift", "split"]
     for stage in ("train", "evaluate_and_gate", "register", "score", "publish_postgres", "publish_redis", "export"):
         assert stage in dag["tasks"]
+
+
+def test_scheduled_runs_carry_the_deadline_alert(dagbag):
+    """Outside `airflow dags test`, a run not finished CHURN_RUN_DEADLINE_MINUTES after queueing alerts."""
+    deadlines = dagbag["dags"]["churn_nightly"]["deadline"]
+    assert len(deadlines) == 1, deadlines
+    assert deadlines[0]["interval_s"] == 240 * 60  # CHURN_RUN_DEADLINE_MINUTES default
+    assert deadlines[0]["reference"] == "DagRunQueuedAtDeadline", deadlines
+    assert deadlines[0]["callback"] == "churn.alerts.deadline_missed"
 
 
 def test_dag_files_parse_in_under_a_second(dagbag):
