@@ -66,3 +66,24 @@ def test_features_carry_real_but_imperfect_signal(loaded, tmp_path):
     model = LogisticRegression(max_iter=1000).fit(x.iloc[:half], frame["churned"].iloc[:half])
     auc = roc_auc_score(frame["churned"].iloc[half:], model.predict_proba(x.iloc[half:])[:, 1])
     assert 0.65 < auc < 0.99
+
+
+def test_unreadable_source_fails_with_the_fix_and_leaves_no_file(pg_conn, tmp_path):
+    """No src.* tables: the COPY thread's error surfaces as IngestError; no snapshot, no temporary file."""
+    from churn.data.ingest import IngestError
+
+    out = tmp_path / "snap" / "score_raw.parquet"
+    with pytest.raises(IngestError, match=r"src\.\* tables loaded"):
+        extract_snapshot(pg_conn, AS_OF, out)
+    assert list(out.parent.iterdir()) == []
+    with pg_conn.cursor() as cur:  # the connection was rolled back and is usable again
+        cur.execute("SELECT 1")
+        assert cur.fetchone() == (1,)
+    assert not [t for t in __import__("threading").enumerate() if t.name == "snapshot-copy"]
+
+
+def test_an_empty_population_gives_an_empty_snapshot(loaded, tmp_path):
+    snap = extract_snapshot(loaded, date(2000, 1, 1), tmp_path / "empty.parquet", 30)
+    assert snap.rows == 0
+    frame = pd.read_parquet(snap.path)
+    assert len(frame) == 0 and "churned" in frame.columns and "customer_id" in frame.columns

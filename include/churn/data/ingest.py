@@ -3,8 +3,8 @@
 A snapshot at date S sees only what was known before S: usage of complete
 months before S's month, support contacts strictly before S, customers signed
 up on or before S and not churned by S. The optional label is "churned within
-``label_window_days`` after S". Extraction streams through ``COPY ... TO STDOUT``
-into a temporary CSV and then Arrow batches into Parquet, so client memory stays
+``label_window_days`` after S". Extraction streams ``COPY ... TO STDOUT`` through a
+pipe into Arrow's CSV reader and batch by batch into Parquet, so client memory stays
 bounded whatever the population size.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import threading
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -156,37 +156,62 @@ def extract_snapshot(
     if label_window_days is not None:
         columns.append(LABEL_COLUMN)
     schema = pa.schema([(c, ARROW_TYPES[c]) for c in columns])
-    with tempfile.NamedTemporaryFile(suffix=".csv", dir=out_path.parent, delete=False) as tmp_csv:
-        tmp_name = tmp_csv.name
+    with conn.cursor() as cur:
+        sql = snapshot_sql(cur, snapshot, label_window_days)
+    # The server's COPY output flows through a pipe into Arrow's CSV reader while the query is still
+    # running (a helper thread drives COPY): no temporary CSV on disk, and parsing overlaps the query.
+    read_fd, write_fd = os.pipe()
+    copy_error: list[BaseException] = []
+
+    def copy_out() -> None:
         try:
-            with conn.cursor() as cur:
+            with os.fdopen(write_fd, "wb", buffering=1 << 20) as pipe_in, conn.cursor() as cur:
                 cur.execute(_EXTRACT_SETTINGS)
-                sql = snapshot_sql(cur, snapshot, label_window_days)
-                cur.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, HEADER true)", tmp_csv)
+                cur.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, HEADER true)", pipe_in)
             conn.commit()
-        except psycopg2.Error as exc:
-            conn.rollback()
-            raise IngestError(
-                f"could not read source tables for snapshot {snapshot}: {exc}. "
-                "Are the src.* tables loaded (make demo / python -m churn.data.load_demo)?"
-            ) from exc
+        except BaseException as exc:  # re-raised by the caller's thread below
+            copy_error.append(exc)
+            try:
+                conn.rollback()
+            except psycopg2.Error:  # a broken connection cannot roll back; the original error is what matters
+                log.warning("rollback after a failed snapshot COPY failed too; the connection is unusable")
+
+    copier = threading.Thread(target=copy_out, name="snapshot-copy", daemon=True)
+    copier.start()
     rows = 0
     tmp_parquet = out_path.with_suffix(".parquet.tmp")
     try:
-        reader = pacsv.open_csv(
-            tmp_name,
-            read_options=pacsv.ReadOptions(block_size=16 << 20),
-            convert_options=pacsv.ConvertOptions(
-                column_types=schema, true_values=["t"], false_values=["f"], strings_can_be_null=False
-            ),
-        )
-        with pq.ParquetWriter(tmp_parquet, schema) as writer:
-            for batch in reader:
-                writer.write_batch(batch.select(schema.names))
-                rows += batch.num_rows
+        with os.fdopen(read_fd, "rb") as pipe_out:
+            try:
+                reader = pacsv.open_csv(
+                    pipe_out,
+                    read_options=pacsv.ReadOptions(block_size=4 << 20),
+                    convert_options=pacsv.ConvertOptions(
+                        column_types=schema, true_values=["t"], false_values=["f"], strings_can_be_null=False
+                    ),
+                )
+                with pq.ParquetWriter(tmp_parquet, schema) as writer:
+                    for batch in reader:
+                        writer.write_batch(batch.select(schema.names))
+                        rows += batch.num_rows
+            except pa.ArrowInvalid:
+                if not copy_error:
+                    pipe_out.close()  # unblocks a COPY still writing, which then fails and is rolled back
+                    copier.join()
+                if not copy_error:
+                    raise
+        copier.join()
+        if copy_error:
+            exc = copy_error[0]
+            if isinstance(exc, psycopg2.Error):
+                raise IngestError(
+                    f"could not read source tables for snapshot {snapshot}: {exc}. "
+                    "Are the src.* tables loaded (make demo / python -m churn.data.load_demo)?"
+                ) from exc
+            raise exc
         os.replace(tmp_parquet, out_path)  # readers never see a half-written snapshot
     finally:
-        os.unlink(tmp_name)
+        copier.join()
         tmp_parquet.unlink(missing_ok=True)
     log.info("snapshot %s: %s rows -> %s", snapshot, rows, out_path)
     return Snapshot(str(out_path), rows, snapshot.isoformat(), label_window_days is not None)
