@@ -195,9 +195,9 @@ def extract_snapshot(
                         writer.write_batch(batch.select(schema.names))
                         rows += batch.num_rows
             except pa.ArrowInvalid:
-                if not copy_error:
-                    pipe_out.close()  # unblocks a COPY still writing, which then fails and is rolled back
-                    copier.join()
+                # A failed COPY shows up here as truncated CSV: its error, once the thread ends, is the cause.
+                pipe_out.close()  # unblocks a COPY still writing, which then fails and is rolled back
+                copier.join()
                 if not copy_error:
                     raise
         copier.join()

@@ -348,11 +348,6 @@ def attribute_columns(conn, table: str = SOURCE_ATTRIBUTES_TABLE) -> list[str]:
     return names
 
 
-def customer_columns(conn) -> list[str]:
-    """Columns of ``src.customers`` (the attributes an export may select with the Postgres source)."""
-    return attribute_columns(conn, SOURCE_ATTRIBUTES_TABLE)
-
-
 def load_file_attributes(conn, snapshot_path: str | Path, id_column: str, columns: Sequence[str],
                          *, batch_rows: int = 50_000) -> str:
     """Load a file source's attribute columns into a session TEMP table keyed by customer id; returns its name.

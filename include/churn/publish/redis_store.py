@@ -231,15 +231,13 @@ class _Encoded:
     rows: int
     data: list
     replies: int
-    run_ids: list
 
 
 def _encode_json(batch: pa.RecordBatch, prefix: str) -> _Encoded:
     """One ``MSET key value ...`` of the batch (one reply)."""
     keys = pc.binary_join_element_wise(f"{prefix}:score:", batch.column("customer_id"), "")
     count, body = _bulk_strings(keys, encode_json_values(batch))
-    return _Encoded(batch.num_rows, [b"*%d\r\n" % (count + 1) + _bulk("MSET"), body], 1,
-                    pc.unique(batch.column("run_id")).to_pylist())
+    return _Encoded(batch.num_rows, [b"*%d\r\n" % (count + 1) + _bulk("MSET"), body], 1)
 
 
 def _crc32_table() -> np.ndarray:
@@ -298,7 +296,7 @@ def _encode_grouped_hset(table: pa.Table, prefix: str) -> _Encoded:
     lead = pa.concat_arrays([headers, pa.array([""], pa.string())]).take(pa.array(lead_index))
     _, body = _bulk_strings(table.column("customer_id").combine_chunks(), table.column("value").combine_chunks(),
                             lead=lead)
-    return _Encoded(rows, [body], len(starts), [])
+    return _Encoded(rows, [body], len(starts))
 
 
 _SPILL_SCHEMA = pa.schema([("bucket", pa.int32()), ("customer_id", pa.string()), ("value", pa.string())])
@@ -329,7 +327,7 @@ def _hash_partitions(scores_path: str | Path, run_id: str, prefix: str, buckets:
         try:
             # wide enough reads that a batch's slice per range is not tiny, still bounded by partition_rows
             for batch in _batches(path, max(read_rows, min(partition_rows, parts * 2_000))):
-                _check_run(pc.unique(batch.column("run_id")).to_pylist(), run_id, path)
+                _check_run(batch, run_id, path)
                 ids = batch.column("customer_id")
                 bucket = (crc32_array(ids) % np.uint32(buckets)).astype(np.int32)
                 part = bucket.astype(np.int64) * parts // buckets
@@ -416,7 +414,8 @@ def _send(client, encoded: _Encoded) -> None:
         pool.release(conn)
 
 
-def _check_run(runs: list, run_id: str, scores_path: str | Path) -> None:
+def _check_run(batch: pa.RecordBatch, run_id: str, scores_path: str | Path) -> None:
+    runs = pc.unique(batch.column("run_id")).to_pylist()
     if runs != [run_id]:
         raise RedisPublishError(f"{scores_path} holds scores of run(s) {runs}, not {run_id!r}: publish the "
                                 "score file of this run (nothing was switched)")
@@ -521,9 +520,8 @@ def publish_scores(
         if layout == "json":
             def source() -> Iterator[_Encoded]:
                 for batch in _batches(scores_path, batch_rows):
-                    encoded = _encode_json(batch, prefix)
-                    _check_run(encoded.run_ids, run_id, scores_path)  # before this batch is sent
-                    yield encoded
+                    _check_run(batch, run_id, scores_path)  # before this batch is encoded and sent
+                    yield _encode_json(batch, prefix)
         else:
             def source() -> Iterator[_Encoded]:
                 return _hash_partitions(scores_path, run_id, prefix, buckets, hash_partition_rows, batch_rows)
