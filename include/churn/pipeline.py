@@ -256,7 +256,8 @@ def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict
 
     from churn.data.spec import load_run_spec
     from churn.model.features import ModelSignature
-    from churn.model.train import SearchFoundNothing, fit_baseline, fit_tpot
+    from churn.model.search import run_search
+    from churn.model.train import SearchFoundNothing, fit_baseline
 
     started = time.monotonic()
     cfg = _cfg_for(cfg, run)
@@ -275,12 +276,16 @@ def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict
         log.info("CHURN_TRAIN_TPOT=false: baseline only, no TPOT search")
     else:
         try:
-            candidates.append(fit_tpot(
-                train_df, valid_df, signature, budget_minutes=cfg.train_budget_minutes,
-                max_eval_minutes=cfg.max_eval_minutes, search_space=cfg.tpot_search_space, cv=cfg.tpot_cv,
-                population_size=cfg.tpot_population_size, n_jobs=cfg.n_jobs, random_state=cfg.random_state,
-                dask_scheduler_address=cfg.dask_scheduler_address, progress_seconds=cfg.train_progress_seconds,
-            ))
+            # In a child interpreter: TPOT's Dask processes cannot start inside an executor's task process.
+            candidates.append(run_search({
+                "train_path": splits["paths"]["train"], "valid_path": splits["paths"]["valid"],
+                "signature": signature.as_dict(),
+                "fit": {"budget_minutes": cfg.train_budget_minutes, "max_eval_minutes": cfg.max_eval_minutes,
+                        "search_space": cfg.tpot_search_space, "cv": cfg.tpot_cv,
+                        "population_size": cfg.tpot_population_size, "n_jobs": cfg.n_jobs,
+                        "random_state": cfg.random_state, "dask_scheduler_address": cfg.dask_scheduler_address,
+                        "progress_seconds": cfg.train_progress_seconds},
+            }, Path(run["run_dir"]) / "search"))
         except SearchFoundNothing as exc:
             # The baseline is a full candidate: an empty search must not stop the night's scoring.
             log.warning("TPOT produced no candidate, continuing with the baseline only: %s", exc)
