@@ -11,11 +11,11 @@ export AIRFLOW_HOME ?= $(CHURN_STATE_DIR)/airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
-export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := False
 export NO_COLOR := 1
 DEMO_DATE ?= $(shell date -u +%F)
+DEMO_CONF ?= {}
 
-.PHONY: venv services stop demo test lock airflow-ui bench clean
+.PHONY: venv services stop demo cluster demo-cluster test lock airflow-ui bench clean
 
 venv: $(VENV)/.installed
 
@@ -37,24 +37,32 @@ services: venv
 	@echo "embedded Postgres and Redis running; connection exports in $(CHURN_STATE_DIR)/services.env"
 
 stop:
-	@test ! -x $(BIN)/python || $(BIN)/python -m churn.services stop
+	@test ! -x $(BIN)/python || { $(BIN)/python -m churn.stack stop; $(BIN)/python -m churn.services stop; }
 
-$(AIRFLOW_HOME)/.migrated: $(VENV)/.installed
-	@mkdir -p $(AIRFLOW_HOME)
-	$(BIN)/airflow db migrate > $(AIRFLOW_HOME)/migrate.log 2>&1 || { tail -40 $(AIRFLOW_HOME)/migrate.log; exit 1; }
-	touch $@
-
-demo: services $(AIRFLOW_HOME)/.migrated
-	$(BIN)/python -m churn.demo load --as-of $(DEMO_DATE)
-	@echo "running churn_nightly for $(DEMO_DATE) through Airflow (full log: $(CHURN_STATE_DIR)/demo-airflow.log)"
-	source $(CHURN_STATE_DIR)/services.env && PATH=$(BIN):$$PATH $(BIN)/airflow dags test churn_nightly $(DEMO_DATE) \
-	  > $(CHURN_STATE_DIR)/demo-airflow.log 2>&1 || { tail -60 $(CHURN_STATE_DIR)/demo-airflow.log; exit 1; }
-	@grep -E "DAG TEST\] end task|stage .* took" $(CHURN_STATE_DIR)/demo-airflow.log | sed -E 's/^.*(end task task_id=[a-z_]+|stage [a-z_]+ of run [0-9-]+ took [0-9.]+ s).*$$/  \1/' || true
-	@grep -q "state=success" $(CHURN_STATE_DIR)/demo-airflow.log || { echo "churn_nightly did not succeed: see $(CHURN_STATE_DIR)/demo-airflow.log"; exit 1; }
+# The main job the way production runs it: embedded Postgres/Redis, then Airflow's scheduler (LocalExecutor),
+# dag-processor, api-server and triggerer as processes; churn_nightly triggered through the REST API and
+# watched task by task; the UI stays up afterwards (`make stop` ends everything).
+demo: venv
+	$(BIN)/python -m churn.stack start --executor local
+	source <($(BIN)/python -m churn.services env) && $(BIN)/python -m churn.demo load --as-of $(DEMO_DATE)
+	$(BIN)/python -m churn.stack run --as-of $(DEMO_DATE) --conf '$(DEMO_CONF)'
 	$(BIN)/python -m churn.demo report --run-key $(DEMO_DATE)
+	@$(BIN)/python -m churn.stack status --login
 
-airflow-ui: services $(AIRFLOW_HOME)/.migrated
-	source $(CHURN_STATE_DIR)/services.env && PATH=$(BIN):$$PATH $(BIN)/airflow standalone
+# Scale-out topology on this machine: CeleryExecutor with Celery workers (broker: Redis db CHURN_CELERY_BROKER_DB)
+# and a Dask scheduler + workers for the TPOT search. `make demo-cluster` runs churn_nightly on it.
+cluster: venv
+	$(BIN)/python -m churn.stack start --executor celery
+
+demo-cluster: cluster
+	source <($(BIN)/python -m churn.services env) && $(BIN)/python -m churn.demo load --as-of $(DEMO_DATE)
+	$(BIN)/python -m churn.stack run --as-of $(DEMO_DATE) --conf '$(DEMO_CONF)'
+	$(BIN)/python -m churn.demo report --run-key $(DEMO_DATE)
+	@$(BIN)/python -m churn.stack status --login
+
+# Only the Airflow components (LocalExecutor) and the UI, no run.
+airflow-ui: venv
+	$(BIN)/python -m churn.stack start --executor local
 
 test: venv
 	$(BIN)/python -m pytest -ra

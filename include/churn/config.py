@@ -46,6 +46,16 @@ class ChurnConfig:
     """Loopback port of the embedded PostgreSQL server (embedded default only)."""
     redis_port: int = 63799
     """Loopback port of the embedded Redis server (embedded default only)."""
+    airflow_port: int = 8080
+    """Loopback port of the local Airflow api-server (UI and REST API) started by ``make demo`` / ``make cluster``."""
+    celery_broker_db: int = 1
+    """Redis database of the embedded Redis used as Celery broker by ``make cluster`` (never the score keyspace)."""
+    celery_workers: int = 2
+    """Celery worker processes started by ``make cluster`` (each with concurrency 1)."""
+    dask_scheduler_port: int = 8786
+    """Loopback port of the Dask scheduler started by ``make cluster`` (TPOT's cluster there)."""
+    dask_workers: int = 2
+    """Dask worker processes started by ``make cluster`` (one thread each)."""
 
     # --- schedule ------------------------------------------------------------
     schedule_cron: str = "0 2 * * *"
@@ -149,6 +159,8 @@ class ChurnConfig:
     # --- scoring / publish -------------------------------------------------------
     score_chunk_rows: int = 200_000
     """Rows scored and published per chunk (bounds memory)."""
+    score_partitions: int = 2
+    """Hash partitions of the id space scored as separate (mapped) tasks; deciles stay global."""
     risk_band_cuts: str = "0.3,0.6"
     """Probability cut points between the ``low``, ``medium`` and ``high`` risk bands."""
     redis_key_prefix: str = "churn"

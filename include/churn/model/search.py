@@ -120,6 +120,7 @@ def run_search(request: dict[str, Any], work_dir: Path, *, timeout_seconds: floa
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([_package_root(), *filter(None, [env.get("PYTHONPATH")])])
     env["CHURN_SEARCH_PARENT_PID"] = str(os.getpid())
+    env.setdefault("PYTHONWARNINGS", "ignore:pkg_resources is deprecated")  # stopit's import, noise in the log
     started = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "churn.model.search", str(request_path)],
