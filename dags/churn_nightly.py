@@ -1,4 +1,4 @@
-"""Nightly churn scoring: ingest -> validate -> split -> train -> gate -> register -> score -> publish -> export.
+"""Nightly churn scoring: ingest -> validate -> split -> train -> gate -> register -> score (mapped) -> publish -> export.
 
 This file only wires tasks. Every task calls a plain function in ``churn.pipeline``
 (under ``include/``); nothing here does I/O or imports heavy libraries at parse time.
@@ -122,10 +122,22 @@ def churn_nightly():
         return run_stage("register", run, splits, evaluation)
 
     @task
-    def score(run: dict, validated: dict, registered: dict) -> dict:
+    def plan_scoring(run: dict, validated: dict, registered: dict) -> list[dict]:
         from churn.pipeline import run_stage
 
-        return run_stage("score", run, validated, registered)
+        return run_stage("plan_scoring", run, validated, registered)
+
+    @task(max_active_tis_per_dagrun=16)
+    def score_partition(run: dict, part: dict) -> dict:
+        from churn.pipeline import run_stage
+
+        return run_stage("score_partition", run, part)
+
+    @task
+    def score(run: dict, parts: list[dict]) -> dict:
+        from churn.pipeline import run_stage
+
+        return run_stage("merge_scores", run, list(parts))
 
     @task(outlets=[SCORES_POSTGRES])
     def publish_postgres(run: dict, scored: dict) -> dict:
@@ -165,7 +177,10 @@ def churn_nightly():
     trained = train(run, splits, drifted)
     evaluation = evaluate_and_gate(run, splits, trained)
     registered = register(run, splits, evaluation)
-    scored = score(run, validated, registered)
+    # One mapped task per hash partition of the id space (CHURN_SCORE_PARTITIONS); a failed partition retries
+    # alone, and `score` merges them (exact global deciles) before anything is published.
+    parts = plan_scoring(run, validated, registered)
+    scored = score(run, score_partition.partial(run=run).expand(part=parts))
     pg_published = publish_postgres(run, scored)
     redis_published = publish_redis(run, scored, pg_published)
     exported = export(run, scored, pg_published, validated)

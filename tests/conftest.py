@@ -25,6 +25,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def pytest_configure(config) -> None:
     """Register the slowest tier: real Airflow + headless Chromium (deselect with ``-m 'not browser'``)."""
     config.addinivalue_line("markers", "browser: drives the Airflow UI in headless Chromium (slowest tier)")
+    config.addinivalue_line("markers", "scheduler: runs churn_nightly under real Airflow components (LocalExecutor "
+                            "or CeleryExecutor + Dask), triggered through the REST API")
 
 
 def free_port() -> int:

@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "browser"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-BUDGET = "0.1"  # the non-default parameter typed into the trigger form (minutes of TPOT search)
+BUDGET = "0.3"  # the non-default parameter typed into the trigger form (minutes of TPOT search)
 
 
 def _http_json(url: str, token: str | None = None, data: dict | None = None, timeout: float = 10) -> tuple[int, dict]:
@@ -81,9 +81,9 @@ def airflow_ui(services, pg_admin_url, tmp_path_factory):
     conn.close()
     port = free_port()
     # A Feb-29 cron: the scheduler creates no run of its own, so the only run is the one the form triggers.
-    # TPOT is off here: its local Dask cluster spawns processes that re-import the `airflow` entry point,
-    # which fails inside a LocalExecutor task (see the report); the test is about the UI, not the search.
-    env = airflow_env(tmp, pg_url, redis_url, train_tpot="false", max_eval_minutes="0.1",
+    # TPOT is on with the default search (a local Dask cluster of worker processes, started from inside a
+    # LocalExecutor task); only its budget is short. The form's "Retrain now" makes this run train.
+    env = airflow_env(tmp, pg_url, redis_url, max_eval_minutes="0.1", tpot_population_size="8", tpot_cv="2",
                       report_base_url=f"http://127.0.0.1:{port}/churn", schedule_cron="0 2 29 2 *")
     env.update(AIRFLOW__API__PORT=str(port), AIRFLOW__API__HOST="127.0.0.1",
                AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{port}",
@@ -167,6 +167,10 @@ def test_trigger_watch_and_judge_a_run_from_the_browser(airflow_ui, browser):
     trigger[0].click()
     budget = wait.until(ec.element_to_be_clickable((By.NAME, "element_train_budget_minutes")))
     budget.send_keys(BUDGET)
+    # "Retrain now" is a switch whose checkbox input is visually hidden: click the switch's own label.
+    retrain = driver.find_element(By.NAME, "element_retrain")
+    driver.execute_script("arguments[0].closest('label').click()", retrain)
+    wait.until(lambda d: d.find_element(By.NAME, "element_retrain").is_selected())
     note = driver.find_element(By.NAME, "element_note")
     note.send_keys("browser test")
     note.send_keys(Keys.TAB)
@@ -183,6 +187,7 @@ def test_trigger_watch_and_judge_a_run_from_the_browser(airflow_ui, browser):
                 60)
     assert float(run["conf"]["train_budget_minutes"]) == float(BUDGET), run["conf"]
     assert run["conf"]["note"] == "browser test"
+    assert run["conf"]["retrain"] is True, run["conf"]
     run_id = run["dag_run_id"]
     run_url = f"{base}/api/v2/dags/churn_nightly/dagRuns/{urllib.request.quote(run_id, safe='')}"
     driver.get(f"{base}/dags/churn_nightly/runs/{urllib.request.quote(run_id, safe='')}")
@@ -211,6 +216,9 @@ def test_trigger_watch_and_judge_a_run_from_the_browser(airflow_ui, browser):
     model_row = driver.find_element(By.CSS_SELECTOR, f"#models tr[data-version='{champion}']")
     assert "champion" in model_row.text
     assert champion in runs_row.text  # the run row names the model version that scored it
+    # the TPOT search ran inside the LocalExecutor task and its candidate is registered and listed
+    tpot_row = driver.find_element(By.CSS_SELECTOR, f"#models tr[data-version='{run_key}-tpot']")
+    assert run_key in tpot_row.text
     driver.switch_to.default_content()
     _shot(driver, "06_churn_page")
 
@@ -219,7 +227,7 @@ def test_trigger_watch_and_judge_a_run_from_the_browser(airflow_ui, browser):
     wait.until(ec.presence_of_element_located((By.TAG_NAME, "h1")))
     assert driver.find_element(By.TAG_NAME, "h1").text == f"Churn run {run_key}"
     assert len(driver.find_elements(By.CSS_SELECTOR, "svg")) >= 4
-    assert "train_budget_minutes=0.1" in driver.page_source
+    assert f"train_budget_minutes={BUDGET}" in driver.page_source
     _shot(driver, "07_run_report")
 
     # 6. Without the login cookie the page is not served (redirect to Airflow's login).

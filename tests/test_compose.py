@@ -75,3 +75,19 @@ def test_churn_database_is_created_for_the_platform():
     init = (REPO_ROOT / "docker" / "init-churn-db.sql").read_text()
     assert "CREATE DATABASE churn" in init
     assert any(v.endswith("/docker-entrypoint-initdb.d/10-churn.sql:ro") for v in SERVICES["postgres"]["volumes"])
+
+
+def test_compose_runs_the_topology_the_celery_tests_run():
+    """CeleryExecutor with a broker apart from the serving Redis, several workers, Dask for TPOT, partitions."""
+    env = COMPOSE["x-airflow-common"]["environment"]
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    broker_host = env["AIRFLOW__CELERY__BROKER_URL"].split("@")[-1].split(":")[0]
+    scores_host = env["AIRFLOW_CONN_CHURN_REDIS"].split("//")[1].split(":")[0]
+    assert broker_host != scores_host  # the broker never shares the score keyspace
+    assert SERVICES["airflow-worker"]["deploy"]["replicas"] >= 2
+    assert SERVICES["dask-worker"]["deploy"]["replicas"] >= 2
+    assert env["CHURN_DASK_SCHEDULER_ADDRESS"] == "tcp://dask-scheduler:8786"
+    assert "8786" in " ".join(SERVICES["dask-scheduler"]["command"])
+    assert int(env["CHURN_SCORE_PARTITIONS"]) >= 2
+    # the provider the executor comes from is pinned, as the local `make cluster` uses it
+    assert _pinned("apache-airflow-providers-celery")

@@ -88,19 +88,49 @@ def test_score_snapshot_in_small_chunks_matches_scoring_everything_at_once(model
     assert set(scores["model_version"]) == {"v1"} and set(scores["run_id"]) == {"2026-11-20"}
     assert set(scores["scored_at"]) == {pd.Timestamp(SCORED_AT)}
     assert result.inference_seconds > 0 and result.other_seconds > 0 and len(result.decile_cuts) == 9
-    assert not list(tmp_path.glob("*.raw")) and not list(tmp_path.glob("*.tmp"))  # temporaries removed
+    assert [p.name for p in tmp_path.iterdir()] == ["scores.parquet"]  # temporaries (partition files) removed
+
+
+def _part(model_and_features, out_dir, partition, partitions):
+    model, signature, path, _ = model_and_features
+    return scoring.score_partition(model, signature, path, out_dir, partition=partition, partitions=partitions,
+                                   chunk_rows=333)
 
 
 def test_partitions_are_disjoint_and_cover_everyone(model_and_features, tmp_path):
     ids = []
     for part in range(3):
-        result = _score(model_and_features, tmp_path / f"p{part}.parquet", partition=part, partitions=3)
+        result = _part(model_and_features, tmp_path, part, 3)
         ids.append(set(pq.read_table(result.path, columns=["customer_id"]).column(0).to_pylist()))
-        assert 1000 < len(ids[-1]) < 2400
+        assert 1000 < len(ids[-1]) < 2400 and result.rows == len(ids[-1])
     assert not (ids[0] & ids[1]) and not (ids[1] & ids[2]) and not (ids[0] & ids[2])
     assert len(ids[0] | ids[1] | ids[2]) == 5000
     with pytest.raises(ValueError, match="outside"):
-        _score(model_and_features, tmp_path / "bad.parquet", partition=3, partitions=3)
+        _part(model_and_features, tmp_path, 3, 3)
+
+
+def test_merged_partitions_have_the_global_deciles_of_one_pass(model_and_features, tmp_path):
+    whole = pq.read_table(_score(model_and_features, tmp_path / "whole.parquet").path).to_pandas()
+    parts = [_part(model_and_features, tmp_path / "parts", p, 4) for p in (2, 0, 3, 1)]  # any finishing order
+    merged = scoring.merge_partitions(parts, tmp_path / "merged.parquet", model_version="v1", run_id="2026-11-20",
+                                      scored_at=SCORED_AT, band_cuts=(0.3, 0.6), chunk_rows=333)
+    table = pq.read_table(merged.path).to_pandas().set_index("customer_id").loc[whole["customer_id"]]
+    assert merged.rows == len(whole) == 5000
+    # exact global ranks: every customer's decile and band equal the single-pass result
+    assert np.array_equal(table["risk_decile"].to_numpy(), whole["risk_decile"].to_numpy())
+    assert (table["risk_band"].to_numpy() == whole["risk_band"].to_numpy()).all()
+    assert np.bincount(table["risk_decile"])[1:].tolist() == [500] * 10
+
+
+def test_merge_refuses_a_missing_or_foreign_partition(model_and_features, tmp_path):
+    parts = [_part(model_and_features, tmp_path, p, 3) for p in range(3)]
+    kwargs = dict(model_version="v1", run_id="r", scored_at=SCORED_AT, band_cuts=(0.3, 0.6))
+    with pytest.raises(scoring.ScoringError, match="missing"):
+        scoring.merge_partitions(parts[:2], tmp_path / "m.parquet", **kwargs)
+    foreign = _part(model_and_features, tmp_path / "other", 1, 2)
+    with pytest.raises(scoring.ScoringError, match="missing"):
+        scoring.merge_partitions([parts[0], foreign, parts[2]], tmp_path / "m.parquet", **kwargs)
+    assert not (tmp_path / "m.parquet").exists()
 
 
 def test_progress_is_logged_on_long_runs(model_and_features, tmp_path, caplog, monkeypatch):

@@ -305,8 +305,13 @@ class AirflowStack:
         value = body.get("value")
         return json.loads(value) if isinstance(value, str) and value[:1] in "[{" else value
 
-    def wait_run(self, run_id: str, timeout: float, progress: Callable[[str], None] | None = None) -> str:
-        """Poll until the run finishes; report each task state change through ``progress``; return the state."""
+    def wait_run(self, run_id: str, timeout: float, progress: Callable[[str], None] | None = None,
+                 may_die: tuple[str, ...] = ("celery-worker",)) -> str:
+        """Poll until the run finishes; report each task state change through ``progress``; return the state.
+
+        A component whose name starts with one of ``may_die`` may exit meanwhile (a lost Celery worker's
+        tasks are retried by the others); any other dead component fails the wait at once.
+        """
         deadline = time.monotonic() + timeout
         seen: dict[str, str] = {}
         token, token_at = self.token(), time.monotonic()
@@ -323,7 +328,7 @@ class AirflowStack:
             state = self.run_state(run_id, token)
             if state in FINISHED:
                 return state
-            dead = [c for c in self.dead_components()]
+            dead = [c for c in self.dead_components() if not c.startswith(may_die)]
             if dead:
                 raise StackError(f"{', '.join(dead)} exited while {run_id} ran: see {self.run_dir}")
             time.sleep(3)

@@ -174,38 +174,49 @@ def _check_probabilities(proba: np.ndarray) -> None:
         )
 
 
-def score_snapshot(
+@dataclass
+class PartitionScores:
+    """One hash partition's raw scores (id, probability) and its coarse histogram, ready to merge."""
+
+    path: str
+    histogram_path: str
+    partition: int
+    partitions: int
+    rows: int
+    inference_seconds: float
+
+    def as_dict(self) -> dict:
+        """JSON-able reference (what a mapped task returns through XCom)."""
+        return dict(self.__dict__)
+
+
+def score_partition(
     model,
     signature: ModelSignature,
     features_path: str | Path,
-    out_path: str | Path,
+    out_dir: str | Path,
     *,
-    model_version: str,
-    run_id: str,
-    scored_at: datetime,
-    band_cuts: tuple[float, ...],
-    chunk_rows: int = 200_000,
     partition: int = 0,
     partitions: int = 1,
-) -> ScoreResult:
-    """Score every customer of a feature snapshot (or one hash partition of it) into a Parquet file.
+    chunk_rows: int = 200_000,
+) -> PartitionScores:
+    """Pass 1 for one hash partition: probabilities to ``part-NNNN.raw.parquet`` plus its coarse histogram.
 
-    Peak memory is bounded by ``chunk_rows`` (see the module docstring); deciles
-    are ranks within the scored rows (the partition, when ``partitions > 1``).
+    Files are written under temporary names and renamed, so a retried partition replaces
+    its own files whole and the merge never reads a half-written one.
     """
-    started = time.monotonic()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    raw_path = out_path.with_name(out_path.name + ".raw")
-    tmp = out_path.with_name(out_path.name + ".tmp")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    raw_path = out_dir / f"part-{partition:04d}-of-{partitions:04d}.raw.parquet"
+    hist_path = raw_path.with_suffix("").with_suffix(".coarse.npy")
+    tmp_raw = raw_path.with_name(raw_path.name + ".tmp")
     parquet = pq.ParquetFile(features_path)
-    total_rows = parquet.metadata.num_rows
     sketch = DecileSketch()
     inference = 0.0
-    last_progress = time.monotonic()
     done = 0
+    last_progress = time.monotonic()
     try:
-        with pq.ParquetWriter(raw_path, _RAW_SCHEMA) as raw_writer:
+        with pq.ParquetWriter(tmp_raw, _RAW_SCHEMA) as raw_writer:
             for batch in parquet.iter_batches(batch_size=chunk_rows,
                                               columns=[signature.id_column, *signature.feature_columns]):
                 frame = batch.to_pandas()
@@ -223,37 +234,115 @@ def score_snapshot(
                      pa.array(proba, pa.float32())], schema=_RAW_SCHEMA))
                 done += len(frame)
                 if time.monotonic() - last_progress >= PROGRESS_SECONDS:
-                    log.info("scoring progress: %s of %s rows read, %s scored; inference %.1f s (%.0f rows/s)",
-                             done if partitions == 1 else "?", total_rows, done, inference,
-                             done / max(inference, 1e-9))
+                    log.info("scoring progress (partition %s of %s): %s rows scored; inference %.1f s (%.0f rows/s)",
+                             partition, partitions, done, inference, done / max(inference, 1e-9))
                     last_progress = time.monotonic()
-        raw = pq.ParquetFile(raw_path)
-        if sketch.boundary_bins():
-            for batch in raw.iter_batches(batch_size=chunk_rows, columns=["churn_probability"]):
+        tmp_hist = hist_path.with_name(hist_path.name + ".tmp.npy")
+        np.save(tmp_hist, sketch.coarse)
+        os.replace(tmp_raw, raw_path)
+        os.replace(tmp_hist, hist_path)
+    finally:
+        tmp_raw.unlink(missing_ok=True)
+    log.info("partition %s of %s: scored %s customers, inference %.2f s", partition, partitions, done, inference)
+    return PartitionScores(str(raw_path), str(hist_path), partition, partitions, done, inference)
+
+
+def merge_partitions(
+    parts: list[PartitionScores],
+    out_path: str | Path,
+    *,
+    model_version: str,
+    run_id: str,
+    scored_at: datetime,
+    band_cuts: tuple[float, ...],
+    chunk_rows: int = 200_000,
+) -> ScoreResult:
+    """Passes 2 and 3 over every partition: exact *global* decile cuts, then one final score file.
+
+    The partitions' coarse histograms add up to the population's; the refine pass reads only
+    the probability column of each partition's raw file. Refuses an incomplete set of partitions.
+    """
+    started = time.monotonic()
+    if not parts:
+        raise ScoringError("no scored partitions to merge")
+    expected = parts[0].partitions
+    indexes = sorted(p.partition for p in parts)
+    if indexes != list(range(expected)) or any(p.partitions != expected for p in parts):
+        raise ScoringError(f"partitions {indexes} do not cover 0..{expected - 1}: a partition is missing or "
+                           "belongs to another plan; re-run the scoring tasks of this run")
+    parts = sorted(parts, key=lambda p: p.partition)
+    out_path = Path(out_path)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    sketch = DecileSketch()
+    for part in parts:
+        sketch.coarse += np.load(part.histogram_path)
+        sketch.rows += part.rows
+    if sketch.rows != int(sketch.coarse.sum()):
+        raise ScoringError("partition row counts disagree with their histograms: re-run the scoring tasks")
+    if sketch.boundary_bins():
+        for part in parts:
+            for batch in pq.ParquetFile(part.path).iter_batches(batch_size=chunk_rows, columns=["churn_probability"]):
                 sketch.refine(batch.column(0).to_numpy(zero_copy_only=False))
-        cuts = sketch.cuts()
-        scored_us = pd.Timestamp(scored_at).value // 1000
+    cuts = sketch.cuts()
+    scored_us = pd.Timestamp(scored_at).value // 1000
+    try:
         with pq.ParquetWriter(tmp, SCORE_SCHEMA) as writer:
-            for batch in raw.iter_batches(batch_size=chunk_rows):
-                proba = batch.column(1).to_numpy(zero_copy_only=False)
-                n = len(proba)
-                writer.write_batch(pa.record_batch(
-                    [batch.column(0), batch.column(1),
-                     pa.array(risk_bands(proba, band_cuts), pa.string()),
-                     pa.array(deciles_from_cuts(proba, cuts), pa.int16()),
-                     pa.array(np.full(n, model_version, dtype=object), pa.string()),
-                     pa.array(np.full(n, run_id, dtype=object), pa.string()),
-                     pa.array(np.full(n, scored_us, dtype=np.int64), pa.timestamp("us", tz="UTC"))],
-                    schema=SCORE_SCHEMA))
-                if time.monotonic() - last_progress >= PROGRESS_SECONDS:
-                    log.info("scoring progress: writing deciles and bands")
-                    last_progress = time.monotonic()
+            for part in parts:
+                for batch in pq.ParquetFile(part.path).iter_batches(batch_size=chunk_rows):
+                    proba = batch.column(1).to_numpy(zero_copy_only=False)
+                    n = len(proba)
+                    writer.write_batch(pa.record_batch(
+                        [batch.column(0), batch.column(1),
+                         pa.array(risk_bands(proba, band_cuts), pa.string()),
+                         pa.array(deciles_from_cuts(proba, cuts), pa.int16()),
+                         pa.array(np.full(n, model_version, dtype=object), pa.string()),
+                         pa.array(np.full(n, run_id, dtype=object), pa.string()),
+                         pa.array(np.full(n, scored_us, dtype=np.int64), pa.timestamp("us", tz="UTC"))],
+                        schema=SCORE_SCHEMA))
         os.replace(tmp, out_path)  # readers never see a half-written score file
     finally:
-        raw_path.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
+    inference = sum(p.inference_seconds for p in parts)
+    result = ScoreResult(str(out_path), sketch.rows, inference, time.monotonic() - started,
+                         tuple(float(c) for c in cuts))
+    log.info("merged %s partitions: %s customers, global deciles, %.2f s", len(parts), result.rows,
+             result.other_seconds)
+    return result
+
+
+def score_snapshot(
+    model,
+    signature: ModelSignature,
+    features_path: str | Path,
+    out_path: str | Path,
+    *,
+    model_version: str,
+    run_id: str,
+    scored_at: datetime,
+    band_cuts: tuple[float, ...],
+    chunk_rows: int = 200_000,
+    partitions: int = 1,
+) -> ScoreResult:
+    """Score every customer of a feature snapshot into one Parquet file, in ``partitions`` passes.
+
+    The same code path as the DAG's mapped scoring, run in one process: peak memory is bounded by
+    ``chunk_rows`` (see the module docstring) and deciles are ranks within the whole population.
+    """
+    started = time.monotonic()
+    out_path = Path(out_path)
+    work = out_path.with_name(out_path.name + ".parts")
+    try:
+        parts = [score_partition(model, signature, features_path, work, partition=p, partitions=partitions,
+                                 chunk_rows=chunk_rows) for p in range(partitions)]
+        merged = merge_partitions(parts, out_path, model_version=model_version, run_id=run_id,
+                                  scored_at=scored_at, band_cuts=band_cuts, chunk_rows=chunk_rows)
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
     total = time.monotonic() - started
-    result = ScoreResult(str(out_path), done, inference, total - inference, tuple(float(c) for c in cuts))
+    result = ScoreResult(merged.path, merged.rows, merged.inference_seconds, total - merged.inference_seconds,
+                         merged.decile_cuts)
     log.info(
         "scored %s customers: inference %.2f s (%.0f rows/s), everything else %.2f s",
         result.rows, result.inference_seconds, result.rows_per_second, result.other_seconds,

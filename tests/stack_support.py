@@ -1,0 +1,90 @@
+"""Real Airflow deployments for tests: the same ``churn.stack`` that ``make demo`` / ``make cluster`` use.
+
+Each stack gets its own databases on the session's embedded Postgres (churn data and Airflow
+metadata), its own Redis databases, a free API port and a private state folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import date
+from pathlib import Path
+from typing import Iterator
+
+import psycopg2
+import redis
+
+from churn.data.generate import generate, load_source_tables
+from churn.stack import AirflowStack
+from tests.conftest import free_port
+
+# A short search that still evaluates pipelines on 2 cores (the default search space and local cluster).
+SHORT_SEARCH = {"train_budget_minutes": "0.3", "max_eval_minutes": "0.1", "tpot_population_size": "8",
+                "tpot_cv": "2"}
+# A Feb-29 cron: unpausing the DAG creates no scheduled run of its own, so the test's run is the only one.
+NO_SCHEDULED_RUN = "0 2 29 2 *"
+
+
+def fresh_databases(pg_admin_url: str, *names: str) -> None:
+    """Drop and create the named databases."""
+    admin = psycopg2.connect(pg_admin_url)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        for name in names:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            cur.execute(f"CREATE DATABASE {name}")
+    admin.close()
+
+
+@contextlib.contextmanager
+def running_stack(services, pg_admin_url: str, tmp: Path, name: str, executor: str, redis_db: int,
+                  as_of: date, customers: int = 5000, **churn: str) -> Iterator[AirflowStack]:
+    """Load a synthetic population as of ``as_of``, start every component, yield, and stop everything."""
+    fresh_databases(pg_admin_url, name, f"{name}_airflow")
+    pg_url = f"postgresql://postgres@127.0.0.1:{services.postgres_port}/{name}"
+    redis_url = f"redis://127.0.0.1:{services.redis_port}/{redis_db}"
+    redis.Redis.from_url(redis_url).flushdb()
+    conn = psycopg2.connect(pg_url)
+    load_source_tables(conn, generate(customers, as_of, seed=21))
+    conn.close()
+    stack = AirflowStack(
+        state_dir=tmp / "state", churn_pg_url=pg_url, redis_url=redis_url,
+        metadata_url=f"postgresql+psycopg2://postgres@127.0.0.1:{services.postgres_port}/{name}_airflow",
+        api_port=free_port(), executor=executor,
+        celery_broker_url=f"redis://127.0.0.1:{services.redis_port}/{redis_db + 1}",
+        dask_scheduler_port=free_port(), churn_env=dict(churn),
+        # A killed worker's task is noticed in seconds, not the default 5 minutes.
+        extra_env={"AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
+                   "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5"},
+    )
+    try:
+        stack.start(timeout=300)
+        yield stack
+    finally:
+        stopped = stack.stop()
+        print(f"stopped {stopped}")
+
+
+def scores_by_customer(pg_url: str) -> dict[str, tuple]:
+    """churn.scores_current as {customer_id: (probability, band, decile, model_version, run_id)}."""
+    conn = psycopg2.connect(pg_url)
+    with conn.cursor() as cur:
+        cur.execute("SELECT customer_id, churn_probability, risk_band, risk_decile, model_version, run_id "
+                    "FROM churn.scores_current")
+        rows = {r[0]: r[1:] for r in cur.fetchall()}
+    conn.close()
+    return rows
+
+
+def failure_details(stack: AirflowStack, run_id: str) -> str:
+    """The failed task instances of a run and the tail of each component log (assertion messages)."""
+    failed = [t for t in stack.task_instances(run_id) if t.get("state") not in ("success", "skipped")]
+    logs = []
+    for log_file in sorted(stack.run_dir.glob("*.log")):
+        logs.append(f"--- {log_file.name}\n" + "\n".join(log_file.read_text(errors="replace").splitlines()[-15:]))
+    task_logs = []
+    for path in sorted((stack.home / "logs").rglob("*.log"))[-200:]:
+        if any(f"task_id={t['task_id']}" in str(path) for t in failed):
+            task_logs.append(f"--- {path}\n" + path.read_text(errors="replace")[-3000:])
+    return f"failed: {[(t['task_id'], t.get('map_index'), t.get('state')) for t in failed]}\n" + \
+        "\n".join(task_logs + logs)

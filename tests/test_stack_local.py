@@ -1,0 +1,80 @@
+"""Scheduler tier: churn_nightly under a real scheduler with LocalExecutor, triggered through the REST API.
+
+The components ``airflow standalone`` runs (scheduler, dag-processor, api-server, triggerer) are
+started as separate processes by ``churn.stack`` (what ``make demo`` uses), with Airflow's
+metadata in Postgres. A "Retrain now" run with the default TPOT search (a local Dask cluster of
+worker processes, started from inside a LocalExecutor task) must succeed, register a TPOT
+candidate, score in mapped partitions and publish to both stores.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import psycopg2
+import pytest
+import redis
+
+from churn.publish.redis_store import lookup_score
+from tests.stack_support import NO_SCHEDULED_RUN, SHORT_SEARCH, failure_details, running_stack, scores_by_customer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.scheduler]
+AS_OF = date(2026, 11, 20)
+
+
+@pytest.fixture(scope="module")
+def local_run(services, pg_admin_url, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stack-local")
+    with running_stack(services, pg_admin_url, tmp, "stack_local", "local", redis_db=6, as_of=AS_OF,
+                       score_partitions="2", schedule_cron=NO_SCHEDULED_RUN,
+                       **SHORT_SEARCH) as stack:
+        run_id = stack.trigger(f"{AS_OF.isoformat()}T02:00:00Z", {"retrain": True, "note": "scheduler test"})
+        lines: list[str] = []
+        state = stack.wait_run(run_id, timeout=900, progress=lines.append)
+        assert state == "success", failure_details(stack, run_id)
+        yield {"stack": stack, "run_id": run_id, "progress": lines,
+               "tis": stack.task_instances(run_id), "score_xcom": stack.xcom(run_id, "score"),
+               "pg_url": stack.churn_pg_url, "redis_url": stack.redis_url}
+
+
+def test_retrain_registers_a_tpot_candidate_under_local_executor(local_run):
+    conn = psycopg2.connect(local_run["pg_url"])
+    with conn.cursor() as cur:
+        cur.execute("SELECT model_name, status, params->>'pipelines_scored', params->>'n_jobs' "
+                    "FROM churn.model_registry WHERE run_key = %s", (AS_OF.isoformat(),))
+        models = {row[0]: row[1:] for row in cur.fetchall()}
+    conn.close()
+    assert "tpot" in models, models
+    status, pipelines_scored, n_jobs = models["tpot"]
+    assert int(pipelines_scored) >= 1 and n_jobs == "2"  # the default local Dask cluster of 2 processes
+    assert any(s == "champion" for s, *_ in models.values())
+    train = next(t for t in local_run["tis"] if t["task_id"] == "train")
+    assert train["try_number"] == 1  # succeeded at the first try: no "Nanny failed to start"
+
+
+def test_scoring_ran_as_mapped_partitions_and_merged(local_run):
+    parts = [t for t in local_run["tis"] if t["task_id"] == "score_partition"]
+    assert sorted(t["map_index"] for t in parts) == [0, 1]
+    assert all(t["state"] == "success" for t in parts)
+    scored = local_run["score_xcom"]
+    assert scored["partitions"] == 2
+    # the progress printed while the run went on named every stage as it finished
+    assert any("score_partition[1]" in line and "success" in line for line in local_run["progress"])
+    assert any(line.split()[0] == "report" and "success" in line for line in local_run["progress"])
+
+
+def test_scores_are_readable_in_postgres_and_redis(local_run):
+    rows = scores_by_customer(local_run["pg_url"])
+    assert len(rows) == local_run["score_xcom"]["rows"] > 1000
+    # global deciles over the merged partitions: ten equal-sized groups (ties aside)
+    counts = {}
+    for _, _, decile, _, _ in rows.values():
+        counts[decile] = counts.get(decile, 0) + 1
+    assert sorted(counts) == list(range(1, 11)) and max(counts.values()) - min(counts.values()) <= 0.02 * len(rows)
+    client = redis.Redis.from_url(local_run["redis_url"])
+    for customer in list(rows)[:200]:
+        record = lookup_score(client, customer)
+        assert record is not None and record["run_id"] == AS_OF.isoformat()
+        assert abs(record["churn_probability"] - rows[customer][0]) < 1e-6
+        assert record["risk_decile"] == rows[customer][2]
+    assert client.hget("churn:meta", "run_id") == AS_OF.isoformat().encode()
