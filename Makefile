@@ -15,7 +15,7 @@ export NO_COLOR := 1
 DEMO_DATE ?= $(shell date -u +%F)
 DEMO_CONF ?= {}
 
-.PHONY: venv services stop demo cluster demo-cluster test lock airflow-ui bench clean
+.PHONY: venv services stop demo cluster demo-cluster test lock airflow-ui bench bench-scale clean
 
 venv: $(VENV)/.installed
 
@@ -70,6 +70,11 @@ test: venv
 # Starts its own Postgres/Redis on free ports in a temp dir (never the demo's); writes bench/results/publish.json.
 bench: venv
 	$(BIN)/python -m bench.run
+
+# Scale-out: a 4M-customer population's scoring under LocalExecutor and two Celery workers with 1/2/4 partitions;
+# writes bench/results/scale_out.json (README "Scaling").
+bench-scale: venv
+	$(BIN)/python -m bench.scale_out
 
 clean: stop
 	rm -rf $(CHURN_STATE_DIR)

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # Per-run overrides accepted from the Airflow trigger form (param name -> config field).
 PARAM_FIELDS = {"train_budget_minutes": "train_budget_minutes", "max_eval_minutes": "max_eval_minutes",
-                "min_roc_auc": "min_roc_auc"}
+                "min_roc_auc": "min_roc_auc", "score_partitions": "score_partitions"}
 
 
 class NoChampionError(RuntimeError):

@@ -77,6 +77,8 @@ class AirflowStack:
     parallelism: int = 4
     churn_env: dict[str, str] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)
+    dag_id: str = DAG_ID
+    dags_folder: Path = REPO_ROOT / "dags"
 
     # --- places ------------------------------------------------------------------
     @property
@@ -110,7 +112,7 @@ class AirflowStack:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CHURN_"))}
         env.update(
             AIRFLOW_HOME=str(self.home),
-            AIRFLOW__CORE__DAGS_FOLDER=str(REPO_ROOT / "dags"),
+            AIRFLOW__CORE__DAGS_FOLDER=str(self.dags_folder),
             AIRFLOW__CORE__PLUGINS_FOLDER=str(REPO_ROOT / "plugins"),
             AIRFLOW__CORE__LOAD_EXAMPLES="False",
             AIRFLOW__CORE__EXECUTOR="CeleryExecutor" if self.executor == "celery" else "LocalExecutor",
@@ -242,7 +244,7 @@ class AirflowStack:
                                  f"{_tail(self.run_dir / (dead[0] + '.log'))}")
             if http_json(f"{self.base_url}/api/v2/monitor/health")[0] == 200 and self.password_file.exists():
                 try:
-                    if http_json(f"{self.base_url}/api/v2/dags/{DAG_ID}", self.token())[0] == 200:
+                    if http_json(f"{self.base_url}/api/v2/dags/{self.dag_id}", self.token())[0] == 200:
                         return
                 except StackError:
                     pass
@@ -253,27 +255,27 @@ class AirflowStack:
         """Trigger ``churn_nightly`` for ``logical_date`` (ISO) through the REST API; returns the run id."""
         token = self.token()
         if unpause:
-            http_json(f"{self.base_url}/api/v2/dags/{DAG_ID}", token, {"is_paused": False}, method="PATCH")
-        status, body = http_json(f"{self.base_url}/api/v2/dags/{DAG_ID}/dagRuns", token,
+            http_json(f"{self.base_url}/api/v2/dags/{self.dag_id}", token, {"is_paused": False}, method="PATCH")
+        status, body = http_json(f"{self.base_url}/api/v2/dags/{self.dag_id}/dagRuns", token,
                                  {"logical_date": logical_date, "conf": conf or {}})
         if status == 409:
             # That date already has a run: re-run it the Airflow way (clear it), which every task allows
             # because each is idempotent for its logical date. A new conf cannot be given to an old run.
             return self._rerun(logical_date, token)
         if status not in (200, 201):
-            raise StackError(f"trigger of {DAG_ID} for {logical_date} refused (HTTP {status}): {body}")
+            raise StackError(f"trigger of {self.dag_id} for {logical_date} refused (HTTP {status}): {body}")
         return body["dag_run_id"]
 
     def _rerun(self, logical_date: str, token: str) -> str:
         """Clear every task of the existing run at ``logical_date`` so the scheduler runs it again."""
         when = urllib.parse.quote(logical_date.replace("Z", "+00:00"), safe="")
-        status, body = http_json(f"{self.base_url}/api/v2/dags/{DAG_ID}/dagRuns?logical_date_gte={when}"
+        status, body = http_json(f"{self.base_url}/api/v2/dags/{self.dag_id}/dagRuns?logical_date_gte={when}"
                                  f"&logical_date_lte={when}", token)
         runs = body.get("dag_runs") or []
         if status != 200 or not runs:
-            raise StackError(f"a run of {DAG_ID} exists for {logical_date} but could not be read (HTTP {status})")
+            raise StackError(f"a run of {self.dag_id} exists for {logical_date} but could not be read (HTTP {status})")
         run_id = runs[0]["dag_run_id"]
-        status, body = http_json(f"{self.base_url}/api/v2/dags/{DAG_ID}/clearTaskInstances", token,
+        status, body = http_json(f"{self.base_url}/api/v2/dags/{self.dag_id}/clearTaskInstances", token,
                                  {"dag_run_id": run_id, "dry_run": False, "reset_dag_runs": True,
                                   "only_failed": False})
         if status != 200:
@@ -284,20 +286,20 @@ class AirflowStack:
     def run_state(self, run_id: str, token: str | None = None) -> str | None:
         """State of one run (queued, running, success, failed)."""
         quoted = urllib.parse.quote(run_id, safe="")
-        return http_json(f"{self.base_url}/api/v2/dags/{DAG_ID}/dagRuns/{quoted}", token or self.token())[1].get(
+        return http_json(f"{self.base_url}/api/v2/dags/{self.dag_id}/dagRuns/{quoted}", token or self.token())[1].get(
             "state")
 
     def task_instances(self, run_id: str, token: str | None = None) -> list[dict]:
         """Task instances of a run (mapped ones once per map index)."""
         quoted = urllib.parse.quote(run_id, safe="")
-        status, body = http_json(f"{self.base_url}/api/v2/dags/{DAG_ID}/dagRuns/{quoted}/taskInstances?limit=200",
+        status, body = http_json(f"{self.base_url}/api/v2/dags/{self.dag_id}/dagRuns/{quoted}/taskInstances?limit=200",
                                  token or self.token())
         return body.get("task_instances", []) if status == 200 else []
 
     def xcom(self, run_id: str, task_id: str, map_index: int = -1, token: str | None = None) -> Any:
         """The return value a task instance pushed."""
         quoted = urllib.parse.quote(run_id, safe="")
-        status, body = http_json(f"{self.base_url}/api/v2/dags/{DAG_ID}/dagRuns/{quoted}/taskInstances/{task_id}"
+        status, body = http_json(f"{self.base_url}/api/v2/dags/{self.dag_id}/dagRuns/{quoted}/taskInstances/{task_id}"
                                  f"/xcomEntries/return_value?map_index={map_index}&deserialize=true",
                                  token or self.token())
         if status != 200:

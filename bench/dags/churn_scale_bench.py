@@ -1,0 +1,58 @@
+"""Scale-out benchmark DAG: the nightly DAG's scoring stages alone, on a prepared snapshot.
+
+``plan_scoring -> score_partition (mapped) -> score`` call the same ``churn.pipeline`` functions as
+``churn_nightly``; the snapshot path and the partition count come from the trigger. Only
+``bench/scale_out.py`` loads this folder (it is not in ``dags/``).
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Param, dag, task
+
+
+@dag(
+    dag_id="churn_scale_bench",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["churn", "bench"],
+    default_args={"retries": 0},
+    params={"features_path": Param("", type="string"),
+            "score_partitions": Param(2, type="integer", minimum=1, maximum=64)},
+    doc_md=__doc__,
+)
+def churn_scale_bench():
+    """Wire the scoring stages."""
+
+    @task
+    def start_run() -> dict:
+        from churn.pipeline import start_run_from_airflow
+
+        return start_run_from_airflow()
+
+    @task
+    def plan_scoring(run: dict) -> list[dict]:
+        from churn.pipeline import run_stage
+
+        return run_stage("plan_scoring", run, {"score": {"clean_path": run["params"]["features_path"]}},
+                         {"registered": []})
+
+    @task
+    def score_partition(run: dict, part: dict) -> dict:
+        from churn.pipeline import run_stage
+
+        return run_stage("score_partition", run, part)
+
+    @task
+    def score(run: dict, parts: list[dict]) -> dict:
+        from churn.pipeline import run_stage
+
+        return run_stage("merge_scores", run, list(parts))
+
+    run = start_run()
+    score(run, score_partition.partial(run=run).expand(part=plan_scoring(run)))
+
+
+churn_scale_bench()
