@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 if TYPE_CHECKING:  # scikit-learn stays out of processes that only publish
@@ -156,14 +157,19 @@ def deciles(proba: np.ndarray) -> np.ndarray:
     return deciles_from_cuts(proba, sketch.cuts())
 
 
-def in_partition(ids: pd.Series, partition: int, partitions: int) -> np.ndarray:
-    """Mask of ids in hash bucket ``partition`` of ``partitions`` (stable across runs)."""
+def partition_mask(ids: pa.Array | pa.ChunkedArray, partition: int, partitions: int) -> np.ndarray:
+    """Mask of ids in hash partition ``partition`` of ``partitions``: CRC-32 of the UTF-8 id, modulo.
+
+    The same stable hash as the Redis ``hash`` layout's buckets, computed on the Arrow column, so a
+    partition filters rows *before* they are converted to pandas (the conversion is what costs).
+    """
     if not 0 <= partition < partitions:
         raise ValueError(f"partition {partition} is outside 0..{partitions - 1}")
     if partitions == 1:
         return np.ones(len(ids), dtype=bool)
-    hashed = pd.util.hash_pandas_object(ids.astype("str"), index=False).to_numpy()
-    return (hashed % np.uint64(partitions)) == np.uint64(partition)
+    from churn.publish.redis_store import crc32_array
+
+    return (crc32_array(ids) % np.uint32(partitions)) == np.uint32(partition)
 
 
 def _check_probabilities(proba: np.ndarray) -> None:
@@ -219,9 +225,10 @@ def score_partition(
         with pq.ParquetWriter(tmp_raw, _RAW_SCHEMA) as raw_writer:
             for batch in parquet.iter_batches(batch_size=chunk_rows,
                                               columns=[signature.id_column, *signature.feature_columns]):
-                frame = batch.to_pandas()
-                mask = in_partition(frame[signature.id_column], partition, partitions)
-                frame = signature.enforce(frame.loc[mask], max_unknown_fraction=0.0)
+                if partitions > 1:
+                    ids = pc.cast(batch.column(signature.id_column), pa.string())
+                    batch = batch.filter(pa.array(partition_mask(ids, partition, partitions)))
+                frame = signature.enforce(batch.to_pandas(), max_unknown_fraction=0.0)
                 if frame.empty:
                     continue
                 t0 = time.monotonic()
