@@ -17,7 +17,9 @@ import json
 import logging
 import platform
 import shutil
+import signal
 import socket
+import sys
 import tempfile
 import time
 from datetime import date, datetime, timedelta, timezone
@@ -85,6 +87,7 @@ def measure(stack, features_path: str, partitions: int, logical_day: date) -> di
         x = stack.xcom(run_id, "score_partition", ti["map_index"])
         parts.append({"partition": ti["map_index"], "rows": x["rows"], "task_seconds": _seconds(ti),
                       "stage_seconds": x["stage_seconds"], "inference_seconds": round(x["inference_seconds"], 2),
+                      "model_load_seconds": x["load_seconds"],
                       "rows_per_second": round(x["rows"] / x["stage_seconds"], 1), "worker": x["worker"]})
     merged = stack.xcom(run_id, "score")
     by_task = {t["task_id"]: t for t in tis if t.get("map_index", -1) < 0}
@@ -125,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", default="1,2,4")
     parser.add_argument("--executors", default="local,celery")
     args = parser.parse_args(argv)
+    # A SIGTERM (timeout, Ctrl-C from make) leaves through `finally`, which stops every component it started.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tmp = Path(tempfile.mkdtemp(prefix="churn-scale-"))
     services = EmbeddedServices(tmp / "services", _free_port(), _free_port())
@@ -163,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 stack.start(timeout=300)
                 for partitions in (int(p) for p in args.partitions.split(",")):
-                    day += timedelta(days=1)
+                    day -= timedelta(days=1)  # logical dates in the past: the scheduler never runs a future one
                     result = measure(stack, snap.path, partitions, day)
                     log.info("%s, %s partitions: %s", executor, partitions, json.dumps(result))
                     results["runs"].append(result)

@@ -432,6 +432,7 @@ def score_partition(cfg: ChurnConfig, res: Resources, run: dict, part: dict) -> 
 
     started = time.monotonic()
     model, signature = registry.load_verified(part["artifact_path"], part["artifact_sha256"])
+    load_seconds = time.monotonic() - started  # imports, hash check and unpickle: a fixed cost per partition
     result = score_one_partition(model, signature, part["features_path"], Path(run["run_dir"]) / "score_parts",
                                  partition=part["partition"], partitions=part["partitions"],
                                  chunk_rows=cfg.score_chunk_rows)
@@ -439,7 +440,8 @@ def score_partition(cfg: ChurnConfig, res: Resources, run: dict, part: dict) -> 
     worker = f"{socket.gethostname()}:{os.environ.get('CHURN_WORKER_NAME') or os.getpid()}"
     return _timed(run, f"score_partition[{part['partition']}]", started, {
         **result.as_dict(), "model_version": part["model_version"], "scored_at": part["scored_at"],
-        "worker": worker, "rows_per_second": round(result.rows / max(result.inference_seconds, 1e-9), 1)})
+        "worker": worker, "load_seconds": round(load_seconds, 3),
+        "rows_per_second": round(result.rows / max(result.inference_seconds, 1e-9), 1)})
 
 
 def merge_scores(cfg: ChurnConfig, res: Resources, run: dict, parts: list[dict]) -> dict:

@@ -34,7 +34,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -482,13 +482,25 @@ def main(argv: list[str] | None = None) -> int:
         for name, pid in stack.pids().items():
             print(f"{name:<18} pid {pid:<8} {'running' if _alive(pid) else 'exited'}")
         return 0
-    logical_date = f"{args.as_of.isoformat()}T{_cron_time(cfg.schedule_cron)}Z"
+    logical_date = _logical_date(args.as_of, cfg.schedule_cron)
     run_id = stack.trigger(logical_date, json.loads(args.conf))
     print(f"triggered {DAG_ID} run {run_id} (logical date {logical_date}) through {stack.base_url}/api/v2",
           flush=True)
     state = stack.wait_run(run_id, args.timeout_minutes * 60, progress=lambda line: print(line, flush=True))
     print(f"run {run_id}: {state}  ({stack.base_url}/dags/{DAG_ID}/runs/{urllib.parse.quote(run_id, safe='')})")
     return 0 if state == "success" else 1
+
+
+def _logical_date(as_of: date, cron: str, now: datetime | None = None) -> str:
+    """Logical date of a run for ``as_of``: the schedule's tick that day, or now if that tick is still ahead.
+
+    The scheduler never starts a run whose logical date is in the future; before 02:00 UTC the demo's
+    run is therefore logged at the current time (same as-of date), and the scheduled tick runs later.
+    """
+    now = now or datetime.now(timezone.utc)
+    tick = datetime.fromisoformat(f"{as_of.isoformat()}T{_cron_time(cron)}+00:00")
+    moment = min(tick, now.replace(microsecond=0))
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _cron_time(cron: str) -> str:
