@@ -156,3 +156,10 @@ def test_unusable_model_output_stops_before_a_score_file_exists(model_and_featur
         scoring.score_snapshot(_BrokenModel(), signature, path, tmp_path / "scores.parquet", model_version="v1",
                                run_id="r", scored_at=SCORED_AT, band_cuts=(0.3, 0.6))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_negative_zero_probability_is_the_lowest_score_not_a_crash():
+    proba = np.array([-0.0, 0.1, 0.5, 0.2, 0.0, 0.9, 0.3, 0.7, 0.6, 0.8], dtype=np.float32)
+    result = scoring.deciles(proba)
+    # -0.0 ranks with 0.0 at the bottom; the others keep their exact ranks
+    assert result.tolist() == [1, 3, 6, 4, 1, 10, 5, 8, 7, 9]

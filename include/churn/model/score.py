@@ -89,8 +89,12 @@ def risk_bands(proba: np.ndarray, cuts: tuple[float, ...]) -> np.ndarray:
 
 
 def _bits(proba: np.ndarray) -> np.ndarray:
-    """float32 probabilities in [0, 1] as their (order-preserving) uint32 bit patterns."""
-    return np.ascontiguousarray(proba, dtype=np.float32).view(np.uint32)
+    """float32 probabilities in [0, 1] as their (order-preserving) uint32 bit patterns.
+
+    Adding +0.0 turns a ``-0.0`` (which passes the range check, as -0.0 == 0.0) into +0.0: its sign bit
+    would otherwise make it the largest pattern of all and break the histograms.
+    """
+    return (np.asarray(proba, dtype=np.float32) + np.float32(0.0)).view(np.uint32)
 
 
 class DecileSketch:
