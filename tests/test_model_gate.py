@@ -47,7 +47,8 @@ def _baseline_only(data: dict, splits: dict, run: dict) -> dict:
     path = out / f"{cand.name}.joblib"
     joblib.dump({"model": cand.pipeline, "signature": data["signature"].as_dict()}, path)
     return {"retrained": True, "reason": "test", "candidates": [
-        {"name": cand.name, "path": str(path), "valid_roc_auc": cand.valid_roc_auc, "fit_seconds": 0.0,
+        {"name": cand.name, "path": str(path), "sha256": registry.file_sha256(path),
+         "valid_roc_auc": cand.valid_roc_auc, "fit_seconds": 0.0,
          "params": cand.params}]}
 
 
@@ -149,3 +150,14 @@ def test_empty_tpot_search_falls_back_to_the_baseline_candidate(model_data):  # 
     assert "CHURN_TRAIN_BUDGET_MINUTES" in trained["tpot_error"]
     evaluation = pipeline.evaluate_and_gate(cfg, data["res"], run, data["splits"], trained)
     assert evaluation["challenger"] == "logistic_baseline"
+
+
+def test_a_candidate_swapped_after_training_is_never_unpickled(model_data, tmp_path):  # noqa: F811
+    data = model_data
+    run = _run(data, "2026-10-05")
+    trained = _baseline_only(data, data["splits"], run)
+    path = Path(trained["candidates"][0]["path"])
+    # another pickle, valid and loadable, put in the candidate's place after the train task hashed it
+    joblib.dump({"model": "not the trained model", "signature": data["signature"].as_dict()}, path)
+    with pytest.raises(registry.ArtifactIntegrityError, match="does not match its recorded hash"):
+        pipeline.evaluate_and_gate(data["cfg"], data["res"], run, data["splits"], trained)

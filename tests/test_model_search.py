@@ -22,7 +22,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from churn.model.search import SearchProcessError, _read_verified, run_search
+from churn.model.registry import ArtifactIntegrityError, read_verified
+from churn.model.search import SearchProcessError, run_search
 from churn.model.train import Candidate, SearchFoundNothing
 from tests.test_model_features import frame, signature
 
@@ -94,8 +95,8 @@ def test_search_over_its_time_limit_is_stopped_with_its_group(tmp_path):
 def test_a_tampered_artifact_is_never_unpickled(tmp_path):
     path = tmp_path / "model.joblib"
     path.write_bytes(b"not what was hashed")
-    with pytest.raises(SearchProcessError, match="does not match"):
-        _read_verified(path, "0" * 64)
+    with pytest.raises(ArtifactIntegrityError, match="does not match"):
+        read_verified(path, "0" * 64)
 
 
 _KILLABLE_TASK = textwrap.dedent("""

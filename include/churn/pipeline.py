@@ -256,6 +256,7 @@ def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict
 
     from churn.data.spec import load_run_spec
     from churn.model.features import ModelSignature
+    from churn.model.registry import file_sha256
     from churn.model.search import run_search
     from churn.model.train import SearchFoundNothing, fit_baseline
 
@@ -296,7 +297,9 @@ def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict
     for cand in candidates:
         path = out_dir / f"{cand.name}.joblib"
         joblib.dump({"model": cand.pipeline, "signature": signature.as_dict()}, path)
-        described.append({"name": cand.name, "path": str(path), "valid_roc_auc": cand.valid_roc_auc,
+        # The hash travels with the reference: evaluate and register unpickle only these bytes.
+        described.append({"name": cand.name, "path": str(path), "sha256": file_sha256(path),
+                          "valid_roc_auc": cand.valid_roc_auc,
                           "fit_seconds": round(cand.fit_seconds, 2), "params": cand.params})
     return _timed(run, "train", started, {"retrained": True, "reason": why, "candidates": described,
                                           "tpot_error": tpot_error})
@@ -304,8 +307,6 @@ def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict
 
 def evaluate_and_gate(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, trained: dict) -> dict:
     """Test-split metrics for every candidate and the champion on the same rows; gate the best challenger."""
-    import joblib
-
     from churn.model import registry
     from churn.model.evaluate import classification_metrics, gate
     from churn.model.features import ModelSignature, SignatureMismatch, labels, to_model_input
@@ -317,7 +318,7 @@ def evaluate_and_gate(cfg: ChurnConfig, res: Resources, run: dict, splits: dict,
     test_df = pd.read_parquet(splits["paths"]["test"])
     results = []
     for cand in trained["candidates"]:
-        payload = joblib.load(cand["path"])  # written by this run's train task, in this run's folder
+        payload = registry.read_verified(cand["path"], cand["sha256"])  # as the train task wrote it
         signature = ModelSignature.from_dict(payload["signature"])
         proba = payload["model"].predict_proba(to_model_input(test_df, signature))[:, 1]
         results.append({**cand, "metrics": classification_metrics(labels(test_df, signature), proba)})
@@ -352,8 +353,6 @@ def evaluate_and_gate(cfg: ChurnConfig, res: Resources, run: dict, splits: dict,
 
 def register(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, evaluation: dict) -> dict:
     """Store every candidate in the registry; move the champion pointer if the gate said so."""
-    import joblib
-
     from churn.model import registry
     from churn.model.features import ModelSignature
 
@@ -365,7 +364,7 @@ def register(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, evaluati
         registered = []
         for cand in evaluation["candidates"]:
             version = f"{run['run_key']}-{cand['name']}"
-            payload = joblib.load(cand["path"])
+            payload = registry.read_verified(cand["path"], cand["sha256"])
             signature = ModelSignature.from_dict(payload["signature"])
             # artifact + reference.parquet (for the drift stage) + ONNX where convertible, in models_dir/version
             pkg = registry.package(payload["model"], signature, cfg.models_dir, version, train_rows=train_df,

@@ -155,19 +155,34 @@ def package(model: Any, signature: ModelSignature, models_dir: str | Path, versi
     return Package(path, sha, formats, ref_path, ref_rows, onnx)
 
 
-def load_verified(path: str | Path, expected_sha256: str) -> tuple[Any, ModelSignature]:
-    """Load an artifact only if its sha256 matches the registry: never unpickle an unverified file."""
-    if not Path(path).exists():
-        raise ArtifactIntegrityError(f"model artifact {path} is missing; restore it or roll back to another version")
-    actual = file_sha256(path)
-    if actual != expected_sha256:
-        raise ArtifactIntegrityError(
-            f"model artifact {path} has sha256 {actual[:12]}..., registry expects {expected_sha256[:12]}...: "
-            "the file was changed or truncated; it is refused. Roll back to another version or retrain."
-        )
+def read_verified(path: str | Path, expected_sha256: str) -> Any:
+    """Unpickle ``path`` only if its bytes hash to ``expected_sha256``, hashing and loading the same bytes.
+
+    Reading the file once closes the window in which a file swapped between the check and the load
+    would be unpickled unverified.
+    """
+    import io
+
     import joblib
 
-    payload = joblib.load(path)
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise ArtifactIntegrityError(f"model artifact {path} is missing; restore it or roll back to another "
+                                     "version") from exc
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected_sha256:
+        raise ArtifactIntegrityError(
+            f"model artifact {path} has sha256 {actual[:12]}..., expected {expected_sha256[:12]}...: "
+            "the file was changed or truncated; it is refused (it does not match its recorded hash). "
+            "Roll back to another version or retrain."
+        )
+    return joblib.load(io.BytesIO(data))
+
+
+def load_verified(path: str | Path, expected_sha256: str) -> tuple[Any, ModelSignature]:
+    """Load a registered artifact only if its sha256 matches the registry: never unpickle an unverified file."""
+    payload = read_verified(path, expected_sha256)
     return payload["model"], ModelSignature.from_dict(payload["signature"])
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import io
 import json
 import logging
 import os
@@ -64,20 +63,6 @@ def search_timeout_seconds(budget_minutes: float, max_eval_minutes: float) -> fl
     ``max_eval_time_mins``, so a search can overrun its budget by about one evaluation.
     """
     return budget_minutes * 60.0 * 1.25 + max_eval_minutes * 60.0 * 2 + 300.0
-
-
-def _read_verified(path: Path, sha256: str):
-    """Unpickle ``path`` only if its bytes hash to ``sha256`` (hash and load from the same bytes)."""
-    import joblib
-
-    data = path.read_bytes()
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != sha256:
-        raise SearchProcessError(
-            f"{path} does not match the hash its search process reported ({actual} != {sha256}): the file was "
-            "changed after it was written; re-run the train task"
-        )
-    return joblib.load(io.BytesIO(data))
 
 
 def _kill_group(proc: subprocess.Popen, grace_seconds: float = TERMINATE_GRACE_SECONDS) -> None:
@@ -153,7 +138,9 @@ def run_search(request: dict[str, Any], work_dir: Path, *, timeout_seconds: floa
             "its last lines:\n" + "\n".join(tail[-25:])
         )
     result = json.loads(result_path.read_text())
-    pipeline = _read_verified(Path(result["artifact_path"]), result["artifact_sha256"])
+    from churn.model.registry import read_verified
+
+    pipeline = read_verified(result["artifact_path"], result["artifact_sha256"])
     return Candidate("tpot", pipeline, float(result["valid_roc_auc"]), float(result["fit_seconds"]),
                      result["params"])
 
