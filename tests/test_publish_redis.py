@@ -337,3 +337,32 @@ def test_hash_file_of_another_run_is_refused_before_any_field_is_written(redis_c
     assert redis_client.hexists("churn:runs", RUN_A)
     assert rs.served_run(redis_client) == RUN_A
     assert not list(scores[RUN_B].parent.glob(".*redis-spill*"))
+
+
+@pytest.mark.parametrize("layout", rs.LAYOUTS)
+def test_an_older_run_never_replaces_a_newer_served_batch(redis_client, scores, layout):
+    # in order: A (2026-11-20) then B (2026-11-21) both publish
+    publish(redis_client, scores[RUN_A], RUN_A, layout)
+    publish(redis_client, scores[RUN_B], RUN_B, layout, stale_between(A_IDS, B_IDS))
+    truth = expected(scores[RUN_B])
+    before = {k: redis_client.dump(k) for k in redis_client.keys() if k != b"churn:meta"}
+    # then A's publish again (a cleared task of yesterday): refused before a single record is written
+    with pytest.raises(rs.OlderRunRefused, match="newer than 2026-11-20"):
+        publish(redis_client, scores[RUN_A], RUN_A, layout)
+    assert rs.served_run(redis_client) == RUN_B
+    assert {k: redis_client.dump(k) for k in redis_client.keys() if k != b"churn:meta"} == before
+    for cid in random.Random(3).sample(B_IDS, 100):
+        check_record(lookup(redis_client, cid, layout), cid, truth)
+    assert "writing" not in rs.served_meta(redis_client)
+
+
+def test_the_switch_refuses_when_a_newer_run_was_served_meanwhile(redis_client, scores):
+    publish(redis_client, scores[RUN_A], RUN_A, "json")
+
+    def newer_run_switches_in(point):
+        if point == "records_written":  # another publisher moved the marker on while A wrote its records
+            redis_client.hset("churn:meta", "run_id", "2026-11-30")
+
+    with pytest.raises(rs.OlderRunRefused):
+        publish(redis_client, scores[RUN_B], RUN_B, "json", hook=newer_run_switches_in)
+    assert rs.served_run(redis_client) == "2026-11-30"

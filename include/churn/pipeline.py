@@ -508,8 +508,8 @@ def _reader_role(conn, cfg: ChurnConfig) -> str:
 
 def publish_redis(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_published: dict) -> dict:
     """Bulk-write the run's scores to Redis, move the marker, delete customers no longer scored."""
-    from churn.publish.postgres import connect_for_publish, stale_customers
-    from churn.publish.redis_store import publish_scores
+    from churn.publish.postgres import connect_for_publish, current_run, stale_customers
+    from churn.publish.redis_store import OlderRunRefused, publish_scores
 
     started = time.monotonic()
     if _dry_run(run):
@@ -522,10 +522,21 @@ def publish_redis(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_
     client = res.redis()
     conn = connect_for_publish(res.pg, run["run_key"])
     try:
-        published = publish_scores(client, scored["path"], run["run_key"], scored["model_version"],
-                                   lambda sources: stale_customers(conn, sources, pg_published["table"]),
-                                   prefix=cfg.redis_key_prefix, layout=cfg.redis_layout,
-                                   buckets=cfg.redis_hash_buckets)
+        # Asked now, not from the XCom of when publish_postgres ran: a cleared task of an older date
+        # must not put yesterday's scores in Redis while Postgres serves today's.
+        served_pg = current_run(conn)
+        if served_pg != run["run_key"]:
+            return _timed(run, "publish_redis", started, {
+                "skipped": True, "rows": 0,
+                "reason": f"Postgres serves run {served_pg}, not {run['run_key']}: Redis keeps the newer batch"})
+        try:
+            published = publish_scores(client, scored["path"], run["run_key"], scored["model_version"],
+                                       lambda sources: stale_customers(conn, sources, pg_published["table"]),
+                                       prefix=cfg.redis_key_prefix, layout=cfg.redis_layout,
+                                       buckets=cfg.redis_hash_buckets)
+        except OlderRunRefused as exc:
+            log.warning("%s", exc)
+            return _timed(run, "publish_redis", started, {"skipped": True, "rows": 0, "reason": str(exc)})
     finally:
         conn.close()
         client.close()

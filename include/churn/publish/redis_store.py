@@ -62,6 +62,10 @@ class RedisPublishError(RuntimeError):
     """Publishing to Redis failed; the marker was not moved, so readers keep the previous batch."""
 
 
+class OlderRunRefused(RedisPublishError):
+    """The served batch is newer than the run being published: Redis never goes back in time."""
+
+
 @dataclass
 class RedisPublish:
     """Outcome of a Redis publish."""
@@ -503,6 +507,9 @@ def publish_scores(
         meta = served_meta(client, prefix)
         sources = cleanup_sources(meta, run_id)
         previous = meta.get("run_id")
+        # Run ids are ISO dates: a later run sorts later. Checked before any record is written, and again
+        # atomically at the switch (a cleared task of yesterday must not overwrite today's batch).
+        _refuse_older(previous, run_id)
         previous_tag = meta.get("layout_tag") or (previous and "json")  # markers older than layouts: json
         # A layout change whose cleanup was interrupted is still pending after the marker moved.
         old_tag = meta.get("cleanup_layout") or (previous_tag if previous_tag != layout_tag else None)
@@ -531,7 +538,11 @@ def publish_scores(
             hook("batch")
         hook("records_written")
         pending_cleanup = ",".join(sources)
-        with client.pipeline(transaction=True) as pipe:  # MULTI/EXEC: readers see old or new marker
+
+        def switch(pipe) -> None:
+            # WATCHed compare-and-set: readers see the old or the new marker, never an older run's.
+            _refuse_older(_text(pipe.hget(meta_key(prefix), "run_id")), run_id)
+            pipe.multi()
             pipe.hset(meta_key(prefix), mapping={
                 "run_id": run_id, "model_version": model_version, "customers": rows,
                 "published_at": datetime.now(timezone.utc).isoformat(), "layout": layout,
@@ -539,7 +550,8 @@ def publish_scores(
                 "cleanup_from": pending_cleanup, "cleanup_layout": old_tag or "",
             })
             pipe.hdel(meta_key(prefix), "writing")
-            pipe.execute()
+
+        client.transaction(switch, meta_key(prefix))
         hook("switched")
         if callable(stale_ids):
             ids = stale_ids(sources) if sources else ()
@@ -574,6 +586,15 @@ def publish_scores(
     log.info("published %s scores to Redis (%s layout, %s stale removed) in %.2f s (%.0f rows/s)",
              rows, layout, deleted, elapsed, rows / max(elapsed, 1e-9))
     return RedisPublish(rows, deleted, elapsed, layout, previous)
+
+
+def _refuse_older(served: str | None, run_id: str) -> None:
+    """Raise OlderRunRefused when ``served`` is a later run than ``run_id``."""
+    if served and served > run_id:
+        raise OlderRunRefused(
+            f"Redis serves run {served}, newer than {run_id}: an older run never replaces a newer served batch "
+            "(a cleared task of an earlier date). Nothing was written; re-run the newest date instead."
+        )
 
 
 def _rehash_cleanup(client, prefix: str, buckets: int) -> int:
