@@ -81,7 +81,9 @@ def test_search_runs_from_a_daemonic_process_like_a_celery_prefork_child(tmp_pat
 
 def test_search_that_evaluates_nothing_raises_search_found_nothing_from_the_child(tmp_path):
     with pytest.raises(SearchFoundNothing, match="CHURN_TRAIN_BUDGET_MINUTES"):
-        run_search(_request(tmp_path, rows=3000, budget_minutes=0.001, max_eval_minutes=0.001, population_size=2),
+        # 200,000 rows: no pipeline fits within 0.06 s, whatever the machine's load
+        run_search(_request(tmp_path, rows=200_000, budget_minutes=0.001, max_eval_minutes=0.001,
+                            population_size=2),
                    tmp_path / "search")
 
 

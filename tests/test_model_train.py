@@ -49,7 +49,8 @@ def test_tpot_uses_the_configured_cluster_and_logs_progress(cluster, caplog):
 
 
 def test_search_that_evaluates_nothing_raises_search_found_nothing(cluster):
-    data = frame(3000, seed=5)
+    # big enough that no pipeline fits within 0.06 s, whatever the machine's load (3,000 rows sometimes did)
+    data = frame(200_000, seed=5)
     sig = signature(data)
     with pytest.raises(SearchFoundNothing, match="CHURN_TRAIN_BUDGET_MINUTES"):
         fit_tpot(data, data, sig, budget_minutes=0.001, max_eval_minutes=0.001, search_space="linear-light", cv=2,
