@@ -61,3 +61,16 @@ def test_gate_rules():
     lucky = gate(0.65, None, 0.6, 0.01, challenger_auc_ci_low=0.48)
     assert not lucky.promote and "not distinguishable from random" in lucky.reason
     assert gate(0.65, None, 0.6, 0.01, challenger_auc_ci_low=0.55).promote
+
+
+def test_a_champion_that_cannot_score_the_data_is_named_in_the_decision_not_called_a_first_model():
+    why = "champion 2026-11-01-tpot cannot score this data: column 'plan' is missing"
+    promoted = gate(0.81, None, 0.6, 0.01, champion_incomparable=why)
+    assert promoted.promote and "NOT compared" in promoted.reason and why in promoted.reason
+    assert "first model" not in promoted.reason
+    refused = gate(0.81, None, 0.6, 0.01, champion_incomparable=why, allow_incomparable=False)
+    assert not refused.promote and "CHURN_PROMOTE_WITHOUT_COMPARISON=false" in refused.reason
+    # the floor still applies first
+    assert not gate(0.55, None, 0.6, 0.01, champion_incomparable=why).promote
+    # without a champion at all it stays a first model
+    assert gate(0.81, None, 0.6, 0.01).reason.startswith("first model")

@@ -155,6 +155,8 @@ class ChurnConfig:
     """A challenger below this test ROC AUC is never promoted (<= 0 disables promotion)."""
     max_auc_drop: float = 0.01
     """A challenger may be at most this much worse than the champion on the same test rows."""
+    promote_without_comparison: bool = True
+    """Promote a challenger (above the floor) when the champion cannot score the new data (schema change); false = refuse."""
 
     # --- scoring / publish -------------------------------------------------------
     score_chunk_rows: int = 200_000

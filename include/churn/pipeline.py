@@ -331,6 +331,7 @@ def evaluate_and_gate(cfg: ChurnConfig, res: Resources, run: dict, splits: dict,
         champ = registry.champion(conn)
     finally:
         conn.close()
+    incomparable = None  # why a champion exists but cannot be compared on these rows
     if champ is not None:
         champion_version = champ.version
         model, champ_sig = registry.load_verified(champ.artifact_path, champ.artifact_sha256)
@@ -340,9 +341,12 @@ def evaluate_and_gate(cfg: ChurnConfig, res: Resources, run: dict, splits: dict,
             champion_metrics = classification_metrics(labels(test_df, champ_sig), champion_proba)
             champion_auc = champion_metrics["roc_auc"]
         except SignatureMismatch as exc:
-            log.warning("champion %s cannot score this data (%s); judging on thresholds alone", champ.version, exc)
+            incomparable = f"champion {champ.version} cannot score this data: {exc}"
+            log.warning("%s; the gate cannot compare (CHURN_PROMOTE_WITHOUT_COMPARISON=%s)", incomparable,
+                        cfg.promote_without_comparison)
     decision = gate(challenger["metrics"]["roc_auc"], champion_auc, cfg.min_roc_auc, cfg.max_auc_drop,
-                    challenger_auc_ci_low=challenger["metrics"].get("roc_auc_ci_low"))
+                    challenger_auc_ci_low=challenger["metrics"].get("roc_auc_ci_low"),
+                    champion_incomparable=incomparable, allow_incomparable=cfg.promote_without_comparison)
     log.info("gate: challenger %s -> promote=%s (%s)", challenger["name"], decision.promote, decision.reason)
     return _timed(run, "evaluate_and_gate", started, {
         "evaluated": True, "challenger": challenger["name"], "promote": decision.promote, "reason": decision.reason,

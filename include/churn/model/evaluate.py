@@ -84,7 +84,8 @@ class GateDecision:
 
 
 def gate(challenger_auc: float, champion_auc: float | None, min_roc_auc: float, max_auc_drop: float,
-         challenger_auc_ci_low: float | None = None) -> GateDecision:
+         challenger_auc_ci_low: float | None = None, champion_incomparable: str | None = None,
+         allow_incomparable: bool = True) -> GateDecision:
     """Promote only above the absolute floor and within ``max_auc_drop`` of the champion on the same rows.
 
     When ``challenger_auc_ci_low`` (lower end of the AUC's 95% interval) is given, the challenger must
@@ -101,6 +102,15 @@ def gate(challenger_auc: float, champion_auc: float | None, min_roc_auc: float, 
             f"test ROC AUC {challenger_auc:.4f} is not distinguishable from random (95% interval starts at "
             f"{challenger_auc_ci_low:.4f} <= 0.5): the test split is too small or the model has no signal",
         )
+    if champion_auc is None and champion_incomparable:
+        # A champion exists but cannot score these rows (its signature no longer fits the data): this is
+        # not a first model, and the reason says so, so a person can see that no comparison was made.
+        if not allow_incomparable:
+            return GateDecision(False, f"NOT compared: {champion_incomparable}; refused because "
+                                       "CHURN_PROMOTE_WITHOUT_COMPARISON=false (promote it by hand after review)")
+        return GateDecision(True, f"NOT compared with the champion ({champion_incomparable}); promoted on "
+                                  f"thresholds alone: test ROC AUC {challenger_auc:.4f} >= minimum {min_roc_auc:.4f} "
+                                  "(CHURN_PROMOTE_WITHOUT_COMPARISON=false refuses instead)")
     if champion_auc is None:
         return GateDecision(True, f"first model: test ROC AUC {challenger_auc:.4f} >= minimum {min_roc_auc:.4f}")
     if challenger_auc < champion_auc - max_auc_drop:
