@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -32,12 +32,6 @@ from bench.publish_e2e import AS_OF, create_database, load_source, train_model
 RESULTS = Path(__file__).resolve().parent / "results" / "scale_out.json"
 BENCH_DAGS = Path(__file__).resolve().parent / "dags"
 log = logging.getLogger("bench.scale_out")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _seconds(ti: dict) -> float | None:
@@ -120,8 +114,8 @@ def measure(stack, features_path: str, partitions: int, logical_day: date) -> di
 def main(argv: list[str] | None = None) -> int:
     """Run the scale-out benchmark and write its JSON."""
     from churn.data.ingest import extract_snapshot
-    from churn.services import EmbeddedServices
-    from churn.stack import AirflowStack, ensure_metadata_database
+    from churn.services import EmbeddedServices, ensure_database
+    from churn.stack import AirflowStack, free_port
 
     parser = argparse.ArgumentParser(prog="python -m bench.scale_out")
     parser.add_argument("--customers", type=int, default=4_000_000)
@@ -132,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tmp = Path(tempfile.mkdtemp(prefix="churn-scale-"))
-    services = EmbeddedServices(tmp / "services", _free_port(), _free_port())
+    services = EmbeddedServices(tmp / "services", free_port(), free_port())
     services.start()
-    results: dict = {"machine": {"cores": __import__("os").cpu_count(), "python": platform.python_version()},
+    results: dict = {"machine": {"cores": os.cpu_count(), "python": platform.python_version()},
                      "started": datetime.now(timezone.utc).isoformat(), "customers": args.customers, "runs": []}
     try:
         admin = f"postgresql://postgres@127.0.0.1:{services.postgres_port}/postgres"
@@ -156,13 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         register_champion(url, model_path, state / "models")
         day = AS_OF
         for executor in args.executors.split(","):
-            ensure_metadata_database(admin, f"airflow_{executor}")
+            ensure_database(services.postgres_port, f"airflow_{executor}")
             stack = AirflowStack(
                 state_dir=state, churn_pg_url=url, redis_url=services.redis_url,
                 metadata_url=f"postgresql+psycopg2://postgres@127.0.0.1:{services.postgres_port}/airflow_{executor}",
-                api_port=_free_port(), executor=executor,
+                api_port=free_port(), executor=executor,
                 celery_broker_url=f"redis://127.0.0.1:{services.redis_port}/1", celery_workers=2,
-                dask_scheduler_port=_free_port(), dask_workers=1, dag_id="churn_scale_bench",
+                dask_scheduler_port=free_port(), dask_workers=1, dag_id="churn_scale_bench",
                 dags_folder=BENCH_DAGS, extra_env={"AIRFLOW__CORE__PARALLELISM": "8"},
             )
             try:

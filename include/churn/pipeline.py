@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from churn.config import ChurnConfig
+from churn.config import ChurnConfig, ConfigError
 from churn.connections import Resources
 from churn.db import ensure_schema, to_jsonb
 
@@ -416,8 +416,6 @@ def plan_scoring(cfg: ChurnConfig, res: Resources, run: dict, validated: dict, r
             f"({registered['registered']}); lower CHURN_MIN_ROC_AUC or retrain with more data"
         )
     if cfg.score_partitions < 1:
-        from churn.config import ConfigError
-
         raise ConfigError(f"CHURN_SCORE_PARTITIONS={cfg.score_partitions} must be at least 1")
     # The plan pins one model version: a promotion while partitions run cannot mix two models in one batch.
     return [{"partition": p, "partitions": cfg.score_partitions, "features_path": validated["score"]["clean_path"],

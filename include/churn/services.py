@@ -161,10 +161,11 @@ def start_postgres(pg_dir: Path, port: int) -> None:
             raise ServiceError(
                 f"PostgreSQL did not start: {result.stderr.strip()} (see {pg_dir / 'postgres.log'})"
             )
-    _create_database(port)
+    ensure_database(port)
 
 
-def _create_database(port: int) -> None:
+def ensure_database(port: int, name: str = PG_DATABASE) -> None:
+    """CREATE DATABASE ``name`` on the embedded server at ``port`` unless it exists (waits for the server)."""
     import psycopg2
 
     for attempt in range(50):
@@ -177,9 +178,9 @@ def _create_database(port: int) -> None:
             time.sleep(0.1)
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,))
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
         if cur.fetchone() is None:
-            cur.execute(f"CREATE DATABASE {PG_DATABASE}")
+            cur.execute(f'CREATE DATABASE "{name}"')
     conn.close()
 
 

@@ -190,7 +190,7 @@ class AirflowStack:
             for n in range(1, self.celery_workers + 1):
                 name = f"celery-worker-{n}"
                 worker_env = {**self.env(worker_name=name),
-                              "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port())}
+                              "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())}
                 self._spawn(name, [_bin("airflow"), "celery", "worker", "--celery-hostname", f"{name}@%h",
                                    "--concurrency", "1"], worker_env)
         self.wait_healthy(timeout)
@@ -377,7 +377,8 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback that nobody listens on right now."""
     import socket
 
     with socket.socket() as sock:
@@ -416,21 +417,6 @@ def stack_from_config(executor: str | None = None) -> AirflowStack:
     )
 
 
-def ensure_metadata_database(pg_admin_url: str, name: str = "airflow") -> None:
-    """CREATE DATABASE for Airflow's metadata if it does not exist."""
-    import psycopg2
-
-    conn = psycopg2.connect(pg_admin_url)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            if cur.fetchone() is None:
-                cur.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        conn.close()
-
-
 def main(argv: list[str] | None = None) -> int:
     """CLI: start / stop / status / run."""
     from churn.config import ChurnConfig
@@ -450,11 +436,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     cfg = ChurnConfig.from_env()
     if args.action == "start":
-        from churn.services import EmbeddedServices
+        from churn.services import EmbeddedServices, ensure_database
 
         services = EmbeddedServices(cfg.state_dir, cfg.postgres_port, cfg.redis_port)
         services.start()
-        ensure_metadata_database(f"postgresql://postgres@127.0.0.1:{cfg.postgres_port}/postgres")
+        ensure_database(cfg.postgres_port, "airflow")  # Airflow's metadata, beside the churn database
         stack = stack_from_config(args.executor)
         running = stack.pids() and not stack.dead_components()
         marker = stack.run_dir / "executor"
