@@ -217,7 +217,7 @@ def test_trigger_watch_and_judge_a_run_from_the_browser(airflow_ui, browser):
     assert "champion" in model_row.text
     assert champion in runs_row.text  # the run row names the model version that scored it
     # the TPOT search ran inside the LocalExecutor task and its candidate is registered and listed
-    tpot_row = driver.find_element(By.CSS_SELECTOR, f"#models tr[data-version='{run_key}-tpot']")
+    tpot_row = driver.find_element(By.CSS_SELECTOR, f"#models tr[data-version^='{run_key}-tpot-']")
     assert run_key in tpot_row.text
     driver.switch_to.default_content()
     _shot(driver, "06_churn_page")

@@ -88,16 +88,18 @@ def test_first_model_trained_on_shuffled_labels_is_refused(model_data, tmp_path)
     assert registered["champion"] is None
     state = _registry_rows(data["url"])
     assert state["champion"] is None
+    by_name = {}
     for cand in evaluation["candidates"]:
-        row = state["rows"][f"2026-10-01-{cand['name']}"]
+        assert cand["version"] == f"2026-10-01-{cand['name']}-{trained['attempt']}"
+        row = by_name[cand["name"]] = state["rows"][cand["version"]]
         assert row["status"] == "refused" and row["reason"]
         assert row["metrics"]["roc_auc"] == pytest.approx(cand["metrics"]["roc_auc"])
         assert row["metrics"]["roc_auc"] < 0.6 or row["metrics"]["roc_auc_ci_low"] <= 0.5
         assert "joblib" in row["formats"]
-    tpot_params = state["rows"]["2026-10-01-tpot"]["params"]
+    tpot_params = by_name["tpot"]["params"]
     assert tpot_params["budget_minutes"] == 0.15 and tpot_params["max_eval_minutes"] == 0.1
     assert tpot_params["dask_scheduler_address"].startswith("tcp://")
-    assert state["rows"]["2026-10-01-logistic_baseline"]["formats"] == ["joblib", "onnx"]
+    assert by_name["logistic_baseline"]["formats"] == ["joblib", "onnx"]
     # nothing to score with: the score stage says so instead of using a refused model
     with pytest.raises(pipeline.NoChampionError, match="refused by the gate"):
         pipeline.score(cfg, data["res"], run, {"score": {"clean_path": splits["paths"]["test"]}}, registered)
@@ -111,9 +113,9 @@ def test_shuffled_challenger_never_replaces_a_champion_even_with_a_permissive_fl
     good = _baseline_only(data, data["splits"], good_run)
     evaluation = pipeline.evaluate_and_gate(cfg, data["res"], good_run, data["splits"], good)
     assert evaluation["promote"], evaluation["reason"]
-    pipeline.register(cfg, data["res"], good_run, data["splits"], evaluation)
+    done = pipeline.register(cfg, data["res"], good_run, data["splits"], evaluation)
     champion = _registry_rows(data["url"])["champion"]
-    assert champion == "2026-10-02-logistic_baseline"
+    assert champion == done["champion"] and champion.startswith("2026-10-02-logistic_baseline-")
 
     # 2) useless challengers, judged with a floor so low that only the champion comparison and the
     #    better-than-random check stand between them and promotion
@@ -124,8 +126,8 @@ def test_shuffled_challenger_never_replaces_a_champion_even_with_a_permissive_fl
         trained = _baseline_only(data, splits, run)
         evaluation = pipeline.evaluate_and_gate(permissive, data["res"], run, splits, trained)
         assert evaluation["promote"] is False, evaluation["reason"]
-        pipeline.register(permissive, data["res"], run, splits, evaluation)
-        row = _registry_rows(data["url"])["rows"][f"2026-10-1{seed}-logistic_baseline"]
+        done = pipeline.register(permissive, data["res"], run, splits, evaluation)
+        row = _registry_rows(data["url"])["rows"][done["registered"][0]["version"]]
         assert row["status"] == "refused"
         assert "champion" in row["reason"] or "random" in row["reason"]
     assert _registry_rows(data["url"])["champion"] == champion
@@ -161,3 +163,46 @@ def test_a_candidate_swapped_after_training_is_never_unpickled(model_data, tmp_p
     joblib.dump({"model": "not the trained model", "signature": data["signature"].as_dict()}, path)
     with pytest.raises(registry.ArtifactIntegrityError, match="does not match its recorded hash"):
         pipeline.evaluate_and_gate(data["cfg"], data["res"], run, data["splits"], trained)
+
+
+def test_a_refused_retrain_of_the_same_date_never_touches_the_champion(model_data, tmp_path):  # noqa: F811
+    """Two retrains of one logical date (a UI 'Retrain now' after the nightly run), the second refused."""
+    data = model_data
+    cfg = data["cfg"].replace(train_tpot=False)
+    run = _run(data, "2026-10-05", {"retrain": True})
+    first = pipeline.train(cfg, data["res"], run, data["splits"])
+    evaluation = pipeline.evaluate_and_gate(cfg, data["res"], run, data["splits"], first)
+    assert evaluation["promote"], evaluation["reason"]
+    pipeline.register(cfg, data["res"], run, data["splits"], evaluation)
+    conn = psycopg2.connect(data["url"])
+    champion = registry.champion(conn)
+    champion_bytes = Path(champion.artifact_path).read_bytes()
+
+    # the same date again, on data without signal: the gate refuses it
+    shuffled = _shuffled_splits(data, tmp_path / "shuffled", seed=5)
+    second = pipeline.train(cfg, data["res"], run, shuffled)
+    assert second["attempt"] != first["attempt"]
+    evaluation2 = pipeline.evaluate_and_gate(cfg, data["res"], run, shuffled, second)
+    assert evaluation2["promote"] is False, evaluation2["reason"]
+    done = pipeline.register(cfg, data["res"], run, shuffled, evaluation2)
+    refused_version = done["registered"][0]["version"]
+    assert refused_version != champion.version and refused_version.startswith("2026-10-05-logistic_baseline-")
+
+    after = registry.champion(conn)
+    assert after == champion  # version, status, reason, metrics, signature, path, sha256, formats
+    assert Path(after.artifact_path).read_bytes() == champion_bytes
+    assert registry.file_sha256(after.artifact_path) == champion.artifact_sha256
+    refused = registry.get(conn, refused_version)
+    assert refused.status == "refused" and refused.folder != champion.folder
+    assert refused.metrics["roc_auc"] == pytest.approx(evaluation2["candidates"][0]["metrics"]["roc_auc"])
+
+    # re-running the second attempt's register (a cleared task) is idempotent: no new row, nothing rewritten
+    refused_bytes = Path(refused.artifact_path).read_bytes()
+    again = pipeline.register(cfg, data["res"], run, shuffled, evaluation2)
+    assert [r["version"] for r in again["registered"]] == [refused_version]
+    assert registry.get(conn, refused_version) == refused
+    assert Path(refused.artifact_path).read_bytes() == refused_bytes
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM churn.model_registry WHERE run_key = '2026-10-05'")
+        assert cur.fetchone()[0] == 2
+    conn.close()

@@ -221,3 +221,30 @@ def test_registry_row_records_fingerprint_params_code_version_and_formats(model_
     conn.close()
     assert count == 1 and len(fingerprint) == 64 and code and code != "unknown"
     assert sha == registry.file_sha256(pkg.artifact_path) and formats == "joblib,onnx" and c == "1.0"
+
+
+def test_a_registered_version_is_immutable(model_data, fresh_pg_url, tmp_path):
+    conn = psycopg2.connect(fresh_pg_url)
+    pkg = _package(model_data, tmp_path, "v7")
+    assert registry.register(conn, version="v7", run_key="2026-11-20", model_name="logistic_baseline",
+                             status="challenger", reason="test", metrics={"roc_auc": 0.7}, params={},
+                             signature=model_data["signature"], artifact_path=pkg.artifact_path,
+                             artifact_sha256=pkg.artifact_sha256, data_fingerprint="f", formats=pkg.formats)
+    before = registry.get(conn, "v7")
+    with pytest.raises(registry.VersionConflict, match="immutable"):
+        registry.register(conn, version="v7", run_key="2026-11-20", model_name="logistic_baseline",
+                          status="challenger", reason="other", metrics={"roc_auc": 0.9}, params={},
+                          signature=model_data["signature"], artifact_path=pkg.artifact_path,
+                          artifact_sha256="0" * 64, data_fingerprint="g", formats=pkg.formats)
+    assert registry.get(conn, "v7") == before  # sha, metrics and reason untouched
+    conn.close()
+
+
+def test_package_appears_whole_and_replaces_only_an_unregistered_leftover(model_data, tmp_path):
+    leftover = tmp_path / "v8"
+    leftover.mkdir()
+    (leftover / "model.joblib").write_bytes(b"half-written by a crashed attempt")
+    pkg = _package(model_data, tmp_path, "v8")
+    assert registry.file_sha256(pkg.artifact_path) == pkg.artifact_sha256
+    assert Path(pkg.artifact_path).parent == leftover and Path(pkg.reference_path).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v8"]  # no staging folder left behind

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -256,7 +257,7 @@ def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict
 
     from churn.data.spec import load_run_spec
     from churn.model.features import ModelSignature
-    from churn.model.registry import file_sha256
+    from churn.model.registry import file_sha256, version_name
     from churn.model.search import run_search
     from churn.model.train import SearchFoundNothing, fit_baseline
 
@@ -291,18 +292,22 @@ def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict
             # The baseline is a full candidate: an empty search must not stop the night's scoring.
             log.warning("TPOT produced no candidate, continuing with the baseline only: %s", exc)
             tpot_error = str(exc)
-    out_dir = Path(run["run_dir"]) / "candidates"
-    out_dir.mkdir(exist_ok=True)
+    # One folder and one set of version names per training attempt: a retrain of the same date (a UI
+    # trigger, a cleared task) never overwrites the candidates or the registry versions of an earlier one.
+    attempt = uuid.uuid4().hex[:6]
+    out_dir = Path(run["run_dir"]) / "candidates" / attempt
+    out_dir.mkdir(parents=True, exist_ok=True)
     described = []
     for cand in candidates:
         path = out_dir / f"{cand.name}.joblib"
         joblib.dump({"model": cand.pipeline, "signature": signature.as_dict()}, path)
         # The hash travels with the reference: evaluate and register unpickle only these bytes.
-        described.append({"name": cand.name, "path": str(path), "sha256": file_sha256(path),
+        described.append({"name": cand.name, "version": version_name(run["run_key"], cand.name, attempt),
+                          "path": str(path), "sha256": file_sha256(path),
                           "valid_roc_auc": cand.valid_roc_auc,
                           "fit_seconds": round(cand.fit_seconds, 2), "params": cand.params})
-    return _timed(run, "train", started, {"retrained": True, "reason": why, "candidates": described,
-                                          "tpot_error": tpot_error})
+    return _timed(run, "train", started, {"retrained": True, "reason": why, "attempt": attempt,
+                                          "candidates": described, "tpot_error": tpot_error})
 
 
 def evaluate_and_gate(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, trained: dict) -> dict:
@@ -367,13 +372,9 @@ def register(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, evaluati
     try:
         registered = []
         for cand in evaluation["candidates"]:
-            version = f"{run['run_key']}-{cand['name']}"
-            payload = registry.read_verified(cand["path"], cand["sha256"])
-            signature = ModelSignature.from_dict(payload["signature"])
-            # artifact + reference.parquet (for the drift stage) + ONNX where convertible, in models_dir/version
-            pkg = registry.package(payload["model"], signature, cfg.models_dir, version, train_rows=train_df,
-                                   test_rows=test_df, reference_rows=cfg.reference_rows,
-                                   onnx_tolerance=cfg.onnx_parity_tolerance, random_state=cfg.random_state)
+            # Each training attempt names its own versions (train assigns them): a second retrain of the
+            # same date can never rewrite a version readers trust, a re-run of this task finds its rows.
+            version = cand.get("version") or registry.version_name(run["run_key"], cand["name"], cand["sha256"][:8])
             is_challenger = cand["name"] == evaluation["challenger"]
             if is_challenger:
                 status = "challenger" if evaluation["promote"] else "refused"
@@ -381,19 +382,36 @@ def register(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, evaluati
             else:
                 status = "refused"
                 reason = f"lower validation ROC AUC than {evaluation['challenger']}"
-            registry.register(
-                conn, version=version, run_key=run["run_key"], model_name=cand["name"], status=status, reason=reason,
-                metrics={**cand["metrics"], "valid_roc_auc": cand["valid_roc_auc"]},
-                params={**cand["params"], "fit_seconds": cand["fit_seconds"], "reference_rows": pkg.reference_rows,
-                        "onnx": pkg.onnx, "split_counts": splits.get("counts")},
-                signature=signature, artifact_path=pkg.artifact_path, artifact_sha256=pkg.artifact_sha256,
-                data_fingerprint=splits["data_fingerprint"], formats=pkg.formats,
-            )
-            if is_challenger and evaluation["promote"]:
+            existing = registry.find(conn, version)
+            if existing is not None:
+                # Same attempt registered before (a cleared task): its files and row stay as they are.
+                log.info("version %s is already registered (%s); not rewritten", version, existing.status)
+                formats, reference_path = existing.formats, str(existing.reference_path)
+            else:
+                payload = registry.read_verified(cand["path"], cand["sha256"])
+                signature = ModelSignature.from_dict(payload["signature"])
+                # artifact + reference.parquet (drift stage) + ONNX where convertible, in models_dir/version
+                pkg = registry.package(payload["model"], signature, cfg.models_dir, version, train_rows=train_df,
+                                       test_rows=test_df, reference_rows=cfg.reference_rows,
+                                       onnx_tolerance=cfg.onnx_parity_tolerance, random_state=cfg.random_state)
+                registry.register(
+                    conn, version=version, run_key=run["run_key"], model_name=cand["name"], status=status,
+                    reason=reason, metrics={**cand["metrics"], "valid_roc_auc": cand["valid_roc_auc"]},
+                    params={**cand["params"], "fit_seconds": cand["fit_seconds"],
+                            "reference_rows": pkg.reference_rows, "onnx": pkg.onnx,
+                            "split_counts": splits.get("counts")},
+                    signature=signature, artifact_path=pkg.artifact_path, artifact_sha256=pkg.artifact_sha256,
+                    data_fingerprint=splits["data_fingerprint"], formats=pkg.formats,
+                )
+                formats, reference_path = pkg.formats, pkg.reference_path
+            # Promote only a challenger that was never champion: a re-run must not bring back a version a
+            # later promotion retired.
+            promoted = is_challenger and evaluation["promote"]
+            if promoted and (existing is None or existing.status == "challenger"):
                 registry.promote(conn, version, evaluation["reason"])
-            registered.append({"version": version, "status": "champion" if is_challenger and evaluation["promote"]
-                               else status, "reason": reason, "test_roc_auc": cand["metrics"]["roc_auc"],
-                               "formats": pkg.formats, "reference_path": pkg.reference_path})
+            registered.append({"version": version, "status": "champion" if promoted else status, "reason": reason,
+                               "test_roc_auc": cand["metrics"]["roc_auc"], "formats": formats,
+                               "reference_path": reference_path})
         champ = registry.champion(conn)
     finally:
         conn.close()

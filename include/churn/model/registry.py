@@ -73,6 +73,11 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def version_name(run_key: str, model_name: str, attempt: str) -> str:
+    """A version's name: ``<run key>-<model>-<attempt>``, unique to one training attempt of one run."""
+    return f"{run_key}-{model_name}-{attempt}"
+
+
 def code_version() -> str:
     """Git commit of the code that trained the model, or 'unknown' outside a checkout."""
     try:
@@ -85,11 +90,12 @@ def code_version() -> str:
         return "unknown"
 
 
-def save_artifact(model: Any, signature: ModelSignature, models_dir: str | Path, version: str) -> tuple[str, str]:
+def save_artifact(model: Any, signature: ModelSignature, models_dir: str | Path, version: str,
+                  folder_name: str | None = None) -> tuple[str, str]:
     """Dump the fitted pipeline (with its preprocessing and signature) atomically; returns (path, sha256)."""
     import joblib
 
-    folder = Path(models_dir) / version
+    folder = Path(models_dir) / (folder_name or version)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.joblib"
     tmp = path.with_suffix(".tmp")
@@ -133,26 +139,42 @@ def package(model: Any, signature: ModelSignature, models_dir: str | Path, versi
 
     ``formats`` lists only files that exist and passed their check: ``joblib`` always,
     ``onnx`` when skl2onnx converts the pipeline and its probabilities on ``test_rows`` match
-    scikit-learn's within ``onnx_tolerance``.
+    scikit-learn's within ``onnx_tolerance``. The folder is written under a staging name and
+    renamed into place, so ``<models_dir>/<version>`` appears whole or not at all. Call it only
+    for a version that has no registry row: a folder left by a crashed, never-registered attempt
+    is replaced, a registered version's folder is never touched (``register`` skips packaging).
     """
+    import shutil
+    import uuid
+
     from churn.model.export import ONNX_FILE, OnnxExportError, export_onnx
 
-    path, sha = save_artifact(model, signature, models_dir, version)
-    ref_path, ref_rows = save_reference(train_rows, signature, models_dir, version, reference_rows, random_state)
-    formats = ["joblib"]
-    onnx_file = Path(models_dir) / version / ONNX_FILE
+    root = Path(models_dir)
+    final = root / version
+    staging_name = f".{version}.staging-{uuid.uuid4().hex[:8]}"
+    staging = root / staging_name
     try:
-        exported = export_onnx(model, signature, Path(models_dir) / version, test_rows, onnx_tolerance)
-    except OnnxExportError as exc:
-        onnx_file.unlink(missing_ok=True)  # a stale export from an earlier registration must not linger
-        log.info("version %s: no ONNX export (%s)", version, exc)
-        onnx = {"exported": False, "error": str(exc)[:500]}
-    else:
-        formats.append("onnx")
-        onnx = {"exported": True, "path": exported.path, "sha256": file_sha256(exported.path),
-                "parity_max_abs_diff": exported.max_abs_diff, "parity_rows": exported.rows_checked,
-                "parity_tolerance": onnx_tolerance}
-    return Package(path, sha, formats, ref_path, ref_rows, onnx)
+        _, sha = save_artifact(model, signature, root, version, staging_name)
+        _, ref_rows = save_reference(train_rows, signature, root, staging_name, reference_rows, random_state)
+        formats = ["joblib"]
+        try:
+            exported = export_onnx(model, signature, staging, test_rows, onnx_tolerance)
+        except OnnxExportError as exc:
+            (staging / ONNX_FILE).unlink(missing_ok=True)
+            log.info("version %s: no ONNX export (%s)", version, exc)
+            onnx = {"exported": False, "error": str(exc)[:500]}
+        else:
+            formats.append("onnx")
+            onnx = {"exported": True, "path": str(final / ONNX_FILE), "sha256": file_sha256(exported.path),
+                    "parity_max_abs_diff": exported.max_abs_diff, "parity_rows": exported.rows_checked,
+                    "parity_tolerance": onnx_tolerance}
+        if final.exists():
+            log.warning("version %s: replacing the folder of an attempt that never reached the registry", version)
+            shutil.rmtree(final)
+        os.rename(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # only left when something above failed
+    return Package(str(final / "model.joblib"), sha, formats, str(final / REFERENCE_FILE), ref_rows, onnx)
 
 
 def read_verified(path: str | Path, expected_sha256: str) -> Any:
@@ -186,10 +208,19 @@ def load_verified(path: str | Path, expected_sha256: str) -> tuple[Any, ModelSig
     return payload["model"], ModelSignature.from_dict(payload["signature"])
 
 
+class VersionConflict(RegistryError):
+    """A version is already registered with other bytes: registered artifacts are immutable."""
+
+
 def register(conn, *, version: str, run_key: str, model_name: str, status: str, reason: str, metrics: dict,
              params: dict, signature: ModelSignature, artifact_path: str, artifact_sha256: str,
-             data_fingerprint: str, formats: list[str] | None = None) -> None:
-    """Insert or replace one registry row (re-running a run's registration is idempotent)."""
+             data_fingerprint: str, formats: list[str] | None = None) -> bool:
+    """Insert one registry row; True if inserted, False if this exact artifact was already registered.
+
+    A registered version is immutable: its row (status aside, which only ``promote`` moves) and
+    its files are never rewritten. Registering the same version with the same sha256 again (a
+    re-run of the same training attempt) is a no-op; with another sha256 it is refused.
+    """
     ensure_schema(conn)
     with conn.cursor() as cur:
         cur.execute(
@@ -197,21 +228,33 @@ def register(conn, *, version: str, run_key: str, model_name: str, status: str, 
             INSERT INTO churn.model_registry (version, run_key, model_name, status, reason, metrics, params, signature,
                 artifact_path, artifact_sha256, formats, data_fingerprint, code_version)
             VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-            ON CONFLICT (version) DO UPDATE SET
-                -- re-registering the current champion (a re-run) must not contradict the champion pointer
-                status = CASE WHEN churn.model_registry.status = 'champion' THEN 'champion' ELSE EXCLUDED.status END,
-                reason = CASE WHEN churn.model_registry.status = 'champion' THEN churn.model_registry.reason
-                              ELSE EXCLUDED.reason END,
-                metrics = EXCLUDED.metrics, params = EXCLUDED.params, signature = EXCLUDED.signature,
-                artifact_path = EXCLUDED.artifact_path, artifact_sha256 = EXCLUDED.artifact_sha256,
-                formats = EXCLUDED.formats, data_fingerprint = EXCLUDED.data_fingerprint,
-                code_version = EXCLUDED.code_version
+            ON CONFLICT (version) DO NOTHING
+            RETURNING version
             """,
             (version, run_key, model_name, status, reason, to_jsonb(metrics), to_jsonb(params),
              to_jsonb(signature.as_dict()), artifact_path, artifact_sha256, formats or ["joblib"],
              data_fingerprint, code_version()),
         )
+        inserted = cur.fetchone() is not None
+        if not inserted:
+            cur.execute("SELECT artifact_sha256 FROM churn.model_registry WHERE version = %s", (version,))
+            existing_sha = cur.fetchone()[0]
     conn.commit()
+    if not inserted and existing_sha != artifact_sha256:
+        raise VersionConflict(
+            f"model version {version!r} is already registered with artifact sha256 {existing_sha[:12]}..., "
+            f"not {artifact_sha256[:12]}...: registered versions are immutable. Register the new model "
+            "under a new version (each training attempt names its own)."
+        )
+    return inserted
+
+
+def find(conn, version: str) -> ModelRecord | None:
+    """One version's record, or None if it was never registered."""
+    try:
+        return get(conn, version)
+    except RegistryError:
+        return None
 
 
 def champion(conn) -> ModelRecord | None:
