@@ -11,7 +11,10 @@ Import-time cost is kept small: database drivers, the registry and pandas load i
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import html
+import re
 from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
@@ -20,6 +23,11 @@ DAG_ID = "churn_nightly"
 URL_PREFIX = "/churn"
 # Files the page may serve from the state folder: reports and GX Data Docs, never data or models.
 SERVABLE_SUFFIXES = {".html", ".css", ".js", ".png", ".svg", ".jpg", ".ico", ".woff", ".woff2", ".ttf", ".map"}
+# A run key is a date or an Airflow-ish id: never a path ("..", "/").
+_RUN_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
+# Values reach scripts only as DOM strings (data-* attributes read through dataset), never as JavaScript text.
+_CONFIRM_JS = ("document.querySelectorAll('form[data-confirm]').forEach(function(f){f.addEventListener('submit',"
+               "function(e){if(!window.confirm(f.dataset.confirm)){e.preventDefault();}});});")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:16px;color:#1f2933}
@@ -56,14 +64,44 @@ def _cfg():
 
 
 def _connect():
+    # No DDL on a page request: the DAG's tasks create the schema; the page reads what exists.
     import psycopg2
 
     from churn.connections import postgres_url
-    from churn.db import ensure_schema
 
-    conn = psycopg2.connect(postgres_url(_cfg()), connect_timeout=10)
-    ensure_schema(conn)
-    return conn
+    return psycopg2.connect(postgres_url(_cfg()), connect_timeout=10)
+
+
+def schema_ready(conn) -> bool:
+    """True once a DAG run has created the platform's tables (the page never creates them)."""
+    from churn.db import tables_present
+
+    return tables_present(conn, "churn.model_registry", "churn.model_champion", "churn.pipeline_runs",
+                          "churn.run_metrics", "churn.realized_performance")
+
+
+def csrf_token(session_credential: str, action: str) -> str:
+    """A form token bound to the caller's session: HMAC of the action keyed by the session's JWT.
+
+    Only a page that can read the session's token (the same origin) can compute it, and it is
+    worthless with another session; no server-side state is needed.
+    """
+    return hmac.new(session_credential.encode(), f"churn:{action}".encode(), hashlib.sha256).hexdigest()
+
+
+def csrf_ok(session_credential: str | None, action: str, token: str) -> bool:
+    """Constant-time check of a form token against the caller's session."""
+    if not session_credential or not token:
+        return False
+    return hmac.compare_digest(csrf_token(session_credential, action), token)
+
+
+def session_credential(headers: dict, cookies: dict) -> str | None:
+    """The credential that authenticated this request: the Bearer token, else the UI's ``_token`` cookie."""
+    auth = headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip() or None
+    return cookies.get("_token") or None
 
 
 def _query(conn, sql: str, params: tuple = ()) -> list[dict]:
@@ -143,13 +181,31 @@ def render_overview(data: dict, message: str | None = None, error: str | None = 
     return _page("Churn", "".join(parts))
 
 
-def _state_file(*parts: str):
-    """A servable file under the state folder, or None (no traversal, no data or model files)."""
-    base = _cfg().state_dir.resolve()
-    path = base.joinpath(*parts).resolve()
-    if not path.is_relative_to(base) or path.suffix.lower() not in SERVABLE_SUFFIXES or not path.is_file():
+def run_file(run_key: str, *parts: str):
+    """A servable file inside one run's folder, or None (no traversal, no data or model files)."""
+    if not _RUN_KEY.match(run_key) or ".." in run_key:
+        return None
+    run_dir = (_cfg().state_dir / "runs" / run_key).resolve()
+    path = run_dir.joinpath(*parts).resolve()
+    if not path.is_relative_to(run_dir) or path.suffix.lower() not in SERVABLE_SUFFIXES or not path.is_file():
         return None
     return path
+
+
+def render_confirm(record, current: str, credential: str) -> str:
+    """The rollback confirmation page: a form with a session-bound token; values only as escaped text."""
+    version = record.version
+    return _page("Confirm rollback", (
+        f"<h1>Roll back the champion?</h1><p>Current champion: <b>{_e(current)}</b>.<br>New champion: "
+        f"<b>{_e(version)}</b> ({_e(record.model_name)}, test ROC AUC {_num(record.metrics.get('roc_auc'))}, "
+        f"status {_e(record.status)}: {_e(record.reason)}).</p><p>The next scoring run uses the new champion; "
+        "scores already published stay until then.</p>"
+        f"<form method='post' action='{URL_PREFIX}/rollback/{_e(version)}' "
+        f"data-confirm='{_e(f'Make {version} the champion?')}'>"
+        f"<input type='hidden' name='confirm' value='{_e(version)}'>"
+        f"<input type='hidden' name='csrf' value='{csrf_token(credential, 'rollback:' + version)}'>"
+        f"<button type='submit' id='confirm-rollback'>Yes, make {_e(version)} the champion</button> "
+        f"<a href='{URL_PREFIX}/'>Cancel</a></form><script>{_CONFIRM_JS}</script>"))
 
 
 def _build_app():
@@ -176,12 +232,15 @@ def _build_app():
     def overview(msg: str | None = None, err: str | None = None) -> str:
         conn = _connect()
         try:
+            if not schema_ready(conn):
+                return _page("Churn", "<h1>Churn scoring</h1><p id='empty'>Nothing yet: churn_nightly creates the "
+                                      "platform's tables on its first run.</p>")
             return render_overview(load_overview(conn), msg, err)
         finally:
             conn.close()
 
     @app.get("/rollback/{version}", response_class=HTMLResponse, dependencies=[can_edit])
-    def confirm_rollback(version: str) -> str:
+    def confirm_rollback(version: str, request: Request) -> str:
         from churn.model import registry
 
         conn = _connect()
@@ -192,26 +251,23 @@ def _build_app():
             raise HTTPException(404, str(exc)) from exc
         finally:
             conn.close()
-        current = champ.version if champ else "none"
-        return _page("Confirm rollback", (
-            f"<h1>Roll back the champion?</h1><p>Current champion: <b>{_e(current)}</b>.<br>New champion: "
-            f"<b>{_e(version)}</b> ({_e(record.model_name)}, test ROC AUC {_num(record.metrics.get('roc_auc'))}, "
-            f"status {_e(record.status)}: {_e(record.reason)}).</p><p>The next scoring run uses the new champion; "
-            "scores already published stay until then.</p>"
-            f"<form method='post' action='{URL_PREFIX}/rollback/{_e(version)}' "
-            f"onsubmit=\"return confirm('Make {_e(version)} the champion?')\">"
-            f"<input type='hidden' name='confirm' value='{_e(version)}'>"
-            f"<button type='submit' id='confirm-rollback'>Yes, make {_e(version)} the champion</button> "
-            f"<a href='{URL_PREFIX}/'>Cancel</a></form>"))
+        credential = session_credential(dict(request.headers), request.cookies)
+        if credential is None:
+            raise HTTPException(403, "no session: log in to Airflow first")
+        return render_confirm(record, champ.version if champ else "none", credential)
 
     @app.post("/rollback/{version}", dependencies=[can_edit])
-    def rollback(version: str, user: GetUserDep, confirm: str = Form("")) -> RedirectResponse:
+    def rollback(version: str, user: GetUserDep, request: Request, confirm: str = Form(""),
+                 csrf: str = Form("")) -> RedirectResponse:
         from urllib.parse import urlencode
 
         from churn.model import registry
 
         if confirm != version:
             raise HTTPException(400, "rollback not confirmed: use the confirmation form")
+        if not csrf_ok(session_credential(dict(request.headers), request.cookies), "rollback:" + version, csrf):
+            raise HTTPException(403, "rollback refused: the form's token does not belong to your session; open "
+                                     "the confirmation page again and submit it from there")
         conn = _connect()
         try:
             registry.promote(conn, version, f"rollback from the Churn page by {user.get_name()}")
@@ -224,14 +280,14 @@ def _build_app():
 
     @app.get("/runs/{run_key}/report", dependencies=[can_read])
     def run_report(run_key: str) -> FileResponse:
-        path = _state_file("runs", run_key, "report.html")
+        path = run_file(run_key, "report.html")
         if path is None:
             raise HTTPException(404, f"no report for run {run_key}: the run has not reached its report task")
         return FileResponse(path, media_type="text/html")
 
     @app.get("/runs/{run_key}/{rest:path}", dependencies=[can_read])
     def run_file(run_key: str, rest: str) -> FileResponse:
-        path = _state_file("runs", run_key, *rest.split("/"))
+        path = run_file(run_key, *rest.split("/"))
         if path is None:
             raise HTTPException(404, f"{rest} is not available for run {run_key}")
         return FileResponse(path)

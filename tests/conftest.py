@@ -8,6 +8,7 @@ own (``fresh_pg_url``); Redis is flushed for tests that ask for ``redis_client``
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from pathlib import Path
@@ -72,6 +73,16 @@ def pg_conn(fresh_pg_url):
     conn = psycopg2.connect(fresh_pg_url)
     yield conn
     conn.close()
+
+
+def require_dataset(path: Path) -> None:
+    """Skip a test whose shared dataset is missing, except in CI (``CI=true``), where it is a failure."""
+    if path.exists():
+        return
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{path} is missing and CI=true: a missing dataset fails the run in CI instead of "
+                    "skipping; put ../shared/datasets next to the checkout")
+    pytest.skip(f"{path} not present (outside CI the Telco tests are skipped)")
 
 
 @pytest.fixture

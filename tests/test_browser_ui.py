@@ -230,11 +230,33 @@ def test_trigger_watch_and_judge_a_run_from_the_browser(airflow_ui, browser):
     assert f"train_budget_minutes={BUDGET}" in driver.page_source
     _shot(driver, "07_run_report")
 
-    # 6. Without the login cookie the page is not served (redirect to Airflow's login).
+    # 6. Rollback from the page: a forged POST (no token, or another session's) is refused; the real
+    #    form asks for confirmation and moves the champion.
+    driver.get(f"{base}/churn/")
+    other = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#models tr:not(.champion)[data-version]")))
+    target = other.get_attribute("data-version")
+    other.find_element(By.LINK_TEXT, "roll back to this").click()
+    wait.until(ec.presence_of_element_located((By.ID, "confirm-rollback")))
+    assert "onsubmit" not in driver.page_source
+    forged = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "Promise.all([['confirm=' + encodeURIComponent(arguments[0])],"
+        " ['confirm=' + encodeURIComponent(arguments[0]) + '&csrf=' + 'ab'.repeat(32)]].map(b =>"
+        " fetch(arguments[1], {method: 'POST', redirect: 'manual', body: b[0],"
+        "  headers: {'Content-Type': 'application/x-www-form-urlencoded'}}).then(r => r.status)))"
+        ".then(done, e => done(String(e)));", target, f"{base}/churn/rollback/{target}")
+    assert forged == [403, 403], forged
+    driver.find_element(By.ID, "confirm-rollback").click()
+    WebDriverWait(driver, 10).until(ec.alert_is_present()).accept()
+    wait.until(lambda d: d.find_elements(By.ID, "champion") and d.find_element(By.ID, "champion").text == target)
+    assert f"champion is now {target}" in driver.page_source
+    _shot(driver, "08_rolled_back")
+
+    # 7. Without the login cookie the page is not served (redirect to Airflow's login).
     driver.delete_all_cookies()
     driver.get(f"{base}/churn/")
     wait.until(lambda d: "/auth/login" in d.current_url)
-    _shot(driver, "08_logged_out_redirect")
+    _shot(driver, "09_logged_out_redirect")
 
 
 def _failed_tasks(base: str, token: str, run_id: str) -> str:

@@ -17,6 +17,7 @@ from churn import pipeline
 from churn.config import ChurnConfig
 from churn.connections import Resources
 from churn.data.spec import SPEC_FILE
+from tests.conftest import require_dataset
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +42,7 @@ TELCO_ENV = {
 
 @pytest.fixture
 def telco_cfg(tmp_path) -> ChurnConfig:
-    if not TELCO.exists():
-        pytest.skip(f"{TELCO} not present")
+    require_dataset(TELCO)
     return ChurnConfig.from_env({
         # Baseline only: a tiny TPOT budget is unreliable on a loaded 2-core box; the e2e test covers TPOT.
         **TELCO_ENV, "CHURN_STATE_DIR": str(tmp_path / "state"), "CHURN_TRAIN_TPOT": "false",

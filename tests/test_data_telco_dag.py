@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from tests.airflow_env import airflow_env, run_airflow
+from tests.conftest import require_dataset
 from tests.test_data_telco import TELCO, TELCO_ENV
 
 pytestmark = [pytest.mark.e2e]
@@ -25,8 +26,7 @@ TELCO_EXPORTS = ('[{"name": "high_risk", "band": "high", "columns": ["customer_i
 
 
 def test_telco_file_runs_through_the_nightly_dag(services, tmp_path, pg_admin_url):
-    if not TELCO.exists():
-        pytest.skip(f"{TELCO} not present")
+    require_dataset(TELCO)
     admin = psycopg2.connect(pg_admin_url)
     admin.autocommit = True
     with admin.cursor() as cur:

@@ -65,16 +65,61 @@ def test_overview_lists_versions_runs_drift_and_links(churn_ui, pg_conn, monkeyp
     assert "0.3500 / 1" in page and "refused" in page and "champion is now x" in page
 
 
-def test_only_reports_and_docs_are_served_from_the_state_folder(churn_ui, tmp_path, monkeypatch):
+def test_only_reports_and_docs_of_a_run_folder_are_served(churn_ui, tmp_path, monkeypatch):
     monkeypatch.setenv("CHURN_STATE_DIR", str(tmp_path))
     run = tmp_path / "runs" / "2026-11-20"
     (run / "data_docs").mkdir(parents=True)
     (run / "report.html").write_text("<h1>r</h1>")
     (run / "data_docs" / "index.html").write_text("docs")
     (run / "scores.parquet").write_bytes(b"PAR1")
-    (tmp_path / "secret.html").write_text("outside runs but inside state")
-    assert churn_ui._state_file("runs", "2026-11-20", "report.html") == (run / "report.html").resolve()
-    assert churn_ui._state_file("runs", "2026-11-20", "data_docs", "index.html") is not None
-    assert churn_ui._state_file("runs", "2026-11-20", "scores.parquet") is None  # data is never served
-    assert churn_ui._state_file("runs", "2026-11-20", "..", "..", "..", "etc", "passwd") is None
-    assert churn_ui._state_file("runs", "missing", "report.html") is None
+    secret = tmp_path / "secret.html"  # servable suffix, inside the state folder, but outside every run folder
+    secret.write_text("outside runs but inside state")
+    (tmp_path / "runs" / "other.html").write_text("beside the run folders")
+    assert secret.is_file() and (tmp_path / "runs" / "other.html").is_file()
+    assert churn_ui.run_file("2026-11-20", "report.html") == (run / "report.html").resolve()
+    assert churn_ui.run_file("2026-11-20", "data_docs", "index.html") is not None
+    assert churn_ui.run_file("2026-11-20", "scores.parquet") is None  # data is never served
+    assert churn_ui.run_file("2026-11-20", "..", "..", "..", "etc", "passwd") is None
+    assert churn_ui.run_file("missing", "report.html") is None
+    # runs/../<file> and friends: never a file outside one run's folder
+    assert churn_ui.run_file("..", "secret.html") is None
+    assert churn_ui.run_file("2026-11-20", "..", "..", "secret.html") is None
+    assert churn_ui.run_file("2026-11-20", "..", "other.html") is None
+    assert churn_ui.run_file(".", "other.html") is None
+    assert churn_ui.run_file("2026-11-20/..", "other.html") is None
+
+
+def test_rollback_token_is_bound_to_the_session_and_the_version(churn_ui):
+    token = churn_ui.csrf_token("jwt-of-alice", "rollback:v1")
+    assert churn_ui.csrf_ok("jwt-of-alice", "rollback:v1", token)
+    assert not churn_ui.csrf_ok("jwt-of-mallory", "rollback:v1", token)  # another session
+    assert not churn_ui.csrf_ok("jwt-of-alice", "rollback:v2", token)  # another version
+    assert not churn_ui.csrf_ok(None, "rollback:v1", token) and not churn_ui.csrf_ok("jwt-of-alice", "rollback:v1", "")
+    assert churn_ui.session_credential({"authorization": "Bearer abc"}, {"_token": "def"}) == "abc"
+    assert churn_ui.session_credential({}, {"_token": "def"}) == "def"
+    assert churn_ui.session_credential({}, {}) is None
+
+
+def test_page_reads_never_create_the_schema(churn_ui, pg_conn):
+    from churn.model import registry
+
+    assert churn_ui.schema_ready(pg_conn) is False
+    assert registry.champion(pg_conn) is None
+    with pytest.raises(registry.RegistryError, match="no model registered yet"):
+        registry.get(pg_conn, "2026-11-20-tpot-abc123")
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT to_regnamespace('churn') IS NULL")
+        assert cur.fetchone()[0] is True  # the reads above ran no DDL
+    ensure_schema(pg_conn)
+    assert churn_ui.schema_ready(pg_conn) is True
+
+
+def test_confirmation_page_carries_values_only_as_escaped_attributes(churn_ui):
+    from churn.model.registry import ModelRecord
+
+    sneaky = "v');alert(1);//<x>"
+    html = churn_ui.render_confirm(ModelRecord(sneaky, "r", "tpot", "refused", "why <b>", {"roc_auc": 0.8}, {},
+                                               "/x", "sha"), "v0", "jwt-of-alice")
+    assert "onsubmit" not in html and "alert(1)" not in html.split("<script>")[1]
+    assert "v&#x27;);alert(1);//&lt;x&gt;" in html and "why &lt;b&gt;" in html
+    assert churn_ui.csrf_token("jwt-of-alice", "rollback:" + sneaky) in html

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import smtplib
+import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import datetime, timezone
 from email.message import EmailMessage
@@ -46,6 +48,71 @@ def webhook_url(conn: Any) -> str:
     return base + (f"/{conn.schema.lstrip('/')}" if conn.schema else "")
 
 
+def redact_url(url: str) -> str:
+    """scheme://host[:port] of a URL, without credentials, path or query (a webhook's path is its secret)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    tail = "/***" if (parts.path not in ("", "/") or parts.query) else ""
+    return f"{parts.scheme}://{netloc}{tail}"
+
+
+class AlertChannelError(RuntimeError):
+    """An alert channel is configured in a way that would leak or cannot deliver."""
+
+
+SMTP_SECURITY = ("ssl", "starttls", "none")
+
+
+def smtp_security(conn: Any) -> str:
+    """How to secure an SMTP connection: extra ``security`` (ssl | starttls | none), else by port.
+
+    Port 465 means implicit TLS (``ssl``), any other port ``starttls``; ``none`` (plain text, for a
+    relay on the same host) must be asked for explicitly. The Airflow SMTP provider's extras
+    ``disable_ssl`` / ``disable_tls`` are understood too.
+    """
+    extra = conn.extra_dejson or {}
+    security = extra.get("security")
+    if security is None:
+        if str(extra.get("disable_ssl", "")).lower() == "false" or conn.port == 465:
+            security = "ssl"
+        elif str(extra.get("disable_tls", "")).lower() == "true":
+            security = "none"
+        else:
+            security = "starttls"
+    security = str(security).lower()
+    if security not in SMTP_SECURITY:
+        raise AlertChannelError(f"alert e-mail connection: extra security={security!r} is not one of "
+                                f"{', '.join(SMTP_SECURITY)}")
+    return security
+
+
+def _smtp(conn: Any, timeout: float) -> smtplib.SMTP:
+    """An SMTP session secured as the connection says (the password is only ever sent over TLS or on ``none``)."""
+    security = smtp_security(conn)
+    extra = conn.extra_dejson or {}
+    context = ssl.create_default_context(cafile=extra.get("ca_file"))
+    host, port = conn.host, conn.port or (465 if security == "ssl" else 25)
+    if security == "ssl":
+        smtp: smtplib.SMTP = smtplib.SMTP_SSL(host, port, timeout=timeout, context=context)
+    else:
+        smtp = smtplib.SMTP(host, port, timeout=timeout)
+    try:
+        if security == "starttls":
+            smtp.ehlo()
+            if not smtp.has_extn("starttls"):
+                raise AlertChannelError(f"SMTP server {host}:{port} does not offer STARTTLS; use a TLS port "
+                                        "(extra security=ssl) or, for a relay on this host only, security=none")
+            smtp.starttls(context=context)
+            smtp.ehlo()
+        if conn.login:
+            smtp.login(conn.login, conn.password or "")
+    except BaseException:
+        smtp.close()
+        raise
+    return smtp
+
+
 def send_alert(title: str, details: dict[str, Any] | None = None, severity: str = "warning",
                webhook_conn_id: str | None = None, email_conn_id: str | None = None,
                timeout: float = 10.0) -> dict[str, Any]:
@@ -73,8 +140,11 @@ def send_alert(title: str, details: dict[str, Any] | None = None, severity: str 
                 outcome["webhook"] = response.status
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             # An unreachable alert channel must not fail the pipeline; the log line above still carries it.
-            log.error("alert webhook %s (connection %s) failed: %s; check the connection", url, webhook_conn_id, exc)
-            outcome["webhook"] = f"failed: {exc}"
+            # A webhook's URL is a credential (Slack-style hooks): only scheme, host and port are logged.
+            reason = str(exc).replace(url, redact_url(url))
+            log.error("alert webhook %s (connection %s) failed: %s; check the connection", redact_url(url),
+                      webhook_conn_id, reason)
+            outcome["webhook"] = f"failed: {reason}"
 
     mail_conn = _connection(email_conn_id)
     if mail_conn is not None:
@@ -90,12 +160,10 @@ def send_alert(title: str, details: dict[str, Any] | None = None, severity: str 
             message["To"] = recipients
             message.set_content(json.dumps(payload, indent=2, default=str))
             try:
-                with smtplib.SMTP(mail_conn.host, mail_conn.port or 25, timeout=timeout) as smtp:
-                    if mail_conn.login:
-                        smtp.login(mail_conn.login, mail_conn.password or "")
+                with _smtp(mail_conn, timeout) as smtp:
                     smtp.send_message(message)
                 outcome["email"] = recipients
-            except (smtplib.SMTPException, OSError) as exc:
+            except (smtplib.SMTPException, OSError, AlertChannelError) as exc:
                 log.error("alert e-mail via %s failed: %s; check the connection", email_conn_id, exc)
                 outcome["email"] = f"failed: {exc}"
     return outcome

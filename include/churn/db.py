@@ -137,6 +137,15 @@ def ensure_schema(conn) -> None:
     conn.commit()
 
 
+def tables_present(conn, *tables: str) -> bool:
+    """True if every ``schema.table`` exists: read-only paths check instead of running DDL."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT bool_and(to_regclass(t) IS NOT NULL) FROM unnest(%s::text[]) AS t", (list(tables),))
+        present = cur.fetchone()[0]
+    conn.commit()
+    return bool(present)
+
+
 def to_jsonb(value: Any) -> str:
     """JSON text for a jsonb parameter (NaN/inf become null, which JSON cannot hold)."""
     return json.dumps(_finite(value), default=str)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 
-from churn.db import ensure_schema, to_jsonb
+from churn.db import ensure_schema, tables_present, to_jsonb
 from churn.model.features import ModelSignature
 
 if TYPE_CHECKING:  # pandas/joblib are imported where used: `python -m churn.model.registry` starts fast
@@ -258,8 +258,9 @@ def find(conn, version: str) -> ModelRecord | None:
 
 
 def champion(conn) -> ModelRecord | None:
-    """The current champion's record, or None before the first promotion."""
-    ensure_schema(conn)
+    """The current champion's record, or None before the first promotion (read-only: no DDL)."""
+    if not tables_present(conn, "churn.model_registry", "churn.model_champion"):
+        return None
     with conn.cursor() as cur:
         cur.execute(
             f"""SELECT {_RECORD_COLUMNS} FROM churn.model_registry
@@ -271,8 +272,9 @@ def champion(conn) -> ModelRecord | None:
 
 
 def get(conn, version: str) -> ModelRecord:
-    """One version's record; RegistryError if unknown."""
-    ensure_schema(conn)
+    """One version's record; RegistryError if unknown (read-only: no DDL)."""
+    if not tables_present(conn, "churn.model_registry"):
+        raise RegistryError(f"model version {version!r} is not in churn.model_registry (no model registered yet)")
     with conn.cursor() as cur:
         cur.execute(
             f"SELECT {_RECORD_COLUMNS} FROM churn.model_registry WHERE version = %s",
@@ -287,8 +289,7 @@ def get(conn, version: str) -> ModelRecord:
 
 def promote(conn, version: str, reason: str) -> None:
     """Move the champion pointer to ``version`` (one transaction; the old champion is 'retired')."""
-    ensure_schema(conn)
-    record = get(conn, version)
+    record = get(conn, version)  # a registered version means the tables exist: no DDL here
     load_verified(record.artifact_path, record.artifact_sha256)  # never point readers at a broken artifact
     with conn.cursor() as cur:
         cur.execute("UPDATE churn.model_registry SET status = 'retired' WHERE status = 'champion' AND version <> %s",
@@ -333,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "show":
             print(json.dumps(get(conn, args.version).__dict__, indent=2, default=str))
             return 0
-        ensure_schema(conn)
+        if not tables_present(conn, "churn.model_registry"):
+            print("no model registered yet: churn_nightly creates the registry on its first run")
+            return 0
         with conn.cursor() as cur:
             cur.execute("SELECT version, status, model_name, metrics->>'roc_auc', array_to_string(formats, ','), "
                         "created_at, reason FROM churn.model_registry ORDER BY created_at, version")
