@@ -286,7 +286,7 @@ def _build_app():
         return FileResponse(path, media_type="text/html")
 
     @app.get("/runs/{run_key}/{rest:path}", dependencies=[can_read])
-    def run_file(run_key: str, rest: str) -> FileResponse:
+    def serve_run_file(run_key: str, rest: str) -> FileResponse:
         path = run_file(run_key, *rest.split("/"))
         if path is None:
             raise HTTPException(404, f"{rest} is not available for run {run_key}")

@@ -123,3 +123,26 @@ def test_confirmation_page_carries_values_only_as_escaped_attributes(churn_ui):
     assert "onsubmit" not in html and "alert(1)" not in html.split("<script>")[1]
     assert "v&#x27;);alert(1);//&lt;x&gt;" in html and "why &lt;b&gt;" in html
     assert churn_ui.csrf_token("jwt-of-alice", "rollback:" + sneaky) in html
+
+
+def test_file_routes_refuse_traversal_over_http(tmp_path, monkeypatch):
+    """The plugin's FastAPI routes (Airflow's access check stubbed: the browser test covers the real login)."""
+    import airflow.api_fastapi.core_api.security as security
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setattr(security, "requires_access_dag", lambda *a, **k: (lambda: None))
+    spec = importlib.util.spec_from_file_location("churn_ui_http", REPO_ROOT / "plugins" / "churn_ui.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setenv("CHURN_STATE_DIR", str(tmp_path))
+    run = tmp_path / "runs" / "2026-11-20"
+    run.mkdir(parents=True)
+    (run / "report.html").write_text("<h1>Churn run 2026-11-20</h1>")
+    (tmp_path / "secret.html").write_text("SECRET outside the run folders")
+    client = TestClient(module._build_app())
+    ok = client.get("/runs/2026-11-20/report")
+    assert ok.status_code == 200 and "Churn run 2026-11-20" in ok.text
+    for url in ("/runs/../secret.html", "/runs/%2E%2E/secret.html", "/runs/2026-11-20/..%2F..%2Fsecret.html",
+                "/runs/2026-11-20/../../secret.html", "/runs/..%2Fsecret.html/x"):
+        response = client.get(url)
+        assert response.status_code == 404 and "SECRET" not in response.text, url
