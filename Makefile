@@ -33,7 +33,7 @@ lock:
 
 services: venv
 	@mkdir -p $(CHURN_STATE_DIR)
-	$(BIN)/python -m churn.services start > $(CHURN_STATE_DIR)/services.env
+	umask 077 && $(BIN)/python -m churn.services start > $(CHURN_STATE_DIR)/services.env
 	@echo "embedded Postgres and Redis running; connection exports in $(CHURN_STATE_DIR)/services.env"
 
 stop:

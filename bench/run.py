@@ -73,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="churn-bench-"))
     services = EmbeddedServices(tmp / "services", _free_port(), _free_port())
     services.start()
-    admin_url = f"postgresql://postgres@127.0.0.1:{services.postgres_port}/postgres"
+    admin_url = services.pg_url("postgres")
 
     def pg_url_for(db: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{services.postgres_port}/{db}"
+        return services.pg_url(db)
 
     command = "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv)
     results: dict = {"benchmark": "publish", "started_at": datetime.now(timezone.utc).isoformat(),

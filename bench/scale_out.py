@@ -131,11 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"machine": {"cores": os.cpu_count(), "python": platform.python_version()},
                      "started": datetime.now(timezone.utc).isoformat(), "customers": args.customers, "runs": []}
     try:
-        admin = f"postgresql://postgres@127.0.0.1:{services.postgres_port}/postgres"
-        url = f"postgresql://postgres@127.0.0.1:{services.postgres_port}/scale"
+        admin = services.pg_url("postgres")
+        url = services.pg_url("scale")
         create_database(admin, "scale")
         create_database(admin, "scale_train")
-        train_url = f"postgresql://postgres@127.0.0.1:{services.postgres_port}/scale_train"
+        train_url = services.pg_url("scale_train")
         load_source(train_url, 50_000, seed=3)
         work = tmp / "work"
         work.mkdir()
@@ -150,10 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         register_champion(url, model_path, state / "models")
         day = AS_OF
         for executor in args.executors.split(","):
-            ensure_database(services.postgres_port, f"airflow_{executor}")
+            ensure_database(services.pg_url("postgres"), f"airflow_{executor}")
             stack = AirflowStack(
                 state_dir=state, churn_pg_url=url, redis_url=services.redis_url,
-                metadata_url=f"postgresql+psycopg2://postgres@127.0.0.1:{services.postgres_port}/airflow_{executor}",
+                metadata_url=services.pg_url(f"airflow_{executor}", driver="postgresql+psycopg2"),
                 api_port=free_port(), executor=executor,
                 celery_broker_url=f"redis://127.0.0.1:{services.redis_port}/1", celery_workers=2,
                 dask_scheduler_port=free_port(), dask_workers=1, dag_id="churn_scale_bench",

@@ -50,7 +50,7 @@ def services(tmp_path_factory) -> Iterator[EmbeddedServices]:
 @pytest.fixture(scope="session")
 def pg_admin_url(services) -> str:
     """URL of the server's maintenance database (for CREATE DATABASE)."""
-    return f"postgresql://postgres@127.0.0.1:{services.postgres_port}/postgres"
+    return services.pg_url("postgres")
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def fresh_pg_url(pg_admin_url, services) -> Iterator[str]:
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f"CREATE DATABASE {name}")
-    yield f"postgresql://postgres@127.0.0.1:{services.postgres_port}/{name}"
+    yield services.pg_url(name)
     with admin.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     admin.close()
@@ -73,6 +73,16 @@ def pg_conn(fresh_pg_url):
     conn = psycopg2.connect(fresh_pg_url)
     yield conn
     conn.close()
+
+
+def url_as(url: str, user: str, password: str | None = None) -> str:
+    """``url`` with its credentials replaced by ``user`` (and ``password``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname + (f":{parts.port}" if parts.port else "")
+    auth = user + (f":{password}" if password is not None else "")
+    return urlunsplit(parts._replace(netloc=f"{auth}@{host}"))
 
 
 def require_dataset(path: Path) -> None:

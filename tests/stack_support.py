@@ -41,7 +41,7 @@ def running_stack(services, pg_admin_url: str, tmp: Path, name: str, executor: s
                   as_of: date, customers: int = 5000, **churn: str) -> Iterator[AirflowStack]:
     """Load a synthetic population as of ``as_of``, start every component, yield, and stop everything."""
     fresh_databases(pg_admin_url, name, f"{name}_airflow")
-    pg_url = f"postgresql://postgres@127.0.0.1:{services.postgres_port}/{name}"
+    pg_url = services.pg_url(name)
     redis_url = f"redis://127.0.0.1:{services.redis_port}/{redis_db}"
     redis.Redis.from_url(redis_url).flushdb()
     conn = psycopg2.connect(pg_url)
@@ -49,7 +49,7 @@ def running_stack(services, pg_admin_url: str, tmp: Path, name: str, executor: s
     conn.close()
     stack = AirflowStack(
         state_dir=tmp / "state", churn_pg_url=pg_url, redis_url=redis_url,
-        metadata_url=f"postgresql+psycopg2://postgres@127.0.0.1:{services.postgres_port}/{name}_airflow",
+        metadata_url=services.pg_url(f"{name}_airflow", driver="postgresql+psycopg2"),
         api_port=free_port(), executor=executor,
         celery_broker_url=f"redis://127.0.0.1:{services.redis_port}/{redis_db + 1}",
         dask_scheduler_port=free_port(), churn_env=dict(churn),

@@ -72,7 +72,7 @@ def airflow_ui(services, pg_admin_url, tmp_path_factory):
             cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
             cur.execute(f"CREATE DATABASE {name}")
     admin.close()
-    pg_url = f"postgresql://postgres@127.0.0.1:{services.postgres_port}/ui"
+    pg_url = services.pg_url("ui")
     redis_url = f"redis://127.0.0.1:{services.redis_port}/5"
     # The form's default logical date is "now": the population is generated as of today (UTC).
     today = datetime.now(timezone.utc).date()
@@ -88,8 +88,7 @@ def airflow_ui(services, pg_admin_url, tmp_path_factory):
     env.update(AIRFLOW__API__PORT=str(port), AIRFLOW__API__HOST="127.0.0.1",
                AIRFLOW__API__BASE_URL=f"http://127.0.0.1:{port}",
                AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{port}/execution/",
-               AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"postgresql+psycopg2://postgres@127.0.0.1:{services.postgres_port}"
-                                                   "/ui_airflow",
+               AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=services.pg_url("ui_airflow", driver="postgresql+psycopg2"),
                AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT="30",
                AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False", AIRFLOW__CORE__PARALLELISM="4",
                AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5", AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="2",
@@ -146,6 +145,7 @@ def test_trigger_watch_and_judge_a_run_from_the_browser(airflow_ui, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
     base, driver = airflow_ui["base"], browser
@@ -233,10 +233,16 @@ def test_trigger_watch_and_judge_a_run_from_the_browser(airflow_ui, browser):
     # 6. Rollback from the page: a forged POST (no token, or another session's) is refused; the real
     #    form asks for confirmation and moves the champion.
     driver.get(f"{base}/churn/")
-    other = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#models tr:not(.champion)[data-version]")))
+    try:
+        other = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#models tr.refused[data-version]")))
+    except TimeoutException as exc:
+        raise AssertionError(f"no refused model on the Churn page: {driver.page_source[:3000]}") from exc
     target = other.get_attribute("data-version")
     other.find_element(By.LINK_TEXT, "roll back to this").click()
-    wait.until(ec.presence_of_element_located((By.ID, "confirm-rollback")))
+    try:
+        wait.until(ec.presence_of_element_located((By.ID, "confirm-rollback")))
+    except TimeoutException as exc:
+        raise AssertionError(f"no confirmation form at {driver.current_url}: {driver.page_source[:3000]}") from exc
     assert "onsubmit" not in driver.page_source
     forged = driver.execute_async_script(
         "const done = arguments[arguments.length - 1];"

@@ -33,7 +33,7 @@ def test_telco_file_runs_through_the_nightly_dag(services, tmp_path, pg_admin_ur
         cur.execute("DROP DATABASE IF EXISTS e2e_telco WITH (FORCE)")
         cur.execute("CREATE DATABASE e2e_telco")
     admin.close()
-    pg_url = f"postgresql://postgres@127.0.0.1:{services.postgres_port}/e2e_telco"
+    pg_url = services.pg_url("e2e_telco")
     redis_url = f"redis://127.0.0.1:{services.redis_port}/4"
     redis.Redis.from_url(redis_url).flushdb()
     env = airflow_env(tmp_path, pg_url, redis_url, train_tpot="false")

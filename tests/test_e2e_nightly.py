@@ -30,7 +30,7 @@ def nightly_run(services, tmp_path_factory, pg_admin_url):
         cur.execute("DROP DATABASE IF EXISTS e2e WITH (FORCE)")
         cur.execute("CREATE DATABASE e2e")
     admin.close()
-    pg_url = f"postgresql://postgres@127.0.0.1:{services.postgres_port}/e2e"
+    pg_url = services.pg_url("e2e")
     redis_url = f"redis://127.0.0.1:{services.redis_port}/3"
     redis.Redis.from_url(redis_url).flushdb()
     conn = psycopg2.connect(pg_url)

@@ -39,7 +39,7 @@ def nightly_with_sftp(services, tmp_path_factory, pg_admin_url):
         cur.execute("DROP DATABASE IF EXISTS e2e_export WITH (FORCE)")
         cur.execute("CREATE DATABASE e2e_export")
     admin.close()
-    pg_url = f"postgresql://postgres@127.0.0.1:{services.postgres_port}/e2e_export"
+    pg_url = services.pg_url("e2e_export")
     redis_url = f"redis://127.0.0.1:{services.redis_port}/5"
     redis.Redis.from_url(redis_url).flushdb()
     conn = psycopg2.connect(pg_url)

@@ -42,7 +42,7 @@ def model_data(services, pg_admin_url, tmp_path_factory):
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f"CREATE DATABASE {name}")
-    url = f"postgresql://postgres@127.0.0.1:{services.postgres_port}/{name}"
+    url = services.pg_url(name)
     conn = psycopg2.connect(url)
     load_source_tables(conn, generate(6000, AS_OF, seed=17))
     conn.close()

@@ -52,7 +52,7 @@ def _child(pg_url: str, redis_url: str, path: str, layout: str, point: str, nth:
     rs.publish_scores(client, path, RUN_B, f"{RUN_B}-logreg",
                       lambda sources: pgpub.stale_customers(conn, sources, published.table),
                       layout=layout, buckets=BUCKETS, batch_rows=200, hook=hook("redis"),
-                      hash_partition_rows=200)
+                      hash_partition_rows=200, lock_lease_seconds=2)  # a killed holder's lease lapses in 2 s
     pipe.send("finished")
 
 

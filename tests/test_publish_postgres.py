@@ -15,6 +15,7 @@ import pytest
 
 from churn.model.score import SCORE_SCHEMA, deciles, risk_bands
 from churn.publish import postgres as pgpub
+from tests.conftest import url_as
 
 RUN_A, RUN_B = "2026-11-20", "2026-11-21"
 
@@ -214,7 +215,7 @@ def test_reader_role_reads_the_score_views_and_nothing_else(pg_conn, fresh_pg_ur
     pgpub.ensure_reader_role(pg_conn, "churn_reader", "reader-secret")
     pgpub.ensure_reader_role(pg_conn, "churn_reader", "reader-secret")  # idempotent
     pgpub.publish_scores(pg_conn, scores[RUN_B], RUN_B, "m2")  # the grant survives view replacement
-    reader = psycopg2.connect(fresh_pg_url.replace("postgres@", "churn_reader:reader-secret@"))
+    reader = psycopg2.connect(url_as(fresh_pg_url, "churn_reader", "reader-secret"))
     reader.autocommit = True
     try:
         with reader.cursor() as cur:
@@ -230,6 +231,50 @@ def test_reader_role_reads_the_score_views_and_nothing_else(pg_conn, fresh_pg_ur
                 cur.execute("CREATE TABLE public.x (a int)")
     finally:
         reader.close()
+    # the embedded server checks passwords on TCP: a wrong one (or none) is refused
+    for bad in ("wrong-secret", ""):
+        with pytest.raises(psycopg2.OperationalError, match="password authentication failed|no password supplied"):
+            psycopg2.connect(url_as(fresh_pg_url, "churn_reader", bad), connect_timeout=5)
+    # the password was sent as a SCRAM verifier computed client-side, never as cleartext
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT rolpassword FROM pg_authid WHERE rolname = 'churn_reader'")
+        stored = cur.fetchone()[0]
+    pg_conn.commit()
+    assert stored.startswith("SCRAM-SHA-256$4096:") and "reader-secret" not in stored
+
+
+def test_reader_password_never_appears_in_the_statement_sent(pg_conn, fresh_pg_url):
+    """What Postgres would log on an error is the statement text: it must hold a verifier, not the password."""
+    sent = []
+
+    class Recording(psycopg2.extensions.cursor):
+        def execute(self, query, params=None):
+            sent.append(self.mogrify(query, params).decode())
+            return super().execute(query, params)
+
+    conn = psycopg2.connect(fresh_pg_url, cursor_factory=Recording)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CREATE SCHEMA IF NOT EXISTS churn")
+        conn.commit()
+        pgpub.ensure_reader_role(conn, "churn_reader_verifier", "cleartext-never-sent")
+    finally:
+        conn.close()
+    password_statements = [q for q in sent if "PASSWORD" in q]
+    assert password_statements and all("SCRAM-SHA-256$" in q for q in password_statements)
+    assert not any("cleartext-never-sent" in q for q in sent)
+    reader = psycopg2.connect(url_as(fresh_pg_url, "churn_reader_verifier", "cleartext-never-sent"))
+    reader.close()
+
+
+def test_embedded_superuser_needs_its_generated_password(services, fresh_pg_url):
+    secret_file = services.pg_dir / "postgres.password"
+    assert secret_file.stat().st_mode & 0o077 == 0  # only the owner can read it
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed|no password supplied"):
+        psycopg2.connect(url_as(fresh_pg_url, "postgres"), connect_timeout=5)
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        psycopg2.connect(url_as(fresh_pg_url, "postgres", "guess"), connect_timeout=5)
+    psycopg2.connect(fresh_pg_url).close()  # the URL the services hand out carries it
 
 
 def test_reader_role_name_must_be_an_identifier(pg_conn):
@@ -248,10 +293,10 @@ def test_publisher_without_createrole_still_publishes_and_reports_the_role_fix(f
     admin = psycopg2.connect(pg_admin_url)
     admin.autocommit = True
     with admin.cursor() as cur:
-        cur.execute(f"CREATE ROLE {publisher} LOGIN NOCREATEROLE")
+        cur.execute(f"CREATE ROLE {publisher} LOGIN NOCREATEROLE PASSWORD 'pub-secret'")
         cur.execute(f"ALTER DATABASE {db} OWNER TO {publisher}")
     try:
-        res = Resources.from_urls(fresh_pg_url.replace("postgres@", f"{publisher}@"), redis_url)
+        res = Resources.from_urls(url_as(fresh_pg_url, publisher, "pub-secret"), redis_url)
         cfg = ChurnConfig(state_dir=tmp_path, pg_reader_role="churn_reader_nopriv")
         out = publish_postgres(cfg, res, {"run_key": RUN_A, "run_dir": str(tmp_path), "params": {}},
                                {"path": str(scores[RUN_A]), "model_version": "m1"})

@@ -171,6 +171,10 @@ class ChurnConfig:
     """Redis key layout: ``json`` (GET churn:score:{id}) or ``hash`` (compact buckets, README "Score contracts")."""
     redis_hash_buckets: int = 65_536
     """Buckets of the ``hash`` layout; keep customers / buckets under ~100 so buckets stay compactly encoded."""
+    publish_lease_seconds: float = 60.0
+    """Lease of the one-publish-at-a-time locks (Redis lease, renewed every batch); a dead holder's lapses."""
+    publish_lock_wait_seconds: float = 900.0
+    """How long a publish waits for another publish of the same stores before failing (and retrying)."""
     pg_reader_role: str = "churn_reader"
     """Read-only Postgres role for consumers (password from CHURN_PG_READER_PASSWORD); empty = not managed."""
     score_history_runs: int = 7

@@ -503,7 +503,7 @@ def publish_postgres(cfg: ChurnConfig, res: Resources, run: dict, scored: dict) 
     conn = connect_for_publish(res.pg, run["run_key"])
     try:
         published = publish_scores(conn, scored["path"], run["run_key"], scored["model_version"],
-                                   cfg.score_history_runs)
+                                   cfg.score_history_runs, lock_wait_seconds=cfg.publish_lock_wait_seconds)
         reader_role = _reader_role(conn, cfg)
     finally:
         conn.close()
@@ -553,7 +553,9 @@ def publish_redis(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_
             published = publish_scores(client, scored["path"], run["run_key"], scored["model_version"],
                                        lambda sources: stale_customers(conn, sources, pg_published["table"]),
                                        prefix=cfg.redis_key_prefix, layout=cfg.redis_layout,
-                                       buckets=cfg.redis_hash_buckets)
+                                       buckets=cfg.redis_hash_buckets,
+                                       lock_wait_seconds=cfg.publish_lock_wait_seconds,
+                                       lock_lease_seconds=cfg.publish_lease_seconds)
         except OlderRunRefused as exc:
             log.warning("%s", exc)
             return _timed(run, "publish_redis", started, {"skipped": True, "rows": 0, "reason": str(exc)})

@@ -28,6 +28,14 @@ log = logging.getLogger(__name__)
 
 PG_DATABASE = "churn"
 PG_SYSTEM_USER = "churnpg"  # PostgreSQL refuses to run as root, so root drops to this user
+PASSWORD_FILE = "postgres.password"  # the publisher's (superuser's) generated secret, mode 0600
+# TCP needs a password (SCRAM); the Unix socket inside the data directory (mode 0700, only the
+# server's OS user and root reach it) stays trusted so that the launcher can set that password.
+PG_HBA = """# written by churn.services: every TCP login needs its password
+local   all   all                  trust
+host    all   all   127.0.0.1/32   scram-sha-256
+host    all   all   ::1/128        scram-sha-256
+"""
 
 
 class ServiceError(RuntimeError):
@@ -53,9 +61,18 @@ class EmbeddedServices:
         return self.state_dir / "redis"
 
     @property
+    def postgres_password(self) -> str:
+        """The superuser's generated password (created on first use, kept in the state folder, mode 0600)."""
+        return superuser_password(self.pg_dir)
+
+    def pg_url(self, database: str = PG_DATABASE, driver: str = "postgresql") -> str:
+        """URL of ``database`` on the embedded server, as the password-authenticated superuser."""
+        return f"{driver}://postgres:{self.postgres_password}@127.0.0.1:{self.postgres_port}/{database}"
+
+    @property
     def postgres_url(self) -> str:
         """libpq URL of the embedded database."""
-        return f"postgresql://postgres@127.0.0.1:{self.postgres_port}/{PG_DATABASE}"
+        return self.pg_url()
 
     @property
     def redis_url(self) -> str:
@@ -67,14 +84,34 @@ class EmbeddedServices:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         start_postgres(self.pg_dir, self.postgres_port)
         start_redis(self.redis_dir, self.redis_port)
-        (self.state_dir / "services.json").write_text(
-            json.dumps({"postgres_url": self.postgres_url, "redis_url": self.redis_url}, indent=2)
-        )
+        _write_private(self.state_dir / "services.json",
+                       json.dumps({"postgres_url": self.postgres_url, "redis_url": self.redis_url}, indent=2))
 
     def stop(self) -> None:
         """Stop both servers cleanly (fast shutdown for Postgres, SHUTDOWN for Redis)."""
         stop_redis(self.redis_dir)
         stop_postgres(self.pg_dir)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it holds a password), atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def superuser_password(pg_dir: Path) -> str:
+    """The embedded server's superuser password: read from ``<pg_dir>/postgres.password``, generated once."""
+    import secrets
+
+    path = pg_dir / PASSWORD_FILE
+    if not path.exists():
+        pg_dir.mkdir(parents=True, exist_ok=True)
+        _write_private(path, secrets.token_urlsafe(24))
+    return path.read_text().strip()
 
 
 def _pg_bin_dir() -> Path:
@@ -139,10 +176,17 @@ def start_postgres(pg_dir: Path, port: int) -> None:
     if not (data / "PG_VERSION").exists():
         log.info("initialising PostgreSQL data directory %s", data)
         subprocess.run(
-            [_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale"],
+            [_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
+             "--auth-host=scram-sha-256", "-E", "UTF8", "--no-locale"],
             check=True, capture_output=True, **as_user,
         )
+    hba = data / "pg_hba.conf"
+    hba_changed = hba.read_text() != PG_HBA
+    if hba_changed:  # a data directory initialised with trust on TCP (older checkouts) is closed here
+        hba.write_text(PG_HBA)
     status = subprocess.run([_pg_bin("pg_ctl"), "-D", str(data), "status"], capture_output=True, **as_user)
+    if status.returncode == 0 and hba_changed:
+        subprocess.run([_pg_bin("pg_ctl"), "-D", str(data), "reload"], check=True, capture_output=True, **as_user)
     if status.returncode != 0:
         if _port_open(port):
             raise ServiceError(
@@ -161,16 +205,39 @@ def start_postgres(pg_dir: Path, port: int) -> None:
             raise ServiceError(
                 f"PostgreSQL did not start: {result.stderr.strip()} (see {pg_dir / 'postgres.log'})"
             )
-    ensure_database(port)
+    _set_superuser_password(data, port, superuser_password(pg_dir))
+    ensure_database(f"postgresql://postgres:{superuser_password(pg_dir)}@127.0.0.1:{port}/postgres")
 
 
-def ensure_database(port: int, name: str = PG_DATABASE) -> None:
-    """CREATE DATABASE ``name`` on the embedded server at ``port`` unless it exists (waits for the server)."""
+def _set_superuser_password(data: Path, port: int, password: str) -> None:
+    """Give the superuser its generated password, over the trusted socket, as a SCRAM verifier (never cleartext)."""
+    import psycopg2
+    from psycopg2.extensions import encrypt_password
+
+    for attempt in range(50):
+        try:
+            conn = psycopg2.connect(host=str(data), port=port, user="postgres", dbname="postgres")
+            break
+        except psycopg2.OperationalError:
+            if attempt == 49:
+                raise
+            time.sleep(0.1)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("ALTER ROLE postgres PASSWORD %s",
+                        (encrypt_password(password, "postgres", conn, "scram-sha-256"),))
+    finally:
+        conn.close()
+
+
+def ensure_database(admin_url: str, name: str = PG_DATABASE) -> None:
+    """CREATE DATABASE ``name`` on the server of ``admin_url`` unless it exists (waits for the server)."""
     import psycopg2
 
     for attempt in range(50):
         try:
-            conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+            conn = psycopg2.connect(admin_url)
             break
         except psycopg2.OperationalError:
             if attempt == 49:

@@ -407,7 +407,7 @@ def stack_from_config(executor: str | None = None) -> AirflowStack:
     base = services.redis_url.rsplit("/", 1)[0]
     return AirflowStack(
         state_dir=cfg.state_dir, churn_pg_url=services.postgres_url, redis_url=services.redis_url,
-        metadata_url=f"postgresql+psycopg2://postgres@127.0.0.1:{cfg.postgres_port}/airflow",
+        metadata_url=services.pg_url("airflow", driver="postgresql+psycopg2"),
         api_port=cfg.airflow_port, executor=chosen, celery_broker_url=f"{base}/{cfg.celery_broker_db}",
         celery_workers=cfg.celery_workers, dask_scheduler_port=cfg.dask_scheduler_port,
         dask_workers=cfg.dask_workers,
@@ -440,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
 
         services = EmbeddedServices(cfg.state_dir, cfg.postgres_port, cfg.redis_port)
         services.start()
-        ensure_database(cfg.postgres_port, "airflow")  # Airflow's metadata, beside the churn database
+        ensure_database(services.pg_url("postgres"), "airflow")  # Airflow's metadata, beside the churn database
         stack = stack_from_config(args.executor)
         running = stack.pids() and not stack.dead_components()
         marker = stack.run_dir / "executor"

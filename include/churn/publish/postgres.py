@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from psycopg2 import sql
+from psycopg2.extensions import encrypt_password
 
 from churn.db import ensure_schema
 
@@ -153,17 +154,28 @@ def copy_parquet(cur, parquet_path: str | Path, table: str, columns: str = SCORE
 
 
 def publish_scores(conn, scores_path: str | Path, run_key: str, model_version: str, retention_runs: int = 7,
-                   hook: Callable[[str], None] | None = None, copy_batch_rows: int = 250_000) -> PostgresPublish:
+                   hook: Callable[[str], None] | None = None, copy_batch_rows: int = 250_000,
+                   lock_wait_seconds: float = 900.0) -> PostgresPublish:
     """Load the run's scores into a private table, then switch readers to it in one transaction.
 
     ``hook(point)`` is called at named points (``copy`` after each COPY batch,
     ``loaded``, ``switching``, ``switched``); the kill tests use it to stop the process exactly there.
     Database errors become :class:`PublishError` (nothing is switched before the
-    single switch transaction commits).
+    single switch transaction commits). The whole publish of a run (staging load and switch)
+    holds a session advisory lock of that run: a second publish of the same run (a zombie task
+    and its retry) waits for the first instead of dropping its staging table under it.
     """
     try:
-        return _publish(conn, scores_path, run_key, model_version, retention_runs, hook or (lambda point: None),
-                        copy_batch_rows)
+        _lock_run(conn, run_key, lock_wait_seconds)
+        try:
+            return _publish(conn, scores_path, run_key, model_version, retention_runs,
+                            hook or (lambda point: None), copy_batch_rows)
+        finally:
+            if not conn.closed:
+                conn.rollback()  # no-op after a commit; needed to run the unlock after an error
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_LOCK_KEY, run_key))
+                conn.commit()
     except PublishError:
         if not conn.closed:
             conn.rollback()  # drops the half-loaded staging table of this attempt
@@ -179,6 +191,22 @@ def publish_scores(conn, scores_path: str | Path, run_key: str, model_version: s
             "see the previous batch (the switch is one transaction). Check that Postgres is reachable "
             "(CHURN_POSTGRES_URL / Airflow connection 'churn_postgres') and let the task retry."
         ) from exc
+
+
+def _lock_run(conn, run_key: str, wait_seconds: float) -> None:
+    """Take the session advisory lock of ``run_key``'s publish, waiting up to ``wait_seconds``."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (_LOCK_KEY, run_key))
+            got = cur.fetchone()[0]
+        conn.commit()
+        if got:
+            return
+        if time.monotonic() > deadline:
+            raise PublishError(f"another publish of run {run_key} held its lock for {wait_seconds:.0f} s; wait for "
+                               "it to finish (a dead one releases the lock when its connection drops) and retry")
+        time.sleep(0.2)
 
 
 def _publish(conn, scores_path: str | Path, run_key: str, model_version: str, retention_runs: int,
@@ -328,7 +356,10 @@ def _grant_reader(conn, role: str, password: str | None) -> None:
             if cur.fetchone() is None:
                 cur.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT").format(ident))
             if password:
-                cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(ident), (password,))
+                # A SCRAM-SHA-256 verifier computed here (libpq), so the cleartext never reaches the server
+                # (nor its log, which prints the statement of a failed command).
+                verifier = encrypt_password(password, role, conn, "scram-sha-256")
+                cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(ident), (verifier,))
             # Consumers cannot write by accident even through a function or a future grant.
             cur.execute(sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(ident))
             cur.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(

@@ -97,6 +97,11 @@ def meta_key(prefix: str = "churn") -> str:
     return f"{prefix}:meta"
 
 
+def lock_key(prefix: str = "churn") -> str:
+    """The publish lease: one publish at a time writes records and moves the marker."""
+    return f"{prefix}:publish_lock"
+
+
 def runs_key(prefix: str = "churn") -> str:
     """Hash ``run_id -> {"model_version", "scored_at"}`` for the runs referenced by compact records."""
     return f"{prefix}:runs"
@@ -480,6 +485,8 @@ def publish_scores(
     buckets: int = DEFAULT_BUCKETS,
     hook: Callable[[str], None] | None = None,
     hash_partition_rows: int = 200_000,
+    lock_wait_seconds: float = 900.0,
+    lock_lease_seconds: float = 60.0,
 ) -> RedisPublish:
     """Write every score in batches, then move the marker, then delete customers no longer scored.
 
@@ -490,6 +497,13 @@ def publish_scores(
     bucket range of about ``hash_partition_rows`` rows at a time. ``hook(point)`` is called at named points
     (``start``, ``batch``, ``records_written``, ``switched``, ``cleaned``): the
     kill tests use it to stop the process exactly there.
+
+    One publish at a time: a lease (``<prefix>:publish_lock``, renewed every batch, gone
+    ``lock_lease_seconds`` after its holder died) is taken before the marker is read, so a second
+    publish waits up to ``lock_wait_seconds`` and then reads the marker the first one left (an
+    older run is then refused before it writes anything). The marker's ``writing`` list is only
+    changed by the lease holder, and the switch checks in its WATCHed transaction that the lease
+    is still its own, so a publish that lost its lease (a stalled zombie) never moves the marker.
     """
     import redis
 
@@ -499,6 +513,35 @@ def publish_scores(
         raise RedisPublishError(f"CHURN_REDIS_HASH_BUCKETS={buckets} must be positive")
     started = time.monotonic()
     hook = hook or (lambda point: None)
+    lease = client.lock(lock_key(prefix), timeout=lock_lease_seconds, blocking_timeout=lock_wait_seconds,
+                        thread_local=False)
+    try:
+        if not lease.acquire():
+            raise RedisPublishError(
+                f"Redis publish of run {run_id}: another publish held {lock_key(prefix)} for {lock_wait_seconds:.0f} "
+                "s; wait for it to finish (or, if its worker died, for the lease to expire) and retry")
+        return _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefix, batch_rows, layout,
+                               buckets, hook, hash_partition_rows, lease, started)
+    except redis.RedisError as exc:
+        raise RedisPublishError(
+            f"Redis publish of run {run_id} failed ({type(exc).__name__}: {exc}). Readers still see complete "
+            "records of the served run; check that Redis is reachable (CHURN_REDIS_URL / Airflow connection "
+            "'churn_redis') and let the task retry: it rewrites every record and finishes the cleanup."
+        ) from exc
+    finally:
+        try:
+            lease.release()
+        except redis.exceptions.LockError:
+            pass  # not acquired, or expired and maybe taken by another publish: nothing of ours to release
+        except redis.RedisError as exc:
+            log.warning("could not release %s (it expires by itself): %s", lock_key(prefix), exc)
+
+
+def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefix, batch_rows, layout, buckets,
+                    hook, hash_partition_rows, lease, started: float) -> RedisPublish:
+    """The publish itself, run while holding the lease ``lease``."""
+    import redis
+
     rows = 0
     deleted = 0
     layout_tag = layout if layout == "json" else f"hash:{buckets}"
@@ -517,6 +560,7 @@ def publish_scores(
             old_tag = None
         hook("start")
         # Remember this attempt first, so a later run can clean its keys if it is abandoned.
+        # (a read-modify-write, safe because only the lease holder changes the marker)
         writing = [r for r in (meta.get("writing") or "").split(",") if r and r != run_id] + [run_id]
         client.hset(meta_key(prefix), "writing", ",".join(writing))
         if layout == "hash":
@@ -533,6 +577,8 @@ def publish_scores(
             def source() -> Iterator[_Encoded]:
                 return _hash_partitions(scores_path, run_id, prefix, buckets, hash_partition_rows, batch_rows)
         for encoded in _encoded_batches(source):
+            if not lease.extend(lease.timeout, replace_ttl=True):  # renew; False/LockError: lost to another
+                raise RedisPublishError(f"run {run_id}: the publish lease expired; the task's retry starts over")
             _send(client, encoded)
             rows += encoded.rows
             hook("batch")
@@ -540,8 +586,12 @@ def publish_scores(
         pending_cleanup = ",".join(sources)
 
         def switch(pipe) -> None:
-            # WATCHed compare-and-set: readers see the old or the new marker, never an older run's.
+            # WATCHed compare-and-set: readers see the old or the new marker, never an older run's, and
+            # only while this publish still holds the lease.
             _refuse_older(_text(pipe.hget(meta_key(prefix), "run_id")), run_id)
+            if _text(pipe.get(lock_key(prefix))) != _text(lease.local.token):
+                raise RedisPublishError(f"run {run_id}: the publish lease was lost before the switch; the "
+                                        "marker was not moved, the task's retry starts over")
             pipe.multi()
             pipe.hset(meta_key(prefix), mapping={
                 "run_id": run_id, "model_version": model_version, "customers": rows,
@@ -551,7 +601,7 @@ def publish_scores(
             })
             pipe.hdel(meta_key(prefix), "writing")
 
-        client.transaction(switch, meta_key(prefix))
+        client.transaction(switch, meta_key(prefix), lock_key(prefix))
         hook("switched")
         if callable(stale_ids):
             ids = stale_ids(sources) if sources else ()
