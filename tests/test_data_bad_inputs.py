@@ -271,3 +271,45 @@ def test_broken_batch_leaves_served_scores_untouched(corpus, tmp_path, fresh_pg_
         with pytest.raises(error):
             run_data_stages(make_cfg(tmp_path, corpus[kind]), fresh_pg_url, redis_url)
         assert _served_state(fresh_pg_url, redis_client) == before, kind
+
+
+def test_chunked_validation_equals_whole_batch_validation(tmp_path, fresh_pg_url, redis_url, pg_conn):
+    """Validation reads the snapshot in chunks; what it quarantines and keeps must not depend on the chunk size.
+
+    Problems sit in different chunks of 30 rows, and one id repeats across two chunks (rows 10 and 170),
+    which no single chunk's GX check can see.
+    """
+    from tests.bad_inputs.corpus import clean_frame
+
+    frame = clean_frame()
+    frame.loc[170, "customerID"] = frame.loc[10, "customerID"]   # duplicate across chunks 0 and 5
+    frame.loc[[40, 41], "customerID"] = frame.loc[42, "customerID"]  # duplicate within chunk 1
+    frame.loc[80, "tenure"] = "-3"
+    frame.loc[125, "Contract"] = "Three year"
+    frame.loc[199, "customerID"] = ""
+    frame.loc[150, "TotalCharges"] = "abc"
+    path = tmp_path / "mixed.csv"
+    frame.to_csv(path, index=False)
+    outcomes = {}
+    for chunk in (30, 100_000):
+        cfg = make_cfg(tmp_path / f"c{chunk}", path, CHURN_INGEST_CHUNK_ROWS=str(chunk))
+        run, validated = run_data_stages(cfg, fresh_pg_url, redis_url)
+        with pg_conn.cursor() as cur:
+            cur.execute("SELECT dataset, row_number, customer_id, reasons FROM churn.quarantine "
+                        "ORDER BY dataset, row_number")
+            rows = cur.fetchall()
+            cur.execute("SELECT dataset, rows_checked, rows_quarantined, success FROM churn.validation_results "
+                        "ORDER BY dataset")
+            results = cur.fetchall()
+        pg_conn.commit()
+        clean = pd.read_parquet(validated["train"]["clean_path"])
+        outcomes[chunk] = {"quarantine": rows, "results": results, "clean": clean,
+                           "failures": validated["train"]["row_failures"]}
+    small, whole = outcomes[30], outcomes[100_000]
+    assert small["quarantine"] == whole["quarantine"]
+    train_bad = {r[2] for r in small["quarantine"] if r[0] == "train"}
+    assert {frame.loc[10, "customerID"], frame.loc[42, "customerID"], None} <= train_bad
+    assert small["results"] == whole["results"] and small["results"][1][2] == 9  # 2+3 dupes, 4 bad rows
+    assert small["failures"] == whole["failures"]
+    pd.testing.assert_frame_equal(small["clean"], whole["clean"])
+    assert len(small["clean"]) == 200 - 9 and small["clean"]["customerID"].is_unique

@@ -90,6 +90,7 @@ def test_model_was_trained_gated_and_registered(nightly_run):
 def test_summary_and_export_are_written(nightly_run):
     summary = json.loads((nightly_run["state"] / "runs" / RUN_DATE.isoformat() / "summary.json").read_text())
     assert summary["published_postgres"] == summary["published_redis"] == summary["scored"] > 0
+    assert 0.5 < summary["champion_test_roc_auc"] < 1.0  # the champion's own test metric, found by its version
     assert summary["sample_lookup"]["record"]["customer_id"] == summary["sample_lookup"]["customer_id"]
     export = nightly_run["state"] / "exports" / f"churn_high_risk_{RUN_DATE.isoformat()}.csv"
     assert export.exists() and str(export) == summary["export_path"]

@@ -110,3 +110,30 @@ def test_realized_waits_for_enough_outcomes(pg_conn, outcomes):
     cfg, _, _ = outcomes
     assert evaluate_realized(pg_conn, cfg.replace(realized_min_customers=5000), date(2026, 11, 20)) == []
     assert evaluate_realized(pg_conn, cfg, date(2026, 11, 25)) == []  # nothing was scored on 2026-10-26
+
+
+def test_realized_auc_on_a_sample_from_the_run_table_and_the_run_folder_agree(pg_conn, outcomes):
+    """Counts are over everyone; the AUC comes from an id-hash sample (its size recorded), the same in both sources."""
+    from sklearn.metrics import roc_auc_score
+
+    from psycopg2.extras import execute_values
+
+    from churn.publish.postgres import run_table
+
+    cfg, ids, churned = outcomes
+    _register(pg_conn, "2026-10-01-tpot", 0.95)
+    sampled = cfg.replace(metrics_sample_rows=400)
+    from_folder = evaluate_realized(pg_conn, sampled, date(2026, 11, 20))[0]
+    full = pd.read_parquet(cfg.runs_dir / "2026-10-21" / "scores.parquet")
+    table = run_table("2026-10-21")  # the published run table takes precedence over the run folder
+    with pg_conn.cursor() as cur:
+        cur.execute(f"CREATE TABLE churn.{table} (customer_id text, churn_probability real, model_version text)")
+        execute_values(cur, f"INSERT INTO churn.{table} VALUES %s",
+                       list(full.itertuples(index=False, name=None)))
+    pg_conn.commit()
+    from_table = evaluate_realized(pg_conn, sampled, date(2026, 11, 20))[0]
+    exact = roc_auc_score(churned.astype(int), full["churn_probability"])
+    for record in (from_folder, from_table):
+        assert record["customers"] == 1000 and record["churned"] == int(churned.sum())  # counted over everyone
+        assert 250 < record["auc_sample_rows"] < 550  # the AUC's own sample
+        assert record["realized_roc_auc"] == pytest.approx(exact, abs=0.06)

@@ -81,7 +81,11 @@ class ChurnConfig:
     max_data_age_days: float = 3.0
     """Batch check where a timestamp column exists: the newest record must be at most this old at the run date."""
     ingest_chunk_rows: int = 100_000
-    """Rows a file source holds in memory at once while reading (bounds memory for big exports)."""
+    """Rows held in memory at once by every stage that streams a snapshot (file ingest, validation, profiling)."""
+    profile_sample_rows: int = 100_000
+    """Rows (chosen by id hash) on which profiles compute quantiles, distinct counts and top values."""
+    metrics_sample_rows: int = 200_000
+    """Scored customers (chosen by id hash) behind score quantiles and the realized ROC AUC."""
 
     # --- data source (default: the Postgres synthetic tables) ------------------------
     source: str = "postgres"

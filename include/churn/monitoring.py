@@ -45,6 +45,44 @@ def score_summary(proba: np.ndarray, band_cuts: tuple[float, ...] = (0.3, 0.6)) 
     }
 
 
+def streamed_score_summary(scores_path: str | Path, band_cuts: tuple[float, ...] = (0.3, 0.6),
+                           sample_rows: int = 200_000, chunk_rows: int = 500_000) -> dict[str, Any]:
+    """:func:`score_summary` of a score file read in chunks: count, mean, std, band shares and the histogram
+    exact over every customer; quantiles from an id-hash sample of about ``sample_rows`` (``quantile_sample_rows``).
+    """
+    from churn.data.stream import iter_frames, keep_mask, parquet_rows
+
+    total = parquet_rows(scores_path)
+    if total == 0:
+        raise ValueError("no scores to summarize: the scored population is empty")
+    fraction = 1.0 if total <= sample_rows else sample_rows / total
+    counts = np.zeros(len(BIN_EDGES) - 1, dtype=np.int64)
+    bands = np.zeros(len(band_cuts) + 1, dtype=np.int64)
+    n, total_sum, total_sq = 0, 0.0, 0.0
+    kept = []
+    for frame in iter_frames(scores_path, chunk_rows, ["customer_id", "churn_probability"]):
+        proba = frame["churn_probability"].to_numpy(dtype=float)
+        counts += np.histogram(np.clip(proba, 0.0, 1.0), bins=BIN_EDGES)[0]
+        bands += np.bincount(np.digitize(proba, band_cuts), minlength=len(bands))
+        n += proba.size
+        total_sum += float(proba.sum())
+        total_sq += float(np.square(proba).sum())
+        kept.append(proba[keep_mask(frame["customer_id"], fraction)])
+    mean = total_sum / n
+    sample = np.concatenate(kept)
+    names = ["low", "medium", "high"] if len(band_cuts) == 2 else [f"band_{i}" for i in range(len(band_cuts) + 1)]
+    quantiles = np.quantile(sample, [0.1, 0.25, 0.5, 0.75, 0.9])
+    return {
+        "count": int(n),
+        "mean": mean,
+        "std": float(np.sqrt(max(total_sq / n - mean * mean, 0.0))),
+        "quantiles": {k: float(v) for k, v in zip(("p10", "p25", "p50", "p75", "p90"), quantiles)},
+        "quantile_sample_rows": int(sample.size),
+        "band_shares": {name: float(bands[i] / n) for i, name in enumerate(names)},
+        "histogram": {"edges": [float(e) for e in BIN_EDGES], "counts": [int(c) for c in counts]},
+    }
+
+
 def psi(expected_counts: list[int] | np.ndarray, actual_counts: list[int] | np.ndarray, eps: float = 1e-4) -> float:
     """Population stability index between two histograms over the same bins (0 = identical)."""
     expected = np.asarray(expected_counts, dtype=float)
@@ -88,14 +126,11 @@ class RunMetrics:
 
 
 def build_run_metrics(conn, run_key: str, summary: dict, scores_path: str | None, model_version: str | None,
-                      band_cuts: tuple[float, ...], dry_run: bool) -> RunMetrics:
+                      band_cuts: tuple[float, ...], dry_run: bool, sample_rows: int = 200_000) -> RunMetrics:
     """Figures of one run from its summary and scores file, with PSI against the previous run."""
-    import pandas as pd
-
     scores = None
     if scores_path and Path(scores_path).exists():
-        scores = score_summary(pd.read_parquet(scores_path, columns=["churn_probability"])["churn_probability"]
-                               .to_numpy(), band_cuts)
+        scores = streamed_score_summary(scores_path, band_cuts, sample_rows)
     prev = previous_run(conn, run_key)
     drift = psi(prev[1]["histogram"]["counts"], scores["histogram"]["counts"]) if prev and scores else None
     ingested = summary.get("rows_ingested") or {}
@@ -133,50 +168,87 @@ def record_run(conn, metrics: RunMetrics) -> None:
     conn.commit()
 
 
-def _scores_of_run(conn, cfg: ChurnConfig, run_key: str):
-    """A published run's scores (customer_id, churn_probability, model_version): Postgres table, else run folder."""
+def _sampled_outcomes(conn, cfg: ChurnConfig, scored_on: date, as_of: date):
+    """Per model version: customers scored on ``scored_on``, how many churned by ``as_of``, and an id-hash
+    sample (about ``cfg.metrics_sample_rows``) of (probability, churned) pairs; None when the scores are gone.
+
+    Postgres run table (joined with the outcomes in SQL, only the sample leaves the server), else the run
+    folder's score file streamed in chunks.
+    """
     import pandas as pd
 
     from churn.publish.postgres import run_table
 
-    table = run_table(run_key)
+    table = run_table(scored_on.isoformat())
+    window = (scored_on, as_of)
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass(%s)", (f"churn.{table}",))
         exists = cur.fetchone()[0] is not None
         if exists:
-            cur.execute(f"SELECT customer_id, churn_probability, model_version FROM churn.{table}")
-            rows = cur.fetchall()
+            cur.execute(f"SELECT count(*) FROM churn.{table}")
+            total = cur.fetchone()[0]
+            fraction = 1.0 if total <= cfg.metrics_sample_rows else cfg.metrics_sample_rows / total
+            outcome = (f"EXISTS (SELECT 1 FROM src.churn_events e WHERE e.customer_id = s.customer_id "
+                       f"AND e.churn_date > %s AND e.churn_date <= %s)")
+            cur.execute(f"SELECT model_version, count(*), count(*) FILTER (WHERE {outcome}) FROM churn.{table} s "
+                        "GROUP BY model_version", window)
+            counts = {row[0]: (row[1], row[2]) for row in cur.fetchall()}
+            # hashtext: a stable hash inside Postgres; the sample is the same on every evaluation of this run
+            cur.execute(f"SELECT model_version, churn_probability, ({outcome})::int FROM churn.{table} s "
+                        "WHERE (hashtext(customer_id)::bigint + 2147483648) < %s",
+                        (*window, int(fraction * 4294967296) + (1 if fraction >= 1.0 else 0)))
+            sample = pd.DataFrame(cur.fetchall(), columns=["model_version", "churn_probability", "churned"])
     conn.commit()
     if exists:
-        return pd.DataFrame(rows, columns=["customer_id", "churn_probability", "model_version"])
-    path = cfg.runs_dir / run_key / "scores.parquet"
-    if path.exists():  # history tables are pruned after CHURN_SCORE_HISTORY_RUNS runs; run folders stay
-        return pd.read_parquet(path, columns=["customer_id", "churn_probability", "model_version"])
-    return None
+        return counts, sample
+    path = cfg.runs_dir / scored_on.isoformat() / "scores.parquet"
+    if not path.exists():  # history tables are pruned after CHURN_SCORE_HISTORY_RUNS runs; run folders stay
+        return None
+    from churn.data.stream import iter_frames, keep_mask, parquet_rows
+
+    with conn.cursor() as cur:
+        cur.execute("SELECT DISTINCT customer_id FROM src.churn_events WHERE churn_date > %s AND churn_date <= %s",
+                    window)
+        churned = {row[0] for row in cur.fetchall()}
+    conn.commit()
+    total = parquet_rows(path)
+    fraction = 1.0 if total <= cfg.metrics_sample_rows else cfg.metrics_sample_rows / total
+    counts: dict = {}
+    kept = []
+    for frame in iter_frames(path, 500_000, ["customer_id", "churn_probability", "model_version"]):
+        frame = frame.assign(churned=frame["customer_id"].isin(churned).astype(int))
+        for version, part in frame.groupby("model_version"):
+            seen = counts.get(version, (0, 0))
+            counts[version] = (seen[0] + len(part), seen[1] + int(part["churned"].sum()))
+        kept.append(frame[keep_mask(frame["customer_id"], fraction)][["model_version", "churn_probability",
+                                                                      "churned"]])
+    return counts, pd.concat(kept) if kept else pd.DataFrame(columns=["model_version", "churn_probability",
+                                                                       "churned"])
 
 
 def evaluate_realized(conn, cfg: ChurnConfig, as_of: date) -> list[dict]:
-    """ROC AUC achieved by the scores of ``as_of - realized_lag_days``, per model version; stored and returned."""
+    """ROC AUC achieved by the scores of ``as_of - realized_lag_days``, per model version; stored and returned.
+
+    Customers and churners are counted over every scored customer; the AUC is computed on an id-hash
+    sample of about ``CHURN_METRICS_SAMPLE_ROWS`` customers (its size is in the record), so memory does not
+    grow with the population.
+    """
     from sklearn.metrics import roc_auc_score
 
     ensure_schema(conn)
     scored_on = as_of - timedelta(days=cfg.realized_lag_days)
-    scores = _scores_of_run(conn, cfg, scored_on.isoformat())
-    if scores is None or scores.empty:
+    found = _sampled_outcomes(conn, cfg, scored_on, as_of)
+    if found is None or not found[0]:
         log.info("realized performance: no scores from %s (%s days ago) to judge", scored_on, cfg.realized_lag_days)
         return []
-    with conn.cursor() as cur:
-        # Outcome = churned after the scoring day, up to the evaluation day (the label window of those scores).
-        cur.execute("SELECT DISTINCT customer_id FROM src.churn_events WHERE churn_date > %s AND churn_date <= %s",
-                    (scored_on, as_of))
-        churned = {row[0] for row in cur.fetchall()}
-    conn.commit()
+    counts, sample = found
     results = []
-    for version, part in scores.groupby("model_version"):
-        y = part["customer_id"].isin(churned).to_numpy().astype(int)
-        if len(part) < cfg.realized_min_customers or y.min() == y.max():
+    for version, (customers, churned) in sorted(counts.items()):
+        part = sample[sample["model_version"] == version]
+        y = part["churned"].to_numpy().astype(int)
+        if customers < cfg.realized_min_customers or churned in (0, customers) or len(set(y)) < 2:
             log.info("realized performance of %s: %s customers, %s churned: not enough to judge",
-                     version, len(part), int(y.sum()))
+                     version, customers, churned)
             continue
         with conn.cursor() as cur:
             cur.execute("SELECT (metrics->>'roc_auc')::float FROM churn.model_registry WHERE version = %s",
@@ -184,7 +256,8 @@ def evaluate_realized(conn, cfg: ChurnConfig, as_of: date) -> list[dict]:
             row = cur.fetchone()
         conn.commit()
         record = {"scored_run_key": scored_on.isoformat(), "model_version": str(version),
-                  "evaluated_on": as_of.isoformat(), "customers": int(len(part)), "churned": int(y.sum()),
+                  "evaluated_on": as_of.isoformat(), "customers": int(customers), "churned": int(churned),
+                  "auc_sample_rows": int(len(part)),
                   "realized_roc_auc": float(roc_auc_score(y, part["churn_probability"].to_numpy())),
                   "expected_roc_auc": row[0] if row else None}
         with conn.cursor() as cur:
@@ -199,8 +272,8 @@ def evaluate_realized(conn, cfg: ChurnConfig, as_of: date) -> list[dict]:
                  record["realized_roc_auc"], record["expected_roc_auc"]),
             )
         conn.commit()
-        log.info("realized ROC AUC of %s on scores from %s: %.4f (test: %s)", version, scored_on,
-                 record["realized_roc_auc"], record["expected_roc_auc"])
+        log.info("realized ROC AUC of %s on scores from %s: %.4f on %s sampled of %s customers (test: %s)", version,
+                 scored_on, record["realized_roc_auc"], len(part), customers, record["expected_roc_auc"])
         results.append(record)
     return results
 

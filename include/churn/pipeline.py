@@ -8,7 +8,6 @@ logical date): re-running it replaces its own outputs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -46,16 +45,12 @@ def _dry_run(run: dict) -> bool:
     return bool(run.get("params", {}).get("dry_run"))
 
 
-def _sample_snapshot(path: str, fraction: float, seed: int, id_column: str = "customer_id") -> int:
-    """Keep a deterministic, id-keyed share of a snapshot in place (same customers on a re-run); returns rows."""
-    frame = pd.read_parquet(path)
-    keep = pd.util.hash_pandas_object(frame[id_column].astype(str) + str(seed), index=False) % 10_000 \
-        < int(round(fraction * 10_000))
-    sampled = frame[keep.to_numpy()]
-    tmp = f"{path}.sampling"
-    sampled.to_parquet(tmp, index=False)
-    Path(tmp).replace(path)  # atomic: readers see the full or the sampled file, never half of one
-    return len(sampled)
+def _sample_snapshot(path: str, fraction: float, seed: int, id_column: str = "customer_id",
+                     chunk_rows: int = 100_000) -> int:
+    """Keep about ``fraction`` of a snapshot's rows, chosen by id hash; streamed, written atomically."""
+    from churn.data.stream import write_sample
+
+    return write_sample(path, fraction, id_column, seed, chunk_rows)
 
 
 def _timed(run: dict, stage: str, started: float, result: dict) -> dict:
@@ -125,7 +120,7 @@ def ingest(cfg: ChurnConfig, res: Resources, run: dict) -> dict:
         # scored population is sampled only in a dry run; training rows are sampled in every run.
         for dataset in ("train", "score") if _dry_run(run) else ("train",):
             out[dataset]["rows"] = _sample_snapshot(out[dataset]["path"], fraction, cfg.random_state,
-                                                    spec.id_column)
+                                                    spec.id_column, cfg.ingest_chunk_rows)
             out[dataset]["sample_fraction"] = fraction
         log.info("sampled %s of the population: %s", fraction, {k: v["rows"] for k, v in out.items()})
     out["dataset"] = spec.name
@@ -147,12 +142,14 @@ def profile_and_validate(cfg: ChurnConfig, res: Resources, run: dict, ingested: 
     try:
         for dataset in ("train", "score"):
             path = ingested[dataset]["path"]
-            profile_snapshot(conn, path, run["run_key"], dataset)
+            profile_snapshot(conn, path, run["run_key"], dataset, id_column=spec.id_column,
+                             chunk_rows=cfg.ingest_chunk_rows,
+                             sample_rows=cfg.profile_sample_rows, seed=cfg.random_state)
             outcome = validate_snapshot(
                 conn, path, run["run_key"], dataset, run["run_dir"], cfg.max_bad_row_fraction,
                 training=dataset == "train", spec=spec, as_of=date.fromisoformat(run["as_of"]),
                 max_row_count_change=cfg.max_row_count_change, max_data_age_days=cfg.max_data_age_days,
-                docs_dir=docs_dir,
+                docs_dir=docs_dir, chunk_rows=cfg.ingest_chunk_rows,
             )
             out[dataset] = outcome.as_dict()
     finally:
@@ -182,16 +179,17 @@ def drift(cfg: ChurnConfig, res: Resources, run: dict, validated: dict) -> dict:
 def split(cfg: ChurnConfig, res: Resources, run: dict, validated: dict) -> dict:
     """Deterministic id-keyed train/valid/test split of the clean training rows."""
     from churn.data.spec import load_run_spec
+    from churn.data.stream import sample_frame
+    from churn.model.registry import file_sha256
     from churn.model.train import split_ids
 
     started = time.monotonic()
     spec = load_run_spec(run["run_dir"])
     LABEL_COLUMN = spec.label_column  # noqa: N806 - the dataset's label column (from its spec)
-    frame = pd.read_parquet(validated["train"]["clean_path"])
-    if len(frame) > cfg.max_train_rows:
-        frame = frame.groupby(LABEL_COLUMN, group_keys=False).sample(
-            frac=cfg.max_train_rows / len(frame), random_state=cfg.random_state
-        )
+    # At most about max_train_rows rows, chosen by id hash while streaming (each class keeps its share in
+    # expectation): the split's memory does not grow with the population.
+    frame, available = sample_frame(validated["train"]["clean_path"], cfg.max_train_rows, spec.id_column,
+                                    cfg.random_state, chunk_rows=cfg.ingest_chunk_rows)
     assignment = split_ids(frame[spec.id_column], cfg.splits)
     paths: dict[str, str] = {}
     counts: dict[str, dict] = {}
@@ -206,8 +204,9 @@ def split(cfg: ChurnConfig, res: Resources, run: dict, validated: dict) -> dict:
         part.to_parquet(path, index=False)
         paths[name] = str(path)
         counts[name] = {"rows": len(part), "positives": int(part[LABEL_COLUMN].sum())}
-    fingerprint = hashlib.sha256(Path(validated["train"]["clean_path"]).read_bytes()).hexdigest()
-    return _timed(run, "split", started, {"paths": paths, "counts": counts, "data_fingerprint": fingerprint})
+    fingerprint = file_sha256(validated["train"]["clean_path"])  # read in blocks, not whole
+    return _timed(run, "split", started, {"paths": paths, "counts": counts, "data_fingerprint": fingerprint,
+                                          "rows_available": available, "rows_used": len(frame)})
 
 
 def retrain_decision(cfg: ChurnConfig, res: Resources, run: dict, drift: dict | None = None) -> tuple[bool, str]:
@@ -643,7 +642,7 @@ def summarize(cfg: ChurnConfig, res: Resources, run: dict, stages: dict) -> dict
     summary["gate"] = {"promote": evaluation["promote"], "reason": evaluation["reason"]}
     summary["champion"] = stages["registered"]["champion"]
     champion_auc = next((c["metrics"]["roc_auc"] for c in evaluation.get("candidates", [])
-                         if f"{run['run_key']}-{c['name']}" == summary["champion"]), None)
+                         if c.get("version") == summary["champion"]), None)
     summary["champion_test_roc_auc"] = champion_auc
     summary["scored"] = stages["scored"]["rows"]
     summary["inference_seconds"] = stages["scored"]["inference_seconds"]
@@ -655,8 +654,12 @@ def summarize(cfg: ChurnConfig, res: Resources, run: dict, stages: dict) -> dict
     summary["stage_seconds"] = {name: value.get("stage_seconds") for name, value in stages.items()
                                 if isinstance(value, dict)}
 
-    sample = pd.read_parquet(stages["scored"]["path"], columns=["customer_id"]).iloc[0, 0] \
-        if stages["scored"]["rows"] else None
+    sample = None
+    if stages["scored"]["rows"]:  # the first customer of the file: one row group read, not the whole column
+        import pyarrow.parquet as pq
+
+        sample = pq.ParquetFile(stages["scored"]["path"]).read_row_group(0, columns=["customer_id"]).column(0)[0]
+        sample = sample.as_py()
     client = res.redis()
     try:
         if sample is not None:
@@ -708,7 +711,8 @@ def report(cfg: ChurnConfig, res: Resources, run: dict, stages: dict, summary: d
     try:
         ensure_schema(conn)
         metrics = monitoring.build_run_metrics(conn, run["run_key"], summary, scored.get("path"),
-                                               scored.get("model_version"), cfg.band_cuts, dry_run)
+                                               scored.get("model_version"), cfg.band_cuts, dry_run,
+                                               cfg.metrics_sample_rows)
         previous = monitoring.previous_run(conn, run["run_key"])
         realized = monitoring.evaluate_realized(conn, cfg, date.fromisoformat(run["as_of"]))
         if not stages.get("drift"):

@@ -16,6 +16,12 @@ and dataset) and ``meta.freshness`` (the newest value of the timestamp column at
 most ``max_data_age_days`` old at the run date). Rows a file source could not
 parse (``_parse_errors``) and label values outside the configured mapping are
 quarantined here too. Every run renders GX Data Docs HTML into ``docs_dir``.
+
+Memory does not grow with the population: the snapshot is validated ``chunk_rows`` rows at a
+time with the same GX suite (row-level expectations per chunk, their results added up into one
+validation result), the id's uniqueness is checked across chunks (:func:`duplicated_ids`), and
+the table-level checks that need the whole batch (row count, a column's min / max) are judged on
+figures streamed over all chunks. Clean rows and quarantine rows are written chunk by chunk.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from pathlib import Path
 import pandas as pd
 
 from churn.data.spec import PARSE_ERRORS_COLUMN, DatasetSpec, synthetic_spec
+from churn.data.stream import DEFAULT_CHUNK_ROWS, duplicated_ids, iter_frames
 from churn.db import ensure_schema, to_jsonb
 
 log = logging.getLogger(__name__)
@@ -72,16 +79,83 @@ def load_suite_definition(name: str = "churn_features") -> dict:
         ) from exc
 
 
-def _gx_validate(frame: pd.DataFrame, suite_def: dict, dataset: str):
-    """Run the suite with an ephemeral GX context; returns the GX validation result."""
-    import great_expectations as gx  # heavy import: only inside the task
+# Table-level expectations judged on figures streamed over every chunk (the GX result is built from them);
+# the schema checks are judged by GX on the first chunk (every chunk has the file's columns).
+_STREAMED_BATCH_TYPES = ("expect_table_row_count_to_be_between", "expect_table_row_count_to_equal",
+                         "expect_column_max_to_be_between", "expect_column_min_to_be_between")
+_SCHEMA_BATCH_TYPES = ("expect_table_columns_to_match_set", "expect_table_columns_to_match_ordered_list",
+                       "expect_table_column_count_to_equal", "expect_table_column_count_to_be_between",
+                       "expect_column_to_exist")
+_PARTIAL_LIST = 20  # unexpected values kept per expectation in the stored result (GX's own partial size)
 
-    context = gx.get_context(mode="ephemeral")
-    suite = context.suites.add(gx.ExpectationSuite(name=suite_def["name"], expectations=suite_def["expectations"]))
-    source = context.data_sources.add_pandas(f"{dataset}_source")
-    asset = source.add_dataframe_asset(dataset)
-    batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(batch_parameters={"dataframe": frame})
-    return batch.validate(suite, result_format={"result_format": "COMPLETE"})
+
+class _ChunkValidator:
+    """One ephemeral GX context and suite, validating pandas chunks of one snapshot."""
+
+    def __init__(self, suite_def: dict, dataset: str) -> None:
+        import great_expectations as gx  # heavy import: only inside the task
+
+        unsupported = [e["type"] for e in suite_def["expectations"]
+                       if (e.get("meta") or {}).get("level", "batch") == "batch"
+                       and e["type"] not in _STREAMED_BATCH_TYPES + _SCHEMA_BATCH_TYPES]
+        if unsupported:
+            raise ValidationFailed(
+                f"suite {suite_def['name']}: batch-level expectations {unsupported} cannot be judged chunk by chunk; "
+                f"use row-level expectations (meta.level = row) or one of {_STREAMED_BATCH_TYPES + _SCHEMA_BATCH_TYPES}")
+        self._gx = gx
+        context = gx.get_context(mode="ephemeral")
+        self.suite = context.suites.add(gx.ExpectationSuite(name=suite_def["name"],
+                                                            expectations=suite_def["expectations"]))
+        self.streamed = [e for e in self.suite.expectations if e.expectation_type in _STREAMED_BATCH_TYPES]
+        self.per_chunk = [e for e in self.suite.expectations if e.expectation_type not in _STREAMED_BATCH_TYPES]
+        self.schema_only = [e for e in self.per_chunk if e.expectation_type in _SCHEMA_BATCH_TYPES]
+        self.rows_only = [e for e in self.per_chunk if e.expectation_type not in _SCHEMA_BATCH_TYPES]
+        source = context.data_sources.add_pandas(f"{dataset}_source")
+        self._batches = source.add_dataframe_asset(dataset).add_batch_definition_whole_dataframe("whole")
+        self._suites = {}
+        for name, exps in (("first", self.per_chunk), ("rest", self.rows_only)):
+            self._suites[name] = gx.ExpectationSuite(name=f"{suite_def['name']}__{name}",
+                                                     expectations=[e.configuration.to_json_dict() for e in exps])
+        self.template = None
+        self.merged: dict[int, dict] = {}
+        self.order = [id(e) for e in self.suite.expectations]
+
+    def validate(self, frame: pd.DataFrame, first: bool):
+        """GX results of one chunk (index = global row numbers); schema checks only on the first chunk."""
+        suite = self._suites["first" if first else "rest"]
+        if not suite.expectations:
+            return []
+        batch = self._batches.get_batch(batch_parameters={"dataframe": frame})
+        result = batch.validate(suite, result_format={"result_format": "COMPLETE"})
+        if self.template is None:
+            self.template = result
+        return result.results
+
+    def streamed_result(self, expectation, observed, success: bool):
+        """A GX result for a table-level check judged on streamed figures."""
+        from great_expectations.core import ExpectationValidationResult
+
+        return ExpectationValidationResult(success=success, expectation_config=expectation.configuration,
+                                           result={"observed_value": observed})
+
+
+def _merge(total: dict, item, rows: int) -> None:
+    """Add one chunk's result of a row-level expectation into the running total."""
+    result = item.result or {}
+    kwargs = {k: v for k, v in item.expectation_config.kwargs.items() if k != "batch_id"}
+    entry = total.setdefault(item.expectation_config.type + json.dumps(kwargs, default=str, sort_keys=True),
+                             {"config": item.expectation_config, "success": True, "element_count": 0,
+                              "unexpected_count": 0, "missing_count": 0, "partial_unexpected_list": [],
+                              "observed_value": None, "row_level": "unexpected_index_list" in result})
+    entry["success"] = entry["success"] and bool(item.success)
+    entry["element_count"] += int(result.get("element_count") or rows)
+    entry["unexpected_count"] += int(result.get("unexpected_count") or 0)
+    entry["missing_count"] += int(result.get("missing_count") or 0)
+    room = _PARTIAL_LIST - len(entry["partial_unexpected_list"])
+    if room > 0:
+        entry["partial_unexpected_list"] += list(result.get("partial_unexpected_list") or [])[:room]
+    if "observed_value" in result and entry["observed_value"] is None:
+        entry["observed_value"] = result["observed_value"]
 
 
 def _previous_rows(conn, run_key: str, dataset: str, suite_name: str) -> int | None:
@@ -158,13 +232,17 @@ def validate_snapshot(
     max_row_count_change: float = 0.5,
     max_data_age_days: float = 3.0,
     docs_dir: str | Path | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> ValidationOutcome:
-    """Validate a Parquet snapshot, quarantine bad rows, write the clean rows (labels as 0/1) next to it."""
+    """Validate a Parquet snapshot chunk by chunk, quarantine bad rows, write the clean rows (labels as 0/1)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
+
     spec = spec or synthetic_spec()
     suite_name = suite_name or spec.suite
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    frame = pd.read_parquet(snapshot_path).reset_index(drop=True)
     suite_def = load_suite_definition(suite_name)
     if not training:
         suite_def = {**suite_def, "expectations": [
@@ -175,62 +253,140 @@ def validate_snapshot(
         suite_def, previous_rows=previous, max_row_count_change=max_row_count_change,
         timestamp_column=spec.timestamp_column, as_of=as_of, max_data_age_days=max_data_age_days,
     )
+    validator = _ChunkValidator(suite_def, dataset)
+    # Uniqueness across chunks: GX sees one chunk at a time, so ids repeated in two chunks are found here.
+    unique_checks = [e for e in suite_def["expectations"] if e["type"] == "expect_column_values_to_be_unique"]
+    repeated = {e["kwargs"]["column"]: duplicated_ids(snapshot_path, e["kwargs"]["column"], chunk_rows)
+                for e in unique_checks}
 
     batch_failures: list[str] = []
     row_failures: dict[str, int] = {}
-    bad_rows: dict[int, list[str]] = {}
-    # Cells a file source could not parse: the row is quarantined with the cell's text as the reason.
-    if PARSE_ERRORS_COLUMN in frame.columns:
-        parse_errors = frame.pop(PARSE_ERRORS_COLUMN)
-        for index, note in parse_errors.dropna().items():
-            bad_rows.setdefault(int(index), []).append(f"unparseable: {note}")
-        if parse_errors.notna().any():
-            row_failures["unparseable value"] = int(parse_errors.notna().sum())
-    # A label the mapping does not know cannot become 0/1: quarantine it even if the suite forgot the check.
-    if training and spec.label_values and spec.label_column in frame.columns:
-        labels = frame[spec.label_column]
-        unknown = labels.isna() | ~labels.astype("str").isin(list(spec.label_values))
-        for index in frame.index[unknown]:
-            bad_rows.setdefault(int(index), []).append(
-                f"label {spec.label_column}={labels[index]!r} not in CHURN_FILE_LABEL_VALUES {list(spec.label_values)}")
-        if unknown.any():
-            row_failures[f"label outside {list(spec.label_values)}"] = int(unknown.sum())
-
-    result = _gx_validate(frame, suite_def, dataset)
-    for item in result.results:
-        config = item.expectation_config
-        level = (config.meta or {}).get("level", "batch")
-        label = f"{config.type}({config.kwargs.get('column', '')})"
-        if item.success:
-            continue
-        if level == "batch" or item.result.get("unexpected_index_list") is None:
-            batch_failures.append(f"{label}: {_describe(item.result)}")
-            continue
-        indices = item.result["unexpected_index_list"]
-        row_failures[label] = len(indices)
-        for index in indices:
-            bad_rows.setdefault(int(index), []).append(label)
-
-    result_path = out_dir / f"validation_{dataset}.json"
-    result_path.write_text(json.dumps(result.to_json_dict(), default=str))
-    docs_path = render_data_docs(result, docs_dir or out_dir / "data_docs", dataset)
-    bad_fraction = len(bad_rows) / max(len(frame), 1)
-    success = not batch_failures and bad_fraction <= max_bad_row_fraction
-    _store(conn, run_key, dataset, frame, bad_rows, success, result_path, spec.id_column)
-
+    totals: dict[str, dict] = {}
+    rows = quarantined = 0
+    extremes: dict[str, list] = {}  # column -> [min, max] over every chunk, for the streamed checks
     clean_path = out_dir / f"{dataset}_clean.parquet"
-    clean = frame.drop(index=list(bad_rows)) if bad_rows else frame
-    clean = _normalize(clean, spec, training)
     tmp = clean_path.with_suffix(".tmp")
-    clean.to_parquet(tmp, index=False)
-    os.replace(tmp, clean_path)
+    writer = None
+    ensure_schema(conn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("DELETE FROM churn.quarantine WHERE run_key = %s AND dataset = %s", (run_key, dataset))
+            for frame in iter_frames(snapshot_path, chunk_rows):
+                bad_rows: dict[int, list[str]] = {}
+                # Cells a file source could not parse: the row is quarantined with the cell's text as the reason.
+                if PARSE_ERRORS_COLUMN in frame.columns:
+                    parse_errors = frame.pop(PARSE_ERRORS_COLUMN)
+                    for index, note in parse_errors.dropna().items():
+                        bad_rows.setdefault(int(index), []).append(f"unparseable: {note}")
+                    _count(row_failures, "unparseable value", int(parse_errors.notna().sum()))
+                # A label the mapping does not know cannot become 0/1: quarantine it even if the suite forgot it.
+                if training and spec.label_values and spec.label_column in frame.columns:
+                    labels = frame[spec.label_column]
+                    unknown = labels.isna() | ~labels.astype("str").isin(list(spec.label_values))
+                    for index in frame.index[unknown]:
+                        bad_rows.setdefault(int(index), []).append(
+                            f"label {spec.label_column}={labels[index]!r} not in CHURN_FILE_LABEL_VALUES "
+                            f"{list(spec.label_values)}")
+                    _count(row_failures, f"label outside {list(spec.label_values)}", int(unknown.sum()))
+                for item in validator.validate(frame, first=rows == 0):
+                    config = item.expectation_config
+                    label = f"{config.type}({config.kwargs.get('column', '')})"
+                    _merge(totals, item, len(frame))
+                    if item.success:
+                        continue
+                    level = (config.meta or {}).get("level", "batch")
+                    if level == "batch" or item.result.get("unexpected_index_list") is None:
+                        batch_failures.append(f"{label}: {_describe(item.result)}")
+                        continue
+                    indices = item.result["unexpected_index_list"]
+                    _count(row_failures, label, len(indices))
+                    for index in indices:
+                        bad_rows.setdefault(int(index), []).append(label)
+                for column, dups in repeated.items():
+                    if dups and column in frame.columns:
+                        hit = frame.index[frame[column].astype("str").isin(dups) & frame[column].notna()]
+                        within = {i for i in hit if f"expect_column_values_to_be_unique({column})" in
+                                  bad_rows.get(int(i), [])}
+                        for index in hit:
+                            if int(index) not in within:
+                                bad_rows.setdefault(int(index), []).append(
+                                    f"expect_column_values_to_be_unique({column})")
+                        _count(row_failures, f"expect_column_values_to_be_unique({column})", len(hit) - len(within))
+                for exp in validator.streamed:
+                    column = exp.configuration.kwargs.get("column")
+                    if column and column in frame.columns and frame[column].notna().any():
+                        low, high = frame[column].min(), frame[column].max()
+                        seen = extremes.setdefault(column, [low, high])
+                        seen[0], seen[1] = min(seen[0], low), max(seen[1], high)
+                rows += len(frame)
+                quarantined += len(bad_rows)
+                _quarantine(cur, run_key, dataset, frame, bad_rows, spec.id_column)
+                clean = _normalize(frame.drop(index=list(bad_rows)) if bad_rows else frame, spec, training)
+                table = pa.Table.from_pandas(clean, preserve_index=False,
+                                             schema=writer.schema if writer is not None else None)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+            if writer is None:  # an empty snapshot still gets an (empty) clean file with its columns
+                empty = _normalize(pq.ParquetFile(snapshot_path).schema_arrow.empty_table().to_pandas()
+                                   .drop(columns=[PARSE_ERRORS_COLUMN], errors="ignore"), spec, training)
+                writer = pq.ParquetWriter(tmp, pa.Table.from_pandas(empty, preserve_index=False).schema)
+            writer.close()
+            writer = None
+            # Table-level checks on the whole batch, judged on the streamed figures.
+            streamed = []
+            for exp in validator.streamed:
+                kwargs = exp.configuration.kwargs
+                if exp.expectation_type.startswith("expect_table_row_count"):
+                    observed = rows
+                else:
+                    pair = extremes.get(kwargs.get("column"))
+                    observed = None if pair is None else pair[1 if "max" in exp.expectation_type else 0]
+                success = _within(observed, kwargs)
+                streamed.append(validator.streamed_result(exp, _jsonable(observed), success))
+                if not success:
+                    batch_failures.append(f"{exp.expectation_type}({kwargs.get('column', '')}): observed_value="
+                                          f"{_jsonable(observed)}")
+            results = streamed + [_merged_result(ExpectationValidationResult, entry, repeated)
+                                  for entry in totals.values()]
+            evaluated = len(results)
+            succeeded = sum(1 for r in results if r.success)
+            result = ExpectationSuiteValidationResult(
+                success=not batch_failures and not row_failures, results=results, suite_name=suite_def["name"],
+                statistics={"evaluated_expectations": evaluated, "successful_expectations": succeeded,
+                            "unsuccessful_expectations": evaluated - succeeded,
+                            "success_percent": 100.0 * succeeded / max(evaluated, 1)},
+                meta={**(validator.template.meta if validator.template is not None else {}),
+                      "rows": rows, "chunk_rows": chunk_rows},
+            )
+            result_path = out_dir / f"validation_{dataset}.json"
+            result_path.write_text(json.dumps(result.to_json_dict(), default=str))
+            docs_path = render_data_docs(result, docs_dir or out_dir / "data_docs", dataset)
+            bad_fraction = quarantined / max(rows, 1)
+            success = not batch_failures and bad_fraction <= max_bad_row_fraction
+            cur.execute("DELETE FROM churn.validation_results WHERE run_key = %s AND dataset = %s",
+                        (run_key, dataset))
+            cur.execute(
+                "INSERT INTO churn.validation_results (run_key, dataset, success, rows_checked, rows_quarantined, "
+                "result) VALUES (%s, %s, %s, %s, %s, %s)",
+                (run_key, dataset, success, rows, quarantined, to_jsonb(json.loads(result_path.read_text()))),
+            )
+        conn.commit()  # the run's quarantine and result appear together
+        os.replace(tmp, clean_path)
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
     outcome = ValidationOutcome(
-        dataset, success, len(frame), len(bad_rows), str(clean_path), str(result_path), batch_failures, row_failures,
+        dataset, success, rows, quarantined, str(clean_path), str(result_path), batch_failures, row_failures,
         str(docs_path), previous,
     )
     log.info(
-        "validated %s: %s rows, %s quarantined (%.2f%%), batch failures: %s, data docs: %s",
-        dataset, len(frame), len(bad_rows), 100 * bad_fraction, batch_failures or "none", docs_path,
+        "validated %s: %s rows in chunks of %s, %s quarantined (%.2f%%), batch failures: %s, data docs: %s",
+        dataset, rows, chunk_rows, quarantined, 100 * bad_fraction, batch_failures or "none", docs_path,
     )
     if batch_failures:
         raise ValidationFailed(
@@ -239,10 +395,59 @@ def validate_snapshot(
         )
     if bad_fraction > max_bad_row_fraction:
         raise ValidationFailed(
-            f"{dataset}: {len(bad_rows)} of {len(frame)} rows ({bad_fraction:.1%}) failed row checks {row_failures}, "
+            f"{dataset}: {quarantined} of {rows} rows ({bad_fraction:.1%}) failed row checks {row_failures}, "
             f"above CHURN_MAX_BAD_ROW_FRACTION={max_bad_row_fraction}. Inspect churn.quarantine where run_key='{run_key}'."
         )
     return outcome
+
+
+def _count(counts: dict[str, int], label: str, n: int) -> None:
+    if n:
+        counts[label] = counts.get(label, 0) + n
+
+
+def _within(observed, kwargs: dict) -> bool:
+    """Whether ``observed`` lies within the expectation's bounds (``value`` for *_to_equal)."""
+    if observed is None:
+        return False
+    if "value" in kwargs:
+        return observed == kwargs["value"]
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    if isinstance(observed, pd.Timestamp):
+        low = None if low is None else pd.Timestamp(low)
+        high = None if high is None else pd.Timestamp(high)
+        if observed.tzinfo is None:
+            low = None if low is None else low.tz_localize(None) if low.tzinfo else low
+            high = None if high is None else high.tz_localize(None) if high.tzinfo else high
+    return (low is None or observed >= low) and (high is None or observed <= high)
+
+
+def _jsonable(value):
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def _merged_result(result_type, entry: dict, repeated: dict[str, set[str]]):
+    """One GX result for an expectation evaluated on every chunk (counts added up; partial list kept short)."""
+    config = entry["config"]
+    unexpected = entry["unexpected_count"]
+    success = entry["success"]
+    column = config.kwargs.get("column")
+    if config.type == "expect_column_values_to_be_unique" and repeated.get(column):
+        success = False
+        unexpected = max(unexpected, len(repeated[column]))
+        room = _PARTIAL_LIST - len(entry["partial_unexpected_list"])
+        entry["partial_unexpected_list"] += sorted(repeated[column])[:max(room, 0)]
+    result = {"observed_value": entry["observed_value"]} if not entry["row_level"] else {
+        "element_count": entry["element_count"], "missing_count": entry["missing_count"],
+        "unexpected_count": unexpected,
+        "unexpected_percent": 100.0 * unexpected / max(entry["element_count"] - entry["missing_count"], 1),
+        "partial_unexpected_list": entry["partial_unexpected_list"],
+    }
+    return result_type(success=success, expectation_config=config, result=result)
 
 
 def _normalize(clean: pd.DataFrame, spec: DatasetSpec, training: bool) -> pd.DataFrame:
@@ -264,31 +469,19 @@ def _describe(result: dict) -> str:
     return ", ".join(f"{k}={result[k]}" for k in keys if result.get(k) is not None)[:300] or "failed"
 
 
-def _store(conn, run_key: str, dataset: str, frame: pd.DataFrame, bad_rows: dict[int, list[str]], success: bool,
-           result_path: Path, id_column: str = "customer_id") -> None:
-    """Replace this run's stored result and quarantine rows for the dataset (idempotent)."""
-    ensure_schema(conn)
-    summary = json.loads(result_path.read_text())
-    with conn.cursor() as cur:
-        cur.execute("DELETE FROM churn.quarantine WHERE run_key = %s AND dataset = %s", (run_key, dataset))
-        cur.execute("DELETE FROM churn.validation_results WHERE run_key = %s AND dataset = %s", (run_key, dataset))
-        cur.execute(
-            "INSERT INTO churn.validation_results (run_key, dataset, success, rows_checked, rows_quarantined, result)"
-            " VALUES (%s, %s, %s, %s, %s, %s)",
-            (run_key, dataset, success, len(frame), len(bad_rows), to_jsonb(summary)),
-        )
-        if bad_rows:
-            from psycopg2.extras import execute_values
+def _quarantine(cur, run_key: str, dataset: str, frame: pd.DataFrame, bad_rows: dict[int, list[str]],
+                id_column: str = "customer_id") -> None:
+    """Insert one chunk's bad rows (row number, id, reasons, the whole record) into churn.quarantine."""
+    if not bad_rows:
+        return
+    from psycopg2.extras import execute_values
 
-            bad = frame.loc[sorted(bad_rows)]
-            records = bad.astype(object).where(bad.notna(), None).to_dict(orient="records")
-            execute_values(
-                cur,
-                "INSERT INTO churn.quarantine (run_key, dataset, row_number, customer_id, reasons, record) VALUES %s",
-                [
-                    (run_key, dataset, int(idx), None if rec.get(id_column) is None else str(rec[id_column]),
-                     bad_rows[idx], to_jsonb(rec))
-                    for idx, rec in zip(sorted(bad_rows), records)
-                ],
-            )
-    conn.commit()
+    order = sorted(bad_rows)
+    bad = frame.loc[order]
+    records = bad.astype(object).where(bad.notna(), None).to_dict(orient="records")
+    execute_values(
+        cur,
+        "INSERT INTO churn.quarantine (run_key, dataset, row_number, customer_id, reasons, record) VALUES %s",
+        [(run_key, dataset, int(idx), None if rec.get(id_column) is None else str(rec[id_column]), bad_rows[idx],
+          to_jsonb(rec)) for idx, rec in zip(order, records)],
+    )
