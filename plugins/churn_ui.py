@@ -9,8 +9,8 @@ rollback, edit) the ``churn_nightly`` DAG. Data comes from the platform's Postgr
 Import-time cost is kept small: database drivers, the registry and pandas load inside handlers.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: FastAPI must see the route parameters' real types
+# (Request, GetUserDep), which are imported inside _build_app and would not resolve as strings.
 import hashlib
 import hmac
 import html

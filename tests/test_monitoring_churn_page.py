@@ -125,21 +125,68 @@ def test_confirmation_page_carries_values_only_as_escaped_attributes(churn_ui):
     assert churn_ui.csrf_token("jwt-of-alice", "rollback:" + sneaky) in html
 
 
-def test_file_routes_refuse_traversal_over_http(tmp_path, monkeypatch):
-    """The plugin's FastAPI routes (Airflow's access check stubbed: the browser test covers the real login)."""
+def _http_app(monkeypatch):
+    """The plugin's FastAPI app with Airflow's access check and user stubbed (the browser test covers the real login)."""
     import airflow.api_fastapi.core_api.security as security
-    from fastapi.testclient import TestClient
 
     monkeypatch.setattr(security, "requires_access_dag", lambda *a, **k: (lambda: None))
     spec = importlib.util.spec_from_file_location("churn_ui_http", REPO_ROOT / "plugins" / "churn_ui.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    app = module._build_app()
+
+    class User:
+        def get_name(self) -> str:
+            return "alice"
+
+    app.dependency_overrides[security.get_user] = lambda: User()
+    return module, app
+
+
+def test_rollback_over_http_needs_the_session_bound_token(pg_conn, fresh_pg_url, tmp_path, monkeypatch):
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from churn.model import registry
+
+    ensure_schema(pg_conn)
+    with pg_conn.cursor() as cur:
+        _model(cur, "2026-11-19-tpot-aaaaaa", "retired", 0.81, "first model")
+        _model(cur, "2026-11-20-tpot-bbbbbb", "champion", 0.83, "better")
+        cur.execute("INSERT INTO churn.model_champion (version, reason) VALUES ('2026-11-20-tpot-bbbbbb', 'x')")
+    pg_conn.commit()
+    monkeypatch.setenv("CHURN_POSTGRES_URL", fresh_pg_url)
+    monkeypatch.setenv("CHURN_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(registry, "load_verified", lambda path, sha: (None, None))  # no artifact files here
+    module, app = _http_app(monkeypatch)
+    client = TestClient(app, cookies={"_token": "jwt-of-alice"})
+    page = client.get("/rollback/2026-11-19-tpot-aaaaaa")
+    assert page.status_code == 200 and "confirm-rollback" in page.text and "onsubmit" not in page.text
+    token = re.search(r"name='csrf' value='([0-9a-f]+)'", page.text).group(1)
+    url = "/rollback/2026-11-19-tpot-aaaaaa"
+    form = {"confirm": "2026-11-19-tpot-aaaaaa"}
+    assert client.post(url, data=form, follow_redirects=False).status_code == 403  # no token
+    mallory = TestClient(app, cookies={"_token": "jwt-of-mallory"})
+    assert mallory.post(url, data={**form, "csrf": token}, follow_redirects=False).status_code == 403
+    assert registry.champion(pg_conn).version == "2026-11-20-tpot-bbbbbb"  # nothing moved
+    done = client.post(url, data={**form, "csrf": token}, follow_redirects=False)
+    assert done.status_code == 303 and "champion+is+now" in done.headers["location"]
+    assert registry.champion(pg_conn).version == "2026-11-19-tpot-aaaaaa"
+    assert "by alice" in registry.get(pg_conn, "2026-11-19-tpot-aaaaaa").reason
+
+
+def test_file_routes_refuse_traversal_over_http(tmp_path, monkeypatch):
+    """The plugin's FastAPI file routes refuse every way out of one run's folder."""
+    from fastapi.testclient import TestClient
+
+    module, app = _http_app(monkeypatch)
     monkeypatch.setenv("CHURN_STATE_DIR", str(tmp_path))
     run = tmp_path / "runs" / "2026-11-20"
     run.mkdir(parents=True)
     (run / "report.html").write_text("<h1>Churn run 2026-11-20</h1>")
     (tmp_path / "secret.html").write_text("SECRET outside the run folders")
-    client = TestClient(module._build_app())
+    client = TestClient(app)
     ok = client.get("/runs/2026-11-20/report")
     assert ok.status_code == 200 and "Churn run 2026-11-20" in ok.text
     for url in ("/runs/../secret.html", "/runs/%2E%2E/secret.html", "/runs/2026-11-20/..%2F..%2Fsecret.html",
