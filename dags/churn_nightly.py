@@ -1,7 +1,7 @@
 """Nightly churn scoring: ingest -> validate -> split -> train -> gate -> register -> score (mapped) -> publish -> export.
 
-This file only wires tasks. Every task calls a plain function in ``churn.pipeline``
-(under ``include/``); nothing here does I/O or imports heavy libraries at parse time.
+This file only wires tasks. Every task calls a named plain function of ``churn.stages``
+(under ``include/``) through ``run_task``; nothing here does I/O or imports heavy libraries at parse time.
 Tasks pass references (paths, table names, versions) through XCom, never data.
 """
 
@@ -71,103 +71,103 @@ EXPORT_FILES = Asset("churn_export_files")
     doc_md=__doc__,
 )
 def churn_nightly():
-    """Wire the stages; see churn.pipeline for what each one does."""
+    """Wire the stages; each task names the churn.stages function it runs."""
 
     @task
     def start_run() -> dict:
-        from churn.pipeline import start_run_from_airflow
+        from churn.stages import start_run_from_airflow
 
         return start_run_from_airflow()
 
     @task
     def ingest(run: dict) -> dict:
-        from churn.pipeline import run_stage
+        from churn.stages import data, run_task
 
-        return run_stage("ingest", run)
+        return run_task(data.ingest, run)
 
     @task
     def profile_and_validate(run: dict, ingested: dict) -> dict:
-        from churn.pipeline import run_stage
+        from churn.stages import data, run_task
 
-        return run_stage("profile_and_validate", run, ingested)
+        return run_task(data.profile_and_validate, run, ingested)
 
     @task
     def drift(run: dict, validated: dict) -> dict:
-        from churn.pipeline import run_stage
+        from churn.stages import data, run_task
 
-        return run_stage("drift", run, validated)
+        return run_task(data.drift, run, validated)
 
     @task
     def split(run: dict, validated: dict) -> dict:
-        from churn.pipeline import run_stage
+        from churn.stages import data, run_task
 
-        return run_stage("split", run, validated)
+        return run_task(data.split, run, validated)
 
     @task(execution_timeout=timedelta(hours=3))
     def train(run: dict, splits: dict, drifted: dict) -> dict:
-        from churn.pipeline import run_stage
+        from churn.stages import model, run_task
 
-        return run_stage("train", run, splits, drifted)
+        return run_task(model.train, run, splits, drifted)
 
     @task
     def evaluate_and_gate(run: dict, splits: dict, trained: dict) -> dict:
-        from churn.pipeline import run_stage
+        from churn.stages import model, run_task
 
-        return run_stage("evaluate_and_gate", run, splits, trained)
+        return run_task(model.evaluate_and_gate, run, splits, trained)
 
     @task
     def register(run: dict, splits: dict, evaluation: dict) -> dict:
-        from churn.pipeline import run_stage
+        from churn.stages import model, run_task
 
-        return run_stage("register", run, splits, evaluation)
+        return run_task(model.register, run, splits, evaluation)
 
     @task
     def plan_scoring(run: dict, validated: dict, registered: dict) -> list[dict]:
-        from churn.pipeline import run_stage
+        from churn.stages import scoring, run_task
 
-        return run_stage("plan_scoring", run, validated, registered)
+        return run_task(scoring.plan_scoring, run, validated, registered)
 
     @task(max_active_tis_per_dagrun=16)
     def score_partition(run: dict, part: dict) -> dict:
-        from churn.pipeline import run_stage
+        from churn.stages import scoring, run_task
 
-        return run_stage("score_partition", run, part)
+        return run_task(scoring.score_partition, run, part)
 
     @task
     def score(run: dict, parts: list[dict]) -> dict:
-        from churn.pipeline import run_stage
+        from churn.stages import scoring, run_task
 
-        return run_stage("merge_scores", run, list(parts))
+        return run_task(scoring.merge_scores, run, list(parts))
 
     @task(outlets=[SCORES_POSTGRES])
     def publish_postgres(run: dict, scored: dict) -> dict:
-        from churn.pipeline import run_stage
+        from churn.stages import publish, run_task
 
-        return run_stage("publish_postgres", run, scored)
+        return run_task(publish.publish_postgres, run, scored)
 
     @task(outlets=[SCORES_REDIS])
     def publish_redis(run: dict, scored: dict, pg_published: dict) -> dict:
-        from churn.pipeline import run_stage
+        from churn.stages import publish, run_task
 
-        return run_stage("publish_redis", run, scored, pg_published)
+        return run_task(publish.publish_redis, run, scored, pg_published)
 
     @task(outlets=[EXPORT_FILES])
     def export(run: dict, scored: dict, pg_published: dict, validated: dict) -> dict:
-        from churn.pipeline import run_stage
+        from churn.stages import publish, run_task
 
-        return run_stage("export", run, scored, pg_published, validated)
+        return run_task(publish.export, run, scored, pg_published, validated)
 
     @task
     def summarize(run: dict, stages: dict) -> dict:
-        from churn.pipeline import run_stage
+        from churn.stages import reporting, run_task
 
-        return run_stage("summarize", run, stages)
+        return run_task(reporting.summarize, run, stages)
 
     @task
     def report(run: dict, stages: dict, summary: dict) -> dict:
-        from churn.pipeline import run_stage
+        from churn.stages import reporting, run_task
 
-        return run_stage("report", run, stages, summary)
+        return run_task(reporting.report, run, stages, summary)
 
     run = start_run()
     ingested = ingest(run)

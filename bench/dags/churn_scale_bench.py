@@ -1,6 +1,6 @@
 """Scale-out benchmark DAG: the nightly DAG's scoring stages alone, on a prepared snapshot.
 
-``plan_scoring -> score_partition (mapped) -> score`` call the same ``churn.pipeline`` functions as
+``plan_scoring -> score_partition (mapped) -> score`` call the same ``churn.stages.scoring`` functions as
 ``churn_nightly``; the snapshot path and the partition count come from the trigger. Only
 ``bench/scale_out.py`` loads this folder (it is not in ``dags/``).
 """
@@ -28,28 +28,28 @@ def churn_scale_bench():
 
     @task
     def start_run() -> dict:
-        from churn.pipeline import start_run_from_airflow
+        from churn.stages import start_run_from_airflow
 
         return start_run_from_airflow()
 
     @task
     def plan_scoring(run: dict) -> list[dict]:
-        from churn.pipeline import run_stage
+        from churn.stages import run_task, scoring
 
-        return run_stage("plan_scoring", run, {"score": {"clean_path": run["params"]["features_path"]}},
+        return run_task(scoring.plan_scoring, run, {"score": {"clean_path": run["params"]["features_path"]}},
                          {"registered": []})
 
     @task
     def score_partition(run: dict, part: dict) -> dict:
-        from churn.pipeline import run_stage
+        from churn.stages import run_task, scoring
 
-        return run_stage("score_partition", run, part)
+        return run_task(scoring.score_partition, run, part)
 
     @task
     def score(run: dict, parts: list[dict]) -> dict:
-        from churn.pipeline import run_stage
+        from churn.stages import run_task, scoring
 
-        return run_stage("merge_scores", run, list(parts))
+        return run_task(scoring.merge_scores, run, list(parts))
 
     run = start_run()
     score(run, score_partition.partial(run=run).expand(part=plan_scoring(run)))

@@ -1,0 +1,151 @@
+"""Data stages: ingest (point-in-time snapshots), profile and validate (GX, quarantine), drift, split."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from churn.config import ChurnConfig
+from churn.connections import Resources
+from churn.stages.common import is_dry_run, timed
+
+log = logging.getLogger(__name__)
+
+
+def sample_snapshot(path: str, fraction: float, seed: int, id_column: str = "customer_id",
+                     chunk_rows: int = 100_000) -> int:
+    """Keep about ``fraction`` of a snapshot's rows, chosen by id hash; streamed, written atomically."""
+    from churn.data.stream import write_sample
+
+    return write_sample(path, fraction, id_column, seed, chunk_rows)
+
+
+def ingest(cfg: ChurnConfig, res: Resources, run: dict) -> dict:
+    """Point-in-time snapshots (training with labels, scoring) from the configured source, plus its dataset spec.
+
+    Postgres source: training features as of ``as_of - label_window_days`` with the label "churned within
+    the window", scoring features as of ``as_of``. File source: the file(s) delivered for the run date are
+    that date's snapshot (a file has no time dimension); labelled rows train, and the same rows (or
+    ``CHURN_FILE_SCORE_PATH``) are scored. The spec is written to ``<run_dir>/dataset_spec.json``.
+    """
+    from churn.data.spec import spec_from_config
+
+    started = time.monotonic()
+    as_of = date.fromisoformat(run["as_of"])
+    spec = spec_from_config(cfg)
+    run_dir = Path(run["run_dir"])
+    if spec.source == "file":
+        from churn.data.sources import read_file_snapshot, resolve_files
+
+        options = {"delimiter": cfg.file_delimiter, "encoding": cfg.file_encoding, "chunk_rows": cfg.ingest_chunk_rows}
+        train = read_file_snapshot(spec, resolve_files(cfg.file_path, as_of), run_dir / "train_raw.parquet", as_of,
+                                   labelled=True, **options)
+        score = read_file_snapshot(spec, resolve_files(cfg.file_score_path or cfg.file_path, as_of),
+                                   run_dir / "score_raw.parquet", as_of, labelled=False, **options)
+    else:
+        from churn.data.ingest import extract_snapshot
+
+        train_date = as_of - timedelta(days=cfg.label_window_days)
+        conn = res.pg()
+        try:
+            train = extract_snapshot(conn, train_date, run_dir / "train_raw.parquet", cfg.label_window_days)
+            score = extract_snapshot(conn, as_of, run_dir / "score_raw.parquet")
+        finally:
+            conn.close()
+    out = {"train": dict(train.__dict__), "score": dict(score.__dict__)}
+    fraction = float(run.get("params", {}).get("sample_fraction") or 1.0)
+    if fraction < 1.0:
+        # A published batch must cover everyone (publish_redis deletes customers not scored), so the
+        # scored population is sampled only in a dry run; training rows are sampled in every run.
+        for dataset in ("train", "score") if is_dry_run(run) else ("train",):
+            out[dataset]["rows"] = sample_snapshot(out[dataset]["path"], fraction, cfg.random_state,
+                                                    spec.id_column, cfg.ingest_chunk_rows)
+            out[dataset]["sample_fraction"] = fraction
+        log.info("sampled %s of the population: %s", fraction, {k: v["rows"] for k, v in out.items()})
+    out["dataset"] = spec.name
+    out["spec_path"] = str(spec.write(run_dir))  # a reference: split/train/validate read the spec from here
+    return timed(run, "ingest", started, out)
+
+
+def profile_and_validate(cfg: ChurnConfig, res: Resources, run: dict, ingested: dict) -> dict:
+    """Profile both snapshots, validate them with the dataset's GX suite, quarantine bad rows, build Data Docs."""
+    from churn.data.profile import profile_snapshot
+    from churn.data.spec import load_run_spec
+    from churn.data.validate import validate_snapshot
+
+    started = time.monotonic()
+    spec = load_run_spec(run["run_dir"])
+    docs_dir = Path(run["run_dir"]) / "data_docs"
+    out: dict[str, Any] = {}
+    conn = res.pg()
+    try:
+        for dataset in ("train", "score"):
+            path = ingested[dataset]["path"]
+            profile_snapshot(conn, path, run["run_key"], dataset, id_column=spec.id_column,
+                             chunk_rows=cfg.ingest_chunk_rows,
+                             sample_rows=cfg.profile_sample_rows, seed=cfg.random_state)
+            outcome = validate_snapshot(
+                conn, path, run["run_key"], dataset, run["run_dir"], cfg.max_bad_row_fraction,
+                training=dataset == "train", spec=spec, as_of=date.fromisoformat(run["as_of"]),
+                max_row_count_change=cfg.max_row_count_change, max_data_age_days=cfg.max_data_age_days,
+                docs_dir=docs_dir, chunk_rows=cfg.ingest_chunk_rows,
+            )
+            out[dataset] = outcome.as_dict()
+    finally:
+        conn.close()
+    out["data_docs_path"] = str(docs_dir / "index.html")  # HTML per dataset, linked from this index
+    return timed(run, "profile_and_validate", started, out)
+
+
+def drift(cfg: ChurnConfig, res: Resources, run: dict, validated: dict) -> dict:
+    """PSI (every feature) and KS (numeric) of the clean scoring snapshot vs the champion's training reference."""
+    from churn.data.drift import drift_against_champion
+    from churn.model import registry
+    from churn.model.features import ModelSignature
+
+    started = time.monotonic()
+    conn = res.pg()
+    try:
+        champ = registry.champion(conn)
+        signature = ModelSignature.from_dict(champ.signature) if champ is not None else None
+        report = drift_against_champion(conn, champ, signature, validated["score"]["clean_path"], run["run_key"],
+                                        cfg.drift_psi_threshold, cfg.drift_sample_rows)
+    finally:
+        conn.close()
+    return timed(run, "drift", started, report.as_dict())
+
+
+def split(cfg: ChurnConfig, res: Resources, run: dict, validated: dict) -> dict:
+    """Deterministic id-keyed train/valid/test split of the clean training rows."""
+    from churn.data.spec import load_run_spec
+    from churn.data.stream import sample_frame
+    from churn.model.registry import file_sha256
+    from churn.model.train import split_ids
+
+    started = time.monotonic()
+    spec = load_run_spec(run["run_dir"])
+    LABEL_COLUMN = spec.label_column  # noqa: N806 - the dataset's label column (from its spec)
+    # At most about max_train_rows rows, chosen by id hash while streaming (each class keeps its share in
+    # expectation): the split's memory does not grow with the population.
+    frame, available = sample_frame(validated["train"]["clean_path"], cfg.max_train_rows, spec.id_column,
+                                    cfg.random_state, chunk_rows=cfg.ingest_chunk_rows)
+    assignment = split_ids(frame[spec.id_column], cfg.splits)
+    paths: dict[str, str] = {}
+    counts: dict[str, dict] = {}
+    for name in ("train", "valid", "test"):
+        part = frame[assignment == name]
+        if part[LABEL_COLUMN].nunique() < 2:
+            raise ValueError(
+                f"the {name} split has only one class ({len(part)} rows): the population is too small "
+                "or the label window too short; raise CHURN_DEMO_CUSTOMERS or CHURN_LABEL_WINDOW_DAYS"
+            )
+        path = Path(run["run_dir"]) / f"split_{name}.parquet"
+        part.to_parquet(path, index=False)
+        paths[name] = str(path)
+        counts[name] = {"rows": len(part), "positives": int(part[LABEL_COLUMN].sum())}
+    fingerprint = file_sha256(validated["train"]["clean_path"])  # read in blocks, not whole
+    return timed(run, "split", started, {"paths": paths, "counts": counts, "data_fingerprint": fingerprint,
+                                          "rows_available": available, "rows_used": len(frame)})

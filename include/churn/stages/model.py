@@ -1,0 +1,226 @@
+"""Model stages: the retrain decision, training (baseline + TPOT in a child interpreter), the gate, the registry."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from churn.config import ChurnConfig
+from churn.connections import Resources
+from churn.stages.common import cfg_for, timed
+
+log = logging.getLogger(__name__)
+
+
+def retrain_decision(cfg: ChurnConfig, res: Resources, run: dict, drift: dict | None = None) -> tuple[bool, str]:
+    """Retrain when forced, without a champion, on feature drift above the threshold, or when the champion is old."""
+    from churn.model import registry
+
+    if run.get("params", {}).get("retrain"):
+        return True, "retrain requested by the trigger"
+    conn = res.pg()
+    try:
+        champ = registry.champion(conn)
+        if champ is None:
+            return True, "no champion yet"
+        if drift and drift.get("computed") and drift.get("drifted"):
+            return True, (f"feature drift vs {drift.get('reference_version')}: PSI of {drift['max_psi_feature']} is "
+                          f"{drift['max_psi']} > CHURN_DRIFT_PSI_THRESHOLD={cfg.drift_psi_threshold} "
+                          f"({len(drift['drifted'])} feature(s) drifted)")
+        with conn.cursor() as cur:
+            cur.execute("SELECT created_at FROM churn.model_registry WHERE version = %s", (champ.version,))
+            created = cur.fetchone()[0]
+        conn.commit()
+    finally:
+        conn.close()
+    age = datetime.now(timezone.utc) - created
+    if age > timedelta(days=cfg.max_champion_age_days):
+        return True, f"champion {champ.version} is {age.days} days old (> {cfg.max_champion_age_days})"
+    decayed, decay_reason = _realized_decay(cfg, res, champ.version)
+    if decayed:
+        return True, decay_reason
+    return False, f"champion {champ.version} is fresh ({age.days} days old)"
+
+
+def _realized_decay(cfg: ChurnConfig, res: Resources, champion_version: str) -> tuple[bool, str]:
+    """Monitoring's retrain trigger: the champion's realized ROC AUC dropped more than configured."""
+    from churn.monitoring import realized_retrain_trigger
+
+    conn = res.pg()
+    try:
+        return realized_retrain_trigger(conn, cfg, champion_version)
+    finally:
+        conn.close()
+
+
+def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict | None = None) -> dict:
+    """Fit the logistic baseline and the TPOT search on the training split (if the policy, drift included, says so)."""
+    import joblib
+
+    from churn.data.spec import load_run_spec
+    from churn.model.features import ModelSignature
+    from churn.model.registry import file_sha256, version_name
+    from churn.model.search import run_search
+    from churn.model.train import SearchFoundNothing, fit_baseline
+
+    started = time.monotonic()
+    cfg = cfg_for(cfg, run)
+    retrain, why = retrain_decision(cfg, res, run, drift)
+    if not retrain:
+        log.info("not retraining: %s", why)
+        return timed(run, "train", started, {"retrained": False, "reason": why, "candidates": []})
+    train_df = pd.read_parquet(splits["paths"]["train"])
+    valid_df = pd.read_parquet(splits["paths"]["valid"])
+    spec = load_run_spec(run["run_dir"])  # the dataset's columns and kinds, whatever the source
+    signature = ModelSignature.infer(train_df, spec.id_column, spec.label_column, spec.numeric, spec.boolean,
+                                     spec.categorical)
+    candidates = [fit_baseline(train_df, valid_df, signature, cfg.random_state)]
+    tpot_error = None
+    if not cfg.train_tpot:
+        log.info("CHURN_TRAIN_TPOT=false: baseline only, no TPOT search")
+    else:
+        try:
+            # In a child interpreter: TPOT's Dask processes cannot start inside an executor's task process.
+            candidates.append(run_search({
+                "train_path": splits["paths"]["train"], "valid_path": splits["paths"]["valid"],
+                "signature": signature.as_dict(),
+                "fit": {"budget_minutes": cfg.train_budget_minutes, "max_eval_minutes": cfg.max_eval_minutes,
+                        "search_space": cfg.tpot_search_space, "cv": cfg.tpot_cv,
+                        "population_size": cfg.tpot_population_size, "n_jobs": cfg.n_jobs,
+                        "random_state": cfg.random_state, "dask_scheduler_address": cfg.dask_scheduler_address,
+                        "progress_seconds": cfg.train_progress_seconds},
+            }, Path(run["run_dir"]) / "search"))
+        except SearchFoundNothing as exc:
+            # The baseline is a full candidate: an empty search must not stop the night's scoring.
+            log.warning("TPOT produced no candidate, continuing with the baseline only: %s", exc)
+            tpot_error = str(exc)
+    # One folder and one set of version names per training attempt: a retrain of the same date (a UI
+    # trigger, a cleared task) never overwrites the candidates or the registry versions of an earlier one.
+    attempt = uuid.uuid4().hex[:6]
+    out_dir = Path(run["run_dir"]) / "candidates" / attempt
+    out_dir.mkdir(parents=True, exist_ok=True)
+    described = []
+    for cand in candidates:
+        path = out_dir / f"{cand.name}.joblib"
+        joblib.dump({"model": cand.pipeline, "signature": signature.as_dict()}, path)
+        # The hash travels with the reference: evaluate and register unpickle only these bytes.
+        described.append({"name": cand.name, "version": version_name(run["run_key"], cand.name, attempt),
+                          "path": str(path), "sha256": file_sha256(path),
+                          "valid_roc_auc": cand.valid_roc_auc,
+                          "fit_seconds": round(cand.fit_seconds, 2), "params": cand.params})
+    return timed(run, "train", started, {"retrained": True, "reason": why, "attempt": attempt,
+                                          "candidates": described, "tpot_error": tpot_error})
+
+
+def evaluate_and_gate(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, trained: dict) -> dict:
+    """Test-split metrics for every candidate and the champion on the same rows; gate the best challenger."""
+    from churn.model import registry
+    from churn.model.evaluate import classification_metrics, gate
+    from churn.model.features import ModelSignature, SignatureMismatch, labels, to_model_input
+
+    started = time.monotonic()
+    if not trained["retrained"]:
+        return timed(run, "evaluate_and_gate", started, {"evaluated": False, "promote": False,
+                                                          "reason": trained["reason"], "candidates": []})
+    test_df = pd.read_parquet(splits["paths"]["test"])
+    results = []
+    for cand in trained["candidates"]:
+        payload = registry.read_verified(cand["path"], cand["sha256"])  # as the train task wrote it
+        signature = ModelSignature.from_dict(payload["signature"])
+        proba = payload["model"].predict_proba(to_model_input(test_df, signature))[:, 1]
+        results.append({**cand, "metrics": classification_metrics(labels(test_df, signature), proba)})
+    challenger = max(results, key=lambda r: r["valid_roc_auc"])
+    champion_auc = None
+    champion_metrics = None  # full test metrics of the champion on the same rows (run report)
+    champion_version = None
+    conn = res.pg()
+    try:
+        champ = registry.champion(conn)
+    finally:
+        conn.close()
+    incomparable = None  # why a champion exists but cannot be compared on these rows
+    if champ is not None:
+        champion_version = champ.version
+        model, champ_sig = registry.load_verified(champ.artifact_path, champ.artifact_sha256)
+        try:
+            frame = champ_sig.enforce(test_df)
+            champion_proba = model.predict_proba(frame[champ_sig.feature_columns])[:, 1]
+            champion_metrics = classification_metrics(labels(test_df, champ_sig), champion_proba)
+            champion_auc = champion_metrics["roc_auc"]
+        except SignatureMismatch as exc:
+            incomparable = f"champion {champ.version} cannot score this data: {exc}"
+            log.warning("%s; the gate cannot compare (CHURN_PROMOTE_WITHOUT_COMPARISON=%s)", incomparable,
+                        cfg.promote_without_comparison)
+    decision = gate(challenger["metrics"]["roc_auc"], champion_auc, cfg.min_roc_auc, cfg.max_auc_drop,
+                    challenger_auc_ci_low=challenger["metrics"].get("roc_auc_ci_low"),
+                    champion_incomparable=incomparable, allow_incomparable=cfg.promote_without_comparison)
+    log.info("gate: challenger %s -> promote=%s (%s)", challenger["name"], decision.promote, decision.reason)
+    return timed(run, "evaluate_and_gate", started, {
+        "evaluated": True, "challenger": challenger["name"], "promote": decision.promote, "reason": decision.reason,
+        "champion_version": champion_version, "champion_test_roc_auc": champion_auc, "candidates": results,
+        "champion_metrics": champion_metrics,
+    })
+
+
+def register(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, evaluation: dict) -> dict:
+    """Store every candidate in the registry; move the champion pointer if the gate said so."""
+    from churn.model import registry
+    from churn.model.features import ModelSignature
+
+    started = time.monotonic()
+    train_df = pd.read_parquet(splits["paths"]["train"]) if evaluation["candidates"] else None
+    test_df = pd.read_parquet(splits["paths"]["test"]) if evaluation["candidates"] else None
+    conn = res.pg()
+    try:
+        registered = []
+        for cand in evaluation["candidates"]:
+            # Each training attempt names its own versions (train assigns them): a second retrain of the
+            # same date can never rewrite a version readers trust, a re-run of this task finds its rows.
+            version = cand.get("version") or registry.version_name(run["run_key"], cand["name"], cand["sha256"][:8])
+            is_challenger = cand["name"] == evaluation["challenger"]
+            if is_challenger:
+                status = "challenger" if evaluation["promote"] else "refused"
+                reason = evaluation["reason"]
+            else:
+                status = "refused"
+                reason = f"lower validation ROC AUC than {evaluation['challenger']}"
+            existing = registry.find(conn, version)
+            if existing is not None:
+                # Same attempt registered before (a cleared task): its files and row stay as they are.
+                log.info("version %s is already registered (%s); not rewritten", version, existing.status)
+                formats, reference_path = existing.formats, str(existing.reference_path)
+            else:
+                payload = registry.read_verified(cand["path"], cand["sha256"])
+                signature = ModelSignature.from_dict(payload["signature"])
+                # artifact + reference.parquet (drift stage) + ONNX where convertible, in models_dir/version
+                pkg = registry.package(payload["model"], signature, cfg.models_dir, version, train_rows=train_df,
+                                       test_rows=test_df, reference_rows=cfg.reference_rows,
+                                       onnx_tolerance=cfg.onnx_parity_tolerance, random_state=cfg.random_state)
+                registry.register(
+                    conn, version=version, run_key=run["run_key"], model_name=cand["name"], status=status,
+                    reason=reason, metrics={**cand["metrics"], "valid_roc_auc": cand["valid_roc_auc"]},
+                    params={**cand["params"], "fit_seconds": cand["fit_seconds"],
+                            "reference_rows": pkg.reference_rows, "onnx": pkg.onnx,
+                            "split_counts": splits.get("counts")},
+                    signature=signature, artifact_path=pkg.artifact_path, artifact_sha256=pkg.artifact_sha256,
+                    data_fingerprint=splits["data_fingerprint"], formats=pkg.formats,
+                )
+                formats, reference_path = pkg.formats, pkg.reference_path
+            # Promote only a challenger that was never champion: a re-run must not bring back a version a
+            # later promotion retired.
+            promoted = is_challenger and evaluation["promote"]
+            if promoted and (existing is None or existing.status == "challenger"):
+                registry.promote(conn, version, evaluation["reason"])
+            registered.append({"version": version, "status": "champion" if promoted else status, "reason": reason,
+                               "test_roc_auc": cand["metrics"]["roc_auc"], "formats": formats,
+                               "reference_path": reference_path})
+        champ = registry.champion(conn)
+    finally:
+        conn.close()
+    return timed(run, "register", started, {"registered": registered,
+                                             "champion": champ.version if champ else None})

@@ -1,0 +1,85 @@
+"""Scoring stages: pin the champion for the batch, score hash partitions, merge them with global deciles."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from churn.config import ChurnConfig, ConfigError
+from churn.connections import Resources
+from churn.stages.common import timed, NoChampionError
+
+
+def plan_scoring(cfg: ChurnConfig, res: Resources, run: dict, validated: dict, registered: dict) -> list[dict]:
+    """The champion to score with (pinned for every partition) and one reference per hash partition."""
+    from churn.model import registry
+
+    conn = res.pg()
+    try:
+        champ = registry.champion(conn)
+    finally:
+        conn.close()
+    if champ is None:
+        raise NoChampionError(
+            "no champion model to score with: the first challenger was refused by the gate "
+            f"({registered['registered']}); lower CHURN_MIN_ROC_AUC or retrain with more data"
+        )
+    if cfg.score_partitions < 1:
+        raise ConfigError(f"CHURN_SCORE_PARTITIONS={cfg.score_partitions} must be at least 1")
+    # The plan pins one model version: a promotion while partitions run cannot mix two models in one batch.
+    return [{"partition": p, "partitions": cfg.score_partitions, "features_path": validated["score"]["clean_path"],
+             "model_version": champ.version, "artifact_path": champ.artifact_path,
+             "artifact_sha256": champ.artifact_sha256, "scored_at": datetime.now(timezone.utc).isoformat()}
+            for p in range(cfg.score_partitions)]
+
+
+def score_partition(cfg: ChurnConfig, res: Resources, run: dict, part: dict) -> dict:
+    """Score one hash partition of the scoring snapshot with the planned (verified) champion."""
+    import socket
+
+    from churn.model import registry
+    from churn.model.score import score_partition as score_one_partition
+
+    started = time.monotonic()
+    model, signature = registry.load_verified(part["artifact_path"], part["artifact_sha256"])
+    load_seconds = time.monotonic() - started  # imports, hash check and unpickle: a fixed cost per partition
+    result = score_one_partition(model, signature, part["features_path"], Path(run["run_dir"]) / "score_parts",
+                                 partition=part["partition"], partitions=part["partitions"],
+                                 chunk_rows=cfg.score_chunk_rows)
+    # Which worker scored it: shown in the run's XCom, and how the Celery test sees both workers at work.
+    worker = f"{socket.gethostname()}:{os.environ.get('CHURN_WORKER_NAME') or os.getpid()}"
+    return timed(run, f"score_partition[{part['partition']}]", started, {
+        **result.as_dict(), "model_version": part["model_version"], "scored_at": part["scored_at"],
+        "worker": worker, "load_seconds": round(load_seconds, 3),
+        "rows_per_second": round(result.rows / max(result.inference_seconds, 1e-9), 1)})
+
+
+def merge_scores(cfg: ChurnConfig, res: Resources, run: dict, parts: list[dict]) -> dict:
+    """Global exact deciles over every partition and the run's one score file (what publish reads)."""
+    from churn.model.score import PartitionScores, merge_partitions
+
+    started = time.monotonic()
+    parts = list(parts)  # Airflow hands a reduce step a lazy sequence
+    versions = {p["model_version"] for p in parts}
+    if len(versions) != 1:
+        raise RuntimeError(f"partitions were scored by different models {sorted(versions)}: clear the run's "
+                           "plan_scoring task so every partition is re-scored with one plan")
+    fields = PartitionScores.__dataclass_fields__
+    result = merge_partitions([PartitionScores(**{k: v for k, v in p.items() if k in fields}) for p in parts],
+                              Path(run["run_dir"]) / "scores.parquet", model_version=versions.pop(),
+                              run_id=run["run_key"], scored_at=datetime.fromisoformat(parts[0]["scored_at"]),
+                              band_cuts=cfg.band_cuts, chunk_rows=cfg.score_chunk_rows)
+    return timed(run, "score", started, {
+        "path": result.path, "rows": result.rows, "model_version": parts[0]["model_version"],
+        "inference_seconds": round(result.inference_seconds, 3), "other_seconds": round(result.other_seconds, 3),
+        "rows_per_second": round(result.rows_per_second, 1), "partitions": len(parts),
+        "workers": sorted({p.get("worker", "") for p in parts}),
+    })
+
+
+def score(cfg: ChurnConfig, res: Resources, run: dict, validated: dict, registered: dict) -> dict:
+    """Plan, score every partition and merge, in this process (the DAG maps the partitions over workers)."""
+    parts = [score_partition(cfg, res, run, part) for part in plan_scoring(cfg, res, run, validated, registered)]
+    return merge_scores(cfg, res, run, parts)
