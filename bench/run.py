@@ -22,7 +22,6 @@ import shutil
 import socket
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 

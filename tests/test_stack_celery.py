@@ -13,7 +13,6 @@ import signal
 import threading
 import time
 from datetime import date, datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import psutil

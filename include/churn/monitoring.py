@@ -20,6 +20,7 @@ import numpy as np
 
 from churn.config import ChurnConfig
 from churn.db import ensure_schema, to_jsonb
+from churn.data.drift import psi_from_shares
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +90,7 @@ def psi(expected_counts: list[int] | np.ndarray, actual_counts: list[int] | np.n
     actual = np.asarray(actual_counts, dtype=float)
     if expected.shape != actual.shape or expected.sum() <= 0 or actual.sum() <= 0:
         raise ValueError("PSI needs two non-empty histograms over the same bins")
-    # Empty bins get a tiny share so the log stays finite (the usual PSI convention).
-    e = np.clip(expected / expected.sum(), eps, None)
-    a = np.clip(actual / actual.sum(), eps, None)
-    return float(np.sum((a - e) * np.log(a / e)))
+    return psi_from_shares(expected / expected.sum(), actual / actual.sum(), eps)
 
 
 def previous_run(conn, run_key: str) -> tuple[str, dict] | None:
@@ -188,8 +186,8 @@ def _sampled_outcomes(conn, cfg: ChurnConfig, scored_on: date, as_of: date):
             cur.execute(f"SELECT count(*) FROM churn.{table}")
             total = cur.fetchone()[0]
             fraction = 1.0 if total <= cfg.metrics_sample_rows else cfg.metrics_sample_rows / total
-            outcome = (f"EXISTS (SELECT 1 FROM src.churn_events e WHERE e.customer_id = s.customer_id "
-                       f"AND e.churn_date > %s AND e.churn_date <= %s)")
+            outcome = ("EXISTS (SELECT 1 FROM src.churn_events e WHERE e.customer_id = s.customer_id "
+                       "AND e.churn_date > %s AND e.churn_date <= %s)")
             cur.execute(f"SELECT model_version, count(*), count(*) FILTER (WHERE {outcome}) FROM churn.{table} s "
                         "GROUP BY model_version", window)
             counts = {row[0]: (row[1], row[2]) for row in cur.fetchall()}

@@ -7,10 +7,10 @@ never as an error, so a report is always produced.
 """
 
 from __future__ import annotations
+from churn.fileio import write_text_atomic
 
 import html
 import io
-import os
 from pathlib import Path
 from typing import Any
 
@@ -330,8 +330,4 @@ def build_report(run: dict, summary: dict, stages: dict, monitoring: dict | None
 
 def write_report(path: str | Path, content: str) -> str:
     """Write the report atomically (readers never see a half-written file); returns the path."""
-    path = Path(path)
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(content, encoding="utf-8")
-    os.replace(tmp, path)
-    return str(path)
+    return str(write_text_atomic(path, content))

@@ -62,9 +62,10 @@ class DriftReport:
         return dict(self.__dict__)
 
 
-def _psi_from_shares(expected: np.ndarray, actual: np.ndarray) -> float:
-    expected = np.clip(expected, _EPS, None)
-    actual = np.clip(actual, _EPS, None)
+def psi_from_shares(expected: np.ndarray, actual: np.ndarray, eps: float = _EPS) -> float:
+    """PSI of two share vectors over the same bins; empty bins get share ``eps`` so the log stays finite."""
+    expected = np.clip(expected, eps, None)
+    actual = np.clip(actual, eps, None)
     return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
@@ -84,7 +85,7 @@ def psi_numeric(reference: pd.Series, current: pd.Series, bins: int = 10) -> flo
         counts = np.append(counts, values.isna().sum())
         return counts / max(len(values), 1)
 
-    return _psi_from_shares(shares(ref), shares(cur))
+    return psi_from_shares(shares(ref), shares(cur))
 
 
 def psi_categorical(reference: pd.Series, current: pd.Series) -> float:
@@ -94,7 +95,7 @@ def psi_categorical(reference: pd.Series, current: pd.Series) -> float:
     values = sorted(set(ref.unique()) | set(cur.unique()))
     ref_share = ref.value_counts(normalize=True).reindex(values, fill_value=0).to_numpy()
     cur_share = cur.value_counts(normalize=True).reindex(values, fill_value=0).to_numpy()
-    return _psi_from_shares(ref_share, cur_share)
+    return psi_from_shares(ref_share, cur_share)
 
 
 def ks_numeric(reference: pd.Series, current: pd.Series) -> tuple[float | None, float | None]:

@@ -7,6 +7,7 @@ only, never code.
 """
 
 from __future__ import annotations
+from churn.fileio import write_text_atomic
 
 import json
 import logging
@@ -80,11 +81,7 @@ class DatasetSpec:
 
     def write(self, run_dir: str | Path) -> Path:
         """Write ``dataset_spec.json`` into the run folder and return its path."""
-        path = Path(run_dir) / SPEC_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.as_dict(), indent=2))
-        tmp.replace(path)
-        return path
+        return write_text_atomic(Path(run_dir) / SPEC_FILE, json.dumps(self.as_dict(), indent=2))
 
 
 def synthetic_spec() -> DatasetSpec:

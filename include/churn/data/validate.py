@@ -38,6 +38,7 @@ import pandas as pd
 from churn.data.spec import PARSE_ERRORS_COLUMN, DatasetSpec, synthetic_spec
 from churn.data.stream import DEFAULT_CHUNK_ROWS, duplicated_ids, iter_frames
 from churn.db import ensure_schema, to_jsonb
+from churn.fileio import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -205,10 +206,7 @@ def render_data_docs(result, docs_dir: str | Path, dataset: str) -> Path:
     docs_dir = Path(docs_dir)
     docs_dir.mkdir(parents=True, exist_ok=True)
     page = DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result))
-    path = docs_dir / f"{dataset}.html"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(page)
-    os.replace(tmp, path)
+    path = write_text_atomic(docs_dir / f"{dataset}.html", page)
     links = "".join(f'<li><a href="{p.name}">{p.stem}</a></li>' for p in sorted(docs_dir.glob("*.html"))
                     if p.name != "index.html")
     (docs_dir / "index.html").write_text(

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from churn.db import ensure_schema, tables_present, to_jsonb
 from churn.model.features import ModelSignature
+from churn.fileio import atomic_path, file_sha256  # noqa: F401 - file_sha256 is part of this module's API
 
 if TYPE_CHECKING:  # pandas/joblib are imported where used: `python -m churn.model.registry` starts fast
     import pandas as pd
@@ -64,15 +65,6 @@ class ModelRecord:
         return self.folder / REFERENCE_FILE
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def version_name(run_key: str, model_name: str, attempt: str) -> str:
     """A version's name: ``<run key>-<model>-<attempt>``, unique to one training attempt of one run."""
     return f"{run_key}-{model_name}-{attempt}"
@@ -98,9 +90,8 @@ def save_artifact(model: Any, signature: ModelSignature, models_dir: str | Path,
     folder = Path(models_dir) / (folder_name or version)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.joblib"
-    tmp = path.with_suffix(".tmp")
-    joblib.dump({"model": model, "signature": signature.as_dict(), "version": version}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        joblib.dump({"model": model, "signature": signature.as_dict(), "version": version}, tmp)
     return str(path), file_sha256(path)
 
 
@@ -114,9 +105,8 @@ def save_reference(frame: pd.DataFrame, signature: ModelSignature, models_dir: s
         sample = sample.sample(n=max_rows, random_state=random_state)
     sample = sample.sort_values(signature.id_column, kind="stable").reset_index(drop=True)
     path = folder / REFERENCE_FILE
-    tmp = path.with_suffix(".tmp")
-    sample.to_parquet(tmp, index=False)
-    os.replace(tmp, path)  # the drift stage never sees a half-written reference
+    with atomic_path(path) as tmp:  # the drift stage never sees a half-written reference
+        sample.to_parquet(tmp, index=False)
     return str(path), len(sample)
 
 

@@ -26,9 +26,9 @@ bytes, so a file swapped between check and load is never loaded.
 """
 
 from __future__ import annotations
+from churn.fileio import atomic_path, file_sha256, write_text_atomic
 
 import ctypes
-import hashlib
 import json
 import logging
 import os
@@ -224,10 +224,9 @@ def _child_main(request_path: str) -> int:
         _write_json(result_path, {"error": str(exc)})
         return EXIT_FOUND_NOTHING
     artifact = Path(request["artifact_path"])
-    tmp = artifact.with_name(artifact.name + ".tmp")
-    joblib.dump(candidate.pipeline, tmp)
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    tmp.replace(artifact)
+    with atomic_path(artifact) as tmp:
+        joblib.dump(candidate.pipeline, tmp)
+        digest = file_sha256(tmp)
     _write_json(result_path, {"artifact_path": str(artifact), "artifact_sha256": digest,
                               "valid_roc_auc": candidate.valid_roc_auc, "fit_seconds": candidate.fit_seconds,
                               "params": candidate.params, "pid": os.getpid()})
@@ -235,9 +234,7 @@ def _child_main(request_path: str) -> int:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(payload, indent=2, default=str))
 
 
 if __name__ == "__main__":

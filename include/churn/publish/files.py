@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
 import json
 import logging
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from churn.config import ConfigError
+from churn.fileio import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -242,15 +242,6 @@ def _fsync_replace(tmp: Path, final: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_rows(chunks: Iterable[Sequence[Sequence[object]]], columns: Sequence[str], out_dir: str | Path,
