@@ -10,10 +10,11 @@ Order of precedence, so that one code path serves the demo and production alike:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 from churn.config import ChurnConfig
 
@@ -67,6 +68,15 @@ class Resources:
 
     pg: Callable[[], object]
     redis: Callable[[], object]
+
+    @contextlib.contextmanager
+    def pg_session(self) -> Iterator[Any]:
+        """A fresh Postgres connection for one block, closed when the block ends (uncommitted work is rolled back)."""
+        conn = self.pg()
+        try:
+            yield conn
+        finally:
+            conn.close()
 
     @classmethod
     def from_urls(cls, pg_url: str, redis_url_: str) -> "Resources":

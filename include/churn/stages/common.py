@@ -43,8 +43,7 @@ def start_run(cfg: ChurnConfig, res: Resources, as_of: date, airflow_run_id: str
     run_key = as_of.isoformat()
     run_dir = cfg.runs_dir / run_key
     run_dir.mkdir(parents=True, exist_ok=True)
-    conn = res.pg()
-    try:
+    with res.pg_session() as conn:
         ensure_schema(conn)
         with conn.cursor() as cur:
             cur.execute(
@@ -54,7 +53,5 @@ def start_run(cfg: ChurnConfig, res: Resources, as_of: date, airflow_run_id: str
                 (run_key, airflow_run_id),
             )
         conn.commit()
-    finally:
-        conn.close()
     return {"run_key": run_key, "as_of": run_key, "run_dir": str(run_dir), "airflow_run_id": airflow_run_id,
             "params": dict(params or {})}

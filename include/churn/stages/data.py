@@ -49,12 +49,9 @@ def ingest(cfg: ChurnConfig, res: Resources, run: dict) -> dict:
         from churn.data.ingest import extract_snapshot
 
         train_date = as_of - timedelta(days=cfg.label_window_days)
-        conn = res.pg()
-        try:
+        with res.pg_session() as conn:
             train = extract_snapshot(conn, train_date, run_dir / "train_raw.parquet", cfg.label_window_days)
             score = extract_snapshot(conn, as_of, run_dir / "score_raw.parquet")
-        finally:
-            conn.close()
     out = {"train": dict(train.__dict__), "score": dict(score.__dict__)}
     fraction = float(run.get("params", {}).get("sample_fraction") or 1.0)
     if fraction < 1.0:
@@ -80,8 +77,7 @@ def profile_and_validate(cfg: ChurnConfig, res: Resources, run: dict, ingested: 
     spec = load_run_spec(run["run_dir"])
     docs_dir = Path(run["run_dir"]) / "data_docs"
     out: dict[str, Any] = {}
-    conn = res.pg()
-    try:
+    with res.pg_session() as conn:
         for dataset in ("train", "score"):
             path = ingested[dataset]["path"]
             profile_snapshot(conn, path, run["run_key"], dataset, id_column=spec.id_column,
@@ -94,8 +90,6 @@ def profile_and_validate(cfg: ChurnConfig, res: Resources, run: dict, ingested: 
                 docs_dir=docs_dir, chunk_rows=cfg.ingest_chunk_rows,
             )
             out[dataset] = outcome.as_dict()
-    finally:
-        conn.close()
     out["data_docs_path"] = str(docs_dir / "index.html")  # HTML per dataset, linked from this index
     return timed(run, "profile_and_validate", started, out)
 
@@ -107,14 +101,11 @@ def drift(cfg: ChurnConfig, res: Resources, run: dict, validated: dict) -> dict:
     from churn.model.features import ModelSignature
 
     started = time.monotonic()
-    conn = res.pg()
-    try:
+    with res.pg_session() as conn:
         champ = registry.champion(conn)
         signature = ModelSignature.from_dict(champ.signature) if champ is not None else None
         report = drift_against_champion(conn, champ, signature, validated["score"]["clean_path"], run["run_key"],
                                         cfg.drift_psi_threshold, cfg.drift_sample_rows)
-    finally:
-        conn.close()
     return timed(run, "drift", started, report.as_dict())
 
 

@@ -23,8 +23,7 @@ def retrain_decision(cfg: ChurnConfig, res: Resources, run: dict, drift: dict | 
 
     if run.get("params", {}).get("retrain"):
         return True, "retrain requested by the trigger"
-    conn = res.pg()
-    try:
+    with res.pg_session() as conn:
         champ = registry.champion(conn)
         if champ is None:
             return True, "no champion yet"
@@ -36,8 +35,6 @@ def retrain_decision(cfg: ChurnConfig, res: Resources, run: dict, drift: dict | 
             cur.execute("SELECT created_at FROM churn.model_registry WHERE version = %s", (champ.version,))
             created = cur.fetchone()[0]
         conn.commit()
-    finally:
-        conn.close()
     age = datetime.now(timezone.utc) - created
     if age > timedelta(days=cfg.max_champion_age_days):
         return True, f"champion {champ.version} is {age.days} days old (> {cfg.max_champion_age_days})"
@@ -51,11 +48,8 @@ def _realized_decay(cfg: ChurnConfig, res: Resources, champion_version: str) -> 
     """Monitoring's retrain trigger: the champion's realized ROC AUC dropped more than configured."""
     from churn.monitoring import realized_retrain_trigger
 
-    conn = res.pg()
-    try:
+    with res.pg_session() as conn:
         return realized_retrain_trigger(conn, cfg, champion_version)
-    finally:
-        conn.close()
 
 
 def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict | None = None) -> dict:
@@ -138,11 +132,8 @@ def evaluate_and_gate(cfg: ChurnConfig, res: Resources, run: dict, splits: dict,
     champion_auc = None
     champion_metrics = None  # full test metrics of the champion on the same rows (run report)
     champion_version = None
-    conn = res.pg()
-    try:
+    with res.pg_session() as conn:
         champ = registry.champion(conn)
-    finally:
-        conn.close()
     incomparable = None  # why a champion exists but cannot be compared on these rows
     if champ is not None:
         champion_version = champ.version
@@ -175,8 +166,7 @@ def register(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, evaluati
     started = time.monotonic()
     train_df = pd.read_parquet(splits["paths"]["train"]) if evaluation["candidates"] else None
     test_df = pd.read_parquet(splits["paths"]["test"]) if evaluation["candidates"] else None
-    conn = res.pg()
-    try:
+    with res.pg_session() as conn:
         registered = []
         for cand in evaluation["candidates"]:
             # Each training attempt names its own versions (train assigns them): a second retrain of the
@@ -220,7 +210,5 @@ def register(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, evaluati
                                "test_roc_auc": cand["metrics"]["roc_auc"], "formats": formats,
                                "reference_path": reference_path})
         champ = registry.champion(conn)
-    finally:
-        conn.close()
     return timed(run, "register", started, {"registered": registered,
                                              "champion": champ.version if champ else None})

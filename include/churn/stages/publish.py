@@ -112,8 +112,7 @@ def export(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_publish
                             f"({pg_published.get('reason')}); no export is written or delivered")
     table = pg_published["table"].split(".", 1)[1]
     attributes = sorted({c for s in specs for c in s.attributes})
-    conn = res.pg()
-    try:
+    with res.pg_session() as conn:
         check_published(conn, run["run_key"], table, pg_published["rows"])
         attributes_table = SOURCE_ATTRIBUTES_TABLE
         if from_file and attributes:
@@ -126,8 +125,6 @@ def export(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_publish
                                airflow_run_id=run.get("airflow_run_id", ""), chunk_rows=cfg.export_chunk_rows,
                                attributes_table=attributes_table)
                    for export_def in specs]
-    finally:
-        conn.close()
     remote: list[str] = []
     if sftp_connection_configured(cfg.sftp_conn_id):
         files = [path for w in written for path in (w.path, w.manifest_path)]  # each manifest after its file

@@ -69,16 +69,13 @@ def summarize(cfg: ChurnConfig, res: Resources, run: dict, stages: dict) -> dict
     summary_path = Path(run["run_dir"]) / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2, default=str))
     summary["summary_path"] = str(summary_path)
-    conn = res.pg()
-    try:
+    with res.pg_session() as conn:
         with conn.cursor() as cur:
             cur.execute(
                 "UPDATE churn.pipeline_runs SET status = 'success', finished_at = now(), summary = %s "
                 "WHERE run_key = %s", (to_jsonb(summary), run["run_key"]),
             )
         conn.commit()
-    finally:
-        conn.close()
     log.info("run summary: %s", json.dumps(summary, default=str))
     return timed(run, "summarize", started, summary)
 
@@ -103,8 +100,7 @@ def report(cfg: ChurnConfig, res: Resources, run: dict, stages: dict, summary: d
     if isinstance(summarize_seconds, (int, float)):
         per_stage = {**per_stage, "summarize": summarize_seconds}
     summary = {**summary, "stage_seconds": per_stage}
-    conn = res.pg()
-    try:
+    with res.pg_session() as conn:
         ensure_schema(conn)
         metrics = monitoring.build_run_metrics(conn, run["run_key"], summary, scored.get("path"),
                                                scored.get("model_version"), cfg.band_cuts, dry_run,
@@ -115,8 +111,6 @@ def report(cfg: ChurnConfig, res: Resources, run: dict, stages: dict, summary: d
             stages = {**stages, "drift": _stored_drift(conn, run["run_key"])}
         metrics.report_path = str(run_dir / "report.html")
         monitoring.record_run(conn, metrics)
-    finally:
-        conn.close()
     view = {"score_summary": metrics.score_summary, "prediction_psi": metrics.prediction_psi,
             "previous_run_key": metrics.previous_run_key, "max_prediction_psi": cfg.max_prediction_psi,
             "previous_score_summary": previous[1] if previous else None}

@@ -16,11 +16,8 @@ def plan_scoring(cfg: ChurnConfig, res: Resources, run: dict, validated: dict, r
     """The champion to score with (pinned for every partition) and one reference per hash partition."""
     from churn.model import registry
 
-    conn = res.pg()
-    try:
+    with res.pg_session() as conn:
         champ = registry.champion(conn)
-    finally:
-        conn.close()
     if champ is None:
         raise NoChampionError(
             "no champion model to score with: the first challenger was refused by the gate "
