@@ -31,3 +31,38 @@ def test_bad_value_names_the_variable():
         _ = ChurnConfig.from_env({"CHURN_RISK_BAND_CUTS": "0.7,0.2"}).band_cuts
     with pytest.raises(ConfigError, match="CHURN_SPLIT_FRACTIONS"):
         _ = ChurnConfig.from_env({"CHURN_SPLIT_FRACTIONS": "0.5,0.1"}).splits
+
+
+@pytest.mark.parametrize("var, raw, message", [
+    ("CHURN_REDIS_LAYOUT", "xml", "CHURN_REDIS_LAYOUT='xml' is not allowed; use one of json, hash"),
+    ("CHURN_SOURCE", "s3", "use one of postgres, file"),
+    ("CHURN_RISK_BAND_CUTS", "high,low", "CHURN_RISK_BAND_CUTS='high,low' must be ascending numbers in (0, 1)"),
+    ("CHURN_RISK_BAND_CUTS", "0.6,0.3", "must be ascending"),
+    ("CHURN_SPLIT_FRACTIONS", "0.5,0.5", "CHURN_SPLIT_FRACTIONS='0.5,0.5' must be three positive fractions"),
+    ("CHURN_SCORE_PARTITIONS", "0", "CHURN_SCORE_PARTITIONS=0 is out of range: it must be between 1 and 256"),
+    ("CHURN_MAX_BAD_ROW_FRACTION", "1.5", "CHURN_MAX_BAD_ROW_FRACTION=1.5 is out of range"),
+    ("CHURN_POSTGRES_PORT", "70000", "between 1 and 65535"),
+    ("CHURN_INGEST_CHUNK_ROWS", "-5", "at least 1"),
+])
+def test_bad_choices_and_ranges_name_the_variable_and_the_allowed_values(var, raw, message):
+    with pytest.raises(ConfigError) as caught:
+        ChurnConfig.from_env({var: raw})
+    assert message in str(caught.value)
+
+
+def test_per_run_overrides_are_checked_too():
+    with pytest.raises(ConfigError, match="CHURN_SCORE_PARTITIONS=0"):
+        ChurnConfig().replace(score_partitions=0)
+
+
+def test_readme_configuration_table_is_the_generated_one():
+    from churn.config import markdown_table
+    from tests.conftest import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    table = markdown_table()
+    assert table in readme, "README's configuration table is stale: paste `python -m churn.config --markdown`"
+    import dataclasses
+
+    assert table.count("\n| CHURN_") == len(dataclasses.fields(ChurnConfig))  # every field, with its doc
+    assert "|  |" not in table  # no field without documentation

@@ -88,7 +88,7 @@ class ChurnConfig:
     """Scored customers (chosen by id hash) behind score quantiles and the realized ROC AUC."""
 
     # --- data source (default: the Postgres synthetic tables) ------------------------
-    source: str = "postgres"
+    source: typing.Literal["postgres", "file"] = "postgres"
     """``postgres`` (the src.* tables, point-in-time SQL) or ``file`` (CSV/Parquet in a drop folder)."""
     file_path: str = ""
     """File source: path or glob; ``{ds}`` = the run date; relative paths are from the project root."""
@@ -171,7 +171,7 @@ class ChurnConfig:
     """Probability cut points between the ``low``, ``medium`` and ``high`` risk bands."""
     redis_key_prefix: str = "churn"
     """Prefix of every Redis key the platform writes."""
-    redis_layout: str = "json"
+    redis_layout: typing.Literal["json", "hash"] = "json"
     """Redis key layout: ``json`` (GET churn:score:{id}) or ``hash`` (compact buckets, README "Score contracts")."""
     redis_hash_buckets: int = 65_536
     """Buckets of the ``hash`` layout; keep customers / buckets under ~100 so buckets stay compactly encoded."""
@@ -216,6 +216,22 @@ class ChurnConfig:
     export_chunk_rows: int = 50_000
     """Rows fetched from Postgres per chunk while an export file is streamed to disk."""
 
+    def __post_init__(self) -> None:
+        """Check choices and ranges at construction (also for per-run overrides), naming the variable to fix."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value, var = getattr(self, f.name), f"CHURN_{f.name.upper()}"
+            kind = hints[f.name]
+            if typing.get_origin(kind) is typing.Literal and value not in typing.get_args(kind):
+                raise ConfigError(f"{var}={value!r} is not allowed; use one of {', '.join(typing.get_args(kind))}")
+            low, high = _RANGES.get(f.name, (None, None))
+            if (low is not None and value < low) or (high is not None and value > high):
+                bounds = f"between {low} and {high}" if low is not None and high is not None else \
+                    (f"at least {low}" if low is not None else f"at most {high}")
+                raise ConfigError(f"{var}={value!r} is out of range: it must be {bounds}")
+        self.band_cuts  # noqa: B018 - parsed now so that a bad value fails at start, not mid-run
+        self.splits  # noqa: B018
+
     @property
     def runs_dir(self) -> Path:
         """Folder holding one sub-folder per run (parquet files, reports, summary)."""
@@ -234,8 +250,11 @@ class ChurnConfig:
     @property
     def band_cuts(self) -> tuple[float, ...]:
         """Risk band cut points as floats, validated ascending in (0, 1)."""
-        cuts = tuple(float(x) for x in self.risk_band_cuts.split(","))
-        if list(cuts) != sorted(cuts) or not all(0.0 < c < 1.0 for c in cuts):
+        try:
+            cuts = tuple(float(x) for x in self.risk_band_cuts.split(","))
+        except ValueError:
+            cuts = ()
+        if not cuts or list(cuts) != sorted(cuts) or not all(0.0 < c < 1.0 for c in cuts):
             raise ConfigError(
                 f"CHURN_RISK_BAND_CUTS={self.risk_band_cuts!r} must be ascending numbers in (0, 1), e.g. '0.3,0.6'"
             )
@@ -244,7 +263,10 @@ class ChurnConfig:
     @property
     def splits(self) -> tuple[float, float, float]:
         """Train/validation/test fractions, validated to sum to 1."""
-        parts = tuple(float(x) for x in self.split_fractions.split(","))
+        try:
+            parts = tuple(float(x) for x in self.split_fractions.split(","))
+        except ValueError:
+            parts = ()
         if len(parts) != 3 or abs(sum(parts) - 1.0) > 1e-6 or min(parts) <= 0:
             raise ConfigError(
                 f"CHURN_SPLIT_FRACTIONS={self.split_fractions!r} must be three positive fractions summing to 1"
@@ -270,8 +292,29 @@ class ChurnConfig:
         return cls(**values)
 
 
+# Inclusive (min, max) of numeric fields; None = unbounded on that side.
+_RANGES: dict[str, tuple[float | None, float | None]] = {
+    **{name: (1, 65535) for name in ("postgres_port", "redis_port", "airflow_port", "dask_scheduler_port")},
+    **{name: (1, None) for name in (
+        "celery_workers", "dask_workers", "demo_customers", "usage_months", "label_window_days", "ingest_chunk_rows",
+        "profile_sample_rows", "metrics_sample_rows", "drift_sample_rows", "tpot_population_size", "n_jobs",
+        "max_train_rows", "reference_rows", "score_chunk_rows", "redis_hash_buckets", "score_history_runs",
+        "realized_min_customers", "export_upload_attempts", "export_chunk_rows")},
+    "celery_broker_db": (0, 15), "tpot_cv": (2, 20), "score_partitions": (1, 256),
+    "max_bad_row_fraction": (0.0, 1.0), "max_row_count_change": (0.0, 0.99), "min_roc_auc": (0.0, 1.0),
+    "max_auc_drop": (0.0, 1.0), "max_realized_auc_drop": (0.0, 1.0), "drift_psi_threshold": (0.0, None),
+    "max_prediction_psi": (0.0, None), "onnx_parity_tolerance": (0.0, None), "max_data_age_days": (0.0, None),
+    "max_champion_age_days": (0, None), "realized_lag_days": (1, None),
+    **{name: (0.01, None) for name in ("train_budget_minutes", "max_eval_minutes", "train_progress_seconds",
+                                       "publish_lease_seconds", "publish_lock_wait_seconds", "run_deadline_minutes",
+                                       "export_retry_seconds")},
+}
+
+
 def _coerce(var: str, raw: str, kind: typing.Any) -> typing.Any:
     """Convert one environment string to the field's type, or explain the fix."""
+    if typing.get_origin(kind) is typing.Literal:
+        return raw.strip()  # the allowed values are checked (and listed) by ChurnConfig.__post_init__
     try:
         if kind is bool:
             lowered = raw.strip().lower()
@@ -285,3 +328,61 @@ def _coerce(var: str, raw: str, kind: typing.Any) -> typing.Any:
         return kind(raw)
     except ValueError as exc:
         raise ConfigError(f"{var}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from exc
+
+
+def field_docs() -> dict[str, str]:
+    """Each field's documentation: the string literal under it in this module's source."""
+    import ast
+
+    tree = ast.parse(Path(__file__).read_text())
+    body = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "ChurnConfig").body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(after.value.value).split())
+    return docs
+
+
+def _default_text(name: str, value: typing.Any) -> str:
+    if name == "state_dir":
+        return "`.state` (in the checkout)"
+    if value == "":
+        return "(empty)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"`{value}`" if isinstance(value, str) else str(value)
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from the fields, their defaults and their docs."""
+    docs = field_docs()
+    defaults = ChurnConfig()
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for f in dataclasses.fields(ChurnConfig):
+        meaning = docs.get(f.name, "").replace("|", "\\|")
+        rows.append(f"| CHURN_{f.name.upper()} | {_default_text(f.name, getattr(defaults, f.name))} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``--markdown`` prints the README table; ``--check`` validates the current environment's settings."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m churn.config")
+    parser.add_argument("--markdown", action="store_true", help="print the README configuration table")
+    parser.add_argument("--check", action="store_true", help="validate the CHURN_* variables of this environment")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown_table(), end="")
+    if args.check:
+        try:
+            ChurnConfig.from_env()
+        except ConfigError as exc:
+            print(f"error: {exc}")
+            return 2
+        print("configuration ok")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
