@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from churn.config import ChurnConfig
-from churn.db import ensure_schema, to_jsonb
 from churn.data.drift import psi_from_shares
+from churn.db import ensure_schema, to_jsonb
 
 log = logging.getLogger(__name__)
 

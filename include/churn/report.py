@@ -7,12 +7,13 @@ never as an error, so a report is always produced.
 """
 
 from __future__ import annotations
-from churn.fileio import write_text_atomic
 
 import html
 import io
 from pathlib import Path
 from typing import Any
+
+from churn.fileio import write_text_atomic
 
 STAGE_ORDER = ["ingested", "validated", "splits", "drift", "trained", "evaluation", "registered", "scored",
                "pg_published", "redis_published", "exported", "summarize"]

@@ -7,12 +7,13 @@ only, never code.
 """
 
 from __future__ import annotations
-from churn.fileio import write_text_atomic
 
 import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from churn.fileio import write_text_atomic
 
 log = logging.getLogger(__name__)
 

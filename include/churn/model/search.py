@@ -26,7 +26,6 @@ bytes, so a file swapped between check and load is never loaded.
 """
 
 from __future__ import annotations
-from churn.fileio import atomic_path, file_sha256, write_text_atomic
 
 import ctypes
 import json
@@ -39,6 +38,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from churn.fileio import atomic_path, file_sha256, write_text_atomic
 
 log = logging.getLogger(__name__)
 
