@@ -13,9 +13,7 @@ Import-time cost is kept small: database drivers, the registry and pandas load i
 # (Request, GetUserDep), which are imported inside _build_app and would not resolve as strings.
 import hashlib
 import hmac
-import html
 import re
-from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
@@ -25,36 +23,14 @@ URL_PREFIX = "/churn"
 SERVABLE_SUFFIXES = {".html", ".css", ".js", ".png", ".svg", ".jpg", ".ico", ".woff", ".woff2", ".ttf", ".map"}
 # A run key is a date or an Airflow-ish id: never a path ("..", "/").
 _RUN_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
-# Values reach scripts only as DOM strings (data-* attributes read through dataset), never as JavaScript text.
-_CONFIRM_JS = ("document.querySelectorAll('form[data-confirm]').forEach(function(f){f.addEventListener('submit',"
-               "function(e){if(!window.confirm(f.dataset.confirm)){e.preventDefault();}});});")
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:16px;color:#1f2933}
-h1{font-size:20px} h2{font-size:16px;margin-top:24px}
-table{border-collapse:collapse;font-size:13px;margin:6px 0} td,th{border:1px solid #d9e2ec;padding:4px 8px;text-align:left}
-th{background:#f0f4f8} .champion{background:#e3f8e7} .refused{color:#8a1c1c} .msg{padding:8px;background:#fff4d6}
-.err{padding:8px;background:#fde2e1} button{cursor:pointer}
-"""
 
 
-def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value))
+def _page(title: str, heading: str | None, text: str, css_class: str = "note", element_id: str = "message") -> str:
+    """A page with one message (empty state, errors)."""
+    from churn.templating import render
 
-
-def _num(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return _e(value)
-
-
-def _page(title: str, body: str) -> str:
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
-            f"<style>{_CSS}</style></head><body>{body}</body></html>")
+    return render("churn_message.html", title=title, heading=heading, text=text, css_class=css_class,
+                  element_id=element_id)
 
 
 def _cfg():
@@ -140,45 +116,14 @@ def load_overview(conn, runs_limit: int = 20) -> dict:
 
 
 def render_overview(data: dict, message: str | None = None, error: str | None = None) -> str:
-    """The Churn page's HTML."""
+    """The Churn page's HTML (templates/churn_overview.html)."""
+    from churn.templating import render
+
     champ = data["champion"]
-    parts = ["<h1>Churn scoring</h1>"]
-    if message:
-        parts.append(f'<p class="msg">{_e(message)}</p>')
-    if error:
-        parts.append(f'<p class="err">{_e(error)}</p>')
-    parts.append(f"<p>Champion: <b id='champion'>{_e(champ['version'])}</b> since {_e(champ['promoted_at'])}: "
-                 f"{_e(champ['reason'])}</p>" if champ else "<p>No champion yet.</p>")
-    parts.append("<h2>Model versions</h2><table id='models'><tr><th>version</th><th>model</th><th>status</th>"
-                 "<th>reason</th><th>test ROC AUC</th><th>PR AUC</th><th>Brier</th><th>realized ROC AUC</th>"
-                 "<th>created</th><th></th></tr>")
-    for m in data["models"]:
-        is_champ = champ is not None and m["version"] == champ["version"]
-        status = "champion" if is_champ else m["status"]
-        action = "" if is_champ else (f'<a href="{URL_PREFIX}/rollback/{_e(m["version"])}">roll back to this</a>')
-        realized = f"{_num(m['realized_roc_auc'])} (scores of {_e(m['realized_on'])})" \
-            if m["realized_roc_auc"] is not None else "–"
-        parts.append(f"<tr class='{_e(status)}' data-version='{_e(m['version'])}'><td>{_e(m['version'])}</td>"
-                     f"<td>{_e(m['model_name'])}</td><td>{_e(status)}</td><td>{_e(m['reason'])}</td>"
-                     f"<td>{_num(m['roc_auc'])}</td><td>{_num(m['pr_auc'])}</td><td>{_num(m['brier'])}</td>"
-                     f"<td>{realized}</td><td>{_e(str(m['created_at'])[:19])}</td><td>{action}</td></tr>")
-    parts.append("</table><h2>Recent runs</h2><table id='runs'><tr><th>run</th><th>status</th><th>Airflow run</th>"
-                 "<th>rows in</th><th>quarantined</th><th>scored</th><th>published</th><th>model</th>"
-                 "<th>prediction PSI</th><th>feature drift (max PSI / drifted)</th><th>report</th>"
-                 "<th>Data Docs</th></tr>")
-    for r in data["runs"]:
-        report = f'<a href="{URL_PREFIX}/runs/{_e(r["run_key"])}/report" target="_blank">report</a>' \
-            if r["report_path"] else "–"
-        docs = f'<a href="{URL_PREFIX}/runs/{_e(r["run_key"])}/data_docs/index.html" target="_blank">Data Docs</a>'
-        drift = "–" if r["max_feature_psi"] is None else f"{_num(r['max_feature_psi'])} / {r['drifted_features']}"
-        published = "dry run" if r["dry_run"] else _num(r["rows_published"])
-        parts.append(f"<tr data-run='{_e(r['run_key'])}'><td>{_e(r['run_key'])}</td><td>{_e(r['status'])}</td>"
-                     f"<td>{_e(r['airflow_run_id'])}</td><td>{_num(r['rows_in'])}</td>"
-                     f"<td>{_num(r['rows_quarantined'])}</td><td>{_num(r['rows_scored'])}</td><td>{published}</td>"
-                     f"<td>{_e(r['model_version'] or r['champion'])}</td><td>{_num(r['prediction_psi'])}</td>"
-                     f"<td>{drift}</td><td>{report}</td><td>{docs}</td></tr>")
-    parts.append("</table>")
-    return _page("Churn", "".join(parts))
+    models = [{**m, "status": "champion" if champ is not None and m["version"] == champ["version"] else m["status"]}
+              for m in data["models"]]
+    return render("churn_overview.html", title="Churn", prefix=URL_PREFIX, champion=champ, models=models,
+                  runs=data["runs"], message=message, error=error)
 
 
 def run_file(run_key: str, *parts: str):
@@ -194,18 +139,10 @@ def run_file(run_key: str, *parts: str):
 
 def render_confirm(record, current: str, credential: str) -> str:
     """The rollback confirmation page: a form with a session-bound token; values only as escaped text."""
-    version = record.version
-    return _page("Confirm rollback", (
-        f"<h1>Roll back the champion?</h1><p>Current champion: <b>{_e(current)}</b>.<br>New champion: "
-        f"<b>{_e(version)}</b> ({_e(record.model_name)}, test ROC AUC {_num(record.metrics.get('roc_auc'))}, "
-        f"status {_e(record.status)}: {_e(record.reason)}).</p><p>The next scoring run uses the new champion; "
-        "scores already published stay until then.</p>"
-        f"<form method='post' action='{URL_PREFIX}/rollback/{_e(version)}' "
-        f"data-confirm='{_e(f'Make {version} the champion?')}'>"
-        f"<input type='hidden' name='confirm' value='{_e(version)}'>"
-        f"<input type='hidden' name='csrf' value='{csrf_token(credential, 'rollback:' + version)}'>"
-        f"<button type='submit' id='confirm-rollback'>Yes, make {_e(version)} the champion</button> "
-        f"<a href='{URL_PREFIX}/'>Cancel</a></form><script>{_CONFIRM_JS}</script>"))
+    from churn.templating import render
+
+    return render("churn_confirm.html", title="Confirm rollback", prefix=URL_PREFIX, record=record, current=current,
+                  csrf=csrf_token(credential, "rollback:" + record.version))
 
 
 def _build_app():
@@ -226,15 +163,15 @@ def _build_app():
             from airflow.api_fastapi.app import get_auth_manager
 
             return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)), status_code=303)
-        return HTMLResponse(_page("Churn", f"<p class='err'>{_e(exc.detail)}</p>"), status_code=exc.status_code)
+        return HTMLResponse(_page("Churn", None, str(exc.detail), css_class="err"), status_code=exc.status_code)
 
     @app.get("/", response_class=HTMLResponse, dependencies=[can_read])
     def overview(msg: str | None = None, err: str | None = None) -> str:
         conn = _connect()
         try:
             if not schema_ready(conn):
-                return _page("Churn", "<h1>Churn scoring</h1><p id='empty'>Nothing yet: churn_nightly creates the "
-                                      "platform's tables on its first run.</p>")
+                return _page("Churn", "Churn scoring", "Nothing yet: churn_nightly creates the platform's tables "
+                                                       "on its first run.", element_id="empty")
             return render_overview(load_overview(conn), msg, err)
         finally:
             conn.close()

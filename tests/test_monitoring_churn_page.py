@@ -56,7 +56,7 @@ def test_overview_lists_versions_runs_drift_and_links(churn_ui, pg_conn, monkeyp
     assert runs["2026-11-21"]["report_path"] is None
 
     page = churn_ui.render_overview(data, message="champion is now x")
-    assert "<b id='champion'>2026-11-20-tpot</b>" in page
+    assert '<b id="champion">2026-11-20-tpot</b>' in page
     assert "better &lt;b&gt;" in page  # registry text is escaped
     assert "0.7700 (scores of 2026-10-21)" in page
     assert '/churn/rollback/2026-11-19-tpot' in page and '/churn/rollback/2026-11-20-tpot' not in page
@@ -121,7 +121,7 @@ def test_confirmation_page_carries_values_only_as_escaped_attributes(churn_ui):
     html = churn_ui.render_confirm(ModelRecord(sneaky, "r", "tpot", "refused", "why <b>", {"roc_auc": 0.8}, {},
                                                "/x", "sha"), "v0", "jwt-of-alice")
     assert "onsubmit" not in html and "alert(1)" not in html.split("<script>")[1]
-    assert "v&#x27;);alert(1);//&lt;x&gt;" in html and "why &lt;b&gt;" in html
+    assert "v&#39;);alert(1);//&lt;x&gt;" in html and "why &lt;b&gt;" in html
     assert churn_ui.csrf_token("jwt-of-alice", "rollback:" + sneaky) in html
 
 
@@ -163,7 +163,7 @@ def test_rollback_over_http_needs_the_session_bound_token(pg_conn, fresh_pg_url,
     client = TestClient(app, cookies={"_token": "jwt-of-alice"})
     page = client.get("/rollback/2026-11-19-tpot-aaaaaa")
     assert page.status_code == 200 and "confirm-rollback" in page.text and "onsubmit" not in page.text
-    token = re.search(r"name='csrf' value='([0-9a-f]+)'", page.text).group(1)
+    token = re.search(r'name="csrf" value="([0-9a-f]+)"', page.text).group(1)
     url = "/rollback/2026-11-19-tpot-aaaaaa"
     form = {"confirm": "2026-11-19-tpot-aaaaaa"}
     assert client.post(url, data=form, follow_redirects=False).status_code == 403  # no token

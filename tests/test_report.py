@@ -71,7 +71,7 @@ def _stages(sample, with_champion=True, with_drift=True, with_docs=True):
     validated = {"train": {"rows_checked": 1000, "rows_quarantined": 3, "success": True},
                  "score": {"rows_checked": 900, "rows_quarantined": 0, "success": True}}
     if with_docs:
-        validated["train"]["data_docs"] = "/state/runs/2026-11-20/data_docs/index.html"
+        validated["train"]["data_docs_path"] = "/state/runs/2026-11-20/data_docs/index.html"
     stages = {"validated": validated, "evaluation": evaluation,
               "registered": {"registered": [{"version": "2026-11-20-tpot", "status": "champion",
                                              "test_roc_auc": 0.9, "reason": "better"}]},
@@ -123,3 +123,14 @@ def test_report_without_training_says_why(sample):
     stages = {"evaluation": {"evaluated": False, "promote": False, "reason": "champion is fresh", "candidates": []}}
     page = build_report({"run_key": "2026-11-21"}, {"stage_seconds": {}}, stages)
     assert "no training in this run: champion is fresh" in page and "<svg" not in page
+
+
+def test_report_escapes_every_value_it_did_not_make(sample):
+    stages = _stages(sample)
+    stages["evaluation"]["reason"] = "<script>alert('gate')</script>"
+    run = {"run_key": "2026-11-20", "airflow_run_id": "<img src=x onerror=alert(1)>",
+           "params": {"note": "<script>alert('note')</script>"}}
+    page = build_report(run, _summary(), stages, {}, [])
+    assert "<script>" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(&#39;note&#39;)&lt;/script&gt;" in page
+    assert page.count("<svg") == 6 - 1  # plots are inserted as they are (made here), no score plot without scores
