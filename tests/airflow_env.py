@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -34,3 +35,16 @@ def run_airflow(args: list[str], env: dict[str, str], log_path: Path, timeout: i
     with open(log_path, "w") as log:
         return subprocess.run([AIRFLOW_BIN, *args], env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout,
                               cwd=REPO_ROOT)
+
+
+def run_probe(code: str, tmp: Path, *args: str) -> dict:
+    """Run ``code`` (a script printing ``JSON<payload>``) against the repo's DAGs folder in a clean interpreter."""
+    env = {
+        "PATH": "/usr/bin:/bin", "HOME": str(tmp), "AIRFLOW_HOME": str(tmp / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "PYTHONPATH": str(REPO_ROOT / "include"),
+    }
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=300)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("JSON")), None)
+    assert line, proc.stderr[-3000:]
+    return json.loads(line[4:])

@@ -75,6 +75,35 @@ def pg_conn(fresh_pg_url):
     conn.close()
 
 
+def fresh_databases(pg_admin_url: str, *names: str) -> None:
+    """Drop (if present) and create the named databases."""
+    admin = psycopg2.connect(pg_admin_url)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        for name in names:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            cur.execute(f"CREATE DATABASE {name}")
+    admin.close()
+
+
+def fresh_stores(services, pg_admin_url: str, name: str, redis_db: int, customers: int = 0,
+                 as_of=None, seed: int = 21) -> tuple[str, str]:
+    """A re-created database ``name`` (with ``customers`` synthetic customers as of ``as_of`` loaded) and an
+    emptied Redis database ``redis_db`` on the session servers; returns their URLs."""
+    import redis
+
+    fresh_databases(pg_admin_url, name)
+    pg_url, redis_url = services.pg_url(name), f"redis://127.0.0.1:{services.redis_port}/{redis_db}"
+    redis.Redis.from_url(redis_url).flushdb()
+    if customers:
+        from churn.data.generate import generate, load_source_tables
+
+        conn = psycopg2.connect(pg_url)
+        load_source_tables(conn, generate(customers, as_of, seed=seed))
+        conn.close()
+    return pg_url, redis_url
+
+
 def url_as(url: str, user: str, password: str | None = None) -> str:
     """``url`` with its credentials replaced by ``user`` (and ``password``)."""
     from urllib.parse import urlsplit, urlunsplit

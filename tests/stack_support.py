@@ -12,11 +12,9 @@ from pathlib import Path
 from typing import Iterator
 
 import psycopg2
-import redis
 
-from churn.data.generate import generate, load_source_tables
 from churn.stack import AirflowStack
-from tests.conftest import free_port
+from tests.conftest import free_port, fresh_databases, fresh_stores
 
 # A short search that still evaluates pipelines on 2 cores (the default search space and local cluster).
 SHORT_SEARCH = {"train_budget_minutes": "0.3", "max_eval_minutes": "0.1", "tpot_population_size": "8",
@@ -25,28 +23,12 @@ SHORT_SEARCH = {"train_budget_minutes": "0.3", "max_eval_minutes": "0.1", "tpot_
 NO_SCHEDULED_RUN = "0 2 29 2 *"
 
 
-def fresh_databases(pg_admin_url: str, *names: str) -> None:
-    """Drop and create the named databases."""
-    admin = psycopg2.connect(pg_admin_url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        for name in names:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            cur.execute(f"CREATE DATABASE {name}")
-    admin.close()
-
-
 @contextlib.contextmanager
 def running_stack(services, pg_admin_url: str, tmp: Path, name: str, executor: str, redis_db: int,
                   as_of: date, customers: int = 5000, **churn: str) -> Iterator[AirflowStack]:
     """Load a synthetic population as of ``as_of``, start every component, yield, and stop everything."""
-    fresh_databases(pg_admin_url, name, f"{name}_airflow")
-    pg_url = services.pg_url(name)
-    redis_url = f"redis://127.0.0.1:{services.redis_port}/{redis_db}"
-    redis.Redis.from_url(redis_url).flushdb()
-    conn = psycopg2.connect(pg_url)
-    load_source_tables(conn, generate(customers, as_of, seed=21))
-    conn.close()
+    fresh_databases(pg_admin_url, f"{name}_airflow")
+    pg_url, redis_url = fresh_stores(services, pg_admin_url, name, redis_db, customers, as_of, seed=21)
     stack = AirflowStack(
         state_dir=tmp / "state", churn_pg_url=pg_url, redis_url=redis_url,
         metadata_url=services.pg_url(f"{name}_airflow", driver="postgresql+psycopg2"),

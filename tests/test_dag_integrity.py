@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
 import pytest
 
-from tests.airflow_env import REPO_ROOT
+from tests.airflow_env import REPO_ROOT, run_probe
 
 # The DagBag is built in a child process so that Airflow's settings come from a clean environment.
 _PROBE = r"""
@@ -32,16 +31,7 @@ print("JSON" + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def dagbag(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("dagbag")
-    env = {
-        "PATH": "/usr/bin:/bin", "HOME": str(tmp), "AIRFLOW_HOME": str(tmp / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "PYTHONPATH": str(REPO_ROOT / "include"),
-    }
-    proc = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=300)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("JSON")), None)
-    assert line, proc.stderr[-3000:]
-    return json.loads(line[4:])
+    return run_probe(_PROBE, tmp_path_factory.mktemp("dagbag"))
 
 
 def test_no_import_errors(dagbag):

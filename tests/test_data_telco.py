@@ -17,6 +17,7 @@ from churn import pipeline
 from churn.config import ChurnConfig
 from churn.connections import Resources
 from churn.data.spec import SPEC_FILE
+from tests.bad_inputs.corpus import TELCO_ENV as CORPUS_TELCO_ENV
 from tests.conftest import require_dataset
 
 pytestmark = pytest.mark.integration
@@ -25,19 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TELCO = REPO_ROOT.parent / "shared" / "datasets" / "telco_customer_churn.csv"
 RUN_DATE = date(2026, 11, 20)
 
-# Exactly the variables README's "Data stage" section documents for this file.
-TELCO_ENV = {
-    "CHURN_SOURCE": "file",
-    "CHURN_FILE_PATH": "../shared/datasets/telco_customer_churn.csv",
-    "CHURN_FILE_ID_COLUMN": "customerID",
-    "CHURN_FILE_LABEL_COLUMN": "Churn",
-    "CHURN_FILE_LABEL_VALUES": "Yes:1,No:0",
-    "CHURN_FILE_NUMERIC_COLUMNS": "tenure,MonthlyCharges,TotalCharges",
-    "CHURN_FILE_BOOLEAN_COLUMNS": "SeniorCitizen,Partner,Dependents,PhoneService,PaperlessBilling",
-    "CHURN_FILE_CATEGORICAL_COLUMNS": "gender,MultipleLines,InternetService,OnlineSecurity,OnlineBackup,"
-                                      "DeviceProtection,TechSupport,StreamingTV,StreamingMovies,Contract,PaymentMethod",
-    "CHURN_FILE_SUITE": "telco_churn",
-}
+# Exactly the variables README's "Data stage" section documents for this file (the corpus's Telco settings).
+TELCO_ENV = {**CORPUS_TELCO_ENV, "CHURN_FILE_PATH": "../shared/datasets/telco_customer_churn.csv"}
 
 
 @pytest.fixture

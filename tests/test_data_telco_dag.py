@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from tests.airflow_env import airflow_env, run_airflow
-from tests.conftest import require_dataset
+from tests.conftest import fresh_stores, require_dataset
 from tests.test_data_telco import TELCO, TELCO_ENV
 
 pytestmark = [pytest.mark.e2e]
@@ -27,15 +27,7 @@ TELCO_EXPORTS = ('[{"name": "high_risk", "band": "high", "columns": ["customer_i
 
 def test_telco_file_runs_through_the_nightly_dag(services, tmp_path, pg_admin_url):
     require_dataset(TELCO)
-    admin = psycopg2.connect(pg_admin_url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute("DROP DATABASE IF EXISTS e2e_telco WITH (FORCE)")
-        cur.execute("CREATE DATABASE e2e_telco")
-    admin.close()
-    pg_url = services.pg_url("e2e_telco")
-    redis_url = f"redis://127.0.0.1:{services.redis_port}/4"
-    redis.Redis.from_url(redis_url).flushdb()
+    pg_url, redis_url = fresh_stores(services, pg_admin_url, "e2e_telco", 4)
     env = airflow_env(tmp_path, pg_url, redis_url, train_tpot="false")
     env.update(TELCO_ENV)
     env["CHURN_EXPORTS"] = TELCO_EXPORTS

@@ -13,9 +13,9 @@ import psycopg2
 import pytest
 import redis
 
-from churn.data.generate import generate, load_source_tables
 from churn.publish.redis_store import lookup_score
 from tests.airflow_env import airflow_env, run_airflow
+from tests.conftest import fresh_stores
 
 pytestmark = pytest.mark.e2e
 RUN_DATE = date(2026, 11, 20)
@@ -24,18 +24,7 @@ RUN_DATE = date(2026, 11, 20)
 @pytest.fixture(scope="module")
 def nightly_run(services, tmp_path_factory, pg_admin_url):
     tmp = tmp_path_factory.mktemp("e2e")
-    admin = psycopg2.connect(pg_admin_url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute("DROP DATABASE IF EXISTS e2e WITH (FORCE)")
-        cur.execute("CREATE DATABASE e2e")
-    admin.close()
-    pg_url = services.pg_url("e2e")
-    redis_url = f"redis://127.0.0.1:{services.redis_port}/3"
-    redis.Redis.from_url(redis_url).flushdb()
-    conn = psycopg2.connect(pg_url)
-    load_source_tables(conn, generate(5000, RUN_DATE, seed=21))
-    conn.close()
+    pg_url, redis_url = fresh_stores(services, pg_admin_url, "e2e", 3, customers=5000, as_of=RUN_DATE, seed=21)
     env = airflow_env(tmp, pg_url, redis_url, train_budget_minutes="0.3", max_eval_minutes="0.1",
                       tpot_population_size="8", tpot_cv="2")
     migrate = run_airflow(["db", "migrate"], env, tmp / "migrate.log")

@@ -15,10 +15,9 @@ from datetime import date
 
 import psycopg2
 import pytest
-import redis
 
-from churn.data.generate import generate, load_source_tables
 from tests.airflow_env import airflow_env, run_airflow
+from tests.conftest import fresh_stores
 from tests.sftp_server import SftpTestServer, SshKeys
 
 pytestmark = pytest.mark.e2e
@@ -33,18 +32,8 @@ EXPORTS = [
 @pytest.fixture(scope="module")
 def nightly_with_sftp(services, tmp_path_factory, pg_admin_url):
     tmp = tmp_path_factory.mktemp("e2e_export")
-    admin = psycopg2.connect(pg_admin_url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute("DROP DATABASE IF EXISTS e2e_export WITH (FORCE)")
-        cur.execute("CREATE DATABASE e2e_export")
-    admin.close()
-    pg_url = services.pg_url("e2e_export")
-    redis_url = f"redis://127.0.0.1:{services.redis_port}/5"
-    redis.Redis.from_url(redis_url).flushdb()
-    conn = psycopg2.connect(pg_url)
-    load_source_tables(conn, generate(3000, RUN_DATE, seed=33))
-    conn.close()
+    pg_url, redis_url = fresh_stores(services, pg_admin_url, "e2e_export", 5, customers=3000, as_of=RUN_DATE,
+                                     seed=33)
     (tmp / "keys").mkdir()
     host, user = SshKeys.generate(tmp / "keys", "host"), SshKeys.generate(tmp / "keys", "user")
     (tmp / "sftp_root").mkdir()

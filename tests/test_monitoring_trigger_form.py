@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.airflow_env import REPO_ROOT
+from tests.airflow_env import run_probe
 
 # Each case: (param, value, should_be_accepted). Resolved by Airflow's own Param.resolve (JSON schema).
 CASES = [
@@ -43,17 +41,7 @@ print("JSON" + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def resolved(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("params")
-    env = {
-        "PATH": "/usr/bin:/bin", "HOME": str(tmp), "AIRFLOW_HOME": str(tmp / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "PYTHONPATH": str(REPO_ROOT / "include"),
-    }
-    proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(CASES)], env=env, capture_output=True,
-                          text=True, timeout=300)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("JSON")), None)
-    assert line, proc.stderr[-3000:]
-    return json.loads(line[4:])
+    return run_probe(_PROBE, tmp_path_factory.mktemp("params"), json.dumps(CASES))
 
 
 def test_every_param_has_a_description_and_a_valid_default(resolved):
