@@ -33,36 +33,36 @@ lock:
 
 services: venv
 	@mkdir -p $(CHURN_STATE_DIR)
-	umask 077 && $(BIN)/python -m churn.services start > $(CHURN_STATE_DIR)/services.env
+	umask 077 && $(BIN)/python -m churn.dev.services start > $(CHURN_STATE_DIR)/services.env
 	@echo "embedded Postgres and Redis running; connection exports in $(CHURN_STATE_DIR)/services.env"
 
 stop:
-	@test ! -x $(BIN)/python || { $(BIN)/python -m churn.stack stop; $(BIN)/python -m churn.services stop; }
+	@test ! -x $(BIN)/python || { $(BIN)/python -m churn.dev.stack stop; $(BIN)/python -m churn.dev.services stop; }
 
 # The main job the way production runs it: embedded Postgres/Redis, then Airflow's scheduler (LocalExecutor),
 # dag-processor, api-server and triggerer as processes; churn_nightly triggered through the REST API and
 # watched task by task; the UI stays up afterwards (`make stop` ends everything).
 demo: venv
-	$(BIN)/python -m churn.stack start --executor local
-	source <($(BIN)/python -m churn.services env) && $(BIN)/python -m churn.demo load --as-of $(DEMO_DATE)
-	$(BIN)/python -m churn.stack run --as-of $(DEMO_DATE) --conf '$(DEMO_CONF)'
+	$(BIN)/python -m churn.dev.stack start --executor local
+	source <($(BIN)/python -m churn.dev.services env) && $(BIN)/python -m churn.demo load --as-of $(DEMO_DATE)
+	$(BIN)/python -m churn.dev.stack run --as-of $(DEMO_DATE) --conf '$(DEMO_CONF)'
 	$(BIN)/python -m churn.demo report --run-key $(DEMO_DATE)
-	@$(BIN)/python -m churn.stack status --login
+	@$(BIN)/python -m churn.dev.stack status --login
 
 # Scale-out topology on this machine: CeleryExecutor with Celery workers (broker: Redis db CHURN_CELERY_BROKER_DB)
 # and a Dask scheduler + workers for the TPOT search. `make demo-cluster` runs churn_nightly on it.
 cluster: venv
-	$(BIN)/python -m churn.stack start --executor celery
+	$(BIN)/python -m churn.dev.stack start --executor celery
 
 demo-cluster: cluster
-	source <($(BIN)/python -m churn.services env) && $(BIN)/python -m churn.demo load --as-of $(DEMO_DATE)
-	$(BIN)/python -m churn.stack run --as-of $(DEMO_DATE) --conf '$(DEMO_CONF)'
+	source <($(BIN)/python -m churn.dev.services env) && $(BIN)/python -m churn.demo load --as-of $(DEMO_DATE)
+	$(BIN)/python -m churn.dev.stack run --as-of $(DEMO_DATE) --conf '$(DEMO_CONF)'
 	$(BIN)/python -m churn.demo report --run-key $(DEMO_DATE)
-	@$(BIN)/python -m churn.stack status --login
+	@$(BIN)/python -m churn.dev.stack status --login
 
 # Only the Airflow components (LocalExecutor) and the UI, no run.
 airflow-ui: venv
-	$(BIN)/python -m churn.stack start --executor local
+	$(BIN)/python -m churn.dev.stack start --executor local
 
 test: venv
 	$(BIN)/python -m pytest -ra

@@ -81,7 +81,7 @@ def run_dag(size: int, services, tmp: Path, redis_db: int) -> dict:
     import psycopg2
     import redis
 
-    from churn.services import ensure_database
+    from churn.dev.services import ensure_database
 
     name = f"dagmem_{size}"
     ensure_database(services.pg_url("postgres"), name)
@@ -144,8 +144,8 @@ def run_dag(size: int, services, tmp: Path, redis_db: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the DAG at each size and write the JSON record."""
-    from churn.services import EmbeddedServices
-    from churn.stack import free_port
+    from churn.dev.services import EmbeddedServices
+    from churn.dev.stack import free_port
 
     parser = argparse.ArgumentParser(prog="python -m bench.dag_memory", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000000,4000000")

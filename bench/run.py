@@ -1,6 +1,6 @@
 """``make bench`` = ``python -m bench.run``: the publish benchmarks, results in bench/results/publish.json.
 
-Starts its own PostgreSQL and Redis (``churn.services.EmbeddedServices`` on free loopback ports in a
+Starts its own PostgreSQL and Redis (``churn.dev.services.EmbeddedServices`` on free loopback ports in a
 temporary folder: never the demo's), then measures, side by side in one run:
 
 1. publish throughput of 1,000,000 precomputed scores: project path vs naive vs raw floor, per store;
@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import publish_e2e, publish_throughput as pt
-from churn.services import EmbeddedServices
+from churn.dev.services import EmbeddedServices
 
 RESULTS = Path(__file__).resolve().parent / "results" / "publish.json"
 log = logging.getLogger("bench")

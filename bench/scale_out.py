@@ -3,7 +3,7 @@
 ``python -m bench.scale_out [--customers 4000000]`` (or ``make bench-scale``) starts its own
 PostgreSQL and Redis (temporary folder, free ports), loads the synthetic population into ``src.*``,
 extracts the scoring snapshot with the pipeline's own point-in-time query, registers a logistic
-champion, and then, under real Airflow (``churn.stack``: LocalExecutor, then CeleryExecutor with
+champion, and then, under real Airflow (``churn.dev.stack``: LocalExecutor, then CeleryExecutor with
 two Celery workers), triggers ``bench/dags/churn_scale_bench.py`` (the nightly DAG's
 ``plan_scoring -> score_partition[...] -> score`` on that snapshot) with 1, 2 and 4 partitions.
 Per run it records the wall time of each stage (task start to end, from the REST API, and the
@@ -114,8 +114,8 @@ def measure(stack, features_path: str, partitions: int, logical_day: date) -> di
 def main(argv: list[str] | None = None) -> int:
     """Run the scale-out benchmark and write its JSON."""
     from churn.data.ingest import extract_snapshot
-    from churn.services import EmbeddedServices, ensure_database
-    from churn.stack import AirflowStack, free_port
+    from churn.dev.services import EmbeddedServices, ensure_database
+    from churn.dev.stack import AirflowStack, free_port
 
     parser = argparse.ArgumentParser(prog="python -m bench.scale_out")
     parser.add_argument("--customers", type=int, default=4_000_000)

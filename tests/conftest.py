@@ -18,7 +18,7 @@ import psycopg2
 import pytest
 import redis
 
-from churn.services import EmbeddedServices
+from churn.dev.services import EmbeddedServices
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Real Airflow deployments for tests: the same ``churn.stack`` that ``make demo`` / ``make cluster`` use.
+"""Real Airflow deployments for tests: the same ``churn.dev.stack`` that ``make demo`` / ``make cluster`` use.
 
 Each stack gets its own databases on the session's embedded Postgres (churn data and Airflow
 metadata), its own Redis databases, a free API port and a private state folder.
@@ -13,7 +13,7 @@ from typing import Iterator
 
 import psycopg2
 
-from churn.stack import AirflowStack
+from churn.dev.stack import AirflowStack
 from tests.conftest import free_port, fresh_databases, fresh_stores
 
 # A short search that still evaluates pipelines on 2 cores (the default search space and local cluster).

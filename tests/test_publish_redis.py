@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from churn.publish import redis_store as rs
-from churn.services import start_redis, stop_redis
+from churn.dev.services import start_redis, stop_redis
 from tests.conftest import free_port
 from tests.test_publish_postgres import RUN_A, RUN_B, write_scores
 

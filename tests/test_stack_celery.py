@@ -1,6 +1,6 @@
 """Scale-out tier: CeleryExecutor with two prefork workers and TPOT on a Dask scheduler with two workers.
 
-Everything runs on loopback from ``churn.stack`` (what ``make cluster`` starts): scheduler,
+Everything runs on loopback from ``churn.dev.stack`` (what ``make cluster`` starts): scheduler,
 dag-processor, api-server, triggerer, two ``airflow celery worker`` processes (broker: a Redis
 database of its own, never the score keyspace; metadata and results in Postgres) and
 ``dask scheduler`` + two ``dask worker`` processes. The same DAG file as everywhere else.

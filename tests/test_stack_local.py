@@ -1,7 +1,7 @@
 """Scheduler tier: churn_nightly under a real scheduler with LocalExecutor, triggered through the REST API.
 
 The components ``airflow standalone`` runs (scheduler, dag-processor, api-server, triggerer) are
-started as separate processes by ``churn.stack`` (what ``make demo`` uses), with Airflow's
+started as separate processes by ``churn.dev.stack`` (what ``make demo`` uses), with Airflow's
 metadata in Postgres. A "Retrain now" run with the default TPOT search (a local Dask cluster of
 worker processes, started from inside a LocalExecutor task) must succeed, register a TPOT
 candidate, score in mapped partitions and publish to both stores.

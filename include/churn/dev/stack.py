@@ -9,15 +9,15 @@
   Redis as broker, never the score keyspace) and a Dask scheduler with worker processes that the
   TPOT search uses (``CHURN_DASK_SCHEDULER_ADDRESS`` is set for every component).
 
-No Docker and no root: the servers are the embedded ones (``churn.services``), every process is
+No Docker and no root: the servers are the embedded ones (``churn.dev.services``), every process is
 started here with its pid and log under ``<state>/stack/``, and ``stop`` ends them (process group
 by process group). Runs are triggered and watched through Airflow's REST API (``/api/v2``) with a
 token from the simple auth manager (user ``admin``; its generated password is in
 ``<AIRFLOW_HOME>/simple_auth_manager_passwords.json.generated``)::
 
-    python -m churn.stack start [--executor celery]    # prints the UI URL and login
-    python -m churn.stack run --as-of 2026-11-20 [--conf '{"retrain": true}']
-    python -m churn.stack stop
+    python -m churn.dev.stack start [--executor celery]    # prints the UI URL and login
+    python -m churn.dev.stack run --as-of 2026-11-20 [--conf '{"retrain": true}']
+    python -m churn.dev.stack stop
 """
 
 from __future__ import annotations
@@ -38,9 +38,11 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from churn.config import PROJECT_ROOT
+
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = PROJECT_ROOT  # the checkout: dags/, plugins/ and include/ live there
 AIRFLOW_COMPONENTS = ("scheduler", "dag-processor", "api-server", "triggerer")
 EXECUTORS = ("local", "celery")
 DAG_ID = "churn_nightly"
@@ -396,7 +398,7 @@ def _tail(path: Path, lines: int = 30) -> str:
 def stack_from_config(executor: str | None = None) -> AirflowStack:
     """The stack of this checkout's state folder, on the embedded servers (``make demo`` / ``make cluster``)."""
     from churn.config import ChurnConfig
-    from churn.services import EmbeddedServices
+    from churn.dev.services import EmbeddedServices
 
     cfg = ChurnConfig.from_env()
     services = EmbeddedServices(cfg.state_dir, cfg.postgres_port, cfg.redis_port)
@@ -421,11 +423,11 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: start / stop / status / run."""
     from churn.config import ChurnConfig
 
-    parser = argparse.ArgumentParser(prog="python -m churn.stack")
+    parser = argparse.ArgumentParser(prog="python -m churn.dev.stack")
     sub = parser.add_subparsers(dest="action", required=True)
     start_cmd = sub.add_parser("start", help="start the embedded servers and Airflow's components")
     start_cmd.add_argument("--executor", choices=EXECUTORS, default="local")
-    sub.add_parser("stop", help="stop Airflow's components (the servers: python -m churn.services stop)")
+    sub.add_parser("stop", help="stop Airflow's components (the servers: python -m churn.dev.services stop)")
     status_cmd = sub.add_parser("status", help="list components and whether they run")
     status_cmd.add_argument("--login", action="store_true", help="only print the UI's URL and login")
     run_cmd = sub.add_parser("run", help="trigger churn_nightly through the REST API and watch it")
@@ -436,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     cfg = ChurnConfig.from_env()
     if args.action == "start":
-        from churn.services import EmbeddedServices, ensure_database
+        from churn.dev.services import EmbeddedServices, ensure_database
 
         services = EmbeddedServices(cfg.state_dir, cfg.postgres_port, cfg.redis_port)
         services.start()
