@@ -41,11 +41,9 @@ def _cfg():
 
 def _connect():
     # No DDL on a page request: the DAG's tasks create the schema; the page reads what exists.
-    import psycopg2
+    from churn.connections import Resources
 
-    from churn.connections import postgres_url
-
-    return psycopg2.connect(postgres_url(_cfg()), connect_timeout=10)
+    return Resources.from_airflow(_cfg()).pg()  # resolved as the tasks resolve it
 
 
 def schema_ready(conn) -> bool:

@@ -1,11 +1,17 @@
 """Where Postgres and Redis are: Airflow connections, environment URLs, or the embedded default.
 
+One resolution for every caller (the DAG's tasks, the Churn page, the CLIs): :meth:`Resources.from_airflow`.
 Order of precedence, so that one code path serves the demo and production alike:
 
 1. ``CHURN_POSTGRES_URL`` / ``CHURN_REDIS_URL`` environment variables;
-2. the Airflow connections ``churn_postgres`` / ``churn_redis`` (through the
-   providers' hooks inside tasks; ``AIRFLOW_CONN_*`` variables elsewhere);
+2. the Airflow connections ``churn_postgres`` / ``churn_redis``, looked up the way Airflow's hooks do
+   (``BaseHook.get_connection``: ``AIRFLOW_CONN_*`` variables, secrets backends, the metadata database);
 3. the embedded servers recorded in ``<state_dir>/services.json`` by ``make services``.
+
+The clients are built from the connection's fields here rather than by ``PostgresHook.get_conn()`` /
+``RedisHook.get_conn()``: under SQLAlchemy 2 the Postgres provider hands out psycopg 3 connections
+(the publish path uses psycopg2's COPY and ``execute_values``), and the Redis hook ignores a database
+number given in the URI path (``redis://host:6379/3``), which the demo and the tests use.
 """
 
 from __future__ import annotations
@@ -90,20 +96,59 @@ class Resources:
         )
 
     @classmethod
-    def from_airflow(cls, cfg: ChurnConfig) -> "Resources":
-        """Clients from Airflow connections via the providers' hooks, falling back to URLs."""
-        if os.environ.get("CHURN_POSTGRES_URL") or os.environ.get("CHURN_REDIS_URL"):
-            return cls.from_urls(postgres_url(cfg), redis_url(cfg))
-        return cls(pg=lambda: _psycopg2_from_airflow(cfg.postgres_conn_id),
-                   redis=lambda: _redis_from_airflow(cfg.redis_conn_id))
+    def from_airflow(cls, cfg: ChurnConfig | None = None) -> "Resources":
+        """Clients as every caller resolves them: env URLs, else Airflow connections, else the embedded servers."""
+        cfg = cfg or ChurnConfig.from_env()
+
+        def pg():  # each store resolved on its own, when a client is asked for
+            if not os.environ.get("CHURN_POSTGRES_URL"):
+                conn = _psycopg2_from_airflow(cfg.postgres_conn_id)
+                if conn is not None:
+                    return conn
+            return _psycopg2_from_url(cfg)
+
+        def redis_client():
+            if not os.environ.get("CHURN_REDIS_URL"):
+                client = _redis_from_airflow(cfg.redis_conn_id)
+                if client is not None:
+                    return client
+            return _redis_from_url(cfg)
+
+        return cls(pg=pg, redis=redis_client)
+
+
+def _airflow_connection(conn_id: str):
+    """The Airflow connection ``conn_id`` as Airflow's hooks find it, or None (not defined, or no Airflow here)."""
+    try:
+        from airflow.sdk import BaseHook
+        from airflow.sdk.exceptions import AirflowNotFoundException
+    except ImportError:
+        return None
+    try:
+        return BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return None
+
+
+def _psycopg2_from_url(cfg: ChurnConfig):
+    import psycopg2
+
+    return psycopg2.connect(postgres_url(cfg), connect_timeout=10)
+
+
+def _redis_from_url(cfg: ChurnConfig):
+    import redis
+
+    return redis.Redis.from_url(redis_url(cfg), socket_timeout=30, socket_connect_timeout=10)
 
 
 def _redis_from_airflow(conn_id: str):
-    """redis-py client from an Airflow connection; the db comes from extra ``db`` or the URI path (``/3``)."""
+    """redis-py client from an Airflow connection (None if undefined); the db: extra ``db`` or the URI path."""
     import redis
-    from airflow.sdk import BaseHook
 
-    conn = BaseHook.get_connection(conn_id)
+    conn = _airflow_connection(conn_id)
+    if conn is None:
+        return None
     extra = conn.extra_dejson or {}
     schema = (conn.schema or "").strip("/")
     db = int(extra.get("db", schema if schema.isdigit() else 0))
@@ -113,11 +158,12 @@ def _redis_from_airflow(conn_id: str):
 
 
 def _psycopg2_from_airflow(conn_id: str):
-    """psycopg2 connection from an Airflow connection's fields (the Postgres provider may hand out psycopg 3)."""
+    """psycopg2 connection from an Airflow connection's fields, or None if the connection is not defined."""
     import psycopg2
-    from airflow.sdk import BaseHook
 
-    conn = BaseHook.get_connection(conn_id)
+    conn = _airflow_connection(conn_id)
+    if conn is None:
+        return None
     extra = conn.extra_dejson or {}
     kwargs = {k: v for k, v in extra.items() if k in {"sslmode", "sslrootcert", "sslcert", "sslkey",
                                                           "connect_timeout", "application_name", "options"}}

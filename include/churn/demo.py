@@ -18,15 +18,13 @@ from churn.config import ChurnConfig
 
 def load(cfg: ChurnConfig, as_of: date, customers: int) -> dict[str, int]:
     """Generate ``customers`` synthetic customers as of ``as_of`` and replace the src.* tables."""
-    import psycopg2
-
-    from churn.connections import postgres_url
+    from churn.connections import Resources
     from churn.data.generate import generate, load_source_tables
 
     started = time.monotonic()
     tables = generate(customers, as_of, seed=cfg.demo_seed, usage_months=cfg.usage_months)
     generated = time.monotonic() - started
-    conn = psycopg2.connect(postgres_url(cfg))
+    conn = Resources.from_airflow(cfg).pg()
     try:
         counts = load_source_tables(conn, tables)
     finally:

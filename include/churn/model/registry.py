@@ -300,9 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: ``list`` versions, ``show VERSION``, or ``rollback VERSION`` (moves the champion pointer)."""
     import json
 
-    import psycopg2
-
-    from churn.connections import postgres_url
+    from churn.connections import Resources
 
     parser = argparse.ArgumentParser(prog="python -m churn.model.registry",
                                      description="Model registry (Postgres churn.model_registry / model_champion).")
@@ -313,7 +311,15 @@ def main(argv: list[str] | None = None) -> int:
     rollback = sub.add_parser("rollback", help="make VERSION the champion (its artifact is verified first)")
     rollback.add_argument("version")
     args = parser.parse_args(argv)
-    conn = psycopg2.connect(postgres_url())
+    import psycopg2
+
+    try:
+        conn = Resources.from_airflow().pg()  # resolved as the tasks and the Churn page resolve it
+    except psycopg2.OperationalError as exc:
+        print(f"error: cannot reach the registry's Postgres ({str(exc).strip().splitlines()[0]}): start the "
+              "embedded servers (make services) or set CHURN_POSTGRES_URL / the churn_postgres connection",
+              file=sys.stderr)
+        return 2
     try:
         if args.action == "rollback":
             before = champion(conn)
