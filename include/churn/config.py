@@ -305,7 +305,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "max_auc_drop": (0.0, 1.0), "max_realized_auc_drop": (0.0, 1.0), "drift_psi_threshold": (0.0, None),
     "max_prediction_psi": (0.0, None), "onnx_parity_tolerance": (0.0, None), "max_data_age_days": (0.0, None),
     "max_champion_age_days": (0, None), "realized_lag_days": (1, None),
-    **{name: (0.01, None) for name in ("train_budget_minutes", "max_eval_minutes", "train_progress_seconds",
+    **{name: (0.001, None) for name in ("train_budget_minutes", "max_eval_minutes", "train_progress_seconds",
                                        "publish_lease_seconds", "publish_lock_wait_seconds", "run_deadline_minutes",
                                        "export_retry_seconds")},
 }
