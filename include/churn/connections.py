@@ -36,36 +36,26 @@ def _embedded(cfg: ChurnConfig, key: str) -> str | None:
     return None
 
 
+def _url(store: str, env_var: str, conn_id: str, embedded_key: str, cfg: ChurnConfig) -> str:
+    url = os.environ.get(env_var) or os.environ.get(f"AIRFLOW_CONN_{conn_id.upper()}") or _embedded(cfg, embedded_key)
+    if not url:
+        raise ConnectionNotConfigured(
+            f"no {store} configured: set {env_var}, create the Airflow connection '{conn_id}', or start the "
+            "embedded servers with 'make services'"
+        )
+    return url
+
+
 def postgres_url(cfg: ChurnConfig | None = None) -> str:
     """libpq URL for the platform database (see module docstring for precedence)."""
     cfg = cfg or ChurnConfig.from_env()
-    url = (
-        os.environ.get("CHURN_POSTGRES_URL")
-        or os.environ.get(f"AIRFLOW_CONN_{cfg.postgres_conn_id.upper()}")
-        or _embedded(cfg, "postgres_url")
-    )
-    if not url:
-        raise ConnectionNotConfigured(
-            "no Postgres configured: set CHURN_POSTGRES_URL, create the Airflow connection "
-            f"'{cfg.postgres_conn_id}', or start the embedded servers with 'make services'"
-        )
-    return url
+    return _url("Postgres", "CHURN_POSTGRES_URL", cfg.postgres_conn_id, "postgres_url", cfg)
 
 
 def redis_url(cfg: ChurnConfig | None = None) -> str:
     """redis-py URL for the serving Redis (see module docstring for precedence)."""
     cfg = cfg or ChurnConfig.from_env()
-    url = (
-        os.environ.get("CHURN_REDIS_URL")
-        or os.environ.get(f"AIRFLOW_CONN_{cfg.redis_conn_id.upper()}")
-        or _embedded(cfg, "redis_url")
-    )
-    if not url:
-        raise ConnectionNotConfigured(
-            "no Redis configured: set CHURN_REDIS_URL, create the Airflow connection "
-            f"'{cfg.redis_conn_id}', or start the embedded servers with 'make services'"
-        )
-    return url
+    return _url("Redis", "CHURN_REDIS_URL", cfg.redis_conn_id, "redis_url", cfg)
 
 
 @dataclass(frozen=True)

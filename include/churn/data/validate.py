@@ -35,6 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from churn.data.gx_chunks import ChunkValidator, jsonable, merge_chunk_result, merged_result, within_bounds
 from churn.data.spec import PARSE_ERRORS_COLUMN, DatasetSpec, synthetic_spec
 from churn.data.stream import DEFAULT_CHUNK_ROWS, duplicated_ids, iter_frames
 from churn.db import ensure_schema, to_jsonb
@@ -78,85 +79,6 @@ def load_suite_definition(name: str = "churn_features") -> dict:
         raise ValidationFailed(
             f"expectation suite file {path} is missing: add it (see the existing suites) or set CHURN_FILE_SUITE"
         ) from exc
-
-
-# Table-level expectations judged on figures streamed over every chunk (the GX result is built from them);
-# the schema checks are judged by GX on the first chunk (every chunk has the file's columns).
-_STREAMED_BATCH_TYPES = ("expect_table_row_count_to_be_between", "expect_table_row_count_to_equal",
-                         "expect_column_max_to_be_between", "expect_column_min_to_be_between")
-_SCHEMA_BATCH_TYPES = ("expect_table_columns_to_match_set", "expect_table_columns_to_match_ordered_list",
-                       "expect_table_column_count_to_equal", "expect_table_column_count_to_be_between",
-                       "expect_column_to_exist")
-_PARTIAL_LIST = 20  # unexpected values kept per expectation in the stored result (GX's own partial size)
-
-
-class _ChunkValidator:
-    """One ephemeral GX context and suite, validating pandas chunks of one snapshot."""
-
-    def __init__(self, suite_def: dict, dataset: str) -> None:
-        import great_expectations as gx  # heavy import: only inside the task
-
-        unsupported = [e["type"] for e in suite_def["expectations"]
-                       if (e.get("meta") or {}).get("level", "batch") == "batch"
-                       and e["type"] not in _STREAMED_BATCH_TYPES + _SCHEMA_BATCH_TYPES]
-        if unsupported:
-            raise ValidationFailed(
-                f"suite {suite_def['name']}: batch-level expectations {unsupported} cannot be judged chunk by chunk; "
-                f"use row-level expectations (meta.level = row) or one of {_STREAMED_BATCH_TYPES + _SCHEMA_BATCH_TYPES}")
-        self._gx = gx
-        context = gx.get_context(mode="ephemeral")
-        self.suite = context.suites.add(gx.ExpectationSuite(name=suite_def["name"],
-                                                            expectations=suite_def["expectations"]))
-        self.streamed = [e for e in self.suite.expectations if e.expectation_type in _STREAMED_BATCH_TYPES]
-        self.per_chunk = [e for e in self.suite.expectations if e.expectation_type not in _STREAMED_BATCH_TYPES]
-        self.schema_only = [e for e in self.per_chunk if e.expectation_type in _SCHEMA_BATCH_TYPES]
-        self.rows_only = [e for e in self.per_chunk if e.expectation_type not in _SCHEMA_BATCH_TYPES]
-        source = context.data_sources.add_pandas(f"{dataset}_source")
-        self._batches = source.add_dataframe_asset(dataset).add_batch_definition_whole_dataframe("whole")
-        self._suites = {}
-        for name, exps in (("first", self.per_chunk), ("rest", self.rows_only)):
-            self._suites[name] = gx.ExpectationSuite(name=f"{suite_def['name']}__{name}",
-                                                     expectations=[e.configuration.to_json_dict() for e in exps])
-        self.template = None
-        self.merged: dict[int, dict] = {}
-        self.order = [id(e) for e in self.suite.expectations]
-
-    def validate(self, frame: pd.DataFrame, first: bool):
-        """GX results of one chunk (index = global row numbers); schema checks only on the first chunk."""
-        suite = self._suites["first" if first else "rest"]
-        if not suite.expectations:
-            return []
-        batch = self._batches.get_batch(batch_parameters={"dataframe": frame})
-        result = batch.validate(suite, result_format={"result_format": "COMPLETE"})
-        if self.template is None:
-            self.template = result
-        return result.results
-
-    def streamed_result(self, expectation, observed, success: bool):
-        """A GX result for a table-level check judged on streamed figures."""
-        from great_expectations.core import ExpectationValidationResult
-
-        return ExpectationValidationResult(success=success, expectation_config=expectation.configuration,
-                                           result={"observed_value": observed})
-
-
-def _merge(total: dict, item, rows: int) -> None:
-    """Add one chunk's result of a row-level expectation into the running total."""
-    result = item.result or {}
-    kwargs = {k: v for k, v in item.expectation_config.kwargs.items() if k != "batch_id"}
-    entry = total.setdefault(item.expectation_config.type + json.dumps(kwargs, default=str, sort_keys=True),
-                             {"config": item.expectation_config, "success": True, "element_count": 0,
-                              "unexpected_count": 0, "missing_count": 0, "partial_unexpected_list": [],
-                              "observed_value": None, "row_level": "unexpected_index_list" in result})
-    entry["success"] = entry["success"] and bool(item.success)
-    entry["element_count"] += int(result.get("element_count") or rows)
-    entry["unexpected_count"] += int(result.get("unexpected_count") or 0)
-    entry["missing_count"] += int(result.get("missing_count") or 0)
-    room = _PARTIAL_LIST - len(entry["partial_unexpected_list"])
-    if room > 0:
-        entry["partial_unexpected_list"] += list(result.get("partial_unexpected_list") or [])[:room]
-    if "observed_value" in result and entry["observed_value"] is None:
-        entry["observed_value"] = result["observed_value"]
 
 
 def _previous_rows(conn, run_key: str, dataset: str, suite_name: str) -> int | None:
@@ -251,7 +173,7 @@ def validate_snapshot(
         suite_def, previous_rows=previous, max_row_count_change=max_row_count_change,
         timestamp_column=spec.timestamp_column, as_of=as_of, max_data_age_days=max_data_age_days,
     )
-    validator = _ChunkValidator(suite_def, dataset)
+    validator = ChunkValidator(suite_def, dataset)
     # Uniqueness across chunks: GX sees one chunk at a time, so ids repeated in two chunks are found here.
     unique_checks = [e for e in suite_def["expectations"] if e["type"] == "expect_column_values_to_be_unique"]
     repeated = {e["kwargs"]["column"]: duplicated_ids(snapshot_path, e["kwargs"]["column"], chunk_rows)
@@ -289,7 +211,7 @@ def validate_snapshot(
                 for item in validator.validate(frame, first=rows == 0):
                     config = item.expectation_config
                     label = f"{config.type}({config.kwargs.get('column', '')})"
-                    _merge(totals, item, len(frame))
+                    merge_chunk_result(totals, item, len(frame))
                     if item.success:
                         continue
                     level = (config.meta or {}).get("level", "batch")
@@ -340,12 +262,12 @@ def validate_snapshot(
                 else:
                     pair = extremes.get(kwargs.get("column"))
                     observed = None if pair is None else pair[1 if "max" in exp.expectation_type else 0]
-                success = _within(observed, kwargs)
-                streamed.append(validator.streamed_result(exp, _jsonable(observed), success))
+                success = within_bounds(observed, kwargs)
+                streamed.append(validator.streamed_result(exp, jsonable(observed), success))
                 if not success:
                     batch_failures.append(f"{exp.expectation_type}({kwargs.get('column', '')}): observed_value="
-                                          f"{_jsonable(observed)}")
-            results = streamed + [_merged_result(ExpectationValidationResult, entry, repeated)
+                                          f"{jsonable(observed)}")
+            results = streamed + [merged_result(ExpectationValidationResult, entry, repeated)
                                   for entry in totals.values()]
             evaluated = len(results)
             succeeded = sum(1 for r in results if r.success)
@@ -402,50 +324,6 @@ def validate_snapshot(
 def _count(counts: dict[str, int], label: str, n: int) -> None:
     if n:
         counts[label] = counts.get(label, 0) + n
-
-
-def _within(observed, kwargs: dict) -> bool:
-    """Whether ``observed`` lies within the expectation's bounds (``value`` for *_to_equal)."""
-    if observed is None:
-        return False
-    if "value" in kwargs:
-        return observed == kwargs["value"]
-    low, high = kwargs.get("min_value"), kwargs.get("max_value")
-    if isinstance(observed, pd.Timestamp):
-        low = None if low is None else pd.Timestamp(low)
-        high = None if high is None else pd.Timestamp(high)
-        if observed.tzinfo is None:
-            low = None if low is None else low.tz_localize(None) if low.tzinfo else low
-            high = None if high is None else high.tz_localize(None) if high.tzinfo else high
-    return (low is None or observed >= low) and (high is None or observed <= high)
-
-
-def _jsonable(value):
-    if isinstance(value, pd.Timestamp):
-        return value.isoformat()
-    if hasattr(value, "item"):
-        return value.item()
-    return value
-
-
-def _merged_result(result_type, entry: dict, repeated: dict[str, set[str]]):
-    """One GX result for an expectation evaluated on every chunk (counts added up; partial list kept short)."""
-    config = entry["config"]
-    unexpected = entry["unexpected_count"]
-    success = entry["success"]
-    column = config.kwargs.get("column")
-    if config.type == "expect_column_values_to_be_unique" and repeated.get(column):
-        success = False
-        unexpected = max(unexpected, len(repeated[column]))
-        room = _PARTIAL_LIST - len(entry["partial_unexpected_list"])
-        entry["partial_unexpected_list"] += sorted(repeated[column])[:max(room, 0)]
-    result = {"observed_value": entry["observed_value"]} if not entry["row_level"] else {
-        "element_count": entry["element_count"], "missing_count": entry["missing_count"],
-        "unexpected_count": unexpected,
-        "unexpected_percent": 100.0 * unexpected / max(entry["element_count"] - entry["missing_count"], 1),
-        "partial_unexpected_list": entry["partial_unexpected_list"],
-    }
-    return result_type(success=success, expectation_config=config, result=result)
 
 
 def _normalize(clean: pd.DataFrame, spec: DatasetSpec, training: bool) -> pd.DataFrame:

@@ -209,20 +209,27 @@ def start_postgres(pg_dir: Path, port: int) -> None:
     ensure_database(f"postgresql://postgres:{superuser_password(pg_dir)}@127.0.0.1:{port}/postgres")
 
 
-def _set_superuser_password(data: Path, port: int, password: str) -> None:
-    """Give the superuser its generated password, over the trusted socket, as a SCRAM verifier (never cleartext)."""
+def _connect_when_up(*args: str, **kwargs: object) -> object:
+    """An autocommit connection, retried for up to 5 s while a just-started server comes up."""
     import psycopg2
-    from psycopg2.extensions import encrypt_password
 
     for attempt in range(50):
         try:
-            conn = psycopg2.connect(host=str(data), port=port, user="postgres", dbname="postgres")
-            break
+            conn = psycopg2.connect(*args, **kwargs)
+            conn.autocommit = True
+            return conn
         except psycopg2.OperationalError:
             if attempt == 49:
                 raise
             time.sleep(0.1)
-    conn.autocommit = True
+    raise AssertionError("unreachable")
+
+
+def _set_superuser_password(data: Path, port: int, password: str) -> None:
+    """Give the superuser its generated password, over the trusted socket, as a SCRAM verifier (never cleartext)."""
+    from psycopg2.extensions import encrypt_password
+
+    conn = _connect_when_up(host=str(data), port=port, user="postgres", dbname="postgres")
     try:
         with conn.cursor() as cur:
             cur.execute("ALTER ROLE postgres PASSWORD %s",
@@ -233,17 +240,8 @@ def _set_superuser_password(data: Path, port: int, password: str) -> None:
 
 def ensure_database(admin_url: str, name: str = PG_DATABASE) -> None:
     """CREATE DATABASE ``name`` on the server of ``admin_url`` unless it exists (waits for the server)."""
-    import psycopg2
 
-    for attempt in range(50):
-        try:
-            conn = psycopg2.connect(admin_url)
-            break
-        except psycopg2.OperationalError:
-            if attempt == 49:
-                raise
-            time.sleep(0.1)
-    conn.autocommit = True
+    conn = _connect_when_up(admin_url)
     with conn.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
         if cur.fetchone() is None:

@@ -13,6 +13,7 @@ import pandas as pd
 from churn.config import ChurnConfig
 from churn.connections import Resources
 from churn.stages.common import cfg_for, timed
+from churn.stages.results import Candidate, GateResult, RegisterResult, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict
     retrain, why = retrain_decision(cfg, res, run, drift)
     if not retrain:
         log.info("not retraining: %s", why)
-        return timed(run, "train", started, {"retrained": False, "reason": why, "candidates": []})
+        return timed(run, "train", started, TrainResult(retrained=False, reason=why).as_dict())
     train_df = pd.read_parquet(splits["paths"]["train"])
     valid_df = pd.read_parquet(splits["paths"]["valid"])
     spec = load_run_spec(run["run_dir"])  # the dataset's columns and kinds, whatever the source
@@ -103,12 +104,11 @@ def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict
         path = out_dir / f"{cand.name}.joblib"
         joblib.dump({"model": cand.pipeline, "signature": signature.as_dict()}, path)
         # The hash travels with the reference: evaluate and register unpickle only these bytes.
-        described.append({"name": cand.name, "version": version_name(run["run_key"], cand.name, attempt),
-                          "path": str(path), "sha256": file_sha256(path),
-                          "valid_roc_auc": cand.valid_roc_auc,
-                          "fit_seconds": round(cand.fit_seconds, 2), "params": cand.params})
-    return timed(run, "train", started, {"retrained": True, "reason": why, "attempt": attempt,
-                                          "candidates": described, "tpot_error": tpot_error})
+        described.append(Candidate(name=cand.name, version=version_name(run["run_key"], cand.name, attempt),
+                                   path=str(path), sha256=file_sha256(path), valid_roc_auc=cand.valid_roc_auc,
+                                   fit_seconds=round(cand.fit_seconds, 2), params=cand.params).as_dict())
+    return timed(run, "train", started, TrainResult(retrained=True, reason=why, attempt=attempt,
+                                                    candidates=described, tpot_error=tpot_error).as_dict())
 
 
 def evaluate_and_gate(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, trained: dict) -> dict:
@@ -118,17 +118,19 @@ def evaluate_and_gate(cfg: ChurnConfig, res: Resources, run: dict, splits: dict,
     from churn.model.features import ModelSignature, SignatureMismatch, labels, to_model_input
 
     started = time.monotonic()
-    if not trained["retrained"]:
-        return timed(run, "evaluate_and_gate", started, {"evaluated": False, "promote": False,
-                                                          "reason": trained["reason"], "candidates": []})
+    training = TrainResult.from_dict(trained)
+    if not training.retrained:
+        return timed(run, "evaluate_and_gate", started,
+                     GateResult(evaluated=False, promote=False, reason=training.reason).as_dict())
     test_df = pd.read_parquet(splits["paths"]["test"])
     results = []
-    for cand in trained["candidates"]:
-        payload = registry.read_verified(cand["path"], cand["sha256"])  # as the train task wrote it
+    for cand in map(Candidate.from_dict, training.candidates):
+        payload = registry.read_verified(cand.path, cand.sha256)  # as the train task wrote it
         signature = ModelSignature.from_dict(payload["signature"])
         proba = payload["model"].predict_proba(to_model_input(test_df, signature))[:, 1]
-        results.append({**cand, "metrics": classification_metrics(labels(test_df, signature), proba)})
-    challenger = max(results, key=lambda r: r["valid_roc_auc"])
+        cand.metrics = classification_metrics(labels(test_df, signature), proba)
+        results.append(cand)
+    challenger = max(results, key=lambda c: c.valid_roc_auc)
     champion_auc = None
     champion_metrics = None  # full test metrics of the champion on the same rows (run report)
     champion_version = None
@@ -147,15 +149,15 @@ def evaluate_and_gate(cfg: ChurnConfig, res: Resources, run: dict, splits: dict,
             incomparable = f"champion {champ.version} cannot score this data: {exc}"
             log.warning("%s; the gate cannot compare (CHURN_PROMOTE_WITHOUT_COMPARISON=%s)", incomparable,
                         cfg.promote_without_comparison)
-    decision = gate(challenger["metrics"]["roc_auc"], champion_auc, cfg.min_roc_auc, cfg.max_auc_drop,
-                    challenger_auc_ci_low=challenger["metrics"].get("roc_auc_ci_low"),
+    decision = gate(challenger.metrics["roc_auc"], champion_auc, cfg.min_roc_auc, cfg.max_auc_drop,
+                    challenger_auc_ci_low=challenger.metrics.get("roc_auc_ci_low"),
                     champion_incomparable=incomparable, allow_incomparable=cfg.promote_without_comparison)
-    log.info("gate: challenger %s -> promote=%s (%s)", challenger["name"], decision.promote, decision.reason)
-    return timed(run, "evaluate_and_gate", started, {
-        "evaluated": True, "challenger": challenger["name"], "promote": decision.promote, "reason": decision.reason,
-        "champion_version": champion_version, "champion_test_roc_auc": champion_auc, "candidates": results,
-        "champion_metrics": champion_metrics,
-    })
+    log.info("gate: challenger %s -> promote=%s (%s)", challenger.name, decision.promote, decision.reason)
+    return timed(run, "evaluate_and_gate", started, GateResult(
+        evaluated=True, challenger=challenger.name, promote=decision.promote, reason=decision.reason,
+        champion_version=champion_version, champion_test_roc_auc=champion_auc,
+        candidates=[c.as_dict() for c in results], champion_metrics=champion_metrics,
+    ).as_dict())
 
 
 def register(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, evaluation: dict) -> dict:
@@ -164,37 +166,38 @@ def register(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, evaluati
     from churn.model.features import ModelSignature
 
     started = time.monotonic()
-    train_df = pd.read_parquet(splits["paths"]["train"]) if evaluation["candidates"] else None
-    test_df = pd.read_parquet(splits["paths"]["test"]) if evaluation["candidates"] else None
+    decision = GateResult.from_dict(evaluation)
+    train_df = pd.read_parquet(splits["paths"]["train"]) if decision.candidates else None
+    test_df = pd.read_parquet(splits["paths"]["test"]) if decision.candidates else None
     with res.pg_session() as conn:
         registered = []
-        for cand in evaluation["candidates"]:
+        for cand in map(Candidate.from_dict, decision.candidates):
             # Each training attempt names its own versions (train assigns them): a second retrain of the
             # same date can never rewrite a version readers trust, a re-run of this task finds its rows.
-            version = cand.get("version") or registry.version_name(run["run_key"], cand["name"], cand["sha256"][:8])
-            is_challenger = cand["name"] == evaluation["challenger"]
+            version = cand.version or registry.version_name(run["run_key"], cand.name, cand.sha256[:8])
+            is_challenger = cand.name == decision.challenger
             if is_challenger:
-                status = "challenger" if evaluation["promote"] else "refused"
-                reason = evaluation["reason"]
+                status = "challenger" if decision.promote else "refused"
+                reason = decision.reason
             else:
                 status = "refused"
-                reason = f"lower validation ROC AUC than {evaluation['challenger']}"
+                reason = f"lower validation ROC AUC than {decision.challenger}"
             existing = registry.find(conn, version)
             if existing is not None:
                 # Same attempt registered before (a cleared task): its files and row stay as they are.
                 log.info("version %s is already registered (%s); not rewritten", version, existing.status)
                 formats, reference_path = existing.formats, str(existing.reference_path)
             else:
-                payload = registry.read_verified(cand["path"], cand["sha256"])
+                payload = registry.read_verified(cand.path, cand.sha256)
                 signature = ModelSignature.from_dict(payload["signature"])
                 # artifact + reference.parquet (drift stage) + ONNX where convertible, in models_dir/version
                 pkg = registry.package(payload["model"], signature, cfg.models_dir, version, train_rows=train_df,
                                        test_rows=test_df, reference_rows=cfg.reference_rows,
                                        onnx_tolerance=cfg.onnx_parity_tolerance, random_state=cfg.random_state)
                 registry.register(
-                    conn, version=version, run_key=run["run_key"], model_name=cand["name"], status=status,
-                    reason=reason, metrics={**cand["metrics"], "valid_roc_auc": cand["valid_roc_auc"]},
-                    params={**cand["params"], "fit_seconds": cand["fit_seconds"],
+                    conn, version=version, run_key=run["run_key"], model_name=cand.name, status=status,
+                    reason=reason, metrics={**cand.metrics, "valid_roc_auc": cand.valid_roc_auc},
+                    params={**cand.params, "fit_seconds": cand.fit_seconds,
                             "reference_rows": pkg.reference_rows, "onnx": pkg.onnx,
                             "split_counts": splits.get("counts")},
                     signature=signature, artifact_path=pkg.artifact_path, artifact_sha256=pkg.artifact_sha256,
@@ -203,12 +206,12 @@ def register(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, evaluati
                 formats, reference_path = pkg.formats, pkg.reference_path
             # Promote only a challenger that was never champion: a re-run must not bring back a version a
             # later promotion retired.
-            promoted = is_challenger and evaluation["promote"]
+            promoted = is_challenger and decision.promote
             if promoted and (existing is None or existing.status == "challenger"):
-                registry.promote(conn, version, evaluation["reason"])
+                registry.promote(conn, version, decision.reason)
             registered.append({"version": version, "status": "champion" if promoted else status, "reason": reason,
-                               "test_roc_auc": cand["metrics"]["roc_auc"], "formats": formats,
+                               "test_roc_auc": cand.metrics["roc_auc"], "formats": formats,
                                "reference_path": reference_path})
         champ = registry.champion(conn)
-    return timed(run, "register", started, {"registered": registered,
-                                             "champion": champ.version if champ else None})
+    return timed(run, "register", started,
+                 RegisterResult(registered=registered, champion=champ.version if champ else None).as_dict())

@@ -13,6 +13,7 @@ from churn.config import ChurnConfig
 from churn.connections import Resources
 from churn.db import ensure_schema, to_jsonb
 from churn.stages.common import is_dry_run, timed
+from churn.stages.results import Candidate, GateResult, RegisterResult, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +29,16 @@ def summarize(cfg: ChurnConfig, res: Resources, run: dict, stages: dict) -> dict
     summary["rows_validated"] = {k: v["rows_checked"] - v["rows_quarantined"] for k, v in validated.items()
                                  if isinstance(v, dict)}
     summary["rows_quarantined"] = {k: v["rows_quarantined"] for k, v in validated.items() if isinstance(v, dict)}
-    evaluation = stages["evaluation"]
-    summary["retrained"] = stages["trained"]["retrained"]
-    summary["retrain_reason"] = stages["trained"]["reason"]
-    summary["candidates"] = [
-        {"name": c["name"], "valid_roc_auc": round(c["valid_roc_auc"], 4),
-         "test_roc_auc": round(c["metrics"]["roc_auc"], 4)} for c in evaluation.get("candidates", [])
-    ]
-    summary["gate"] = {"promote": evaluation["promote"], "reason": evaluation["reason"]}
-    summary["champion"] = stages["registered"]["champion"]
-    champion_auc = next((c["metrics"]["roc_auc"] for c in evaluation.get("candidates", [])
-                         if c.get("version") == summary["champion"]), None)
-    summary["champion_test_roc_auc"] = champion_auc
+    training, evaluation = TrainResult.from_dict(stages["trained"]), GateResult.from_dict(stages["evaluation"])
+    candidates = [Candidate.from_dict(c) for c in evaluation.candidates]
+    summary["retrained"] = training.retrained
+    summary["retrain_reason"] = training.reason
+    summary["candidates"] = [{"name": c.name, "valid_roc_auc": round(c.valid_roc_auc, 4),
+                              "test_roc_auc": round(c.metrics["roc_auc"], 4)} for c in candidates]
+    summary["gate"] = {"promote": evaluation.promote, "reason": evaluation.reason}
+    summary["champion"] = RegisterResult.from_dict(stages["registered"]).champion
+    summary["champion_test_roc_auc"] = next((c.metrics["roc_auc"] for c in candidates
+                                             if c.version == summary["champion"]), None)
     summary["scored"] = stages["scored"]["rows"]
     summary["inference_seconds"] = stages["scored"]["inference_seconds"]
     summary["published_postgres"] = stages["pg_published"]["rows"]
