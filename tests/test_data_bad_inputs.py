@@ -313,3 +313,25 @@ def test_chunked_validation_equals_whole_batch_validation(tmp_path, fresh_pg_url
     assert small["failures"] == whole["failures"]
     pd.testing.assert_frame_equal(small["clean"], whole["clean"])
     assert len(small["clean"]) == 200 - 9 and small["clean"]["customerID"].is_unique
+
+
+def test_a_regional_gzip_export_runs_through_ingest_and_validation_by_configuration(tmp_path, fresh_pg_url, redis_url,
+                                                                                    pg_conn):
+    import gzip
+
+    from tests.bad_inputs.corpus import clean_frame
+
+    frame = clean_frame()
+    for column in ("MonthlyCharges", "TotalCharges"):
+        frame[column] = [f"{float(v):,.2f}".replace(",", "_").replace(".", ",").replace("_", ".") for v in frame[column]]
+    path = tmp_path / "kunden_2026-11-20.csv.gz"
+    path.write_bytes(gzip.compress(frame.to_csv(index=False, sep=";").encode("cp1252")))
+    cfg = make_cfg(tmp_path, path, CHURN_FILE_DELIMITER=";", CHURN_FILE_DECIMAL=",", CHURN_FILE_THOUSANDS=".",
+                   CHURN_FILE_ENCODING="cp1252")
+    _, validated = run_data_stages(cfg, fresh_pg_url, redis_url)
+    assert validated["train"]["rows_checked"] == USUAL_ROWS and validated["train"]["rows_quarantined"] == 0
+    clean = pd.read_parquet(validated["train"]["clean_path"])
+    assert clean["TotalCharges"].max() > 1000  # '1.234,56' read as 1234.56, not quarantined
+    # the same file without the regional settings: a clear error naming the delimiter setting
+    with pytest.raises(FileSourceError, match="CHURN_FILE_DELIMITER"):
+        run_data_stages(make_cfg(tmp_path / "plain", path, CHURN_FILE_ENCODING="cp1252"), fresh_pg_url, redis_url)

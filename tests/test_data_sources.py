@@ -76,3 +76,73 @@ def test_spec_from_configuration_is_checked_and_round_trips(tmp_path):
         spec_from_config(ChurnConfig.from_env({"CHURN_SOURCE": "file"}))
     with pytest.raises(ConfigError, match="CHURN_SOURCE='s3' is not allowed; use one of postgres, file"):
         ChurnConfig.from_env({"CHURN_SOURCE": "s3"})  # refused when the configuration is read
+
+
+def test_compressed_csv_gives_the_same_snapshot_as_plain_csv(tmp_path):
+    import bz2
+    import gzip
+
+    frame = clean_frame(500)
+    frame.to_csv(tmp_path / "plain.csv", index=False)
+    raw = (tmp_path / "plain.csv").read_bytes()
+    (tmp_path / "export.csv.gz").write_bytes(gzip.compress(raw))
+    (tmp_path / "export.csv.bz2").write_bytes(bz2.compress(raw))
+    spec = telco_spec()
+    snapshots = {}
+    for name in ("plain.csv", "export.csv.gz", "export.csv.bz2"):
+        snap = read_file_snapshot(spec, [tmp_path / name], tmp_path / "out" / f"{name}.parquet", RUN_DATE,
+                                  labelled=True, chunk_rows=128)
+        assert snap.rows == 500 and snap.max_chunk_rows <= 128
+        snapshots[name] = pd.read_parquet(snap.path)
+    pd.testing.assert_frame_equal(snapshots["export.csv.gz"], snapshots["plain.csv"])
+    pd.testing.assert_frame_equal(snapshots["export.csv.bz2"], snapshots["plain.csv"])
+    assert snapshots["plain.csv"][PARSE_ERRORS_COLUMN].isna().all()
+    # the drop-folder glob picks compressed deliveries up like plain ones
+    assert [p.name for p in resolve_files(str(tmp_path / "export.csv.*"), RUN_DATE)] == ["export.csv.bz2",
+                                                                                        "export.csv.gz"]
+
+
+def test_regional_spreadsheet_export_reads_like_the_plain_one(tmp_path):
+    """Semicolons, decimal commas, dots for thousands, Windows-1252 text and day-first dates, by configuration."""
+    frame = clean_frame(200).assign(updated_at=[f"2026-11-{1 + i % 19:02d} 08:30" for i in range(200)])
+    frame.loc[7, "TotalCharges"] = "1234.5"
+    frame.loc[8, "MonthlyCharges"] = "abc"          # unreadable in both conventions
+    frame.loc[9, "gender"] = "Fémale"               # a cp1252 byte in a category
+    regional = frame.copy()
+    for column in ("MonthlyCharges", "TotalCharges"):
+        regional[column] = [v if v == "abc" else f"{float(v):,.2f}".replace(",", "_").replace(".", ",")
+                            .replace("_", ".") for v in frame[column]]
+    regional["updated_at"] = [f"{v[8:10]}.{v[5:7]}.{v[0:4]} {v[11:]}" for v in frame["updated_at"]]
+    assert regional.loc[7, "TotalCharges"] == "1.234,50"
+    frame.to_csv(tmp_path / "plain.csv", index=False)
+    regional.to_csv(tmp_path / "regional.csv", index=False, sep=";", encoding="cp1252")
+    plain_spec = telco_spec(CHURN_FILE_TIMESTAMP_COLUMN="updated_at")
+    plain = pd.read_parquet(read_file_snapshot(plain_spec, [tmp_path / "plain.csv"], tmp_path / "p.parquet",
+                                               RUN_DATE, labelled=True).path)
+    regional_cfg = ChurnConfig.from_env({**TELCO_ENV, "CHURN_FILE_PATH": "x.csv", "CHURN_FILE_TIMESTAMP_COLUMN":
+                                         "updated_at", "CHURN_FILE_DELIMITER": ";", "CHURN_FILE_DECIMAL": ",",
+                                         "CHURN_FILE_THOUSANDS": ".", "CHURN_FILE_ENCODING": "cp1252",
+                                         "CHURN_FILE_DAYFIRST": "true"})
+    snap = read_file_snapshot(spec_from_config(regional_cfg), [tmp_path / "regional.csv"], tmp_path / "r.parquet",
+                              RUN_DATE, labelled=True, delimiter=";", encoding="cp1252", decimal=",",
+                              thousands=".", dayfirst=True)
+    read = pd.read_parquet(snap.path)
+    pd.testing.assert_frame_equal(read.drop(columns=[PARSE_ERRORS_COLUMN]), plain.drop(columns=[PARSE_ERRORS_COLUMN]))
+    assert read.loc[7, "TotalCharges"] == 1234.5 and read.loc[9, "gender"] == "Fémale"
+    assert read.loc[3, "updated_at"] == pd.Timestamp("2026-11-04 08:30", tz="UTC")  # 04.11., not 11 April
+    assert "MonthlyCharges: 'abc' is not a number" in read.loc[8, PARSE_ERRORS_COLUMN]
+    # a point in a decimal-comma file without a thousands separator is reported, never guessed
+    lone = ChurnConfig.from_env({**TELCO_ENV, "CHURN_FILE_PATH": "x.csv", "CHURN_FILE_DELIMITER": ";",
+                                 "CHURN_FILE_DECIMAL": ","})
+    from churn.data.sources import coerce_chunk
+
+    out = coerce_chunk(regional.iloc[[7]].assign(TotalCharges="1.234,50"), spec_from_config(lone), True,
+                       decimal=",")
+    assert pd.isna(out["TotalCharges"].iloc[0]) and "is not a number" in out[PARSE_ERRORS_COLUMN].iloc[0]
+
+
+def test_regional_settings_that_contradict_each_other_are_refused():
+    with pytest.raises(ConfigError, match="CHURN_FILE_DECIMAL=',' / CHURN_FILE_THOUSANDS=','"):
+        ChurnConfig.from_env({"CHURN_FILE_DECIMAL": ",", "CHURN_FILE_THOUSANDS": ","})
+    with pytest.raises(ConfigError, match="must differ"):
+        ChurnConfig.from_env({"CHURN_FILE_DELIMITER": ",", "CHURN_FILE_DECIMAL": ","})

@@ -114,6 +114,12 @@ class ChurnConfig:
     """File source: CSV delimiter."""
     file_encoding: str = "utf-8"
     """File source: CSV text encoding (a UTF-8 byte-order mark is accepted)."""
+    file_decimal: str = "."
+    """File source: decimal mark of numbers in CSV files (``,`` for many regional spreadsheet exports)."""
+    file_thousands: str = ""
+    """File source: thousands separator in CSV numbers (e.g. ``.`` with a decimal comma); empty = none."""
+    file_dayfirst: bool = False
+    """File source: read ambiguous dates day first (31.12.2026, 01/02/2026 = 1 February)."""
 
     # --- drift -------------------------------------------------------------------------
     drift_psi_threshold: float = 0.2
@@ -229,6 +235,12 @@ class ChurnConfig:
                 bounds = f"between {low} and {high}" if low is not None and high is not None else \
                     (f"at least {low}" if low is not None else f"at most {high}")
                 raise ConfigError(f"{var}={value!r} is out of range: it must be {bounds}")
+        if len(self.file_decimal) != 1 or len(self.file_thousands) > 1 or self.file_decimal == self.file_thousands \
+                or self.file_delimiter in (self.file_decimal, self.file_thousands):
+            raise ConfigError(
+                f"CHURN_FILE_DECIMAL={self.file_decimal!r} / CHURN_FILE_THOUSANDS={self.file_thousands!r} / "
+                f"CHURN_FILE_DELIMITER={self.file_delimiter!r}: the decimal mark is one character, the thousands "
+                "separator at most one, and the three must differ (e.g. ';' delimiter, ',' decimal, '.' thousands)")
         self.band_cuts  # noqa: B018 - parsed now so that a bad value fails at start, not mid-run
         self.splits  # noqa: B018
 

@@ -91,8 +91,14 @@ def _add_error(errors: pd.Series, bad: pd.Series, column: str, raw: pd.Series, k
     return joined
 
 
-def coerce_chunk(frame: pd.DataFrame, spec: DatasetSpec, labelled: bool) -> pd.DataFrame:
-    """Convert one chunk to the snapshot's types; unparseable cells become null and are noted per row."""
+def coerce_chunk(frame: pd.DataFrame, spec: DatasetSpec, labelled: bool, *, decimal: str = ".",
+                 thousands: str = "", dayfirst: bool = False) -> pd.DataFrame:
+    """Convert one chunk to the snapshot's types; unparseable cells become null and are noted per row.
+
+    ``decimal`` / ``thousands`` / ``dayfirst`` read numbers and dates the way regional spreadsheet and CRM
+    exports write them (``1.234,5`` and ``31.12.2026`` with ``decimal=","``, ``thousands="."``,
+    ``dayfirst=True``); a value that does not follow them is still a parse error, never a guess.
+    """
     out = pd.DataFrame(index=frame.index)
     errors = pd.Series([None] * len(frame), index=frame.index, dtype=object)
     out[spec.id_column] = _text(frame[spec.id_column])
@@ -102,7 +108,15 @@ def coerce_chunk(frame: pd.DataFrame, spec: DatasetSpec, labelled: bool) -> pd.D
             out[column] = raw.astype("float64")
             continue
         text = _text(raw)
-        number = pd.to_numeric(text, errors="coerce").astype("float64")
+        plain = text
+        if thousands:
+            plain = plain.str.replace(thousands, "", regex=False)
+        if decimal != ".":
+            # With a decimal comma, a '.' left after removing the thousands separator is no decimal point:
+            # the value is reported as unreadable rather than guessed.
+            plain = plain.mask(plain.str.contains(".", regex=False, na=False), "unreadable")
+            plain = plain.str.replace(decimal, ".", regex=False)
+        number = pd.to_numeric(plain, errors="coerce").astype("float64")
         errors = _add_error(errors, text.notna() & number.isna(), column, text, "a number")
         out[column] = number
     for column in spec.boolean:
@@ -121,7 +135,7 @@ def coerce_chunk(frame: pd.DataFrame, spec: DatasetSpec, labelled: bool) -> pd.D
         out[column] = _text(frame[column])
     if spec.timestamp_column:
         text = _text(frame[spec.timestamp_column])
-        stamp = pd.to_datetime(text, errors="coerce", utc=True, format="mixed")
+        stamp = pd.to_datetime(text, errors="coerce", utc=True, format="mixed", dayfirst=dayfirst)
         errors = _add_error(errors, text.notna() & stamp.isna(), spec.timestamp_column, text, "a timestamp")
         out[spec.timestamp_column] = stamp
     if labelled:
@@ -130,12 +144,29 @@ def coerce_chunk(frame: pd.DataFrame, spec: DatasetSpec, labelled: bool) -> pd.D
     return out
 
 
+COMPRESSED_SUFFIXES = {".gz": "gzip", ".bz2": "bz2"}  # decompressed on the fly (Arrow infers it too)
+
+
+def _open_binary(path: Path):
+    """The file's bytes, decompressed when its name ends in .gz or .bz2."""
+    kind = COMPRESSED_SUFFIXES.get(path.suffix.lower())
+    if kind == "gzip":
+        import gzip
+
+        return gzip.open(path, "rb")
+    if kind == "bz2":
+        import bz2
+
+        return bz2.open(path, "rb")
+    return open(path, "rb")
+
+
 def _header(path: Path, delimiter: str, encoding: str) -> list[str]:
     """Column names from the first line (a UTF-8 byte-order mark is dropped)."""
     codec = "utf-8-sig" if encoding.lower().replace("_", "-") in {"utf-8", "utf8"} else encoding
     try:
         # Decode the first line only: later lines are checked chunk by chunk while reading.
-        with open(path, "rb") as handle:
+        with _open_binary(path) as handle:
             first = handle.readline().decode(codec)
     except UnicodeDecodeError as exc:
         raise FileSourceError(f"{path}: the header is not valid {encoding} ({exc}); set CHURN_FILE_ENCODING "
@@ -205,8 +236,12 @@ def _parquet_chunks(path: Path, spec: DatasetSpec, labelled: bool, chunk_rows: i
 
 
 def read_file_snapshot(spec: DatasetSpec, files: list[Path], out_path: str | Path, as_of: date, *, labelled: bool,
-                       delimiter: str = ",", encoding: str = "utf-8", chunk_rows: int = 100_000) -> Snapshot:
-    """Convert the delivered file(s) into one typed Parquet snapshot, never holding more than ``chunk_rows`` rows."""
+                       delimiter: str = ",", encoding: str = "utf-8", chunk_rows: int = 100_000, decimal: str = ".",
+                       thousands: str = "", dayfirst: bool = False) -> Snapshot:
+    """Convert the delivered file(s) into one typed Parquet snapshot, never holding more than ``chunk_rows`` rows.
+
+    CSV (also ``.csv.gz`` / ``.csv.bz2``, decompressed while streaming) or Parquet, by file name.
+    """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     schema = snapshot_schema(spec, labelled)
@@ -229,7 +264,8 @@ def read_file_snapshot(spec: DatasetSpec, files: list[Path], out_path: str | Pat
                 ignored.update(c for c in extra if c != spec.label_column)  # the label is expected in every file
                 for chunk in chunks:
                     max_chunk = max(max_chunk, len(chunk))
-                    typed = coerce_chunk(chunk, spec, labelled)
+                    typed = coerce_chunk(chunk, spec, labelled, decimal=decimal, thousands=thousands,
+                                         dayfirst=dayfirst)
                     writer.write_table(pa.Table.from_pandas(typed, schema=schema, preserve_index=False))
                     rows += len(typed)
         os.replace(tmp, out_path)  # readers never see a half-written snapshot

@@ -40,7 +40,8 @@ def ingest(cfg: ChurnConfig, res: Resources, run: dict) -> dict:
     if spec.source == "file":
         from churn.data.sources import read_file_snapshot, resolve_files
 
-        options = {"delimiter": cfg.file_delimiter, "encoding": cfg.file_encoding, "chunk_rows": cfg.ingest_chunk_rows}
+        options = {"delimiter": cfg.file_delimiter, "encoding": cfg.file_encoding, "chunk_rows": cfg.ingest_chunk_rows,
+                   "decimal": cfg.file_decimal, "thousands": cfg.file_thousands, "dayfirst": cfg.file_dayfirst}
         train = read_file_snapshot(spec, resolve_files(cfg.file_path, as_of), run_dir / "train_raw.parquet", as_of,
                                    labelled=True, **options)
         score = read_file_snapshot(spec, resolve_files(cfg.file_score_path or cfg.file_path, as_of),
