@@ -335,3 +335,16 @@ def test_a_regional_gzip_export_runs_through_ingest_and_validation_by_configurat
     # the same file without the regional settings: a clear error naming the delimiter setting
     with pytest.raises(FileSourceError, match="CHURN_FILE_DELIMITER"):
         run_data_stages(make_cfg(tmp_path / "plain", path, CHURN_FILE_ENCODING="cp1252"), fresh_pg_url, redis_url)
+
+
+def test_inferred_kinds_flow_through_ingest_into_the_run_spec_and_validation(corpus, tmp_path, fresh_pg_url,
+                                                                             redis_url):
+    from churn.data.spec import load_run_spec
+
+    cfg = make_cfg(tmp_path, corpus["clean"], CHURN_FILE_NUMERIC_COLUMNS="", CHURN_FILE_BOOLEAN_COLUMNS="",
+                   CHURN_FILE_CATEGORICAL_COLUMNS="")
+    run, validated = run_data_stages(cfg, fresh_pg_url, redis_url)
+    spec = load_run_spec(run["run_dir"])  # what split and train read
+    assert set(spec.boolean) == {"SeniorCitizen", "Partner", "Dependents", "PhoneService", "PaperlessBilling"}
+    assert spec.inference["sample_rows"] == USUAL_ROWS
+    assert validated["train"]["success"] and validated["train"]["rows_quarantined"] == 0

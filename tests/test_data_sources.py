@@ -146,3 +146,48 @@ def test_regional_settings_that_contradict_each_other_are_refused():
         ChurnConfig.from_env({"CHURN_FILE_DECIMAL": ",", "CHURN_FILE_THOUSANDS": ","})
     with pytest.raises(ConfigError, match="must differ"):
         ChurnConfig.from_env({"CHURN_FILE_DELIMITER": ",", "CHURN_FILE_DECIMAL": ","})
+
+
+NO_KINDS = {"CHURN_FILE_NUMERIC_COLUMNS": "", "CHURN_FILE_BOOLEAN_COLUMNS": "", "CHURN_FILE_CATEGORICAL_COLUMNS": ""}
+
+
+def test_kinds_are_inferred_by_the_documented_rules_when_none_are_configured(tmp_path):
+    frame = clean_frame(300).assign(
+        email=[f"user{i}@example.com" for i in range(300)],          # id-like text: not a feature
+        updated_at=[f"2026-11-{1 + i % 19:02d}" for i in range(300)],  # a date: not a feature
+        notes="",                                                     # empty
+        region=[f"R{i % 80}" for i in range(300)],                     # 80 distinct > 50: high cardinality
+    )
+    frame.loc[5, "TotalCharges"] = " "  # a blank in a numeric column stays numeric
+    path = tmp_path / "drop.csv"
+    frame.to_csv(path, index=False)
+    cfg = ChurnConfig.from_env({**TELCO_ENV, **NO_KINDS, "CHURN_FILE_PATH": str(path)})
+    spec = spec_from_config(cfg, [path])
+    assert set(spec.numeric) == {"tenure", "MonthlyCharges", "TotalCharges"}
+    assert set(spec.boolean) == {"SeniorCitizen", "Partner", "Dependents", "PhoneService", "PaperlessBilling"}
+    assert "gender" in spec.categorical and "Contract" in spec.categorical and "MultipleLines" in spec.categorical
+    ignored = spec.inference["ignored"]
+    assert ignored["email"].startswith("id-like") and ignored["updated_at"] == "timestamp"
+    assert ignored["notes"] == "empty" and ignored["region"].startswith("high cardinality")
+    assert spec.inference["sample_rows"] == 300 and spec.inference["file"] == str(path)
+    assert not {"customerID", "Churn"} & set(spec.feature_columns)
+    # configured lists always win: no inference at all
+    pinned = spec_from_config(ChurnConfig.from_env({**TELCO_ENV, "CHURN_FILE_PATH": str(path)}), [path])
+    assert pinned.inference == {} and pinned.numeric == ["tenure", "MonthlyCharges", "TotalCharges"]
+    # without a delivery to look at and without lists, the error says both ways out
+    with pytest.raises(SpecError, match="let ingest infer them"):
+        spec_from_config(cfg)
+
+
+def test_telco_kinds_inferred_from_path_id_and_label_match_the_readme_configuration():
+    from tests.conftest import require_dataset
+    from tests.test_data_telco import TELCO
+
+    require_dataset(TELCO)
+    cfg = ChurnConfig.from_env({"CHURN_SOURCE": "file", "CHURN_FILE_PATH": str(TELCO),
+                                "CHURN_FILE_ID_COLUMN": "customerID", "CHURN_FILE_LABEL_COLUMN": "Churn"})
+    spec = spec_from_config(cfg, [TELCO])
+    for kind in ("numeric", "boolean", "categorical"):
+        configured = TELCO_ENV[f"CHURN_FILE_{kind.upper()}_COLUMNS"].split(",")
+        assert sorted(getattr(spec, kind)) == sorted(configured), kind
+    assert spec.inference["ignored"] == {}

@@ -118,6 +118,10 @@ class ChurnConfig:
     """File source: decimal mark of numbers in CSV files (``,`` for many regional spreadsheet exports)."""
     file_thousands: str = ""
     """File source: thousands separator in CSV numbers (e.g. ``.`` with a decimal comma); empty = none."""
+    infer_sample_rows: int = 20_000
+    """File source without feature lists: rows read to infer the column kinds (README "Column kinds inferred")."""
+    infer_max_categories: int = 50
+    """File source without feature lists: a text column with at most this many distinct values is categorical."""
     file_dayfirst: bool = False
     """File source: read ambiguous dates day first (31.12.2026, 01/02/2026 = 1 February)."""
 
@@ -311,7 +315,8 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
         "celery_workers", "dask_workers", "demo_customers", "usage_months", "label_window_days", "ingest_chunk_rows",
         "profile_sample_rows", "metrics_sample_rows", "drift_sample_rows", "tpot_population_size", "n_jobs",
         "max_train_rows", "reference_rows", "score_chunk_rows", "redis_hash_buckets", "score_history_runs",
-        "realized_min_customers", "export_upload_attempts", "export_chunk_rows")},
+        "realized_min_customers", "export_upload_attempts", "export_chunk_rows", "infer_sample_rows",
+        "infer_max_categories")},
     "celery_broker_db": (0, 15), "tpot_cv": (2, 20), "score_partitions": (1, 256),
     "max_bad_row_fraction": (0.0, 1.0), "max_row_count_change": (0.0, 0.99), "min_roc_auc": (0.0, 1.0),
     "max_auc_drop": (0.0, 1.0), "max_realized_auc_drop": (0.0, 1.0), "drift_psi_threshold": (0.0, None),

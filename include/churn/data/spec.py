@@ -41,6 +41,8 @@ class DatasetSpec:
     """Raw label value -> 0/1 (e.g. ``{"Yes": 1, "No": 0}``); empty when the label already is 0/1."""
     timestamp_column: str | None = None
     """Column holding each record's update time; enables the freshness check."""
+    inference: dict = field(default_factory=dict)
+    """How the feature kinds were inferred (``churn.data.infer``), empty when they were configured."""
 
     @property
     def feature_columns(self) -> list[str]:
@@ -63,7 +65,8 @@ class DatasetSpec:
                             "CHURN_FILE_LABEL_COLUMN)")
         if not self.feature_columns:
             raise SpecError("the dataset spec has no feature columns: set CHURN_FILE_NUMERIC_COLUMNS, "
-                            "CHURN_FILE_BOOLEAN_COLUMNS and/or CHURN_FILE_CATEGORICAL_COLUMNS")
+                            "CHURN_FILE_BOOLEAN_COLUMNS and/or CHURN_FILE_CATEGORICAL_COLUMNS, or leave all three "
+                            "empty and let ingest infer them from the delivered file")
         names = [self.id_column, self.label_column, *self.feature_columns]
         dupes = sorted({c for c in names if names.count(c) > 1})
         if dupes:
@@ -111,20 +114,37 @@ def parse_label_values(value: str) -> dict[str, int]:
     return mapping
 
 
-def spec_from_config(cfg) -> DatasetSpec:
-    """The dataset spec the configured source produces (``CHURN_SOURCE`` = ``postgres`` or ``file``)."""
+def spec_from_config(cfg, files: list[Path] | None = None) -> DatasetSpec:
+    """The dataset spec the configured source produces (``CHURN_SOURCE`` = ``postgres`` or ``file``).
+
+    For a file source whose three feature lists are all empty, the kinds are inferred from the first
+    rows of ``files`` (``churn.data.infer``; configured lists always win).
+    """
     if cfg.source == "postgres":
         return synthetic_spec()
     if cfg.source != "file":
         raise SpecError(f"CHURN_SOURCE={cfg.source!r} must be 'postgres' or 'file'")
     if not cfg.file_path:
         raise SpecError("CHURN_SOURCE=file needs CHURN_FILE_PATH (a path or glob, may contain {ds})")
+    kinds = {"numeric": _split(cfg.file_numeric_columns), "boolean": _split(cfg.file_boolean_columns),
+             "categorical": _split(cfg.file_categorical_columns)}
+    inference: dict = {}
+    if files and not any(kinds.values()):
+        from churn.data.infer import infer_kinds, pin_settings, read_sample
+
+        sample = read_sample(files[0], cfg.infer_sample_rows, delimiter=cfg.file_delimiter, encoding=cfg.file_encoding)
+        inference = infer_kinds(sample, id_column=cfg.file_id_column, label_column=cfg.file_label_column,
+                                timestamp_column=cfg.file_timestamp_column or None, decimal=cfg.file_decimal,
+                                thousands=cfg.file_thousands, max_categories=cfg.infer_max_categories)
+        inference["file"] = str(files[0])
+        kinds = {k: inference[k] for k in kinds}
+        log.warning("column kinds inferred from %s (%s rows): %s; ignored %s. Pin them with: %s", files[0],
+                    inference["sample_rows"], kinds, inference["ignored"], pin_settings(inference))
     return DatasetSpec(
         name=cfg.file_suite, source="file", id_column=cfg.file_id_column, label_column=cfg.file_label_column,
-        numeric=_split(cfg.file_numeric_columns), boolean=_split(cfg.file_boolean_columns),
-        categorical=_split(cfg.file_categorical_columns), suite=cfg.file_suite,
+        numeric=kinds["numeric"], boolean=kinds["boolean"], categorical=kinds["categorical"], suite=cfg.file_suite,
         label_values=parse_label_values(cfg.file_label_values),
-        timestamp_column=cfg.file_timestamp_column or None,
+        timestamp_column=cfg.file_timestamp_column or None, inference=inference,
     ).check()
 
 

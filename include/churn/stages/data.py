@@ -35,20 +35,21 @@ def ingest(cfg: ChurnConfig, res: Resources, run: dict) -> dict:
 
     started = time.monotonic()
     as_of = date.fromisoformat(run["as_of"])
-    spec = spec_from_config(cfg)
     run_dir = Path(run["run_dir"])
-    if spec.source == "file":
+    if cfg.source == "file":
         from churn.data.sources import read_file_snapshot, resolve_files
 
+        train_files = resolve_files(cfg.file_path, as_of)
+        spec = spec_from_config(cfg, train_files)  # kinds inferred from the delivery when none are configured
         options = {"delimiter": cfg.file_delimiter, "encoding": cfg.file_encoding, "chunk_rows": cfg.ingest_chunk_rows,
                    "decimal": cfg.file_decimal, "thousands": cfg.file_thousands, "dayfirst": cfg.file_dayfirst}
-        train = read_file_snapshot(spec, resolve_files(cfg.file_path, as_of), run_dir / "train_raw.parquet", as_of,
-                                   labelled=True, **options)
+        train = read_file_snapshot(spec, train_files, run_dir / "train_raw.parquet", as_of, labelled=True, **options)
         score = read_file_snapshot(spec, resolve_files(cfg.file_score_path or cfg.file_path, as_of),
                                    run_dir / "score_raw.parquet", as_of, labelled=False, **options)
     else:
         from churn.data.ingest import extract_snapshot
 
+        spec = spec_from_config(cfg)
         train_date = as_of - timedelta(days=cfg.label_window_days)
         with res.pg_session() as conn:
             train = extract_snapshot(conn, train_date, run_dir / "train_raw.parquet", cfg.label_window_days)
@@ -64,6 +65,8 @@ def ingest(cfg: ChurnConfig, res: Resources, run: dict) -> dict:
             out[dataset]["sample_fraction"] = fraction
         log.info("sampled %s of the population: %s", fraction, {k: v["rows"] for k, v in out.items()})
     out["dataset"] = spec.name
+    if spec.inference:
+        out["inferred_kinds"] = {k: spec.inference[k] for k in ("numeric", "boolean", "categorical", "ignored")}
     out["spec_path"] = str(spec.write(run_dir))  # a reference: split/train/validate read the spec from here
     return timed(run, "ingest", started, out)
 
