@@ -7,6 +7,7 @@ The last test publishes a batch first and proves a broken batch leaves the serve
 
 from __future__ import annotations
 
+import json
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -209,9 +210,9 @@ def test_file_1000x_the_usual_size_is_read_in_bounded_chunks(tmp_path, monkeypat
     seen: list[int] = []
     real = sources.coerce_chunk
 
-    def spy(frame, spec, labelled):  # records how many rows each conversion step holds
+    def spy(frame, spec, labelled, **conventions):  # records how many rows each conversion step holds
         seen.append(len(frame))
-        return real(frame, spec, labelled)
+        return real(frame, spec, labelled, **conventions)
 
     monkeypatch.setattr(sources, "coerce_chunk", spy)
     cfg = make_cfg(tmp_path, big, CHURN_INGEST_CHUNK_ROWS="5000")
@@ -348,3 +349,59 @@ def test_inferred_kinds_flow_through_ingest_into_the_run_spec_and_validation(cor
     assert set(spec.boolean) == {"SeniorCitizen", "Partner", "Dependents", "PhoneService", "PaperlessBilling"}
     assert spec.inference["sample_rows"] == USUAL_ROWS
     assert validated["train"]["success"] and validated["train"]["rows_quarantined"] == 0
+
+
+def test_a_dataset_without_a_suite_gets_one_proposed_then_enforced_and_reviewed(tmp_path, fresh_pg_url, redis_url,
+                                                                               pg_conn, monkeypatch, capsys):
+    """Only path, id and label (and the label's values): kinds inferred, suite proposed on run 1, enforced on run 2."""
+    from churn.data import suites
+    from tests.bad_inputs.corpus import clean_frame
+
+    drop = tmp_path / "drop"
+    (drop / "2026-11-20").mkdir(parents=True)
+    (drop / "2026-11-21").mkdir(parents=True)
+    clean_frame(seed=3).to_csv(drop / "2026-11-20" / "export.csv", index=False)
+    second = clean_frame(seed=4)
+    second.loc[17, "Contract"] = "Lifetime"  # a value the first delivery never had
+    second.to_csv(drop / "2026-11-21" / "export.csv", index=False)
+    env = {"CHURN_SOURCE": "file", "CHURN_FILE_PATH": str(drop / "{ds}" / "export.csv"),
+           "CHURN_FILE_ID_COLUMN": "customerID", "CHURN_FILE_LABEL_COLUMN": "Churn",
+           "CHURN_FILE_LABEL_VALUES": "Yes:1,No:0", "CHURN_FILE_SUITE": "crm_export",
+           "CHURN_STATE_DIR": str(tmp_path / "state")}
+    cfg = ChurnConfig.from_env(env)
+    assert suites.hand_written("crm_export") is None
+
+    run1, first = run_data_stages(cfg, fresh_pg_url, redis_url, date(2026, 11, 20))
+    assert first["train"]["suite_version"] == "baseline" and first["train"]["rows_quarantined"] == 0
+    proposal = json.loads(Path(first["train"]["proposed_suite"]).read_text())
+    kinds = {(e["type"], e["kwargs"].get("column")) for e in proposal["expectations"]}
+    assert ("expect_column_values_to_be_in_set", "Contract") in kinds
+    assert ("expect_column_values_to_be_between", "MonthlyCharges") in kinds
+    assert ("expect_column_values_to_be_unique", "customerID") in kinds
+    assert suites.active_suite(pg_conn, "crm_export")[0] == 1
+    again = run_data_stages(cfg, fresh_pg_url, redis_url, date(2026, 11, 20))[1]  # a re-run stores no second copy
+    assert again["train"]["suite_version"] == "baseline" and suites.active_suite(pg_conn, "crm_export")[0] == 1
+
+    run2, second_validated = run_data_stages(cfg, fresh_pg_url, redis_url, date(2026, 11, 21))
+    assert second_validated["train"]["suite_version"] == "1" and second_validated["train"]["proposed_suite"] is None
+    bad = quarantined(pg_conn)
+    assert list(bad) == [second.loc[17, "customerID"]]
+    assert "expect_column_values_to_be_in_set(Contract)" in bad[second.loc[17, "customerID"]]
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT run_key, dataset, suite_version FROM churn.validation_results ORDER BY 1, 2")
+        assert cur.fetchall() == [("2026-11-20", "score", "baseline"), ("2026-11-20", "train", "baseline"),
+                                  ("2026-11-21", "score", "1"), ("2026-11-21", "train", "1")]
+    pg_conn.commit()
+
+    # review from the command line: show, diff a run against it, accept a new version
+    monkeypatch.setenv("CHURN_POSTGRES_URL", fresh_pg_url)
+    monkeypatch.setenv("CHURN_STATE_DIR", str(tmp_path / "state"))
+    assert suites.main(["show", "crm_export"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == 1
+    assert suites.main(["diff", "crm_export", "2026-11-21"]) == 0
+    assert "expect_column_values_to_be_between(TotalCharges)" in capsys.readouterr().out
+    assert suites.main(["accept", "crm_export", "2026-11-21"]) == 0
+    assert "version 2 is active" in capsys.readouterr().out
+    assert suites.active_suite(pg_conn, "crm_export")[0] == 2
+    assert suites.main(["show", "crm_export", "--version", "1"]) == 0  # earlier versions stay readable
+    assert json.loads(capsys.readouterr().out)["version"] == 1

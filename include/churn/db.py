@@ -34,7 +34,27 @@ CREATE TABLE IF NOT EXISTS churn.validation_results (
     rows_quarantined bigint NOT NULL,
     result jsonb NOT NULL,
     validated_at timestamptz NOT NULL DEFAULT now(),
+    suite_version text,                  -- which suite validated: file, a churn.suites version, or baseline
     PRIMARY KEY (run_key, dataset)
+);
+
+-- Added after the first release. Checked before altering: ALTER TABLE takes an exclusive lock even when
+-- the column exists, and would wait behind any reader's open transaction on every stage's start.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'churn'
+                   AND table_name = 'validation_results' AND column_name = 'suite_version') THEN
+        ALTER TABLE churn.validation_results ADD COLUMN suite_version text;
+    END IF;
+END $$;
+
+CREATE TABLE IF NOT EXISTS churn.suites (
+    name text NOT NULL,
+    version integer NOT NULL,
+    status text NOT NULL DEFAULT 'active',
+    suite jsonb NOT NULL,
+    run_key text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (name, version)
 );
 
 CREATE TABLE IF NOT EXISTS churn.quarantine (

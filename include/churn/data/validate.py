@@ -64,6 +64,10 @@ class ValidationOutcome:
     row_failures: dict[str, int] = field(default_factory=dict)
     data_docs_path: str | None = None
     previous_rows: int | None = None
+    suite_version: str | None = None
+    """Which suite validated: ``file`` (hand-written), a stored version number, or ``baseline``."""
+    proposed_suite: str | None = None
+    """Path of the suite proposed from this run's clean rows (first run of a dataset without a suite)."""
 
     def as_dict(self) -> dict:
         """Plain dict for XCom / the run summary."""
@@ -163,7 +167,9 @@ def validate_snapshot(
     suite_name = suite_name or spec.suite
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    suite_def = load_suite_definition(suite_name)
+    from churn.data import suites
+
+    suite_version, suite_def = suites.resolve(conn, spec, suite_name, run_key)
     if not training:
         suite_def = {**suite_def, "expectations": [
             e for e in suite_def["expectations"] if not e.get("meta", {}).get("training_only")
@@ -288,8 +294,9 @@ def validate_snapshot(
                         (run_key, dataset))
             cur.execute(
                 "INSERT INTO churn.validation_results (run_key, dataset, success, rows_checked, rows_quarantined, "
-                "result) VALUES (%s, %s, %s, %s, %s, %s)",
-                (run_key, dataset, success, rows, quarantined, to_jsonb(json.loads(result_path.read_text()))),
+                "result, suite_version) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (run_key, dataset, success, rows, quarantined, to_jsonb(json.loads(result_path.read_text())),
+                 suite_version),
             )
         conn.commit()  # the run's quarantine and result appear together
         os.replace(tmp, clean_path)
@@ -300,9 +307,21 @@ def validate_snapshot(
         if writer is not None:
             writer.close()
         tmp.unlink(missing_ok=True)
+    proposed = None
+    if success and training and suite_version == "baseline":
+        # A dataset without a suite: its first good training snapshot proposes one, active from the next run.
+        proposal = suites.propose_suite(clean_path, spec, seed=0)
+        proposal["name"] = suite_def["name"]
+        proposal["meta"]["auto_from_run"] = run_key
+        proposed = write_text_atomic(out_dir / suites.PROPOSAL_FILE.format(name=suite_def["name"]),
+                                     json.dumps(proposal, indent=2, default=str))
+        version = suites.auto_proposal(conn, suite_def["name"], run_key) or suites.store(conn, proposal, run_key)
+        log.warning("no suite %s existed: proposed version %s from this run's %s clean rows (%s); later runs "
+                    "enforce it; review it with 'python -m churn.data.suites show %s'", suite_def["name"], version,
+                    rows - quarantined, proposed, suite_def["name"])
     outcome = ValidationOutcome(
         dataset, success, rows, quarantined, str(clean_path), str(result_path), batch_failures, row_failures,
-        str(docs_path), previous,
+        str(docs_path), previous, suite_version, str(proposed) if proposed else None,
     )
     log.info(
         "validated %s: %s rows in chunks of %s, %s quarantined (%.2f%%), batch failures: %s, data docs: %s",
