@@ -18,20 +18,9 @@ from datetime import datetime, timezone
 from email.message import EmailMessage
 from typing import Any
 
+from churn.connections import airflow_connection
+
 log = logging.getLogger(__name__)
-
-
-def _connection(conn_id: str) -> Any | None:
-    """The Airflow connection ``conn_id`` (env ``AIRFLOW_CONN_*``, secrets backend or metadata DB), or None."""
-    try:
-        from airflow.sdk import BaseHook
-        from airflow.sdk.exceptions import AirflowNotFoundException
-    except ImportError:  # outside an Airflow installation: log-only alerts
-        return None
-    try:
-        return BaseHook.get_connection(conn_id)
-    except AirflowNotFoundException:
-        return None
 
 
 def webhook_url(conn: Any) -> str:
@@ -130,7 +119,7 @@ def send_alert(title: str, details: dict[str, Any] | None = None, severity: str 
             severity, title, body)
     outcome: dict[str, Any] = {"logged": True, "webhook": None, "email": None}
 
-    hook_conn = _connection(webhook_conn_id)
+    hook_conn = airflow_connection(webhook_conn_id)
     if hook_conn is not None:
         url = webhook_url(hook_conn)
         request = urllib.request.Request(url, data=body.encode(), method="POST",
@@ -146,7 +135,7 @@ def send_alert(title: str, details: dict[str, Any] | None = None, severity: str 
                       webhook_conn_id, reason)
             outcome["webhook"] = f"failed: {reason}"
 
-    mail_conn = _connection(email_conn_id)
+    mail_conn = airflow_connection(email_conn_id)
     if mail_conn is not None:
         recipients = (mail_conn.extra_dejson or {}).get("to")
         if not recipients:

@@ -78,12 +78,8 @@ class Resources:
     def from_urls(cls, pg_url: str, redis_url_: str) -> "Resources":
         """Clients from explicit URLs (tests, CLI, benchmarks)."""
         import psycopg2
-        import redis
 
-        return cls(
-            pg=lambda: psycopg2.connect(pg_url),
-            redis=lambda: redis.Redis.from_url(redis_url_, socket_timeout=30, socket_connect_timeout=10),
-        )
+        return cls(pg=lambda: psycopg2.connect(pg_url), redis=lambda: _redis_client(redis_url_))
 
     @classmethod
     def from_airflow(cls, cfg: ChurnConfig | None = None) -> "Resources":
@@ -107,7 +103,7 @@ class Resources:
         return cls(pg=pg, redis=redis_client)
 
 
-def _airflow_connection(conn_id: str):
+def airflow_connection(conn_id: str) -> Any | None:
     """The Airflow connection ``conn_id`` as Airflow's hooks find it, or None (not defined, or no Airflow here)."""
     try:
         from airflow.sdk import BaseHook
@@ -126,17 +122,21 @@ def _psycopg2_from_url(cfg: ChurnConfig):
     return psycopg2.connect(postgres_url(cfg), connect_timeout=10)
 
 
-def _redis_from_url(cfg: ChurnConfig):
+def _redis_client(url: str):
     import redis
 
-    return redis.Redis.from_url(redis_url(cfg), socket_timeout=30, socket_connect_timeout=10)
+    return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10)
+
+
+def _redis_from_url(cfg: ChurnConfig):
+    return _redis_client(redis_url(cfg))
 
 
 def _redis_from_airflow(conn_id: str):
     """redis-py client from an Airflow connection (None if undefined); the db: extra ``db`` or the URI path."""
     import redis
 
-    conn = _airflow_connection(conn_id)
+    conn = airflow_connection(conn_id)
     if conn is None:
         return None
     extra = conn.extra_dejson or {}
@@ -151,7 +151,7 @@ def _psycopg2_from_airflow(conn_id: str):
     """psycopg2 connection from an Airflow connection's fields, or None if the connection is not defined."""
     import psycopg2
 
-    conn = _airflow_connection(conn_id)
+    conn = airflow_connection(conn_id)
     if conn is None:
         return None
     extra = conn.extra_dejson or {}

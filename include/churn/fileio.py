@@ -33,8 +33,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+def write_text_atomic(path: str | Path, text: str, mode: int | None = None) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path.
+
+    ``mode`` (e.g. ``0o600`` for a file holding a password) applies from the file's creation on, so its
+    content is never readable by others, not even for a moment.
+    """
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        if mode is None:
+            tmp.write_text(text, encoding="utf-8")
+        else:
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w", encoding="utf-8") as out:
+                out.write(text)
+            os.chmod(tmp, mode)  # an existing leftover keeps its old mode otherwise
     return Path(path)

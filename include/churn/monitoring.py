@@ -32,17 +32,26 @@ def score_summary(proba: np.ndarray, band_cuts: tuple[float, ...] = (0.3, 0.6)) 
     proba = np.asarray(proba, dtype=float)
     if proba.size == 0:
         raise ValueError("no scores to summarize: the scored population is empty")
-    counts, _ = np.histogram(np.clip(proba, 0.0, 1.0), bins=BIN_EDGES)
-    bands = np.digitize(proba, band_cuts)
+    return _summary(int(proba.size), float(proba.mean()), float(proba.std()), proba, _band_counts(proba, band_cuts),
+                    np.histogram(np.clip(proba, 0.0, 1.0), bins=BIN_EDGES)[0], band_cuts)
+
+
+def _band_counts(proba: np.ndarray, band_cuts: tuple[float, ...]) -> np.ndarray:
+    return np.bincount(np.digitize(proba, band_cuts), minlength=len(band_cuts) + 1)
+
+
+def _summary(n: int, mean: float, std: float, quantile_values: np.ndarray, band_counts: np.ndarray,
+             histogram: np.ndarray, band_cuts: tuple[float, ...]) -> dict[str, Any]:
+    """The stored score-summary shape (run metrics, report) from its figures."""
     names = ["low", "medium", "high"] if len(band_cuts) == 2 else [f"band_{i}" for i in range(len(band_cuts) + 1)]
-    quantiles = np.quantile(proba, [0.1, 0.25, 0.5, 0.75, 0.9])
+    quantiles = np.quantile(quantile_values, [0.1, 0.25, 0.5, 0.75, 0.9])
     return {
-        "count": int(proba.size),
-        "mean": float(proba.mean()),
-        "std": float(proba.std()),
+        "count": n,
+        "mean": mean,
+        "std": std,
         "quantiles": {k: float(v) for k, v in zip(("p10", "p25", "p50", "p75", "p90"), quantiles)},
-        "band_shares": {name: float((bands == i).mean()) for i, name in enumerate(names)},
-        "histogram": {"edges": [float(e) for e in BIN_EDGES], "counts": [int(c) for c in counts]},
+        "band_shares": {name: float(band_counts[i] / n) for i, name in enumerate(names)},
+        "histogram": {"edges": [float(e) for e in BIN_EDGES], "counts": [int(c) for c in histogram]},
     }
 
 
@@ -64,24 +73,16 @@ def streamed_score_summary(scores_path: str | Path, band_cuts: tuple[float, ...]
     for frame in iter_frames(scores_path, chunk_rows, ["customer_id", "churn_probability"]):
         proba = frame["churn_probability"].to_numpy(dtype=float)
         counts += np.histogram(np.clip(proba, 0.0, 1.0), bins=BIN_EDGES)[0]
-        bands += np.bincount(np.digitize(proba, band_cuts), minlength=len(bands))
+        bands += _band_counts(proba, band_cuts)
         n += proba.size
         total_sum += float(proba.sum())
         total_sq += float(np.square(proba).sum())
         kept.append(proba[keep_mask(frame["customer_id"], fraction)])
     mean = total_sum / n
     sample = np.concatenate(kept)
-    names = ["low", "medium", "high"] if len(band_cuts) == 2 else [f"band_{i}" for i in range(len(band_cuts) + 1)]
-    quantiles = np.quantile(sample, [0.1, 0.25, 0.5, 0.75, 0.9])
-    return {
-        "count": int(n),
-        "mean": mean,
-        "std": float(np.sqrt(max(total_sq / n - mean * mean, 0.0))),
-        "quantiles": {k: float(v) for k, v in zip(("p10", "p25", "p50", "p75", "p90"), quantiles)},
-        "quantile_sample_rows": int(sample.size),
-        "band_shares": {name: float(bands[i] / n) for i, name in enumerate(names)},
-        "histogram": {"edges": [float(e) for e in BIN_EDGES], "counts": [int(c) for c in counts]},
-    }
+    summary = _summary(int(n), mean, float(np.sqrt(max(total_sq / n - mean * mean, 0.0))), sample, bands, counts,
+                       band_cuts)
+    return {**summary, "quantile_sample_rows": int(sample.size)}
 
 
 def psi(expected_counts: list[int] | np.ndarray, actual_counts: list[int] | np.ndarray, eps: float = 1e-4) -> float:

@@ -26,9 +26,10 @@ from typing import Any
 
 import pandas as pd
 
+from churn.data.sources import FALSE_TEXT, TRUE_TEXT, plain_numbers, text_codec
+
 log = logging.getLogger(__name__)
 
-YES_NO = {"1", "0", "true", "false", "t", "f", "yes", "no", "y", "n"}
 _DATE = re.compile(r"^\d{4}-\d{1,2}-\d{1,2}([ T].*)?$|^\d{1,2}[./-]\d{1,2}[./-]\d{2,4}([ T].*)?$")
 
 
@@ -40,8 +41,7 @@ def read_sample(path: Path, sample_rows: int, *, delimiter: str = ",", encoding:
         batch = next(pq.ParquetFile(path).iter_batches(batch_size=sample_rows), None)
         frame = batch.to_pandas() if batch is not None else pd.DataFrame()
         return frame.astype("str").where(frame.notna(), "")
-    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in {"utf-8", "utf8"} else encoding
-    return pd.read_csv(path, sep=delimiter, encoding=codec, dtype=str, nrows=sample_rows, keep_default_na=False,
+    return pd.read_csv(path, sep=delimiter, encoding=text_codec(encoding), dtype=str, nrows=sample_rows, keep_default_na=False,
                        compression="infer").rename(columns=str.strip)
 
 
@@ -52,12 +52,9 @@ def _kind(values: pd.Series, rows: int, decimal: str, thousands: str, max_catego
     if present.empty:
         return "ignored", "empty"
     lowered = present.str.lower()
-    if lowered.isin(YES_NO).all():
+    if lowered.isin(TRUE_TEXT | FALSE_TEXT).all():  # the words ingest reads as booleans
         return "boolean", f"{lowered.nunique()} yes/no values"
-    plain = present.str.replace(thousands, "", regex=False) if thousands else present
-    if decimal != ".":
-        plain = plain.mask(plain.str.contains(".", regex=False), "x").str.replace(decimal, ".", regex=False)
-    if pd.to_numeric(plain, errors="coerce").notna().all():
+    if pd.to_numeric(plain_numbers(present, decimal, thousands), errors="coerce").notna().all():
         return "numeric", f"numbers, {len(present)} of {rows} present"
     if present.str.match(_DATE).all():
         return "ignored", "timestamp"

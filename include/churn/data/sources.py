@@ -91,6 +91,23 @@ def _add_error(errors: pd.Series, bad: pd.Series, column: str, raw: pd.Series, k
     return joined
 
 
+def plain_numbers(text: pd.Series, decimal: str = ".", thousands: str = "") -> pd.Series:
+    """Number texts in the configured regional convention rewritten as plain ``1234.5`` for parsing."""
+    if thousands:
+        text = text.str.replace(thousands, "", regex=False)
+    if decimal != ".":
+        # With a decimal comma, a '.' left after removing the thousands separator is no decimal point:
+        # the value is reported as unreadable rather than guessed.
+        text = text.mask(text.str.contains(".", regex=False, na=False), "unreadable")
+        text = text.str.replace(decimal, ".", regex=False)
+    return text
+
+
+def text_codec(encoding: str) -> str:
+    """The Python codec for CHURN_FILE_ENCODING: UTF-8 also drops a byte-order mark."""
+    return "utf-8-sig" if encoding.lower().replace("_", "-") in {"utf-8", "utf8"} else encoding
+
+
 def coerce_chunk(frame: pd.DataFrame, spec: DatasetSpec, labelled: bool, *, decimal: str = ".",
                  thousands: str = "", dayfirst: bool = False) -> pd.DataFrame:
     """Convert one chunk to the snapshot's types; unparseable cells become null and are noted per row.
@@ -108,15 +125,7 @@ def coerce_chunk(frame: pd.DataFrame, spec: DatasetSpec, labelled: bool, *, deci
             out[column] = raw.astype("float64")
             continue
         text = _text(raw)
-        plain = text
-        if thousands:
-            plain = plain.str.replace(thousands, "", regex=False)
-        if decimal != ".":
-            # With a decimal comma, a '.' left after removing the thousands separator is no decimal point:
-            # the value is reported as unreadable rather than guessed.
-            plain = plain.mask(plain.str.contains(".", regex=False, na=False), "unreadable")
-            plain = plain.str.replace(decimal, ".", regex=False)
-        number = pd.to_numeric(plain, errors="coerce").astype("float64")
+        number = pd.to_numeric(plain_numbers(text, decimal, thousands), errors="coerce").astype("float64")
         errors = _add_error(errors, text.notna() & number.isna(), column, text, "a number")
         out[column] = number
     for column in spec.boolean:
@@ -163,7 +172,7 @@ def _open_binary(path: Path):
 
 def _header(path: Path, delimiter: str, encoding: str) -> list[str]:
     """Column names from the first line (a UTF-8 byte-order mark is dropped)."""
-    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in {"utf-8", "utf8"} else encoding
+    codec = text_codec(encoding)
     try:
         # Decode the first line only: later lines are checked chunk by chunk while reading.
         with _open_binary(path) as handle:

@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from churn.fileio import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 PG_DATABASE = "churn"
@@ -84,23 +86,14 @@ class EmbeddedServices:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         start_postgres(self.pg_dir, self.postgres_port)
         start_redis(self.redis_dir, self.redis_port)
-        _write_private(self.state_dir / "services.json",
-                       json.dumps({"postgres_url": self.postgres_url, "redis_url": self.redis_url}, indent=2))
+        write_text_atomic(self.state_dir / "services.json",  # holds the password in its URL
+                          json.dumps({"postgres_url": self.postgres_url, "redis_url": self.redis_url}, indent=2),
+                          mode=0o600)
 
     def stop(self) -> None:
         """Stop both servers cleanly (fast shutdown for Postgres, SHUTDOWN for Redis)."""
         stop_redis(self.redis_dir)
         stop_postgres(self.pg_dir)
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read (it holds a password), atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
 
 
 def superuser_password(pg_dir: Path) -> str:
@@ -110,7 +103,7 @@ def superuser_password(pg_dir: Path) -> str:
     path = pg_dir / PASSWORD_FILE
     if not path.exists():
         pg_dir.mkdir(parents=True, exist_ok=True)
-        _write_private(path, secrets.token_urlsafe(24))
+        write_text_atomic(path, secrets.token_urlsafe(24), mode=0o600)
     return path.read_text().strip()
 
 
