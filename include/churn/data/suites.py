@@ -44,16 +44,26 @@ def _row(kind: str, column: str, **kwargs: Any) -> dict:
     return {"type": kind, "kwargs": {"column": column, **kwargs}, "meta": {"level": "row"}}
 
 
-def baseline_suite(spec: DatasetSpec) -> dict:
-    """What holds for any dataset: its columns, the id present and unique, the label's values (training)."""
-    expectations = [
+def _id_checks(spec: DatasetSpec) -> list[dict]:
+    """At least one row; the id present and unique."""
+    return [
         {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 1}, "meta": {"level": "batch"}},
         _row("expect_column_values_to_not_be_null", spec.id_column),
         _row("expect_column_values_to_be_unique", spec.id_column),
     ]
+
+
+def _label_check(spec: DatasetSpec, values: list) -> dict:
+    """The label's values, checked on training snapshots only."""
+    return {**_row("expect_column_values_to_be_in_set", spec.label_column, value_set=values),
+            "meta": {"level": "row", "training_only": True}}
+
+
+def baseline_suite(spec: DatasetSpec) -> dict:
+    """What holds for any dataset: at least one row, the id present and unique, the label's values (training)."""
+    expectations = _id_checks(spec)
     if spec.label_values:
-        expectations.append({**_row("expect_column_values_to_be_in_set", spec.label_column,
-                                    value_set=sorted(spec.label_values)), "meta": {"level": "row", "training_only": True}})
+        expectations.append(_label_check(spec, sorted(spec.label_values)))
     return {"name": spec.suite, "expectations": expectations, "meta": {"version": "baseline"}}
 
 
@@ -61,7 +71,7 @@ def propose_suite(clean_path: str | Path, spec: DatasetSpec, *, sample_rows: int
                   seed: int = 0) -> dict:
     """A suite for ``spec.suite`` from a clean training snapshot (an id-hash sample of ``sample_rows``)."""
     frame, total = sample_frame(clean_path, sample_rows, spec.id_column, seed)
-    expectations = baseline_suite(spec)["expectations"][:3]
+    expectations = _id_checks(spec)
     for column in spec.numeric:
         values = pd.to_numeric(frame[column], errors="coerce")
         if values.notna().all():
@@ -84,8 +94,7 @@ def propose_suite(clean_path: str | Path, spec: DatasetSpec, *, sample_rows: int
     label = frame[spec.label_column].dropna() if spec.label_column in frame.columns else pd.Series(dtype=object)
     labels = sorted(spec.label_values) if spec.label_values else sorted({int(v) for v in label})
     if labels:
-        expectations.append({**_row("expect_column_values_to_be_in_set", spec.label_column, value_set=labels),
-                             "meta": {"level": "row", "training_only": True}})
+        expectations.append(_label_check(spec, labels))
     return {"name": spec.suite, "expectations": expectations,
             "meta": {"proposed_from": str(clean_path), "rows": int(total), "sample_rows": int(len(frame)),
                      "range_margin": RANGE_MARGIN}}

@@ -43,8 +43,6 @@ from churn.fileio import write_text_atomic
 
 log = logging.getLogger(__name__)
 
-EXPECTATIONS_DIR = Path(__file__).resolve().parents[1] / "expectations"
-
 
 class ValidationFailed(RuntimeError):
     """The batch failed validation; nothing downstream may train on it or publish from it."""
@@ -75,14 +73,14 @@ class ValidationOutcome:
 
 
 def load_suite_definition(name: str = "churn_features") -> dict:
-    """The suite JSON as a dict (the file is the source of truth, not code); ``name`` may also be a .json path."""
-    path = Path(name) if name.endswith(".json") else EXPECTATIONS_DIR / f"{name}.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ValidationFailed(
-            f"expectation suite file {path} is missing: add it (see the existing suites) or set CHURN_FILE_SUITE"
-        ) from exc
+    """A hand-written suite file as a dict; ``name`` may also be a .json path. Missing: ValidationFailed."""
+    from churn.data.suites import hand_written
+
+    suite = hand_written(name)
+    if suite is None:
+        raise ValidationFailed(f"expectation suite file for {name!r} is missing: add it (see the existing suites) "
+                               "or set CHURN_FILE_SUITE")
+    return suite
 
 
 def _previous_rows(conn, run_key: str, dataset: str, suite_name: str) -> int | None:
