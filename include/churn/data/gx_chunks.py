@@ -39,23 +39,18 @@ class ChunkValidator:
             raise ValidationFailed(
                 f"suite {suite_def['name']}: batch-level expectations {unsupported} cannot be judged chunk by chunk; "
                 f"use row-level expectations (meta.level = row) or one of {STREAMED_BATCH_TYPES + SCHEMA_BATCH_TYPES}")
-        self._gx = gx
         context = gx.get_context(mode="ephemeral")
-        self.suite = context.suites.add(gx.ExpectationSuite(name=suite_def["name"],
-                                                            expectations=suite_def["expectations"]))
-        self.streamed = [e for e in self.suite.expectations if e.expectation_type in STREAMED_BATCH_TYPES]
-        self.per_chunk = [e for e in self.suite.expectations if e.expectation_type not in STREAMED_BATCH_TYPES]
-        self.schema_only = [e for e in self.per_chunk if e.expectation_type in SCHEMA_BATCH_TYPES]
-        self.rows_only = [e for e in self.per_chunk if e.expectation_type not in SCHEMA_BATCH_TYPES]
+        suite = context.suites.add(gx.ExpectationSuite(name=suite_def["name"], expectations=suite_def["expectations"]))
+        self.streamed = [e for e in suite.expectations if e.expectation_type in STREAMED_BATCH_TYPES]
+        per_chunk = [e for e in suite.expectations if e.expectation_type not in STREAMED_BATCH_TYPES]
+        rows_only = [e for e in per_chunk if e.expectation_type not in SCHEMA_BATCH_TYPES]
         source = context.data_sources.add_pandas(f"{dataset}_source")
         self._batches = source.add_dataframe_asset(dataset).add_batch_definition_whole_dataframe("whole")
-        self._suites = {}
-        for name, exps in (("first", self.per_chunk), ("rest", self.rows_only)):
-            self._suites[name] = gx.ExpectationSuite(name=f"{suite_def['name']}__{name}",
-                                                     expectations=[e.configuration.to_json_dict() for e in exps])
+        # The first chunk also answers the schema checks (every chunk has the file's columns).
+        self._suites = {name: gx.ExpectationSuite(name=f"{suite_def['name']}__{name}",
+                                                  expectations=[e.configuration.to_json_dict() for e in exps])
+                        for name, exps in (("first", per_chunk), ("rest", rows_only))}
         self.template = None
-        self.merged: dict[int, dict] = {}
-        self.order = [id(e) for e in self.suite.expectations]
 
     def validate(self, frame: pd.DataFrame, first: bool):
         """GX results of one chunk (index = global row numbers); schema checks only on the first chunk."""
