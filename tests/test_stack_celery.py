@@ -44,13 +44,15 @@ def first_run(cluster):
     return {"run_id": run_id, "tis": cluster.task_instances(run_id)}
 
 
-def test_mapped_partitions_ran_on_both_celery_workers(cluster, first_run):
+def test_mapped_partitions_ran_on_celery_workers_and_both_workers_took_tasks(cluster, first_run):
     parts = [t for t in first_run["tis"] if t["task_id"] == "score_partition"]
     assert sorted(t["map_index"] for t in parts) == [0, 1]
     workers = {cluster.xcom(first_run["run_id"], "score_partition", t["map_index"])["worker"].split(":")[-1]
                for t in parts}
-    assert workers == {"celery-worker-1", "celery-worker-2"}, workers
-    # and both workers logged task executions of their own
+    # Celery gives no placement guarantee: a worker still wrapping up the previous task (plan_scoring)
+    # lets the other take both partitions (seen once in CI). What must hold: partitions ran in Celery
+    # workers, not in the scheduler, and the run's tasks were spread over both workers.
+    assert workers and workers <= {"celery-worker-1", "celery-worker-2"}, workers
     for n in (1, 2):
         assert "churn_nightly" in (cluster.run_dir / f"celery-worker-{n}.log").read_text(errors="replace")
 
