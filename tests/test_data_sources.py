@@ -74,7 +74,7 @@ def test_spec_from_configuration_is_checked_and_round_trips(tmp_path):
         telco_spec(CHURN_FILE_CATEGORICAL_COLUMNS="tenure,gender")
     with pytest.raises(SpecError, match="CHURN_FILE_PATH"):
         spec_from_config(ChurnConfig.from_env({"CHURN_SOURCE": "file"}))
-    with pytest.raises(ConfigError, match="CHURN_SOURCE='s3' is not allowed; use one of postgres, file"):
+    with pytest.raises(ConfigError, match="CHURN_SOURCE='s3' is not allowed; use one of postgres, file, sql"):
         ChurnConfig.from_env({"CHURN_SOURCE": "s3"})  # refused when the configuration is read
 
 

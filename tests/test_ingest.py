@@ -73,7 +73,7 @@ def test_unreadable_source_fails_with_the_fix_and_leaves_no_file(pg_conn, tmp_pa
     from churn.data.ingest import IngestError
 
     out = tmp_path / "snap" / "score_raw.parquet"
-    with pytest.raises(IngestError, match=r"src\.\* tables loaded"):
+    with pytest.raises(IngestError, match=r"src\.\* tables loaded \(make demo"):
         extract_snapshot(pg_conn, AS_OF, out)
     assert list(out.parent.iterdir()) == []
     with pg_conn.cursor() as cur:  # the connection was rolled back and is usable again

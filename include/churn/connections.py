@@ -8,6 +8,9 @@ Order of precedence, so that one code path serves the demo and production alike:
    (``BaseHook.get_connection``: ``AIRFLOW_CONN_*`` variables, secrets backends, the metadata database);
 3. the embedded servers recorded in ``<state_dir>/services.json`` by ``make services``.
 
+A SQL source (``CHURN_SOURCE=sql``) reads its own database: ``CHURN_SOURCE_URL``, else the Airflow
+connection ``CHURN_SOURCE_CONN_ID`` (default ``churn_source``), else the platform's Postgres.
+
 The clients are built from the connection's fields here rather than by ``PostgresHook.get_conn()`` /
 ``RedisHook.get_conn()``: under SQLAlchemy 2 the Postgres provider hands out psycopg 3 connections
 (the publish path uses psycopg2's COPY and ``execute_values``), and the Redis hook ignores a database
@@ -18,12 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from churn.config import ChurnConfig
 
+log = logging.getLogger(__name__)
 
 class ConnectionNotConfigured(RuntimeError):
     """No Postgres/Redis location is configured; the message lists the ways to set one."""
@@ -64,6 +69,8 @@ class Resources:
 
     pg: Callable[[], object]
     redis: Callable[[], object]
+    source: Callable[[], object] | None = None
+    """Connection to the database a SQL source reads (None = the platform's Postgres)."""
 
     @contextlib.contextmanager
     def pg_session(self) -> Iterator[Any]:
@@ -74,12 +81,22 @@ class Resources:
         finally:
             conn.close()
 
+    @contextlib.contextmanager
+    def source_session(self) -> Iterator[Any]:
+        """A fresh connection to the SQL source's database for one block (the platform's when none is set)."""
+        conn = (self.source or self.pg)()
+        try:
+            yield conn
+        finally:
+            conn.close()
+
     @classmethod
-    def from_urls(cls, pg_url: str, redis_url_: str) -> "Resources":
+    def from_urls(cls, pg_url: str, redis_url_: str, source_url: str | None = None) -> "Resources":
         """Clients from explicit URLs (tests, CLI, benchmarks)."""
         import psycopg2
 
-        return cls(pg=lambda: psycopg2.connect(pg_url), redis=lambda: _redis_client(redis_url_))
+        return cls(pg=lambda: psycopg2.connect(pg_url), redis=lambda: _redis_client(redis_url_),
+                   source=(lambda: psycopg2.connect(source_url)) if source_url else None)
 
     @classmethod
     def from_airflow(cls, cfg: ChurnConfig | None = None) -> "Resources":
@@ -100,7 +117,20 @@ class Resources:
                     return client
             return _redis_from_url(cfg)
 
-        return cls(pg=pg, redis=redis_client)
+        def source():
+            import psycopg2
+
+            url = os.environ.get("CHURN_SOURCE_URL")
+            if url:
+                return psycopg2.connect(url, connect_timeout=10)
+            conn = _psycopg2_from_airflow(cfg.source_conn_id)
+            if conn is not None:
+                return conn
+            log.info("no connection '%s' (nor CHURN_SOURCE_URL): the SQL source reads the platform's Postgres",
+                     cfg.source_conn_id)
+            return pg()
+
+        return cls(pg=pg, redis=redis_client, source=source)
 
 
 def airflow_connection(conn_id: str) -> Any | None:

@@ -62,12 +62,7 @@ def resolve_files(pattern: str, as_of: date) -> list[Path]:
 
 def snapshot_schema(spec: DatasetSpec, labelled: bool) -> pa.Schema:
     """Arrow schema of a file snapshot: typed features, the raw label text, and the parse-error column."""
-    fields = [(spec.id_column, pa.string())]
-    fields += [(c, pa.float64()) for c in spec.numeric]
-    fields += [(c, pa.bool_()) for c in spec.boolean]
-    fields += [(c, pa.string()) for c in spec.categorical]
-    if spec.timestamp_column:
-        fields.append((spec.timestamp_column, pa.timestamp("us", tz="UTC")))
+    fields = spec.arrow_fields()
     if labelled:
         fields.append((spec.label_column, pa.string()))  # mapped to 0/1 after validation checked the raw values
     fields.append((PARSE_ERRORS_COLUMN, pa.string()))

@@ -1,6 +1,6 @@
 """The dataset spec: which columns are the id, the label and the features of each kind.
 
-Every source (the Postgres synthetic tables, CSV/Parquet files in a drop folder)
+Every source (the demo's Postgres tables, your own database's feature query, CSV/Parquet files in a drop folder)
 produces one, ingest writes it as ``dataset_spec.json`` into the run folder, and
 split, train and validate read it from there, so a new dataset needs configuration
 only, never code.
@@ -12,6 +12,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from churn.fileio import write_text_atomic
 
@@ -74,6 +75,18 @@ class DatasetSpec:
                             "must not overlap)")
         return self
 
+    def arrow_fields(self) -> list[tuple[str, Any]]:
+        """(name, Arrow type) of the id, the features and the timestamp: the typed part of every snapshot."""
+        import pyarrow as pa
+
+        fields = [(self.id_column, pa.string())]
+        fields += [(c, pa.float64()) for c in self.numeric]
+        fields += [(c, pa.bool_()) for c in self.boolean]
+        fields += [(c, pa.string()) for c in self.categorical]
+        if self.timestamp_column:
+            fields.append((self.timestamp_column, pa.timestamp("us", tz="UTC")))
+        return fields
+
     def as_dict(self) -> dict:
         """JSON-able form."""
         return asdict(self)
@@ -114,34 +127,40 @@ def parse_label_values(value: str) -> dict[str, int]:
     return mapping
 
 
-def spec_from_config(cfg, files: list[Path] | None = None) -> DatasetSpec:
-    """The dataset spec the configured source produces (``CHURN_SOURCE`` = ``postgres`` or ``file``).
+def spec_from_config(cfg, files: list[Path] | None = None, sample=None) -> DatasetSpec:
+    """The dataset spec the configured source produces (``CHURN_SOURCE`` = ``postgres``, ``sql`` or ``file``).
 
-    For a file source whose three feature lists are all empty, the kinds are inferred from the first
-    rows of ``files`` (``churn.data.infer``; configured lists always win).
+    For a file or SQL source whose three feature lists are all empty, the kinds are inferred
+    (``churn.data.infer``; configured lists always win) from the first rows of ``files`` or from
+    ``sample``, the first rows of the feature query's result as text.
     """
     if cfg.source == "postgres":
         return synthetic_spec()
-    if cfg.source != "file":
-        raise SpecError(f"CHURN_SOURCE={cfg.source!r} must be 'postgres' or 'file'")
-    if not cfg.file_path:
+    if cfg.source == "file" and not cfg.file_path:
         raise SpecError("CHURN_SOURCE=file needs CHURN_FILE_PATH (a path or glob, may contain {ds})")
+    if cfg.source == "sql" and not cfg.source_query:
+        raise SpecError("CHURN_SOURCE=sql needs CHURN_SOURCE_QUERY (your .sql feature query, see README "
+                        "'Bring your own data')")
     kinds = {"numeric": _split(cfg.file_numeric_columns), "boolean": _split(cfg.file_boolean_columns),
              "categorical": _split(cfg.file_categorical_columns)}
     inference: dict = {}
-    if files and not any(kinds.values()):
+    if (files or sample is not None) and not any(kinds.values()):
         from churn.data.infer import infer_kinds, pin_settings, read_sample
 
-        sample = read_sample(files[0], cfg.infer_sample_rows, delimiter=cfg.file_delimiter, encoding=cfg.file_encoding)
+        origin = {"query": cfg.source_query} if sample is not None else {"file": str(files[0])}
+        if sample is None:
+            sample = read_sample(files[0], cfg.infer_sample_rows, delimiter=cfg.file_delimiter,
+                                 encoding=cfg.file_encoding)
         inference = infer_kinds(sample, id_column=cfg.file_id_column, label_column=cfg.file_label_column,
                                 timestamp_column=cfg.file_timestamp_column or None, decimal=cfg.file_decimal,
                                 thousands=cfg.file_thousands, max_categories=cfg.infer_max_categories)
-        inference["file"] = str(files[0])
+        inference.update(origin)
         kinds = {k: inference[k] for k in kinds}
-        log.warning("column kinds inferred from %s (%s rows): %s; ignored %s. Pin them with: %s", files[0],
-                    inference["sample_rows"], kinds, inference["ignored"], pin_settings(inference))
+        log.warning("column kinds inferred from %s (%s rows): %s; ignored %s. Pin them with: %s",
+                    next(iter(origin.values())), inference["sample_rows"], kinds, inference["ignored"],
+                    pin_settings(inference))
     return DatasetSpec(
-        name=cfg.file_suite, source="file", id_column=cfg.file_id_column, label_column=cfg.file_label_column,
+        name=cfg.file_suite, source=cfg.source, id_column=cfg.file_id_column, label_column=cfg.file_label_column,
         numeric=kinds["numeric"], boolean=kinds["boolean"], categorical=kinds["categorical"], suite=cfg.file_suite,
         label_values=parse_label_values(cfg.file_label_values),
         timestamp_column=cfg.file_timestamp_column or None, inference=inference,

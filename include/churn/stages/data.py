@@ -26,8 +26,9 @@ def sample_snapshot(path: str, fraction: float, seed: int, id_column: str = "cus
 def ingest(cfg: ChurnConfig, res: Resources, run: dict) -> dict:
     """Point-in-time snapshots (training with labels, scoring) from the configured source, plus its dataset spec.
 
-    Postgres source: training features as of ``as_of - label_window_days`` with the label "churned within
-    the window", scoring features as of ``as_of``. File source: the file(s) delivered for the run date are
+    SQL sources (the demo's ``postgres`` and your ``sql``): the feature query's result as of
+    ``as_of - label_window_days`` with the label "churned within the window" trains, its result as of
+    ``as_of`` is scored. File source: the file(s) delivered for the run date are
     that date's snapshot (a file has no time dimension); labelled rows train, and the same rows (or
     ``CHURN_FILE_SCORE_PATH``) are scored. The spec is written to ``<run_dir>/dataset_spec.json``.
     """
@@ -47,13 +48,23 @@ def ingest(cfg: ChurnConfig, res: Resources, run: dict) -> dict:
         score = read_file_snapshot(spec, resolve_files(cfg.file_score_path or cfg.file_path, as_of),
                                    run_dir / "score_raw.parquet", as_of, labelled=False, **options)
     else:
-        from churn.data.ingest import extract_snapshot
+        from churn.data import sql_source
 
-        spec = spec_from_config(cfg)
+        # The demo (CHURN_SOURCE=postgres) is one such query, on the platform's own database.
+        query = sql_source.load_query(sql_source.query_path(cfg))
         train_date = as_of - timedelta(days=cfg.label_window_days)
-        with res.pg_session() as conn:
-            train = extract_snapshot(conn, train_date, run_dir / "train_raw.parquet", cfg.label_window_days)
-            score = extract_snapshot(conn, as_of, run_dir / "score_raw.parquet")
+        session = res.pg_session if cfg.source == "postgres" else res.source_session
+        with session() as conn:
+            sample = None
+            if cfg.source == "sql" and not (cfg.file_numeric_columns or cfg.file_boolean_columns
+                                            or cfg.file_categorical_columns):
+                bound = sql_source.bind(conn, query, train_date, cfg.label_window_days)
+                sample = sql_source.read_sample(conn, bound, cfg.infer_sample_rows)  # kinds inferred from it
+            spec = spec_from_config(cfg, sample=sample)
+            train = sql_source.extract_query_snapshot(conn, query, train_date, run_dir / "train_raw.parquet", spec,
+                                                      labelled=True, label_window_days=cfg.label_window_days)
+            score = sql_source.extract_query_snapshot(conn, query, as_of, run_dir / "score_raw.parquet", spec,
+                                                      labelled=False, label_window_days=cfg.label_window_days)
     out = {"train": dict(train.__dict__), "score": dict(score.__dict__)}
     fraction = float(run.get("params", {}).get("sample_fraction") or 1.0)
     if fraction < 1.0:

@@ -103,8 +103,8 @@ def export(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_publish
         return timed(run, "export", started, {"skipped": True, "rows": 0, "path": None,
                                                "reason": "dry run: nothing exported"})
     spec = load_run_spec(run["run_dir"])
-    from_file = spec.source == "file"
-    # a config mistake fails before anything is written; a file source has no src.customers to default to
+    from_file = spec.source != "postgres"
+    # a config mistake fails before anything is written; only the demo source has src.customers to default to
     specs = parse_exports(cfg.exports, cfg.export_band, default_attributes=not from_file)
     if pg_published.get("skipped") or not pg_published.get("table"):
         # Skipped, not emptied: yesterday's complete files stay where the consumer picks them up.

@@ -25,7 +25,7 @@ def summarize(cfg: ChurnConfig, res: Resources, run: dict, stages: dict) -> dict
     started = time.monotonic()
     summary: dict[str, Any] = {"run_key": run["run_key"], "airflow_run_id": run["airflow_run_id"]}
     validated = stages["validated"]
-    summary["rows_ingested"] = {k: v["rows"] for k, v in stages["ingested"].items() if isinstance(v, dict)}
+    summary["rows_ingested"] = {k: stages["ingested"][k]["rows"] for k in ("train", "score")}
     summary["rows_validated"] = {k: v["rows_checked"] - v["rows_quarantined"] for k, v in validated.items()
                                  if isinstance(v, dict)}
     summary["rows_quarantined"] = {k: v["rows_quarantined"] for k, v in validated.items() if isinstance(v, dict)}
