@@ -273,3 +273,21 @@ def test_nightly_dag_runs_on_a_team_database_with_a_query_file_and_the_connectio
     spec = json.loads((tmp_path / "state" / "runs" / RUN_DATE.isoformat() / "dataset_spec.json").read_text())
     assert spec["source"] == "sql" and spec["boolean"] == ["autopay"]
     assert sorted(spec["categorical"]) == ["region_code", "tier"] and "email" in spec["inference"]["ignored"]
+
+
+def test_leakage_check_command_exits_by_its_verdict(crm_url, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHURN_", "AIRFLOW"))}
+    env.update(CHURN_SOURCE="sql", CHURN_SOURCE_URL=crm_url, CHURN_FILE_ID_COLUMN="acct_no",
+               CHURN_FILE_LABEL_COLUMN="closed", CHURN_STATE_DIR=str(tmp_path / "state"))
+    outcomes = {}
+    for name, text in (("good", CORRECT_QUERY), ("leaky", LEAKY_FEATURE_QUERY)):
+        env["CHURN_SOURCE_QUERY"] = str(_query_file(tmp_path, text, f"{name}.sql"))
+        proc = subprocess.run([sys.executable, "-m", "churn.data.sql_source", "check-leakage", "--as-of",
+                               TRAIN_AS_OF.isoformat()], env=env, capture_output=True, text=True, timeout=120)
+        outcomes[name] = (proc.returncode, json.loads(proc.stdout)["status"], proc.stderr.strip().splitlines()[-1])
+    assert outcomes["good"][:2] == (0, "passed") and outcomes["good"][2].endswith("no leakage found")
+    assert outcomes["leaky"][:2] == (1, "failed") and "LEAKAGE" in outcomes["leaky"][2]
