@@ -24,7 +24,13 @@ for dag_id, dag in bag.dags.items():
                                          "interval_s": d.interval.total_seconds(),
                                          "callback": getattr(d.callback, "path", str(d.callback))}
                                         for d in (dag.deadline if isinstance(dag.deadline, list)
-                                                  else [dag.deadline] if dag.deadline else [])]}
+                                                  else [dag.deadline] if dag.deadline else [])],
+                           "watchers": [[asset.name, w.name, w.trigger.serialize()[0],
+                                         w.trigger.serialize()[1].get("poll_seconds")]
+                                        for asset in (getattr(getattr(dag.timetable, "asset_condition", None),
+                                                              "objects", None) or [])
+                                        for w in asset.watchers],
+                           "max_active_runs": dag.max_active_runs}
 print("JSON" + json.dumps(out))
 """
 
@@ -60,6 +66,13 @@ def test_scheduled_runs_carry_the_deadline_alert(dagbag):
     assert deadlines[0]["interval_s"] == 240 * 60  # CHURN_RUN_DEADLINE_MINUTES default
     assert deadlines[0]["reference"] == "DagRunQueuedAtDeadline", deadlines
     assert deadlines[0]["callback"] == "churn.alerts.deadline_missed"
+
+
+def test_rescore_is_scheduled_by_the_outbox_watcher_in_the_triggerer(dagbag):
+    dag = dagbag["dags"]["churn_rescore"]
+    assert dag["watchers"] == [["churn_rescore_outbox", "churn_rescore_outbox_watcher",
+                                "churn.data.outbox_trigger.OutboxTrigger", 2.0]]
+    assert dag["tasks"] == ["rescore"] and dag["max_active_runs"] == 2 and dag["catchup"] is False
 
 
 def test_dag_files_parse_in_under_a_second(dagbag):

@@ -129,6 +129,24 @@ class ChurnConfig:
     file_dayfirst: bool = False
     """File source: read ambiguous dates day first (31.12.2026, 01/02/2026 = 1 February)."""
 
+    # --- re-scoring between nights (churn_rescore) ----------------------------------
+    rescore_tables: str = "src.support_contacts,src.customers,src.usage_monthly"
+    """Source tables whose inserts and updates record re-score events (outbox triggers; README "Between nights")."""
+    rescore_id_column: str = "customer_id"
+    """Column of those tables that names the customer."""
+    rescore_batch_rows: int = 10_000
+    """Events claimed (and customers re-scored) per batch; a run drains the outbox batch by batch."""
+    rescore_claim_lease_seconds: float = 600.0
+    """A claimed event whose consumer died is claimed again by another run after this long."""
+    rescore_poll_seconds: float = 2.0
+    """How often the triggerer's outbox watcher looks for new events."""
+    rescore_max_attempts: int = 5
+    """An event claimed this many times without finishing is quarantined (a poison event never blocks others)."""
+    rescore_max_waiting: int = 10_000
+    """Alert when more events than this wait in the outbox."""
+    rescore_max_lag_seconds: float = 300.0
+    """Alert when the p95 event-to-new-score lag of the last hour exceeds this."""
+
     # --- drift -------------------------------------------------------------------------
     drift_psi_threshold: float = 0.2
     """A feature whose PSI against the champion's training reference exceeds this is a reason to retrain."""
@@ -320,7 +338,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
         "profile_sample_rows", "metrics_sample_rows", "drift_sample_rows", "tpot_population_size", "n_jobs",
         "max_train_rows", "reference_rows", "score_chunk_rows", "redis_hash_buckets", "score_history_runs",
         "realized_min_customers", "export_upload_attempts", "export_chunk_rows", "infer_sample_rows",
-        "infer_max_categories")},
+        "infer_max_categories", "rescore_batch_rows", "rescore_max_attempts", "rescore_max_waiting")},
     "celery_broker_db": (0, 15), "tpot_cv": (2, 20), "score_partitions": (1, 256),
     "max_bad_row_fraction": (0.0, 1.0), "max_row_count_change": (0.0, 0.99), "min_roc_auc": (0.0, 1.0),
     "max_auc_drop": (0.0, 1.0), "max_realized_auc_drop": (0.0, 1.0), "drift_psi_threshold": (0.0, None),
@@ -328,7 +346,8 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "max_champion_age_days": (0, None), "realized_lag_days": (1, None),
     **{name: (0.001, None) for name in ("train_budget_minutes", "max_eval_minutes", "train_progress_seconds",
                                        "publish_lease_seconds", "publish_lock_wait_seconds", "run_deadline_minutes",
-                                       "export_retry_seconds")},
+                                       "export_retry_seconds", "rescore_claim_lease_seconds", "rescore_poll_seconds",
+                                       "rescore_max_lag_seconds")},
 }
 
 

@@ -184,8 +184,13 @@ def _psycopg2_from_airflow(conn_id: str):
     conn = airflow_connection(conn_id)
     if conn is None:
         return None
+    return psycopg2.connect(**psycopg2_kwargs(conn))
+
+
+def psycopg2_kwargs(conn: Any) -> dict[str, Any]:
+    """``psycopg2.connect`` arguments from an Airflow connection's fields (host, port, login, schema, SSL extras)."""
     extra = conn.extra_dejson or {}
     kwargs = {k: v for k, v in extra.items() if k in {"sslmode", "sslrootcert", "sslcert", "sslkey",
                                                           "connect_timeout", "application_name", "options"}}
-    return psycopg2.connect(host=conn.host, port=conn.port or 5432, user=conn.login, password=conn.password or None,
-                            dbname=conn.schema or "postgres", **kwargs)
+    return {"host": conn.host, "port": conn.port or 5432, "user": conn.login, "password": conn.password or None,
+            "dbname": conn.schema or "postgres", **kwargs}

@@ -101,6 +101,31 @@ CREATE TABLE IF NOT EXISTS churn.score_runs (
     is_current boolean NOT NULL DEFAULT false
 );
 
+-- Event refreshes between nights (churn.publish.refresh): each customer's newest refresh, and all of them.
+CREATE TABLE IF NOT EXISTS churn.score_refreshes (
+    customer_id text PRIMARY KEY,
+    churn_probability real NOT NULL,
+    risk_band text NOT NULL,
+    risk_decile smallint NOT NULL,
+    model_version text NOT NULL,
+    run_id text NOT NULL,                -- the re-score run, e.g. event-20261125T101502-3f9a1c
+    scored_at timestamptz NOT NULL,
+    data_at timestamptz NOT NULL,        -- when its features were read: newer than a batch's cutoff = shown
+    event_at timestamptz NOT NULL        -- the newest event that asked for it
+);
+CREATE TABLE IF NOT EXISTS churn.score_refresh_log (
+    customer_id text NOT NULL,
+    churn_probability real NOT NULL,
+    risk_band text NOT NULL,
+    risk_decile smallint NOT NULL,
+    model_version text NOT NULL,
+    run_id text NOT NULL,
+    scored_at timestamptz NOT NULL,
+    data_at timestamptz NOT NULL,
+    event_at timestamptz NOT NULL,
+    PRIMARY KEY (customer_id, run_id)
+);
+
 -- Data drift (churn.data.drift): per run and feature, scoring snapshot vs the champion's training reference.
 CREATE TABLE IF NOT EXISTS churn.drift_metrics (
     run_key text NOT NULL,

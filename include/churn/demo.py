@@ -24,9 +24,12 @@ def load(cfg: ChurnConfig, as_of: date, customers: int) -> dict[str, int]:
     started = time.monotonic()
     tables = generate(customers, as_of, seed=cfg.demo_seed, usage_months=cfg.usage_months)
     generated = time.monotonic() - started
+    from churn.data.outbox import install_triggers
+
     conn = Resources.from_airflow(cfg).pg()
     try:
         counts = load_source_tables(conn, tables)
+        install_triggers(conn, [t.strip() for t in cfg.rescore_tables.split(",") if t.strip()], cfg.rescore_id_column)
     finally:
         conn.close()
     print(f"generated {customers} customers in {generated:.1f} s and loaded {counts} "

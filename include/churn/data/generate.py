@@ -226,8 +226,12 @@ def copy_frame(cur, table: str, frame: pd.DataFrame, chunk_rows: int = 500_000) 
 
 
 def load_source_tables(conn, tables: SourceTables) -> dict[str, int]:
-    """Replace the src.* tables with ``tables`` in one transaction (readers see old or new)."""
+    """Replace the src.* tables with ``tables`` in one transaction (readers see old or new).
+
+    A bulk replacement is no event: the re-score outbox triggers (``churn.data.outbox``) stay silent for it.
+    """
     with conn.cursor() as cur:
+        cur.execute("SET LOCAL churn.suppress_outbox = 'on'")
         cur.execute(SOURCE_DDL)
         cur.execute("TRUNCATE " + ", ".join(f"src.{t}" for t in TABLE_ORDER))
         counts = {t: copy_frame(cur, f"src.{t}", getattr(tables, t)) for t in TABLE_ORDER}

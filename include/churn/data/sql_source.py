@@ -90,11 +90,11 @@ def load_query(path: str | Path) -> str:
     return body
 
 
-def bind(conn, query: str, as_of: date, label_window_days: int) -> str:
+def bind(conn, query: str, as_of: date, label_window_days: int, **extra: Any) -> str:
     """The query with its parameters bound as literals (one statement, usable inside COPY)."""
     with conn.cursor() as cur:
         try:
-            return cur.mogrify(query, {"as_of": as_of, "label_window_days": int(label_window_days)}).decode()
+            return cur.mogrify(query, {"as_of": as_of, "label_window_days": int(label_window_days), **extra}).decode()
         except (ValueError, TypeError, IndexError) as exc:  # a stray % in the query text
             raise SqlSourceError(f"the feature query cannot be bound ({exc}): write a literal percent sign as %% "
                                  "(e.g. LIKE 'VIP%%')") from exc
@@ -161,11 +161,17 @@ def _quote(name: str) -> str:
 
 
 def extract_query_snapshot(conn, query: str, as_of: date, out_path: str | Path, spec: DatasetSpec, *,
-                           labelled: bool, label_window_days: int = 0) -> Snapshot:
-    """Stream the query's result as of ``as_of`` into a typed Parquet snapshot (label only when ``labelled``)."""
+                           labelled: bool, label_window_days: int = 0, ids: list[str] | None = None) -> Snapshot:
+    """Stream the query's result as of ``as_of`` into a typed Parquet snapshot (label only when ``labelled``).
+
+    ``ids``: only these customers (the event re-score: the same query, its result filtered by id).
+    """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    sql = bind(conn, query, as_of, label_window_days)
+    if ids is not None:
+        query = (f"SELECT * FROM ({query}) AS customers_to_rescore "
+                 f"WHERE {_quote(spec.id_column)}::text = ANY(%(ids)s::text[])")
+    sql = bind(conn, query, as_of, label_window_days, **({"ids": list(ids)} if ids is not None else {}))
     available = result_columns(conn, sql)
     schema = arrow_schema(spec, labelled)
     missing = [c for c in schema.names if c not in available]

@@ -184,6 +184,13 @@ def _check_probabilities(proba: np.ndarray) -> None:
         )
 
 
+def predict(model, signature: ModelSignature, frame) -> np.ndarray:
+    """Churn probabilities (float32) of an enforced frame, checked to be finite and within [0, 1]."""
+    proba = model.predict_proba(frame[signature.feature_columns])[:, 1].astype(np.float32)
+    _check_probabilities(proba)
+    return proba
+
+
 @dataclass
 class PartitionScores:
     """One hash partition's raw scores (id, probability) and its coarse histogram, ready to merge."""
@@ -236,9 +243,8 @@ def score_partition(
                 if frame.empty:
                     continue
                 t0 = time.monotonic()
-                proba = model.predict_proba(frame[signature.feature_columns])[:, 1].astype(np.float32)
+                proba = predict(model, signature, frame)
                 inference += time.monotonic() - t0
-                _check_probabilities(proba)
                 sketch.add(proba)
                 raw_writer.write_batch(pa.record_batch(
                     [pa.array(frame[signature.id_column].astype("str").to_numpy(dtype=object), pa.string()),

@@ -28,6 +28,7 @@ from psycopg2 import sql
 from psycopg2.extensions import encrypt_password
 
 from churn.db import ensure_schema
+from churn.publish.refresh import batch_cutoff
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,9 @@ def _publish(conn, scores_path: str | Path, run_key: str, model_version: str, re
         is_current = latest == run_key
         # Views first point at the staging table, so the old copy of this run (if any) can be dropped.
         if is_current:
-            cur.execute(f"CREATE OR REPLACE VIEW churn.scores_current AS SELECT {SCORES_COLUMNS} FROM churn.{staging}")
+            cur.execute(f"CREATE OR REPLACE VIEW churn.scores_current AS {current_view_sql(staging, run_key)}")
+            # Refreshes from before this batch's data cutoff are superseded by it (the view hides them already).
+            cur.execute("DELETE FROM churn.score_refreshes WHERE data_at <= %s::timestamptz", (batch_cutoff(run_key),))
         _rebuild_history_view(cur, retention_runs, replace={final: staging})
         cur.execute(f"DROP TABLE IF EXISTS churn.{final}")
         cur.execute(f"ALTER TABLE churn.{staging} RENAME TO {final}")  # views follow the table, not its name
@@ -276,10 +279,22 @@ def _retained(cur, retention_runs: int) -> list[tuple[str, str]]:
     return cur.fetchall()
 
 
+def current_view_sql(table: str, run_key: str) -> str:
+    """``churn.scores_current``: the batch's rows, each replaced by its event refresh when that is newer data.
+
+    The first seven columns are the batch contract; ``source`` (``batch`` / ``event``) and ``event_at`` follow.
+    """
+    overlaid = ", ".join(f"coalesce(r.{c}, b.{c}) AS {c}" for c in SCORES_COLUMNS.split(", ")[1:])
+    return (f"SELECT b.customer_id, {overlaid}, CASE WHEN r.customer_id IS NULL THEN 'batch' ELSE 'event' END "
+            f"AS source, r.event_at FROM churn.{table} b LEFT JOIN churn.score_refreshes r "
+            f"ON r.customer_id = b.customer_id AND r.data_at > '{batch_cutoff(run_key)}'::timestamptz")
+
+
 def _rebuild_history_view(cur, retention_runs: int, replace: dict[str, str]) -> None:
     tables = [replace.get(table, table) for _, table in _retained(cur, retention_runs)]
-    union = "\nUNION ALL\n".join(f"SELECT {SCORES_COLUMNS} FROM churn.{t}" for t in tables)
-    cur.execute(f"CREATE OR REPLACE VIEW churn.scores_history AS {union}")  # keeps grants on the view
+    selects = [f"SELECT {SCORES_COLUMNS} FROM churn.{t}" for t in tables]
+    selects.append(f"SELECT {SCORES_COLUMNS} FROM churn.score_refresh_log")  # the event scores between nights
+    cur.execute(f"CREATE OR REPLACE VIEW churn.scores_history AS {' UNION ALL '.join(selects)}")  # keeps grants
 
 
 def _apply_retention(cur, retention_runs: int) -> None:
@@ -290,6 +305,9 @@ def _apply_retention(cur, retention_runs: int) -> None:
             cur.execute(f"DROP TABLE IF EXISTS churn.{table}")
             cur.execute("DELETE FROM churn.score_runs WHERE run_key = %s", (run,))
             log.info("retention: dropped scores of run %s", run)
+    if keep:  # event scores older than the oldest retained batch leave the history with it
+        cur.execute("DELETE FROM churn.score_refresh_log WHERE data_at <= %s::timestamptz",
+                    (batch_cutoff(min(keep)),))
 
 
 def stale_customers(conn, runs: list[str], current_table: str, fetch_rows: int = 50_000) -> Iterator[str]:

@@ -162,7 +162,7 @@ _SPILL_SCHEMA = pa.schema([("bucket", pa.int32()), ("customer_id", pa.string()),
 
 
 def hash_partitions(scores_path: str | Path, run_id: str, prefix: str, buckets: int,
-                     partition_rows: int, read_rows: int) -> Iterator[Encoded]:
+                     partition_rows: int, read_rows: int, keep: Callable | None = None) -> Iterator[Encoded]:
     """The ``hash`` layout's writes, grouped per bucket, one contiguous bucket range at a time.
 
     Pass 1 checks every row's run id (so a wrong file is refused before anything is written), computes
@@ -187,6 +187,8 @@ def hash_partitions(scores_path: str | Path, run_id: str, prefix: str, buckets: 
             # wide enough reads that a batch's slice per range is not tiny, still bounded by partition_rows
             for batch in batches(path, max(read_rows, min(partition_rows, parts * 2_000))):
                 check_run(batch, run_id, path)
+                if keep is not None:  # customers whose newer event refresh stays in place
+                    batch = keep(batch)
                 ids = batch.column("customer_id")
                 bucket = (crc32_array(ids) % np.uint32(buckets)).astype(np.int32)
                 part = bucket.astype(np.int64) * parts // buckets

@@ -83,7 +83,13 @@ def lookup_score(client, customer_id: str, prefix: str = "churn", layout: str = 
     raw = client.hget(bucket_key(customer_id, prefix, buckets), customer_id)
     if raw is None:
         return None
-    proba, decile, band, run_id = as_text(raw).split("|")
+    fields = as_text(raw).split("|")
+    if len(fields) == 7:  # an event refresh carries its own details (churn.publish.refresh)
+        proba, decile, band, run_id, version, scored_at, event_at = fields
+        return {"customer_id": customer_id, "churn_probability": float(proba), "risk_band": band,
+                "risk_decile": int(decile), "model_version": version, "run_id": run_id, "scored_at": scored_at,
+                "source": "event", "event_at": event_at}
+    proba, decile, band, run_id = fields
     cache_key = (id(client), prefix, run_id)
     info = _RUN_INFO_CACHE.get(cache_key)
     if info is None:

@@ -115,6 +115,7 @@ def publish_scores(
     hash_partition_rows: int = 200_000,
     lock_wait_seconds: float = 900.0,
     lock_lease_seconds: float = 60.0,
+    exclude_ids: Callable[[], Iterable[str]] | None = None,
 ) -> RedisPublish:
     """Write every score in batches, then move the marker, then delete customers no longer scored.
 
@@ -132,6 +133,9 @@ def publish_scores(
     older run is then refused before it writes anything). The marker's ``writing`` list is only
     changed by the lease holder, and the switch checks in its WATCHed transaction that the lease
     is still its own, so a publish that lost its lease (a stalled zombie) never moves the marker.
+
+    ``exclude_ids()``, asked once the lease is held, names customers whose record must not be written:
+    those with an event refresh newer than this batch (``churn.publish.refresh``), which takes the same lease.
     """
     import redis
 
@@ -148,8 +152,9 @@ def publish_scores(
             raise RedisPublishError(
                 f"Redis publish of run {run_id}: another publish held {lock_key(prefix)} for {lock_wait_seconds:.0f} "
                 "s; wait for it to finish (or, if its worker died, for the lease to expire) and retry")
+        excluded = sorted(exclude_ids()) if exclude_ids is not None else []
         return _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefix, batch_rows, layout,
-                               buckets, hook, hash_partition_rows, lease, started)
+                               buckets, hook, hash_partition_rows, lease, started, excluded)
     except redis.RedisError as exc:
         raise RedisPublishError(
             f"Redis publish of run {run_id} failed ({type(exc).__name__}: {exc}). Readers still see complete "
@@ -166,9 +171,12 @@ def publish_scores(
 
 
 def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefix, batch_rows, layout, buckets,
-                    hook, hash_partition_rows, lease, started: float) -> RedisPublish:
+                    hook, hash_partition_rows, lease, started: float, excluded: list[str]) -> RedisPublish:
     """The publish itself, run while holding the lease ``lease``."""
+    import pyarrow as pa
     import redis
+
+    keep = without_ids(pa.array(excluded, pa.string())) if excluded else None
 
     rows = 0
     deleted = 0
@@ -200,10 +208,13 @@ def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefi
             def source() -> Iterator[Encoded]:
                 for batch in batches(scores_path, batch_rows):
                     check_run(batch, run_id, scores_path)  # before this batch is encoded and sent
-                    yield encode_json(batch, prefix)
+                    batch = keep(batch) if keep else batch
+                    if batch.num_rows:
+                        yield encode_json(batch, prefix)
         else:
             def source() -> Iterator[Encoded]:
-                return hash_partitions(scores_path, run_id, prefix, buckets, hash_partition_rows, batch_rows)
+                return hash_partitions(scores_path, run_id, prefix, buckets, hash_partition_rows, batch_rows,
+                                       keep=keep)
         for encoded in encoded_batches(source):
             if not lease.extend(lease.timeout, replace_ttl=True):  # renew; False/LockError: lost to another
                 raise RedisPublishError(f"run {run_id}: the publish lease expired; the task's retry starts over")
@@ -261,9 +272,19 @@ def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefi
             "'churn_redis') and let the task retry: it rewrites every record and finishes the cleanup."
         ) from exc
     elapsed = time.monotonic() - started
-    log.info("published %s scores to Redis (%s layout, %s stale removed) in %.2f s (%.0f rows/s)",
-             rows, layout, deleted, elapsed, rows / max(elapsed, 1e-9))
+    log.info("published %s scores to Redis (%s layout, %s stale removed, %s newer event refreshes kept) in %.2f s "
+             "(%.0f rows/s)", rows, layout, deleted, len(excluded), elapsed, rows / max(elapsed, 1e-9))
     return RedisPublish(rows, deleted, elapsed, layout, previous)
+
+
+def without_ids(excluded) -> Callable:
+    """A batch filter dropping the rows whose ``customer_id`` is in ``excluded`` (an Arrow string array)."""
+    import pyarrow.compute as pc
+
+    def keep(batch):
+        return batch.filter(pc.invert(pc.is_in(batch.column("customer_id"), value_set=excluded)))
+
+    return keep
 
 
 def _refuse_older(served: str | None, run_id: str) -> None:

@@ -51,6 +51,7 @@ def publish_redis(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_
     """Bulk-write the run's scores to Redis, move the marker, delete customers no longer scored."""
     from churn.publish.postgres import connect_for_publish, current_run, stale_customers
     from churn.publish.redis_store import OlderRunRefused, publish_scores
+    from churn.publish.refresh import newer_than_batch
 
     started = time.monotonic()
     if is_dry_run(run):
@@ -76,7 +77,8 @@ def publish_redis(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_
                                        prefix=cfg.redis_key_prefix, layout=cfg.redis_layout,
                                        buckets=cfg.redis_hash_buckets,
                                        lock_wait_seconds=cfg.publish_lock_wait_seconds,
-                                       lock_lease_seconds=cfg.publish_lease_seconds)
+                                       lock_lease_seconds=cfg.publish_lease_seconds,
+                                       exclude_ids=lambda: newer_than_batch(conn, run["run_key"]))
         except OlderRunRefused as exc:
             log.warning("%s", exc)
             return timed(run, "publish_redis", started, {"skipped": True, "rows": 0, "reason": str(exc)})

@@ -1,0 +1,244 @@
+"""Re-score events, durably: an outbox table filled by triggers on the source tables, claimed exactly once.
+
+A change to a source table that moves a customer's features (a support contact, a changed customer row,
+a usage month) inserts one row per touched customer into ``churn.rescore_outbox`` **in the same
+transaction** as the change (statement-level triggers with transition tables: one INSERT per statement,
+however many rows it wrote). Nothing is lost when no consumer runs; a consumer claims a batch
+(``FOR UPDATE SKIP LOCKED``: two consumers never claim the same event), and marks it done only after
+the new scores are in both stores, so a consumer that dies mid-batch loses nothing: its claim expires
+after ``lease_seconds`` (or its retry, with the same claimer id, takes the batch back at once).
+
+Bulk loads that must not produce events (the demo's nightly data load) set the session setting
+``churn.suppress_outbox = on``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+log = logging.getLogger(__name__)
+
+OUTBOX_DDL = """
+CREATE SCHEMA IF NOT EXISTS churn;
+CREATE TABLE IF NOT EXISTS churn.rescore_outbox (
+    event_id bigserial PRIMARY KEY,
+    customer_id text,                    -- null when the changed row had no id (quarantined)
+    kind text NOT NULL,                  -- the source table's name, or 'manual'
+    source_table text NOT NULL,
+    event_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    claimed_by text,
+    claimed_at timestamptz,
+    attempts integer NOT NULL DEFAULT 0,
+    done_at timestamptz,
+    outcome text                         -- rescored | quarantined | superseded
+);
+CREATE INDEX IF NOT EXISTS rescore_outbox_pending ON churn.rescore_outbox (event_id) WHERE done_at IS NULL;
+CREATE INDEX IF NOT EXISTS rescore_outbox_done ON churn.rescore_outbox (done_at) WHERE done_at IS NOT NULL;
+
+CREATE OR REPLACE FUNCTION churn.record_rescore_events() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF coalesce(current_setting('churn.suppress_outbox', true), '') = 'on' THEN
+        RETURN NULL;
+    END IF;
+    -- TG_ARGV[0]: the customer id column of the table
+    EXECUTE format('INSERT INTO churn.rescore_outbox (customer_id, kind, source_table) '
+                   'SELECT DISTINCT (to_jsonb(r) ->> %L), %L, %L FROM changed_rows r',
+                   TG_ARGV[0], TG_TABLE_NAME, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME);
+    RETURN NULL;
+END
+$fn$;
+"""
+
+DEMO_TABLES = ("src.support_contacts", "src.customers", "src.usage_monthly")
+_NAME = re.compile(r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$")
+
+
+class OutboxError(RuntimeError):
+    """The outbox cannot be installed or used as configured; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class ClaimedEvent:
+    """One outbox entry claimed by a consumer."""
+
+    event_id: int
+    customer_id: str | None
+    kind: str
+    event_at: str
+    attempts: int = 1
+    """How many times it has been claimed, this claim included."""
+
+
+def ensure_outbox(conn) -> None:
+    """Create the outbox table and the trigger function (idempotent, no lock on the source tables)."""
+    # Checked first: CREATE INDEX IF NOT EXISTS locks the table before it looks, and would queue behind
+    # (and block) the source's writers on every claim.
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('churn.rescore_outbox_done') IS NOT NULL "
+                    "AND to_regprocedure('churn.record_rescore_events()') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            cur.execute("SELECT pg_advisory_xact_lock(7414)")  # two first runs at once: one creates
+            cur.execute(OUTBOX_DDL)
+    conn.commit()
+
+
+def install_triggers(conn, tables: Iterable[str], id_column: str) -> list[str]:
+    """Statement-level INSERT and UPDATE triggers on each ``schema.table`` writing the outbox; returns those added."""
+    ensure_outbox(conn)
+    added = []
+    with conn.cursor() as cur:
+        for table in tables:
+            if not _NAME.match(table):
+                raise OutboxError(f"CHURN_RESCORE_TABLES entry {table!r} must be schema.table (lower case)")
+            cur.execute("SELECT to_regclass(%s)", (table,))
+            if cur.fetchone()[0] is None:
+                raise OutboxError(f"cannot install re-score triggers: table {table} does not exist (load the "
+                                  "source tables first, or fix CHURN_RESCORE_TABLES)")
+            cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema || '.' || table_name = %s "
+                        "AND column_name = %s", (table, id_column))
+            if cur.fetchone() is None:
+                raise OutboxError(f"table {table} has no column {id_column!r} naming the customer")
+            for event in ("insert", "update"):
+                name = f"churn_rescore_{event}"
+                cur.execute("SELECT 1 FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname = %s", (table, name))
+                if cur.fetchone():
+                    continue
+                cur.execute(f"CREATE TRIGGER {name} AFTER {event.upper()} ON {table} REFERENCING NEW TABLE AS "
+                            f"changed_rows FOR EACH STATEMENT EXECUTE FUNCTION churn.record_rescore_events(%s)",
+                            (id_column,))
+                added.append(f"{table}:{event}")
+    conn.commit()
+    if added:
+        log.info("re-score triggers installed: %s", added)
+    return added
+
+
+def enqueue(conn, customer_ids: Iterable[str], kind: str = "manual") -> int:
+    """Record a re-score request for each id (the manual trigger's path into the same outbox)."""
+    ensure_outbox(conn)
+    ids = sorted({str(i) for i in customer_ids})
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO churn.rescore_outbox (customer_id, kind, source_table) "
+                    "SELECT unnest(%s::text[]), %s, 'manual'", (ids, kind))
+    conn.commit()
+    return len(ids)
+
+
+def claim(conn, claimer: str, limit: int, lease_seconds: float) -> list[ClaimedEvent]:
+    """Claim up to ``limit`` pending events for ``claimer`` (its own unfinished claims first, then expired ones)."""
+    ensure_outbox(conn)
+    with conn.cursor() as cur:
+        cur.execute(
+            """WITH picked AS (
+                   SELECT event_id FROM churn.rescore_outbox
+                   WHERE done_at IS NULL
+                     AND (claimed_by IS NULL OR claimed_by = %(claimer)s
+                          OR claimed_at < now() - %(lease)s * interval '1 second')
+                   ORDER BY event_id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+               UPDATE churn.rescore_outbox o
+               SET claimed_by = %(claimer)s, claimed_at = now(), attempts = o.attempts + 1
+               FROM picked WHERE o.event_id = picked.event_id
+               RETURNING o.event_id, o.customer_id, o.kind, o.event_at, o.attempts""",
+            {"claimer": claimer, "lease": float(lease_seconds), "limit": int(limit)})
+        rows = cur.fetchall()
+    conn.commit()
+    return sorted((ClaimedEvent(r[0], r[1], r[2], r[3].isoformat(), r[4]) for r in rows), key=lambda e: e.event_id)
+
+
+def complete(conn, claimer: str, outcomes: dict[int, str]) -> int:
+    """Mark claimed events done with their outcome; only this claimer's claims (a lost claim changes nothing)."""
+    if not outcomes:
+        return 0
+    by_outcome: dict[str, list[int]] = {}
+    for event_id, outcome in outcomes.items():
+        by_outcome.setdefault(outcome, []).append(int(event_id))
+    done = 0
+    with conn.cursor() as cur:
+        for outcome, ids in by_outcome.items():
+            cur.execute("UPDATE churn.rescore_outbox SET done_at = clock_timestamp(), outcome = %s "
+                        "WHERE event_id = ANY(%s) AND claimed_by = %s AND done_at IS NULL", (outcome, ids, claimer))
+            done += cur.rowcount
+    conn.commit()
+    return done
+
+
+def pending(conn) -> tuple[int, int | None]:
+    """(number of events not yet done, the highest pending event id)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('churn.rescore_outbox')")
+        if cur.fetchone()[0] is None:
+            conn.rollback()
+            return 0, None
+        cur.execute("SELECT count(*), max(event_id) FROM churn.rescore_outbox WHERE done_at IS NULL")
+        count, highest = cur.fetchone()
+    conn.rollback()
+    return int(count), highest
+
+
+def activity(conn, window_minutes: int = 60) -> dict:
+    """What the Churn page and the alerts show: backlog, oldest waiting, refreshed recently, lag p50/p95."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('churn.rescore_outbox')")
+        if cur.fetchone()[0] is None:
+            conn.rollback()
+            return {"installed": False, "waiting": 0, "oldest_waiting_seconds": None, "done_last_window": 0,
+                    "rescored_last_window": 0, "quarantined_last_window": 0, "lag_p50_seconds": None,
+                    "lag_p95_seconds": None, "window_minutes": window_minutes}
+        cur.execute("SELECT count(*), extract(epoch FROM now() - min(event_at)) FROM churn.rescore_outbox "
+                    "WHERE done_at IS NULL")
+        waiting, oldest = cur.fetchone()
+        cur.execute(
+            """SELECT count(*), count(*) FILTER (WHERE outcome = 'rescored'),
+                      count(*) FILTER (WHERE outcome = 'quarantined'),
+                      percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM done_at - event_at)),
+                      percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM done_at - event_at))
+               FROM churn.rescore_outbox WHERE done_at >= now() - %s * interval '1 minute'""", (window_minutes,))
+        done, rescored, quarantined, p50, p95 = cur.fetchone()
+    conn.rollback()
+
+    def seconds(value) -> float | None:
+        return None if value is None else round(float(value), 3)
+
+    return {"installed": True, "waiting": int(waiting), "oldest_waiting_seconds": seconds(oldest),
+            "done_last_window": int(done), "rescored_last_window": int(rescored),
+            "quarantined_last_window": int(quarantined), "lag_p50_seconds": seconds(p50),
+            "lag_p95_seconds": seconds(p95), "window_minutes": window_minutes}
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """``install`` the triggers, ``status`` of the outbox, ``enqueue`` ids for a re-score."""
+    from churn.config import ChurnConfig
+    from churn.connections import Resources
+
+    parser = argparse.ArgumentParser(prog="python -m churn.data.outbox", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("install", help="install the outbox and the triggers on CHURN_RESCORE_TABLES")
+    sub.add_parser("status", help="backlog, refreshed in the last hour, lag p50/p95 (JSON)")
+    enqueue_cmd = sub.add_parser("enqueue", help="ask for a re-score of these customer ids")
+    enqueue_cmd.add_argument("ids", nargs="+")
+    args = parser.parse_args(argv)
+    cfg = ChurnConfig.from_env()
+    res = Resources.from_airflow(cfg)
+    session = res.pg_session if cfg.source == "postgres" else res.source_session
+    with session() as conn:
+        if args.command == "install":
+            print(json.dumps({"added": install_triggers(conn, _split(cfg.rescore_tables), cfg.rescore_id_column)}))
+        elif args.command == "status":
+            print(json.dumps(activity(conn), indent=2))
+        else:
+            print(json.dumps({"enqueued": enqueue(conn, args.ids)}))
+    return 0
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    raise SystemExit(_main())

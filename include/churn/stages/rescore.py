@@ -1,0 +1,252 @@
+"""The event re-score stage (``churn_rescore``): drain the outbox, batch by batch, through the nightly's own code.
+
+Per batch: claim events (exactly once across runs) -> the customers' features as of now with the
+nightly's feature query, filtered to them -> the nightly's suite (bad rows to ``churn.quarantine``,
+dataset ``event``) -> the verified champion -> ``churn.publish.refresh`` (Postgres, then Redis) ->
+the events are marked done. A run killed anywhere loses nothing: its retry re-claims the same events
+(same claimer id) and the writes are idempotent.
+
+"As of now" means the query's ``as_of`` is tomorrow's date: every event up to this moment counts, and the
+features are the ones the next nightly run computes if nothing else happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from churn.config import ChurnConfig
+from churn.connections import Resources
+from churn.stages.common import NoChampionError
+
+log = logging.getLogger(__name__)
+
+MAX_RUN_SECONDS = 600  # a run drains for at most this long; the trigger starts the next one for the rest
+
+
+def start_rescore(run_id: str, params: dict | None = None) -> dict:
+    """The run reference, the same for every try of the task: a retry takes back its own claims and rows."""
+    safe = "".join(ch if ch.isalnum() else "-" for ch in run_id)[-60:]
+    return {"run_key": f"event-{safe}", "claimer": run_id, "params": dict(params or {})}
+
+
+def rescore(cfg: ChurnConfig, res: Resources, run: dict, hook: Callable[[str], None] | None = None) -> dict:
+    """Re-score the customers of pending outbox events (and the manually given ids) until the outbox is empty.
+
+    ``hook(point)`` is called at ``claimed``, ``written_postgres`` and ``written_redis`` of every batch (the
+    kill test stops the process there).
+    """
+    from churn.data import outbox
+
+    if cfg.source == "file":
+        raise NotImplementedError("event re-scoring reads features with a SQL source's query; file sources "
+                                  "(delta files) are not supported yet: see README 'Between nights'")
+    started = time.monotonic()
+    hook = hook or (lambda point: None)
+    session = res.pg_session if cfg.source == "postgres" else res.source_session
+    totals: dict[str, Any] = {"batches": 0, "events": 0, "customers": 0, "rescored": 0, "quarantined": 0,
+                              "superseded": 0, "not_served": 0, "seconds": {}}
+    manual = [str(i) for i in (run.get("params") or {}).get("customer_ids") or []]
+    with session() as src:
+        if manual:
+            kind = f"manual:{run['claimer']}"[:200]
+            if not _already_enqueued(src, kind):  # a retry of the run does not ask twice
+                outbox.enqueue(src, manual, kind=kind)
+        context = _Context(cfg, res, run)
+        while time.monotonic() - started < MAX_RUN_SECONDS:
+            t0 = time.monotonic()
+            events = outbox.claim(src, run["claimer"], cfg.rescore_batch_rows, cfg.rescore_claim_lease_seconds)
+            _add(totals["seconds"], "claim", time.monotonic() - t0)
+            if not events:
+                break
+            hook("claimed")
+            outcome = _rescore_batch(context, src, events, totals["batches"], hook)
+            t0 = time.monotonic()
+            outbox.complete(src, run["claimer"], outcome)
+            _add(totals["seconds"], "complete", time.monotonic() - t0)
+            for key, value in context.last_seconds.items():
+                _add(totals["seconds"], key, value)
+            totals["batches"] += 1
+            totals["events"] += len(events)
+            totals["customers"] += len({e.customer_id for e in events})
+            for value in outcome.values():
+                totals[value] = totals.get(value, 0) + 1
+    totals["seconds"] = {k: round(v, 3) for k, v in totals["seconds"].items()}
+    totals["stage_seconds"] = round(time.monotonic() - started, 3)
+    totals["run_key"] = run["run_key"]
+    log.info("re-score %s: %s", run["run_key"], totals)
+    return totals
+
+
+def _add(seconds: dict[str, float], key: str, value: float) -> None:
+    seconds[key] = seconds.get(key, 0.0) + value
+
+
+def _already_enqueued(conn, kind: str) -> bool:
+    with conn.cursor() as cur:
+        cur.execute("SELECT EXISTS (SELECT 1 FROM churn.rescore_outbox WHERE kind = %s)", (kind,))
+        found = cur.fetchone()[0]
+    conn.rollback()
+    return bool(found)
+
+
+class _Context:
+    """What every batch of a run shares: the spec, the query, the verified champion, the batch's decile cuts."""
+
+    def __init__(self, cfg: ChurnConfig, res: Resources, run: dict) -> None:
+        self.cfg, self.res, self.run = cfg, res, run
+        self.run_dir = cfg.state_dir / "rescore" / run["run_key"]
+        self.last_seconds: dict[str, float] = {}
+        self._model: tuple | None = None
+
+    def spec(self):
+        """The dataset spec of the served batch's run (what the champion was trained and validated on)."""
+        from churn.data.spec import SPEC_FILE, load_run_spec, spec_from_config
+
+        with self.res.pg_session() as conn, conn.cursor() as cur:
+            cur.execute("SELECT run_key FROM churn.score_runs WHERE is_current")
+            row = cur.fetchone()
+        if row and (self.cfg.runs_dir / row[0] / SPEC_FILE).exists():
+            return load_run_spec(self.cfg.runs_dir / row[0])
+        return spec_from_config(self.cfg)
+
+    def model(self):
+        """(champion, model, signature, decile cuts of the served batch), loaded and verified once per run."""
+        if self._model is None:
+            import numpy as np
+
+            from churn.model import registry
+
+            with self.res.pg_session() as conn:
+                champ = registry.champion(conn)
+                if champ is None:
+                    raise NoChampionError("no champion model: events wait in the outbox until the nightly run "
+                                          "has promoted one")
+                with conn.cursor() as cur:
+                    cur.execute("SELECT table_name FROM churn.score_runs WHERE is_current")
+                    row = cur.fetchone()
+                    cuts: list[float] = []
+                    if row:
+                        # The served batch's decile boundaries: a refreshed customer's decile says where the
+                        # new score falls in tonight's population.
+                        cur.execute(f"SELECT percentile_disc(ARRAY[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9]) WITHIN GROUP "
+                                    f"(ORDER BY churn_probability) FROM churn.{row[0]}")
+                        cuts = [float(v) for v in (cur.fetchone()[0] or [])]
+                conn.rollback()
+            model, signature = registry.load_verified(champ.artifact_path, champ.artifact_sha256)
+            self._model = (champ, model, signature, np.asarray(cuts, dtype=np.float32))
+        return self._model
+
+
+def _rescore_batch(ctx: _Context, src, events: list, index: int, hook: Callable[[str], None]) -> dict[int, str]:
+    """One claimed batch through features, validation, scoring and both stores; the outcome of each event."""
+    import pandas as pd
+
+    from churn.data import sql_source
+    from churn.data.validate import validate_snapshot
+    from churn.model.score import deciles_from_cuts, predict, risk_bands
+    from churn.publish import refresh
+
+    cfg, seconds = ctx.cfg, {}
+    ctx.last_seconds = seconds
+    outcome: dict[int, str] = {}
+    batch_key = f"{ctx.run['run_key']}-b{index}"
+    batch_dir = ctx.run_dir / f"batch-{index:04d}"
+    quarantine: list[tuple[int, str | None, str]] = []
+    latest_event: dict[str, Any] = {}
+    for event in events:
+        if event.customer_id is None:
+            quarantine.append((event.event_id, None, "event without a customer id"))
+        elif event.attempts > cfg.rescore_max_attempts:
+            quarantine.append((event.event_id, event.customer_id,
+                               f"claimed {event.attempts} times without finishing (CHURN_RESCORE_MAX_ATTEMPTS)"))
+        else:
+            latest_event[event.customer_id] = max(latest_event.get(event.customer_id, event.event_at), event.event_at)
+    ids = sorted(latest_event)
+    scored_ids: set[str] = set()
+    applied = refresh.RefreshOutcome([], [], [], None)
+    if ids:
+        champ, model, signature, cuts = ctx.model()
+        spec = ctx.spec()
+        t0 = time.monotonic()
+        data_at = datetime.now(timezone.utc)  # every event committed before this moment is in the features
+        as_of = (data_at + timedelta(days=1)).date()
+        query = sql_source.load_query(sql_source.query_path(cfg))
+        snapshot = sql_source.extract_query_snapshot(src, query, as_of, batch_dir / "score_raw.parquet", spec,
+                                                     labelled=False, label_window_days=cfg.label_window_days, ids=ids)
+        seconds["features"] = time.monotonic() - t0
+        if snapshot.rows:  # else every id was unknown: nothing to validate or score
+            t0 = time.monotonic()
+            with ctx.res.pg_session() as conn:
+                validated = validate_snapshot(
+                    conn, snapshot.path, batch_key, "event", batch_dir, max_bad_row_fraction=1.0, training=False,
+                    spec=spec, as_of=as_of, max_row_count_change=1.0, max_data_age_days=cfg.max_data_age_days,
+                    docs_dir=batch_dir / "data_docs", chunk_rows=cfg.ingest_chunk_rows, population_checks=False)
+            seconds["validate"] = time.monotonic() - t0
+            t0 = time.monotonic()
+            frame = signature.enforce(pd.read_parquet(validated.clean_path), max_unknown_fraction=0.0)
+            proba = predict(model, signature, frame) if len(frame) else []
+            scores = pd.DataFrame({
+                "customer_id": frame[signature.id_column].astype("str").to_numpy() if len(frame) else [],
+                "churn_probability": proba,
+                "risk_band": risk_bands(proba, cfg.band_cuts) if len(frame) else [],
+                "risk_decile": deciles_from_cuts(proba, cuts) if len(frame) else []})
+            scores["event_at"] = [latest_event[c] for c in scores["customer_id"]]
+            scored_ids = set(scores["customer_id"])
+            seconds["score"] = time.monotonic() - t0
+            t0 = time.monotonic()
+            with ctx.res.pg_session() as conn:
+                # one history row per customer and run (run_id = the run key): a retry replaces, never adds
+                applied = refresh.apply_postgres(conn, scores, model_version=champ.version, run_id=ctx.run["run_key"],
+                                                 scored_at=datetime.now(timezone.utc), data_at=data_at)
+                seconds["write_postgres"] = time.monotonic() - t0
+                hook("written_postgres")
+                t0 = time.monotonic()
+                client = ctx.res.redis()
+                try:
+                    refresh.write_redis(client, conn, applied.applied, prefix=cfg.redis_key_prefix,
+                                        lock_wait_seconds=cfg.publish_lock_wait_seconds,
+                                        lock_lease_seconds=cfg.publish_lease_seconds)
+                finally:
+                    client.close()
+                seconds["write_redis"] = time.monotonic() - t0
+                hook("written_redis")
+        returned = set(pd.read_parquet(snapshot.path, columns=[spec.id_column])[spec.id_column].astype("str"))
+        for cid in ids:
+            if cid not in returned:
+                quarantine.extend((e.event_id, cid, "unknown customer: not in the source's population as of now")
+                                  for e in events if e.customer_id == cid)
+    per_customer = {**{c: "rescored" for c in applied.applied}, **{c: "superseded" for c in applied.superseded},
+                    **{c: "not_served" for c in applied.not_served}}
+    for event in events:
+        if event.customer_id in per_customer:
+            outcome[event.event_id] = per_customer[event.customer_id]
+        elif event.customer_id in latest_event and event.customer_id not in scored_ids:
+            outcome[event.event_id] = "quarantined"  # by validation, or unknown (recorded below)
+    for event_id, cid, reason in quarantine:
+        outcome[event_id] = "quarantined"
+    if quarantine:
+        _quarantine_events(ctx.res, batch_key, quarantine)
+    return outcome
+
+
+def _quarantine_events(res: Resources, batch_key: str, rows: list[tuple[int, str | None, str]]) -> None:
+    """Events that cannot be re-scored go to churn.quarantine (dataset ``event_outbox``) with the reason."""
+    from psycopg2.extras import execute_values
+
+    from churn.db import to_jsonb
+
+    with res.pg_session() as conn, conn.cursor() as cur:
+        execute_values(cur, "INSERT INTO churn.quarantine (run_key, dataset, row_number, customer_id, reasons, record) "
+                            "VALUES %s ON CONFLICT DO NOTHING",
+                       [(batch_key, "event_outbox", event_id, cid, [reason], to_jsonb({"event_id": event_id}))
+                        for event_id, cid, reason in rows])
+        conn.commit()
+
+
+def rescore_dir(cfg: ChurnConfig) -> Path:
+    """Folder holding one sub-folder per re-score run (snapshots, validation results, Data Docs)."""
+    return cfg.state_dir / "rescore"
