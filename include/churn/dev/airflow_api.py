@@ -50,6 +50,19 @@ class AirflowRestApi:
             raise StackError(f"trigger of {self.dag_id} for {logical_date} refused (HTTP {status}): {body}")
         return body["dag_run_id"]
 
+    def unpause(self, dag_id: str) -> None:
+        """Unpause ``dag_id`` (for example ``churn_rescore``, which its asset watcher then schedules)."""
+        status, body = http_json(f"{self.base_url}/api/v2/dags/{dag_id}", self.token(), {"is_paused": False},
+                                 method="PATCH")
+        if status != 200:
+            raise StackError(f"could not unpause {dag_id} (HTTP {status}): {body}")
+
+    def dag_runs(self, dag_id: str) -> list[dict]:
+        """Runs of ``dag_id``, newest first (id, state, run type, start and end)."""
+        status, body = http_json(f"{self.base_url}/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit=100",
+                                 self.token())
+        return body.get("dag_runs", []) if status == 200 else []
+
     def _rerun(self, logical_date: str, token: str) -> str:
         """Clear every task of the existing run at ``logical_date`` so the scheduler runs it again."""
         when = urllib.parse.quote(logical_date.replace("Z", "+00:00"), safe="")
