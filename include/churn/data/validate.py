@@ -156,11 +156,13 @@ def validate_snapshot(
     docs_dir: str | Path | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     population_checks: bool = True,
+    render_docs: bool = True,
 ) -> ValidationOutcome:
     """Validate a Parquet snapshot chunk by chunk, quarantine bad rows, write the clean rows (labels as 0/1).
 
     ``population_checks=False`` (an event re-score's handful of customers) leaves out the suite's row-count
     expectations, which are about the whole population; every column and row check still applies.
+    ``render_docs=False`` keeps the JSON result but renders no Data Docs page (the event path's latency).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -293,7 +295,7 @@ def validate_snapshot(
             )
             result_path = out_dir / f"validation_{dataset}.json"
             result_path.write_text(json.dumps(result.to_json_dict(), default=str))
-            docs_path = render_data_docs(result, docs_dir or out_dir / "data_docs", dataset)
+            docs_path = render_data_docs(result, docs_dir or out_dir / "data_docs", dataset) if render_docs else None
             bad_fraction = quarantined / max(rows, 1)
             success = not batch_failures and bad_fraction <= max_bad_row_fraction
             cur.execute("DELETE FROM churn.validation_results WHERE run_key = %s AND dataset = %s",
@@ -327,7 +329,7 @@ def validate_snapshot(
                     rows - quarantined, proposed, suite_def["name"])
     outcome = ValidationOutcome(
         dataset, success, rows, quarantined, str(clean_path), str(result_path), batch_failures, row_failures,
-        str(docs_path), previous, suite_version, str(proposed) if proposed else None,
+        str(docs_path) if docs_path else None, previous, suite_version, str(proposed) if proposed else None,
     )
     log.info(
         "validated %s: %s rows in chunks of %s, %s quarantined (%.2f%%), batch failures: %s, data docs: %s",

@@ -86,17 +86,19 @@ class AirflowRestApi:
         return http_json(f"{self.base_url}/api/v2/dags/{self.dag_id}/dagRuns/{quoted}", token or self.token())[1].get(
             "state")
 
-    def task_instances(self, run_id: str, token: str | None = None) -> list[dict]:
+    def task_instances(self, run_id: str, token: str | None = None, dag_id: str | None = None) -> list[dict]:
         """Task instances of a run (mapped ones once per map index)."""
         quoted = urllib.parse.quote(run_id, safe="")
-        status, body = http_json(f"{self.base_url}/api/v2/dags/{self.dag_id}/dagRuns/{quoted}/taskInstances?limit=200",
-                                 token or self.token())
+        status, body = http_json(f"{self.base_url}/api/v2/dags/{dag_id or self.dag_id}/dagRuns/{quoted}/"
+                                 "taskInstances?limit=200", token or self.token())
         return body.get("task_instances", []) if status == 200 else []
 
-    def xcom(self, run_id: str, task_id: str, map_index: int = -1, token: str | None = None) -> Any:
+    def xcom(self, run_id: str, task_id: str, map_index: int = -1, token: str | None = None,
+             dag_id: str | None = None) -> Any:
         """The return value a task instance pushed."""
         quoted = urllib.parse.quote(run_id, safe="")
-        status, body = http_json(f"{self.base_url}/api/v2/dags/{self.dag_id}/dagRuns/{quoted}/taskInstances/{task_id}"
+        status, body = http_json(f"{self.base_url}/api/v2/dags/{dag_id or self.dag_id}/dagRuns/{quoted}/"
+                                 f"taskInstances/{task_id}"
                                  f"/xcomEntries/return_value?map_index={map_index}&deserialize=true",
                                  token or self.token())
         if status != 200:

@@ -184,7 +184,7 @@ def _rescore_batch(ctx: _Context, src, events: list, index: int, hook: Callable[
                 validated = validate_snapshot(
                     conn, snapshot.path, batch_key, "event", batch_dir, max_bad_row_fraction=1.0, training=False,
                     spec=spec, as_of=as_of, max_row_count_change=1.0, max_data_age_days=cfg.max_data_age_days,
-                    docs_dir=batch_dir / "data_docs", chunk_rows=cfg.ingest_chunk_rows, population_checks=False)
+                    chunk_rows=cfg.ingest_chunk_rows, population_checks=False, render_docs=False)
             seconds["validate"] = time.monotonic() - t0
             t0 = time.monotonic()
             frame = signature.enforce(pd.read_parquet(validated.clean_path), max_unknown_fraction=0.0)
