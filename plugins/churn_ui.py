@@ -110,7 +110,10 @@ def load_overview(conn, runs_limit: int = 20) -> dict:
                m.dry_run, {drift_cols} m.report_path, p.summary->>'champion' AS champion
         FROM churn.pipeline_runs p LEFT JOIN churn.run_metrics m USING (run_key) {drift_join}
         ORDER BY p.run_key DESC LIMIT %s""", ((_cfg().drift_psi_threshold,) if has_drift else ()) + (runs_limit,))
-    return {"models": models, "champion": champion[0] if champion else None, "runs": runs}
+    from churn.data.outbox import activity
+
+    return {"models": models, "champion": champion[0] if champion else None, "runs": runs,
+            "refresh": activity(conn)}
 
 
 def render_overview(data: dict, message: str | None = None, error: str | None = None) -> str:
@@ -121,7 +124,7 @@ def render_overview(data: dict, message: str | None = None, error: str | None = 
     models = [{**m, "status": "champion" if champ is not None and m["version"] == champ["version"] else m["status"]}
               for m in data["models"]]
     return render("churn_overview.html", title="Churn", prefix=URL_PREFIX, champion=champ, models=models,
-                  runs=data["runs"], message=message, error=error)
+                  runs=data["runs"], refresh=data.get("refresh"), message=message, error=error)
 
 
 def run_file(run_key: str, *parts: str):

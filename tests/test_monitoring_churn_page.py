@@ -65,6 +65,21 @@ def test_overview_lists_versions_runs_drift_and_links(churn_ui, pg_conn, monkeyp
     assert "0.3500 / 1" in page and "refused" in page and "champion is now x" in page
 
 
+def test_overview_shows_event_refresh_activity(churn_ui, pg_conn):
+    from churn.data import outbox
+
+    ensure_schema(pg_conn)
+    page = churn_ui.render_overview(churn_ui.load_overview(pg_conn))
+    assert "No re-score outbox installed" in page
+    outbox.enqueue(pg_conn, ["C1", "C2", "C3"])
+    claimed = outbox.claim(pg_conn, "page-test", 2, lease_seconds=60)
+    outbox.complete(pg_conn, "page-test", {e.event_id: "rescored" for e in claimed})
+    data = churn_ui.load_overview(pg_conn)
+    assert (data["refresh"]["waiting"], data["refresh"]["rescored_last_window"]) == (1, 2)
+    page = churn_ui.render_overview(data)
+    assert '<td data-field="waiting">1</td>' in page and '<td data-field="rescored">2</td>' in page
+
+
 def test_only_reports_and_docs_of_a_run_folder_are_served(churn_ui, tmp_path, monkeypatch):
     monkeypatch.setenv("CHURN_STATE_DIR", str(tmp_path))
     run = tmp_path / "runs" / "2026-11-20"

@@ -254,6 +254,41 @@ def test_an_older_refresh_never_replaces_a_newer_one(platform):
     assert abs(_redis(platform, cid)["churn_probability"] - 0.91) < 1e-6
 
 
+def test_outbox_activity_shows_waiting_done_and_lag(platform):
+    _complain(platform, _low_risk_customers(platform, 2)[1:])
+    waiting = outbox.activity(psycopg2.connect(platform["pg_url"]))
+    assert waiting["installed"] and waiting["waiting"] >= 1 and waiting["oldest_waiting_seconds"] >= 0
+    _drain(platform, "run-activity")
+    done = outbox.activity(psycopg2.connect(platform["pg_url"]))
+    assert done["waiting"] == 0 and done["rescored_last_window"] >= 1
+    assert 0 <= done["lag_p50_seconds"] <= done["lag_p95_seconds"] < 600
+    json.dumps(done)  # what the Churn page and the alerts read
+
+
+def test_manual_rescore_of_given_ids_takes_the_same_path_once(platform):
+    customers = _low_risk_customers(platform, 2)
+    result = _drain(platform, "run-manual", customer_ids=customers)
+    assert (result["events"], result["rescored"]) == (2, 2)
+    assert {_current(platform)[c][5] for c in customers} == {"event"}
+    again = _drain(platform, "run-manual", customer_ids=customers)  # the task's retry: no second request
+    assert again["events"] == 0
+    assert _pg(platform, "SELECT count(*) FROM churn.rescore_outbox WHERE kind = 'manual:run-manual'") == [(2,)]
+
+
+def test_a_lag_or_backlog_over_its_bound_raises_an_alert(platform):
+    _complain(platform, _low_risk_customers(platform, 1))
+    cfg = platform["cfg"].replace(rescore_max_lag_seconds=0.001)
+    result = rescore(cfg, platform["res"], start_rescore("run-alert"))
+    assert result["alerts"] and "CHURN_RESCORE_MAX_LAG_SECONDS" in result["alerts"][0]
+    assert result["alert_delivery"]["logged"] is True  # churn.alerts.send_alert ran (no channel configured here)
+    calm = rescore(platform["cfg"], platform["res"], start_rescore("run-no-alert"))
+    assert calm["alerts"] == [] and calm["alert_delivery"] is None
+    assert outbox.falling_behind({"waiting": 11, "lag_p95_seconds": None}, 10, 300) == [
+        "11 events waiting, more than CHURN_RESCORE_MAX_WAITING=10"]
+    assert outbox.falling_behind({"waiting": 10, "lag_p95_seconds": 299.0}, 10, 300) == []
+
+
+# Runs last: it publishes a batch newer than every refresh (later tests would see them superseded).
 def _republish(platform, run_key: str) -> None:
     """Publish the served batch's scores again as run ``run_key`` (a later nightly run, without re-training)."""
     cfg, res = platform["cfg"], platform["res"]
@@ -297,14 +332,3 @@ def test_the_batch_keeps_newer_refreshes_and_the_next_nightly_batch_supersedes_t
     logged = _pg(platform, "SELECT count(*) FROM churn.scores_history WHERE customer_id = %s AND run_id LIKE "
                            "'event-%%'", (customers[0],))
     assert logged[0][0] >= 1  # the earlier event score stays in the history
-
-
-def test_outbox_activity_shows_waiting_done_and_lag(platform):
-    _complain(platform, _low_risk_customers(platform, 2)[1:])
-    waiting = outbox.activity(psycopg2.connect(platform["pg_url"]))
-    assert waiting["installed"] and waiting["waiting"] >= 1 and waiting["oldest_waiting_seconds"] >= 0
-    _drain(platform, "run-activity")
-    done = outbox.activity(psycopg2.connect(platform["pg_url"]))
-    assert done["waiting"] == 0 and done["rescored_last_window"] >= 1
-    assert 0 <= done["lag_p50_seconds"] <= done["lag_p95_seconds"] < 600
-    json.dumps(done)  # what the Churn page and the alerts read

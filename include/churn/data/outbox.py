@@ -210,6 +210,18 @@ def activity(conn, window_minutes: int = 60) -> dict:
             "lag_p95_seconds": seconds(p95), "window_minutes": window_minutes}
 
 
+def falling_behind(stats: dict, max_waiting: int, max_lag_seconds: float) -> list[str]:
+    """The alert reasons of an :func:`activity` figure set: too many events waiting, or a p95 lag too long."""
+    reasons = []
+    if stats.get("waiting", 0) > max_waiting:
+        reasons.append(f"{stats['waiting']} events waiting, more than CHURN_RESCORE_MAX_WAITING={max_waiting}")
+    lag = stats.get("lag_p95_seconds")
+    if lag is not None and lag > max_lag_seconds:
+        reasons.append(f"p95 event-to-score lag {lag:.1f} s over the last {stats.get('window_minutes')} min, more than "
+                       f"CHURN_RESCORE_MAX_LAG_SECONDS={max_lag_seconds:g}")
+    return reasons
+
+
 def _main(argv: list[str] | None = None) -> int:
     """``install`` the triggers, ``status`` of the outbox, ``enqueue`` ids for a re-score."""
     from churn.config import ChurnConfig

@@ -74,6 +74,15 @@ def rescore(cfg: ChurnConfig, res: Resources, run: dict, hook: Callable[[str], N
             totals["customers"] += len({e.customer_id for e in events})
             for value in outcome.values():
                 totals[value] = totals.get(value, 0) + 1
+        stats = outbox.activity(src)
+    behind = outbox.falling_behind(stats, cfg.rescore_max_waiting, cfg.rescore_max_lag_seconds)
+    delivery = None
+    if behind:
+        from churn import alerts
+
+        delivery = alerts.send_alert("churn re-score falling behind", {"run_key": run["run_key"], "reasons": behind,
+                                                                       "activity": stats})
+    totals.update(activity=stats, alerts=behind, alert_delivery=delivery)
     totals["seconds"] = {k: round(v, 3) for k, v in totals["seconds"].items()}
     totals["stage_seconds"] = round(time.monotonic() - started, 3)
     totals["run_key"] = run["run_key"]
