@@ -15,7 +15,7 @@ export NO_COLOR := 1
 DEMO_DATE ?= $(shell date -u +%F)
 DEMO_CONF ?= {}
 
-.PHONY: venv services stop demo cluster demo-cluster test lock airflow-ui bench bench-scale clean
+.PHONY: venv services stop demo cluster demo-cluster test lock airflow-ui bench bench-scale bench-rescore clean
 
 venv: $(VENV)/.installed
 
@@ -75,6 +75,11 @@ bench: venv
 # writes bench/results/scale_out.json (README "Scaling").
 bench-scale: venv
 	$(BIN)/python -m bench.scale_out
+
+# Event re-score latency (single events, bursts of 100 and 10,000) under LocalExecutor; writes
+# bench/results/rescore.json (README "Between nights").
+bench-rescore: venv
+	$(BIN)/python -m bench.rescore
 
 clean: stop
 	rm -rf $(CHURN_STATE_DIR)

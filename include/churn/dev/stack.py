@@ -351,6 +351,11 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     state = stack.wait_run(run_id, args.timeout_minutes * 60, progress=lambda line: print(line, flush=True))
     print(f"run {run_id}: {state}  ({stack.base_url}/dags/{DAG_ID}/runs/{urllib.parse.quote(run_id, safe='')})")
+    if state == "success":
+        # Between nights: the event path goes live once a batch is served.
+        stack.unpause("churn_rescore")
+        print("churn_rescore is on: a complaint in src.support_contacts (or 'python -m churn.data.outbox enqueue "
+              "<customer id>') is re-scored within seconds")
     return 0 if state == "success" else 1
 
 
