@@ -70,3 +70,50 @@ def failure_details(stack: AirflowStack, run_id: str) -> str:
             task_logs.append(f"--- {path}\n" + path.read_text(errors="replace")[-3000:])
     return f"failed: {[(t['task_id'], t.get('map_index'), t.get('state')) for t in failed]}\n" + \
         "\n".join(task_logs + logs)
+
+
+def complaint_reaches_both_stores(stack: AirflowStack, pg_url: str, redis_url: str, timeout: float = 240) -> float:
+    """Install the outbox, turn churn_rescore on, commit complaints for one customer as an application would,
+    and wait until Redis and Postgres serve that customer's event score; returns the lag in seconds."""
+    import time
+    from datetime import datetime, timezone
+
+    import redis
+
+    from churn.data.outbox import DEMO_TABLES, install_triggers
+    from churn.publish.redis_store import lookup_score
+
+    conn = psycopg2.connect(pg_url)
+    install_triggers(conn, DEMO_TABLES, "customer_id")
+    stack.unpause("churn_rescore")
+    with conn.cursor() as cur:
+        cur.execute("SELECT customer_id, churn_probability FROM churn.scores_current WHERE churn_probability "
+                    "BETWEEN 0.02 AND 0.4 ORDER BY customer_id LIMIT 1")
+        customer, before = cur.fetchone()
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        cur.executemany("INSERT INTO src.support_contacts VALUES (%s, %s, 'complaint', false)", [(customer, now)] * 4)
+    conn.commit()
+    committed = time.monotonic()
+    client = redis.Redis.from_url(redis_url)
+    record = None
+    while time.monotonic() - committed < timeout:
+        record = lookup_score(client, customer)
+        if record and record.get("source") == "event":
+            break
+        time.sleep(0.5)
+    lag = time.monotonic() - committed
+    assert record and record.get("source") == "event", (record, stack.dag_runs("churn_rescore"))
+    with conn.cursor() as cur:
+        cur.execute("SELECT churn_probability, source FROM churn.scores_current WHERE customer_id = %s", (customer,))
+        proba, source = cur.fetchone()
+    conn.close()
+    assert source == "event" and abs(record["churn_probability"] - proba) < 1e-6 and proba > before
+    deadline = time.monotonic() + 120  # the task still marks its events done after writing Redis
+    runs: list[dict] = []
+    while time.monotonic() < deadline:
+        runs = stack.dag_runs("churn_rescore")
+        if any(r["state"] == "success" and r["run_type"] == "asset_triggered" for r in runs):
+            break
+        time.sleep(1)
+    assert any(r["state"] == "success" and r["run_type"] == "asset_triggered" for r in runs), runs
+    return lag

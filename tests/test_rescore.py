@@ -288,6 +288,35 @@ def test_a_lag_or_backlog_over_its_bound_raises_an_alert(platform):
     assert outbox.falling_behind({"waiting": 10, "lag_p95_seconds": 299.0}, 10, 300) == []
 
 
+def test_events_and_nightly_publishes_interleaved_leave_both_stores_agreeing(platform):
+    """Re-scores run in a thread while batches (older data than the events) publish: no customer goes back."""
+    customers = _low_risk_customers(platform, 40)
+    errors: list[BaseException] = []
+
+    def events() -> None:
+        try:
+            for round_ in range(4):
+                _complain(platform, customers[round_ * 10:(round_ + 1) * 10])
+                _drain(platform, f"run-interleaved-{round_}")
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=events)
+    worker.start()
+    for day in (2, 3, 4):  # batches whose data (cutoff: their run date) is older than every event
+        _republish(platform, (RUN_DATE + timedelta(days=day)).isoformat())
+    worker.join(timeout=300)
+    assert not errors and not worker.is_alive(), errors
+    _drain(platform, "run-interleaved-last")  # events a batch switch refused mid-way are re-scored now
+    current = _current(platform)
+    client = redis.Redis.from_url(platform["redis_url"])
+    for cid, row in current.items():
+        record = lookup_score(client, cid)
+        assert abs(record["churn_probability"] - row[0]) < 1e-6 and record["run_id"] == row[4], cid
+        assert record.get("source", "batch") == row[5], cid
+    assert all(current[c][5] == "event" for c in customers)  # the newest data of each is its event score
+
+
 # Runs last: it publishes a batch newer than every refresh (later tests would see them superseded).
 def _republish(platform, run_key: str) -> None:
     """Publish the served batch's scores again as run ``run_key`` (a later nightly run, without re-training)."""

@@ -21,7 +21,8 @@ import pytest
 import redis
 
 from churn.publish.redis_store import lookup_score
-from tests.stack_support import NO_SCHEDULED_RUN, SHORT_SEARCH, failure_details, running_stack, scores_by_customer
+from tests.stack_support import (NO_SCHEDULED_RUN, SHORT_SEARCH, complaint_reaches_both_stores, failure_details,
+                                 running_stack, scores_by_customer)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.scheduler]
 AS_OF = date(2026, 11, 20)
@@ -196,3 +197,14 @@ def test_killing_a_celery_worker_mid_scoring_retries_the_partition_alone(cluster
         assert counts == {rows[run]}, (run, counts, rows)
     assert reader.redis_served <= set(rows) and NEXT_DAY.isoformat() in reader.redis_served
     assert np.isfinite(list(rows.values())).all()
+
+
+def test_a_complaint_is_rescored_on_a_celery_worker(cluster, first_run):
+    """The event path under CeleryExecutor: the triggerer fires, a Celery worker runs churn_rescore's task."""
+    lag = complaint_reaches_both_stores(cluster, cluster.churn_pg_url, cluster.redis_url)
+    runs = [r for r in cluster.dag_runs("churn_rescore") if r["state"] == "success"]
+    tis = cluster.task_instances(runs[0]["dag_run_id"], dag_id="churn_rescore")
+    assert tis and tis[0]["task_id"] == "rescore" and tis[0]["state"] == "success"
+    assert any("churn_rescore" in (cluster.run_dir / f"celery-worker-{n}.log").read_text(errors="replace")
+               for n in (1, 2))
+    print(f"complaint committed -> event score in Redis (Celery): {lag:.1f} s")

@@ -16,7 +16,8 @@ import pytest
 import redis
 
 from churn.publish.redis_store import lookup_score
-from tests.stack_support import NO_SCHEDULED_RUN, SHORT_SEARCH, failure_details, running_stack, scores_by_customer
+from tests.stack_support import (NO_SCHEDULED_RUN, SHORT_SEARCH, complaint_reaches_both_stores, failure_details,
+                                 running_stack, scores_by_customer)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.scheduler]
 AS_OF = date(2026, 11, 20)
@@ -82,44 +83,5 @@ def test_scores_are_readable_in_postgres_and_redis(local_run):
 
 def test_a_complaint_is_rescored_by_the_scheduler_within_seconds(local_run):
     """Triggerer (AssetWatcher on the outbox) -> asset event -> churn_rescore run under LocalExecutor -> stores."""
-    import time
-    from datetime import datetime, timezone
-
-    from churn.data.outbox import DEMO_TABLES, install_triggers
-
-    stack = local_run["stack"]
-    conn = psycopg2.connect(local_run["pg_url"])
-    install_triggers(conn, DEMO_TABLES, "customer_id")
-    stack.unpause("churn_rescore")
-    with conn.cursor() as cur:
-        cur.execute("SELECT customer_id, churn_probability FROM churn.scores_current WHERE churn_probability "
-                    "BETWEEN 0.02 AND 0.4 ORDER BY customer_id LIMIT 1")
-        customer, before = cur.fetchone()
-        now = datetime.now(timezone.utc).replace(tzinfo=None)
-        cur.executemany("INSERT INTO src.support_contacts VALUES (%s, %s, 'complaint', false)",
-                        [(customer, now)] * 4)
-    conn.commit()
-    committed = time.monotonic()
-    client = redis.Redis.from_url(local_run["redis_url"])
-    record = None
-    while time.monotonic() - committed < 240:
-        record = lookup_score(client, customer)
-        if record and record.get("source") == "event":
-            break
-        time.sleep(0.5)
-    lag = time.monotonic() - committed
-    assert record and record.get("source") == "event", (record, stack.dag_runs("churn_rescore"))
-    with conn.cursor() as cur:
-        cur.execute("SELECT churn_probability, source, run_id FROM churn.scores_current WHERE customer_id = %s",
-                    (customer,))
-        proba, source, run_id = cur.fetchone()
-    conn.close()
-    assert source == "event" and abs(record["churn_probability"] - proba) < 1e-6 and proba > before
-    deadline = time.monotonic() + 120  # the task still marks its events done after writing Redis
-    while time.monotonic() < deadline:
-        runs = stack.dag_runs("churn_rescore")
-        if any(r["state"] == "success" and r["run_type"] == "asset_triggered" for r in runs):
-            break
-        time.sleep(1)
-    assert any(r["state"] == "success" and r["run_type"] == "asset_triggered" for r in runs), runs
+    lag = complaint_reaches_both_stores(local_run["stack"], local_run["pg_url"], local_run["redis_url"])
     print(f"complaint committed -> event score in Redis: {lag:.1f} s")

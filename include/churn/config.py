@@ -146,6 +146,8 @@ class ChurnConfig:
     """Alert when more events than this wait in the outbox."""
     rescore_max_lag_seconds: float = 300.0
     """Alert when the p95 event-to-new-score lag of the last hour exceeds this."""
+    rescore_delta_dir: str = ""
+    """File source: folder where delta files (the file's columns, changed customers only) are dropped; empty = off."""
 
     # --- drift -------------------------------------------------------------------------
     drift_psi_threshold: float = 0.2

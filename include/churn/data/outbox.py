@@ -19,6 +19,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,11 @@ CREATE TABLE IF NOT EXISTS churn.rescore_outbox (
     outcome text                         -- rescored | quarantined | superseded
 );
 CREATE INDEX IF NOT EXISTS rescore_outbox_pending ON churn.rescore_outbox (event_id) WHERE done_at IS NULL;
+-- File sources: the changed customers' rows of a delta file, kept with their event (the features to score).
+CREATE TABLE IF NOT EXISTS churn.rescore_delta_rows (
+    event_id bigint PRIMARY KEY REFERENCES churn.rescore_outbox (event_id) ON DELETE CASCADE,
+    record jsonb NOT NULL
+);
 CREATE INDEX IF NOT EXISTS rescore_outbox_done ON churn.rescore_outbox (done_at) WHERE done_at IS NOT NULL;
 
 CREATE OR REPLACE FUNCTION churn.record_rescore_events() RETURNS trigger LANGUAGE plpgsql AS $fn$
@@ -80,6 +86,7 @@ def ensure_outbox(conn) -> None:
     # (and block) the source's writers on every claim.
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass('churn.rescore_outbox_done') IS NOT NULL "
+                    "AND to_regclass('churn.rescore_delta_rows') IS NOT NULL "
                     "AND to_regprocedure('churn.record_rescore_events()') IS NOT NULL")
         if not cur.fetchone()[0]:
             cur.execute("SELECT pg_advisory_xact_lock(7414)")  # two first runs at once: one creates
@@ -127,6 +134,88 @@ def enqueue(conn, customer_ids: Iterable[str], kind: str = "manual") -> int:
                     "SELECT unnest(%s::text[]), %s, 'manual'", (ids, kind))
     conn.commit()
     return len(ids)
+
+
+DELTA_SUFFIXES = (".csv", ".gz", ".bz2", ".parquet", ".pq")
+
+
+def delta_files(folder: str | Path) -> list[Path]:
+    """Delta files waiting in ``folder`` (not hidden, not yet moved to ``done/`` or ``rejected/``), oldest first."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    files = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
+             and p.suffix.lower() in DELTA_SUFFIXES]
+    return sorted(files, key=lambda p: (p.stat().st_mtime, p.name))
+
+
+def ingest_delta_files(conn, folder: str | Path, id_column: str, required_columns: list[str], *,
+                       delimiter: str = ",", encoding: str = "utf-8") -> dict:
+    """Record each delta file's rows as events (one per row, with the row) and move the file to ``done/``.
+
+    A file is recorded in one transaction, keyed by its content hash, so a crash before the move never
+    records it twice. A file that cannot be read, or lacks the id or a feature column, is moved to
+    ``rejected/`` with ``<name>.reason.txt`` and a ``churn.quarantine`` row (dataset ``event_outbox``).
+    """
+    from churn.data.infer import read_sample
+    from churn.db import to_jsonb
+    from churn.fileio import file_sha256, write_text_atomic
+
+    ensure_outbox(conn)
+    root = Path(folder)
+    done = {"files": 0, "events": 0, "rejected": []}
+    for path in delta_files(root):
+        digest = file_sha256(path)
+        source = f"delta:{path.name}:{digest[:16]}"
+        with conn.cursor() as cur:
+            cur.execute("SELECT EXISTS (SELECT 1 FROM churn.rescore_outbox WHERE source_table = %s)", (source,))
+            seen = cur.fetchone()[0]
+        conn.rollback()
+        reason = None
+        if not seen:
+            try:
+                frame = read_sample(path, 10_000_000, delimiter=delimiter, encoding=encoding)
+            except (ValueError, OSError, UnicodeDecodeError) as exc:
+                frame, reason = None, f"unreadable delta file ({type(exc).__name__}: {exc})"
+            if frame is not None:
+                missing = [c for c in required_columns if c not in frame.columns]
+                if missing:
+                    reason = (f"delta file lacks column(s) {missing}: it must carry the file source's id and "
+                              "feature columns for each changed customer")
+            if reason is None:
+                with conn.cursor() as cur:
+                    for record in frame.to_dict(orient="records"):
+                        cur.execute("WITH e AS (INSERT INTO churn.rescore_outbox (customer_id, kind, source_table) "
+                                    "VALUES (%s, 'delta', %s) RETURNING event_id) "
+                                    "INSERT INTO churn.rescore_delta_rows SELECT event_id, %s FROM e",
+                                    (str(record[id_column]).strip() or None, source, to_jsonb(record)))
+                        done["events"] += 1
+                conn.commit()
+        target = root / ("rejected" if reason else "done")
+        target.mkdir(exist_ok=True)
+        path.replace(target / path.name)
+        if reason:
+            write_text_atomic(target / f"{path.name}.reason.txt", reason + "\n")
+            with conn.cursor() as cur:
+                cur.execute("INSERT INTO churn.quarantine (run_key, dataset, row_number, customer_id, reasons, record) "
+                            "VALUES (%s, 'event_outbox', 0, NULL, %s, %s) ON CONFLICT DO NOTHING",
+                            (f"delta-{digest[:16]}", [reason], to_jsonb({"file": path.name})))
+            conn.commit()
+            log.warning("delta file %s rejected: %s", path.name, reason)
+            done["rejected"].append(path.name)
+        else:
+            done["files"] += 1
+    return done
+
+
+def delta_records(conn, event_ids: list[int]) -> dict[int, dict]:
+    """The delta rows recorded with these events."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT event_id, record FROM churn.rescore_delta_rows WHERE event_id = ANY(%s)",
+                    (list(event_ids),))
+        rows = {r[0]: r[1] for r in cur.fetchall()}
+    conn.rollback()
+    return rows
 
 
 def claim(conn, claimer: str, limit: int, lease_seconds: float) -> list[ClaimedEvent]:

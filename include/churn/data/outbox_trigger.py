@@ -4,7 +4,8 @@ Polling, not LISTEN/NOTIFY: one cheap index-only query (``count``/``max`` over t
 outbox) every ``poll_seconds``. It needs no long-lived session the database could drop, survives a
 database restart, and sees events written while the triggerer was down. The trigger fires when the
 highest pending event id moved since it last fired (new events), and again every ``refire_seconds``
-while events stay pending (a run that failed, a claim that expired), so nothing waits forever.
+while events stay pending (a run that failed, a claim that expired), so nothing waits forever. For a
+file source it also lists ``delta_dir``: delta files dropped there count as pending events.
 """
 
 from __future__ import annotations
@@ -24,18 +25,19 @@ class OutboxTrigger(BaseEventTrigger):
     """Fire a ``{"pending", "max_event_id"}`` event when new re-score events wait in ``churn.rescore_outbox``."""
 
     def __init__(self, conn_id: str = "churn_postgres", url_env: str = "CHURN_POSTGRES_URL", poll_seconds: float = 2.0,
-                 refire_seconds: float = 60.0) -> None:
+                 refire_seconds: float = 60.0, delta_dir: str = "") -> None:
         super().__init__()
         self.conn_id = conn_id
         self.url_env = url_env
         self.poll_seconds = poll_seconds
         self.refire_seconds = refire_seconds
+        self.delta_dir = delta_dir  # a file source's drop folder: new delta files count as pending events
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Classpath and arguments (the triggerer re-creates the trigger from them)."""
         return ("churn.data.outbox_trigger.OutboxTrigger", {
             "conn_id": self.conn_id, "url_env": self.url_env, "poll_seconds": self.poll_seconds,
-            "refire_seconds": self.refire_seconds})
+            "refire_seconds": self.refire_seconds, "delta_dir": self.delta_dir})
 
     async def _connect_args(self) -> dict[str, Any]:
         """Where the outbox is: the URL variable, else the Airflow connection, else the embedded servers."""
@@ -56,16 +58,21 @@ class OutboxTrigger(BaseEventTrigger):
         """Poll the outbox forever; yield an event for new pending entries (and periodically for old ones)."""
         import psycopg2
 
-        from churn.data.outbox import pending
+        from churn.data.outbox import delta_files, pending
 
         args = await self._connect_args()
 
         def poll() -> tuple[int, int | None]:
             conn = psycopg2.connect(connect_timeout=10, **args)
             try:
-                return pending(conn)
+                count, highest = pending(conn)
             finally:
                 conn.close()
+            if self.delta_dir:
+                files = delta_files(self.delta_dir)
+                if files:  # not yet in the outbox: the run records them first; the newest file marks them new
+                    return count + len(files), (highest or 0) + int(max(p.stat().st_mtime for p in files))
+            return count, highest
 
         fired_max: int | None = None
         fired_at = 0.0

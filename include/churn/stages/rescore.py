@@ -41,12 +41,10 @@ def rescore(cfg: ChurnConfig, res: Resources, run: dict, hook: Callable[[str], N
     """
     from churn.data import outbox
 
-    if cfg.source == "file":
-        raise NotImplementedError("event re-scoring reads features with a SQL source's query; file sources "
-                                  "(delta files) are not supported yet: see README 'Between nights'")
     started = time.monotonic()
     hook = hook or (lambda point: None)
-    session = res.pg_session if cfg.source == "postgres" else res.source_session
+    # The outbox lives next to the tables it watches: your database for a SQL source, else the platform's.
+    session = res.source_session if cfg.source == "sql" else res.pg_session
     totals: dict[str, Any] = {"batches": 0, "events": 0, "customers": 0, "rescored": 0, "quarantined": 0,
                               "superseded": 0, "not_served": 0, "seconds": {}}
     manual = [str(i) for i in (run.get("params") or {}).get("customer_ids") or []]
@@ -56,6 +54,11 @@ def rescore(cfg: ChurnConfig, res: Resources, run: dict, hook: Callable[[str], N
             if not _already_enqueued(src, kind):  # a retry of the run does not ask twice
                 outbox.enqueue(src, manual, kind=kind)
         context = _Context(cfg, res, run)
+        if cfg.source == "file" and cfg.rescore_delta_dir:
+            spec = context.spec()
+            totals["delta_files"] = outbox.ingest_delta_files(
+                src, delta_dir(cfg), spec.id_column, spec.required_columns(labelled=False),
+                delimiter=cfg.file_delimiter, encoding=cfg.file_encoding)
         while time.monotonic() - started < MAX_RUN_SECONDS:
             t0 = time.monotonic()
             events = outbox.claim(src, run["claimer"], cfg.rescore_batch_rows, cfg.rescore_claim_lease_seconds)
@@ -183,9 +186,13 @@ def _rescore_batch(ctx: _Context, src, events: list, index: int, hook: Callable[
         t0 = time.monotonic()
         data_at = datetime.now(timezone.utc)  # every event committed before this moment is in the features
         as_of = (data_at + timedelta(days=1)).date()
-        query = sql_source.load_query(sql_source.query_path(cfg))
-        snapshot = sql_source.extract_query_snapshot(src, query, as_of, batch_dir / "score_raw.parquet", spec,
-                                                     labelled=False, label_window_days=cfg.label_window_days, ids=ids)
+        if cfg.source == "file":  # the delta rows are the features, read by the file source's own conversion
+            snapshot = _delta_snapshot(ctx, src, events, ids, spec, batch_dir / "score_raw.parquet", as_of)
+        else:
+            query = sql_source.load_query(sql_source.query_path(cfg))
+            snapshot = sql_source.extract_query_snapshot(src, query, as_of, batch_dir / "score_raw.parquet", spec,
+                                                         labelled=False, label_window_days=cfg.label_window_days,
+                                                         ids=ids)
         seconds["features"] = time.monotonic() - t0
         if snapshot.rows:  # else every id was unknown: nothing to validate or score
             t0 = time.monotonic()
@@ -224,10 +231,11 @@ def _rescore_batch(ctx: _Context, src, events: list, index: int, hook: Callable[
                 seconds["write_redis"] = time.monotonic() - t0
                 hook("written_redis")
         returned = set(pd.read_parquet(snapshot.path, columns=[spec.id_column])[spec.id_column].astype("str"))
+        missing = ("no delta row for this customer (a file source re-scores from delta files)" if cfg.source == "file"
+                   else "unknown customer: not in the source's population as of now")
         for cid in ids:
             if cid not in returned:
-                quarantine.extend((e.event_id, cid, "unknown customer: not in the source's population as of now")
-                                  for e in events if e.customer_id == cid)
+                quarantine.extend((e.event_id, cid, missing) for e in events if e.customer_id == cid)
     per_customer = {**{c: "rescored" for c in applied.applied}, **{c: "superseded" for c in applied.superseded},
                     **{c: "not_served" for c in applied.not_served}}
     for event in events:
@@ -240,6 +248,38 @@ def _rescore_batch(ctx: _Context, src, events: list, index: int, hook: Callable[
     if quarantine:
         _quarantine_events(ctx.res, batch_key, quarantine)
     return outcome
+
+
+def delta_dir(cfg: ChurnConfig) -> Path:
+    """The delta-file folder (``CHURN_RESCORE_DELTA_DIR``; relative paths are from the project root)."""
+    from churn.config import PROJECT_ROOT
+
+    return PROJECT_ROOT / Path(cfg.rescore_delta_dir).expanduser()  # an absolute setting stays as it is
+
+
+def _delta_snapshot(ctx: _Context, src, events: list, ids: list[str], spec, out_path: Path, as_of):
+    """A typed snapshot of the claimed customers' newest delta rows, converted like the file source's ingest."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from churn.data.ingest import Snapshot
+    from churn.data.outbox import delta_records
+    from churn.data.sources import coerce_chunk, snapshot_schema
+
+    records = delta_records(src, [e.event_id for e in events])
+    newest: dict[str, dict] = {}
+    for event in sorted(events, key=lambda e: e.event_id):  # a later delta row of a customer wins
+        if event.event_id in records and event.customer_id in ids:
+            newest[event.customer_id] = records[event.event_id]
+    frame = pd.DataFrame(list(newest.values()), columns=spec.required_columns(labelled=False), dtype=object)
+    cfg = ctx.cfg
+    typed = coerce_chunk(frame, spec, labelled=False, decimal=cfg.file_decimal, thousands=cfg.file_thousands,
+                         dayfirst=cfg.file_dayfirst)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(typed, schema=snapshot_schema(spec, labelled=False), preserve_index=False),
+                   out_path)
+    return Snapshot(str(out_path), len(typed), as_of.isoformat(), False)
 
 
 def _quarantine_events(res: Resources, batch_key: str, rows: list[tuple[int, str | None, str]]) -> None:
