@@ -73,7 +73,8 @@ def test_telco_file_ingests_validates_trains_and_scores(telco_cfg, fresh_pg_url,
 
     splits = pipeline.split(telco_cfg, res, run, validated)
     trained = pipeline.train(telco_cfg, res, run, splits, drifted)
-    assert trained["retrained"] and [c["name"] for c in trained["candidates"]] == ["logistic_baseline"]
+    assert trained["retrained"] and [c["name"] for c in trained["candidates"]] == ["logistic_baseline",
+                                                                                "hist_gradient_boosting"]
     evaluation = pipeline.evaluate_and_gate(telco_cfg, res, run, splits, trained)
     registered = pipeline.register(telco_cfg, res, run, splits, evaluation)
     assert registered["champion"] is not None, registered

@@ -70,7 +70,7 @@ def test_model_was_trained_gated_and_registered(nightly_run):
         cur.execute("SELECT version FROM churn.model_champion")
         champion = cur.fetchone()[0]
     conn.close()
-    assert {m[1] for m in models.values()} == {"tpot", "logistic_baseline"}
+    assert {m[1] for m in models.values()} == {"tpot", "logistic_baseline", "hist_gradient_boosting"}
     assert models[champion][0] == "champion"
     assert 0.6 < models[champion][2] < 1.0
     assert "TPOT search done" in nightly_run["log"]

@@ -81,7 +81,9 @@ def test_first_model_trained_on_shuffled_labels_is_refused(model_data, tmp_path)
                       dashboard_address=":0") as cluster:
         trained = pipeline.train(cfg.replace(dask_scheduler_address=cluster.scheduler_address), data["res"], run,
                                  splits)
-    assert {c["name"] for c in trained["candidates"]} == {"logistic_baseline", "tpot"}
+    assert {c["name"] for c in trained["candidates"]} == {"logistic_baseline", "hist_gradient_boosting", "tpot"}
+    for cand in trained["candidates"]:  # every candidate carries the same k-fold estimate with its spread
+        assert 0 <= cand["cv_roc_auc_std"] < 0.2 and cand["cv_folds"] == 5 and cand["cv_rows"] > 0
     evaluation = pipeline.evaluate_and_gate(cfg, data["res"], run, splits, trained)
     assert evaluation["promote"] is False
     registered = pipeline.register(cfg, data["res"], run, splits, evaluation)
@@ -148,10 +150,11 @@ def test_empty_tpot_search_falls_back_to_the_baseline_candidate(model_data):  # 
                       dashboard_address=":0") as cluster:
         trained = pipeline.train(cfg.replace(dask_scheduler_address=cluster.scheduler_address), data["res"], run,
                                  data["splits"])
-    assert [c["name"] for c in trained["candidates"]] == ["logistic_baseline"]
+    assert [c["name"] for c in trained["candidates"]] == ["logistic_baseline", "hist_gradient_boosting"]
     assert "CHURN_TRAIN_BUDGET_MINUTES" in trained["tpot_error"]
     evaluation = pipeline.evaluate_and_gate(cfg, data["res"], run, data["splits"], trained)
-    assert evaluation["challenger"] == "logistic_baseline"
+    # the defaults still compete, and the cross-validated estimate (not one validation split) picks
+    assert evaluation["challenger"] == max(trained["candidates"], key=lambda c: c["cv_roc_auc"])["name"]
 
 
 def test_a_candidate_swapped_after_training_is_never_unpickled(model_data, tmp_path):  # noqa: F811
@@ -186,7 +189,7 @@ def test_a_refused_retrain_of_the_same_date_never_touches_the_champion(model_dat
     assert evaluation2["promote"] is False, evaluation2["reason"]
     done = pipeline.register(cfg, data["res"], run, shuffled, evaluation2)
     refused_version = done["registered"][0]["version"]
-    assert refused_version != champion.version and refused_version.startswith("2026-10-05-logistic_baseline-")
+    assert refused_version != champion.version and refused_version.startswith("2026-10-05-")
 
     after = registry.champion(conn)
     assert after == champion  # version, status, reason, metrics, signature, path, sha256, formats
@@ -194,15 +197,16 @@ def test_a_refused_retrain_of_the_same_date_never_touches_the_champion(model_dat
     assert registry.file_sha256(after.artifact_path) == champion.artifact_sha256
     refused = registry.get(conn, refused_version)
     assert refused.status == "refused" and refused.folder != champion.folder
-    assert refused.metrics["roc_auc"] == pytest.approx(evaluation2["candidates"][0]["metrics"]["roc_auc"])
+    refused_candidate = next(c for c in evaluation2["candidates"] if c["version"] == refused_version)
+    assert refused.metrics["roc_auc"] == pytest.approx(refused_candidate["metrics"]["roc_auc"])
 
     # re-running the second attempt's register (a cleared task) is idempotent: no new row, nothing rewritten
     refused_bytes = Path(refused.artifact_path).read_bytes()
     again = pipeline.register(cfg, data["res"], run, shuffled, evaluation2)
-    assert [r["version"] for r in again["registered"]] == [refused_version]
+    assert [r["version"] for r in again["registered"]] == [r["version"] for r in done["registered"]]
     assert registry.get(conn, refused_version) == refused
     assert Path(refused.artifact_path).read_bytes() == refused_bytes
-    with conn.cursor() as cur:
+    with conn.cursor() as cur:  # each attempt's candidates (logistic, HistGradientBoosting) once each
         cur.execute("SELECT count(*) FROM churn.model_registry WHERE run_key = '2026-10-05'")
-        assert cur.fetchone()[0] == 2
+        assert cur.fetchone()[0] == 2 * len(first["candidates"]) == 4
     conn.close()

@@ -156,6 +156,11 @@ class ChurnConfig:
     """Scoring rows sampled for the drift comparison (bounds memory)."""
 
     # --- training ----------------------------------------------------------------
+    cv_folds: int = 5
+    """Folds of the cross-validated ROC AUC that selects the challenger among the candidates."""
+    cv_max_rows: int = 20_000
+    """Rows (a stratified sample of train + validation) behind that estimate; bounds its cost."""
+
     train_budget_minutes: float = 2.0
     """Wall-clock budget of the TPOT search."""
     train_tpot: bool = True
@@ -340,8 +345,8 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
         "profile_sample_rows", "metrics_sample_rows", "drift_sample_rows", "tpot_population_size", "n_jobs",
         "max_train_rows", "reference_rows", "score_chunk_rows", "redis_hash_buckets", "score_history_runs",
         "realized_min_customers", "export_upload_attempts", "export_chunk_rows", "infer_sample_rows",
-        "infer_max_categories", "rescore_batch_rows", "rescore_max_attempts", "rescore_max_waiting")},
-    "celery_broker_db": (0, 15), "tpot_cv": (2, 20), "score_partitions": (1, 256),
+        "infer_max_categories", "rescore_batch_rows", "rescore_max_attempts", "rescore_max_waiting", "cv_max_rows")},
+    "celery_broker_db": (0, 15), "tpot_cv": (2, 20), "cv_folds": (2, 20), "score_partitions": (1, 256),
     "max_bad_row_fraction": (0.0, 1.0), "max_row_count_change": (0.0, 0.99), "min_roc_auc": (0.0, 1.0),
     "max_auc_drop": (0.0, 1.0), "max_realized_auc_drop": (0.0, 1.0), "drift_psi_threshold": (0.0, None),
     "max_prediction_psi": (0.0, None), "onnx_parity_tolerance": (0.0, None), "max_data_age_days": (0.0, None),

@@ -1,4 +1,4 @@
-"""Deterministic id-keyed split and candidate training: TPOT AutoML plus a logistic baseline."""
+"""Id-keyed split and candidate training: TPOT AutoML plus the logistic and HistGradientBoosting defaults."""
 
 from __future__ import annotations
 
@@ -157,6 +157,45 @@ def fit_baseline(train: pd.DataFrame, valid: pd.DataFrame, signature: ModelSigna
     log.info("baseline logistic regression: validation ROC AUC %.4f", auc)
     return Candidate("logistic_baseline", pipeline, float(auc), time.monotonic() - started,
                      {"estimator": "LogisticRegression", "C": 1.0, "penalty": "l2", "random_state": random_state})
+
+
+def fit_hist_gradient_boosting(train: pd.DataFrame, valid: pd.DataFrame, signature: ModelSignature,
+                               random_state: int) -> Candidate:
+    """scikit-learn's HistGradientBoosting with sensible defaults: the strong default every search must beat."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    started = time.monotonic()
+    params = {"learning_rate": 0.06, "max_iter": 400, "max_leaf_nodes": 31, "min_samples_leaf": 40,
+              "l2_regularization": 1.0, "early_stopping": True, "validation_fraction": 0.1, "n_iter_no_change": 25}
+    pipeline = Pipeline([("prep", build_preprocessor(signature)),
+                         ("model", HistGradientBoostingClassifier(**params, random_state=random_state))])
+    pipeline.fit(to_model_input(train, signature), labels(train, signature))
+    auc = roc_auc_score(labels(valid, signature), pipeline.predict_proba(to_model_input(valid, signature))[:, 1])
+    log.info("HistGradientBoosting: validation ROC AUC %.4f", auc)
+    return Candidate("hist_gradient_boosting", pipeline, float(auc), time.monotonic() - started,
+                     {"estimator": "HistGradientBoostingClassifier", **params, "random_state": random_state})
+
+
+def cv_estimate(pipeline: Pipeline, frame: pd.DataFrame, signature: ModelSignature, *, folds: int = 5,
+                max_rows: int = 20_000, random_state: int = 0) -> dict:
+    """Stratified k-fold ROC AUC of ``pipeline``'s recipe (a fresh clone per fold): mean, spread, folds, rows.
+
+    A lower-variance selection figure than one validation split: the same rows (at most ``max_rows``,
+    a stratified sample) and folds for every candidate.
+    """
+    from sklearn.base import clone
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    y = labels(frame, signature)
+    x = to_model_input(frame, signature)
+    if len(frame) > max_rows:
+        x, _, y, _ = train_test_split(x, y, train_size=max_rows, stratify=y, random_state=random_state)
+    scores = []
+    for fit_index, test_index in StratifiedKFold(folds, shuffle=True, random_state=random_state).split(x, y):
+        model = clone(pipeline).fit(x.iloc[fit_index], y[fit_index])
+        scores.append(roc_auc_score(y[test_index], model.predict_proba(x.iloc[test_index])[:, 1]))
+    return {"cv_roc_auc": round(float(np.mean(scores)), 5), "cv_roc_auc_std": round(float(np.std(scores)), 5),
+            "cv_folds": folds, "cv_rows": int(len(x))}
 
 
 class _RemoteCluster:

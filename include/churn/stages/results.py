@@ -42,13 +42,13 @@ class Candidate(JsonRecord):
     """One trained candidate: its future registry version, the verified artifact and its figures."""
 
     name: str
-    """Model name (``logistic_baseline``, ``tpot``)."""
+    """Model name (``logistic_baseline``, ``hist_gradient_boosting``, ``tpot``)."""
     path: str
     """Candidate artifact (joblib of model + signature) in the run folder."""
     sha256: str
     """Hash of the artifact's bytes; evaluate and register unpickle only bytes with this hash."""
     valid_roc_auc: float
-    """ROC AUC on the validation split (selects the challenger)."""
+    """ROC AUC on the validation split (selects the challenger when no cross-validated estimate exists)."""
     fit_seconds: float
     """Fit time."""
     version: str | None = None
@@ -57,6 +57,14 @@ class Candidate(JsonRecord):
     """Hyper-parameters / search settings, stored with the registry row."""
     metrics: dict[str, Any] | None = None
     """Test-split metrics (set by evaluate_and_gate)."""
+    cv_roc_auc: float | None = None
+    """Stratified k-fold ROC AUC of the candidate's recipe on the training rows: what selects the challenger."""
+    cv_roc_auc_std: float | None = None
+    """Spread (standard deviation) of that estimate across the folds."""
+    cv_folds: int | None = None
+    """Folds of the estimate."""
+    cv_rows: int | None = None
+    """Rows of the estimate (a stratified sample of the training rows)."""
 
 
 @dataclass(kw_only=True)
