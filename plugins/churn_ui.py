@@ -87,8 +87,11 @@ def _query(conn, sql: str, params: tuple = ()) -> list[dict]:
     return rows
 
 
-def load_overview(conn, runs_limit: int = 20) -> dict:
-    """Model versions (with latest realized AUC), the champion, and recent runs with drift figures."""
+def load_overview(conn, runs_limit: int = 20, outbox_conn=None) -> dict:
+    """Model versions (with latest realized AUC), the champion, recent runs with drift figures, re-score activity.
+
+    ``outbox_conn``: where the re-score outbox lives when it is not the platform's database (a SQL source's).
+    """
     models = _query(conn, """
         SELECT r.version, r.model_name, r.status, r.reason, r.created_at, r.run_key,
                (r.metrics->>'roc_auc')::float AS roc_auc, (r.metrics->>'pr_auc')::float AS pr_auc,
@@ -113,7 +116,7 @@ def load_overview(conn, runs_limit: int = 20) -> dict:
     from churn.data.outbox import activity
 
     return {"models": models, "champion": champion[0] if champion else None, "runs": runs,
-            "refresh": activity(conn)}
+            "refresh": activity(outbox_conn or conn)}
 
 
 def render_overview(data: dict, message: str | None = None, error: str | None = None) -> str:
@@ -173,7 +176,12 @@ def _build_app():
             if not schema_ready(conn):
                 return _page("Churn", "Churn scoring", "Nothing yet: churn_nightly creates the platform's tables "
                                                        "on its first run.", element_id="empty")
-            return render_overview(load_overview(conn), msg, err)
+            if _cfg().source != "sql":
+                return render_overview(load_overview(conn), msg, err)
+            from churn.connections import Resources
+
+            with Resources.from_airflow(_cfg()).source_session() as outbox_conn:  # the outbox is beside your tables
+                return render_overview(load_overview(conn, outbox_conn=outbox_conn), msg, err)
         finally:
             conn.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import psycopg2
 import pytest
 
 from churn.db import ensure_schema
@@ -65,7 +66,7 @@ def test_overview_lists_versions_runs_drift_and_links(churn_ui, pg_conn, monkeyp
     assert "0.3500 / 1" in page and "refused" in page and "champion is now x" in page
 
 
-def test_overview_shows_event_refresh_activity(churn_ui, pg_conn):
+def test_overview_shows_event_refresh_activity(churn_ui, pg_conn, fresh_pg_url):
     from churn.data import outbox
 
     ensure_schema(pg_conn)
@@ -78,6 +79,12 @@ def test_overview_shows_event_refresh_activity(churn_ui, pg_conn):
     assert (data["refresh"]["waiting"], data["refresh"]["rescored_last_window"]) == (1, 2)
     page = churn_ui.render_overview(data)
     assert '<td data-field="waiting">1</td>' in page and '<td data-field="rescored">2</td>' in page
+    # a SQL source's outbox lives in the team's database: the page reads the activity there
+    other = psycopg2.connect(fresh_pg_url.rsplit("/", 1)[0] + "/postgres")
+    try:
+        assert churn_ui.load_overview(pg_conn, outbox_conn=other)["refresh"]["installed"] is False
+    finally:
+        other.close()
 
 
 def test_only_reports_and_docs_of_a_run_folder_are_served(churn_ui, tmp_path, monkeypatch):
