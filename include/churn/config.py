@@ -278,6 +278,11 @@ class ChurnConfig:
         self.splits  # noqa: B018
 
     @property
+    def rescore_table_names(self) -> list[str]:
+        """``CHURN_RESCORE_TABLES`` as a list of ``schema.table`` names."""
+        return [name.strip() for name in self.rescore_tables.split(",") if name.strip()]
+
+    @property
     def runs_dir(self) -> Path:
         """Folder holding one sub-folder per run (parquet files, reports, summary)."""
         return self.state_dir / "runs"

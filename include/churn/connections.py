@@ -70,7 +70,7 @@ class Resources:
     pg: Callable[[], object]
     redis: Callable[[], object]
     source: Callable[[], object] | None = None
-    """Connection to the database a SQL source reads (None = the platform's Postgres)."""
+    """Connection to the database holding the source tables (None = the platform's Postgres: the demo, files)."""
 
     @contextlib.contextmanager
     def pg_session(self) -> Iterator[Any]:
@@ -83,7 +83,7 @@ class Resources:
 
     @contextlib.contextmanager
     def source_session(self) -> Iterator[Any]:
-        """A fresh connection to the SQL source's database for one block (the platform's when none is set)."""
+        """A fresh connection to the source tables' database for one block (the platform's unless a SQL source)."""
         conn = (self.source or self.pg)()
         try:
             yield conn
@@ -130,7 +130,8 @@ class Resources:
                      cfg.source_conn_id)
             return pg()
 
-        return cls(pg=pg, redis=redis_client, source=source)
+        # Only a SQL source reads another database; the demo's tables and a file source's outbox are the platform's.
+        return cls(pg=pg, redis=redis_client, source=source if cfg.source == "sql" else None)
 
 
 def airflow_connection(conn_id: str) -> Any | None:

@@ -114,15 +114,7 @@ CREATE TABLE IF NOT EXISTS churn.score_refreshes (
     event_at timestamptz NOT NULL        -- the newest event that asked for it
 );
 CREATE TABLE IF NOT EXISTS churn.score_refresh_log (
-    customer_id text NOT NULL,
-    churn_probability real NOT NULL,
-    risk_band text NOT NULL,
-    risk_decile smallint NOT NULL,
-    model_version text NOT NULL,
-    run_id text NOT NULL,
-    scored_at timestamptz NOT NULL,
-    data_at timestamptz NOT NULL,
-    event_at timestamptz NOT NULL,
+    LIKE churn.score_refreshes,          -- the same columns, one row per customer and re-score run
     PRIMARY KEY (customer_id, run_id)
 );
 

@@ -29,7 +29,7 @@ def load(cfg: ChurnConfig, as_of: date, customers: int) -> dict[str, int]:
     conn = Resources.from_airflow(cfg).pg()
     try:
         counts = load_source_tables(conn, tables)
-        install_triggers(conn, [t.strip() for t in cfg.rescore_tables.split(",") if t.strip()], cfg.rescore_id_column)
+        install_triggers(conn, cfg.rescore_table_names, cfg.rescore_id_column)
     finally:
         conn.close()
     print(f"generated {customers} customers in {generated:.1f} s and loaded {counts} "

@@ -325,19 +325,14 @@ def _main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = ChurnConfig.from_env()
     res = Resources.from_airflow(cfg)
-    session = res.pg_session if cfg.source == "postgres" else res.source_session
-    with session() as conn:
+    with res.source_session() as conn:
         if args.command == "install":
-            print(json.dumps({"added": install_triggers(conn, _split(cfg.rescore_tables), cfg.rescore_id_column)}))
+            print(json.dumps({"added": install_triggers(conn, cfg.rescore_table_names, cfg.rescore_id_column)}))
         elif args.command == "status":
             print(json.dumps(activity(conn), indent=2))
         else:
             print(json.dumps({"enqueued": enqueue(conn, args.ids)}))
     return 0
-
-
-def _split(value: str) -> list[str]:
-    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 if __name__ == "__main__":

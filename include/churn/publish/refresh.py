@@ -80,17 +80,16 @@ def apply_postgres(conn, scores: pd.DataFrame, *, model_version: str, run_id: st
         rows = [(str(r.customer_id), float(r.churn_probability), str(r.risk_band), int(r.risk_decile), model_version,
                  run_id, scored_at, data_at, r.event_at) for r in scores.itertuples(index=False)
                 if str(r.customer_id) in served]
-        applied: list[str] = []
+        kept: set[str] = set()
         if rows and fresh:
             # Newest data wins: an older refresh (a slower run of an earlier event) never replaces a newer one.
-            applied = [r[0] for r in execute_values(
+            kept = {r[0] for r in execute_values(
                 cur, f"INSERT INTO churn.score_refreshes ({REFRESH_COLUMNS}) VALUES %s ON CONFLICT (customer_id) "
                      "DO UPDATE SET churn_probability = EXCLUDED.churn_probability, risk_band = EXCLUDED.risk_band, "
                      "risk_decile = EXCLUDED.risk_decile, model_version = EXCLUDED.model_version, "
                      "run_id = EXCLUDED.run_id, scored_at = EXCLUDED.scored_at, data_at = EXCLUDED.data_at, "
                      "event_at = EXCLUDED.event_at WHERE churn.score_refreshes.data_at < EXCLUDED.data_at "
-                     "RETURNING customer_id", rows, fetch=True)]
-            kept = set(applied)
+                     "RETURNING customer_id", rows, fetch=True)}
             execute_values(
                 cur, f"INSERT INTO churn.score_refresh_log ({REFRESH_COLUMNS}) VALUES %s ON CONFLICT "
                      "(customer_id, run_id) DO UPDATE SET churn_probability = EXCLUDED.churn_probability, "
@@ -98,7 +97,6 @@ def apply_postgres(conn, scores: pd.DataFrame, *, model_version: str, run_id: st
                      "scored_at = EXCLUDED.scored_at, data_at = EXCLUDED.data_at, event_at = EXCLUDED.event_at",
                 [r for r in rows if r[0] in kept])
     conn.commit()
-    kept = set(applied)
     return RefreshOutcome(applied=sorted(kept), superseded=sorted({r[0] for r in rows} - kept),
                           not_served=sorted(set(ids) - served), batch_run=run_key)
 

@@ -53,8 +53,7 @@ def ingest(cfg: ChurnConfig, res: Resources, run: dict) -> dict:
         # The demo (CHURN_SOURCE=postgres) is one such query, on the platform's own database.
         query = sql_source.load_query(sql_source.query_path(cfg))
         train_date = as_of - timedelta(days=cfg.label_window_days)
-        session = res.pg_session if cfg.source == "postgres" else res.source_session
-        with session() as conn:
+        with res.source_session() as conn:
             sample = None
             if cfg.source == "sql" and not (cfg.file_numeric_columns or cfg.file_boolean_columns
                                             or cfg.file_categorical_columns):

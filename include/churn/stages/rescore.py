@@ -43,12 +43,10 @@ def rescore(cfg: ChurnConfig, res: Resources, run: dict, hook: Callable[[str], N
 
     started = time.monotonic()
     hook = hook or (lambda point: None)
-    # The outbox lives next to the tables it watches: your database for a SQL source, else the platform's.
-    session = res.source_session if cfg.source == "sql" else res.pg_session
     totals: dict[str, Any] = {"batches": 0, "events": 0, "customers": 0, "rescored": 0, "quarantined": 0,
                               "superseded": 0, "not_served": 0, "seconds": {}}
     manual = [str(i) for i in (run.get("params") or {}).get("customer_ids") or []]
-    with session() as src:
+    with res.source_session() as src:  # the outbox lives next to the tables it watches
         if manual:
             kind = f"manual:{run['claimer']}"[:200]
             if not _already_enqueued(src, kind):  # a retry of the run does not ask twice
@@ -106,24 +104,36 @@ def _already_enqueued(conn, kind: str) -> bool:
 
 
 class _Context:
-    """What every batch of a run shares: the spec, the query, the verified champion, the batch's decile cuts."""
+    """What every batch of a run shares: the served batch, its spec, the verified champion, the decile cuts."""
 
     def __init__(self, cfg: ChurnConfig, res: Resources, run: dict) -> None:
         self.cfg, self.res, self.run = cfg, res, run
         self.run_dir = cfg.state_dir / "rescore" / run["run_key"]
         self.last_seconds: dict[str, float] = {}
+        self._served: tuple[str, str] | None | bool = False  # (run_key, table) once looked up; False: not yet
+        self._spec = None
         self._model: tuple | None = None
+
+    def served(self) -> tuple[str, str] | None:
+        """(run key, table) of the batch ``churn.scores_current`` serves, looked up once per run."""
+        if self._served is False:
+            from churn.publish.refresh import current_batch
+
+            with self.res.pg_session() as conn, conn.cursor() as cur:
+                self._served = current_batch(cur)
+        return self._served
 
     def spec(self):
         """The dataset spec of the served batch's run (what the champion was trained and validated on)."""
-        from churn.data.spec import SPEC_FILE, load_run_spec, spec_from_config
+        if self._spec is None:
+            from churn.data.spec import SPEC_FILE, load_run_spec, spec_from_config
 
-        with self.res.pg_session() as conn, conn.cursor() as cur:
-            cur.execute("SELECT run_key FROM churn.score_runs WHERE is_current")
-            row = cur.fetchone()
-        if row and (self.cfg.runs_dir / row[0] / SPEC_FILE).exists():
-            return load_run_spec(self.cfg.runs_dir / row[0])
-        return spec_from_config(self.cfg)
+            served = self.served()
+            if served and (self.cfg.runs_dir / served[0] / SPEC_FILE).exists():
+                self._spec = load_run_spec(self.cfg.runs_dir / served[0])
+            else:
+                self._spec = spec_from_config(self.cfg)
+        return self._spec
 
     def model(self):
         """(champion, model, signature, decile cuts of the served batch), loaded and verified once per run."""
@@ -132,20 +142,19 @@ class _Context:
 
             from churn.model import registry
 
+            served = self.served()
             with self.res.pg_session() as conn:
                 champ = registry.champion(conn)
                 if champ is None:
                     raise NoChampionError("no champion model: events wait in the outbox until the nightly run "
                                           "has promoted one")
-                with conn.cursor() as cur:
-                    cur.execute("SELECT table_name FROM churn.score_runs WHERE is_current")
-                    row = cur.fetchone()
-                    cuts: list[float] = []
-                    if row:
-                        # The served batch's decile boundaries: a refreshed customer's decile says where the
-                        # new score falls in tonight's population.
-                        cur.execute(f"SELECT percentile_disc(ARRAY[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9]) WITHIN GROUP "
-                                    f"(ORDER BY churn_probability) FROM churn.{row[0]}")
+                cuts: list[float] = []
+                if served:
+                    # The served batch's decile boundaries: a refreshed customer's decile says where the
+                    # new score falls in tonight's population.
+                    with conn.cursor() as cur:
+                        cur.execute(f"SELECT percentile_disc(ARRAY[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9]) WITHIN "
+                                    f"GROUP (ORDER BY churn_probability) FROM churn.{served[1]}")
                         cuts = [float(v) for v in (cur.fetchone()[0] or [])]
                 conn.rollback()
             model, signature = registry.load_verified(champ.artifact_path, champ.artifact_sha256)
@@ -294,8 +303,3 @@ def _quarantine_events(res: Resources, batch_key: str, rows: list[tuple[int, str
                        [(batch_key, "event_outbox", event_id, cid, [reason], to_jsonb({"event_id": event_id}))
                         for event_id, cid, reason in rows])
         conn.commit()
-
-
-def rescore_dir(cfg: ChurnConfig) -> Path:
-    """Folder holding one sub-folder per re-score run (snapshots, validation results, Data Docs)."""
-    return cfg.state_dir / "rescore"
