@@ -6,7 +6,6 @@ mounted, the connection ids the code uses, and only ``CHURN_*`` variables that `
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import pytest
@@ -57,7 +56,7 @@ def test_connections_and_churn_variables_match_the_code():
         assert f"AIRFLOW_CONN_{conn_id.upper()}" in env, conn_id
     assert env[f"AIRFLOW_CONN_{cfg.redis_conn_id.upper()}"].startswith("redis://churn-redis:")
     assert "/churn" in env[f"AIRFLOW_CONN_{cfg.postgres_conn_id.upper()}"]
-    fields = {f"CHURN_{f.name.upper()}" for f in dataclasses.fields(ChurnConfig)}
+    fields = {f"CHURN_{name.upper()}" for name in ChurnConfig.model_fields}
     unknown = sorted(k for k in env if k.startswith("CHURN_") and k not in fields)
     assert not unknown, f"compose sets CHURN_* variables ChurnConfig does not read: {unknown}"
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"

@@ -20,7 +20,8 @@ from churn.config import ChurnConfig
 from churn.data.generate import generate, load_source_tables
 from churn.data.ingest import extract_snapshot
 from churn.data.spec import DatasetSpec, spec_from_config
-from churn.data.sql_source import (DEMO_QUERY, SqlSourceError, bind, check_leakage, extract_query_snapshot,
+from churn.data.leakage import check_leakage
+from churn.data.sql_source import (DEMO_QUERY, SqlSourceError, bind, extract_query_snapshot,
                                    load_query, read_sample)
 from tests.airflow_env import airflow_env, run_airflow
 from tests.conftest import fresh_databases, fresh_stores
@@ -286,7 +287,7 @@ def test_leakage_check_command_exits_by_its_verdict(crm_url, tmp_path):
     outcomes = {}
     for name, text in (("good", CORRECT_QUERY), ("leaky", LEAKY_FEATURE_QUERY)):
         env["CHURN_SOURCE_QUERY"] = str(_query_file(tmp_path, text, f"{name}.sql"))
-        proc = subprocess.run([sys.executable, "-m", "churn.data.sql_source", "check-leakage", "--as-of",
+        proc = subprocess.run([sys.executable, "-m", "churn.data.leakage", "check-leakage", "--as-of",
                                TRAIN_AS_OF.isoformat()], env=env, capture_output=True, text=True, timeout=120)
         outcomes[name] = (proc.returncode, json.loads(proc.stdout)["status"], proc.stderr.strip().splitlines()[-1])
     assert outcomes["good"][:2] == (0, "passed") and outcomes["good"][2].endswith("no leakage found")

@@ -48,46 +48,50 @@ def _model_curves(evaluation: dict) -> list[tuple[str, dict]]:
     return curves
 
 
-def plot_roc(curves: list[tuple[str, dict]]) -> str:
-    """ROC curves as SVG."""
+def _plot_curves(curves: list[tuple[str, dict]], points, *, axes: dict, legend: str, diagonal: bool = False,
+                 baseline: float | None = None, **style) -> str:
+    """One line per model: ``points(metrics)`` gives (x, y, label suffix) or None; the reference line; the SVG."""
     fig, ax = _figure()
     for label, metrics in curves:
-        roc = metrics.get("roc_curve")
-        if roc:
-            ax.plot(roc["fpr"], roc["tpr"], label=f"{label} AUC {metrics.get('roc_auc', float('nan')):.3f}")
-    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=0.8)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
-    ax.legend(fontsize=7, loc="lower right")
+        found = points(metrics)
+        if found:
+            ax.plot(found[0], found[1], label=f"{label}{found[2]}", **style)
+    if diagonal:
+        ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=0.8)
+    if baseline is not None:
+        ax.axhline(baseline, linestyle="--", color="grey", linewidth=0.8)
+    ax.set(**axes)
+    ax.legend(fontsize=7, loc=legend)
     return _svg(fig)
+
+
+def plot_roc(curves: list[tuple[str, dict]]) -> str:
+    """ROC curves as SVG."""
+    def points(m: dict):
+        roc = m.get("roc_curve")
+        return roc and (roc["fpr"], roc["tpr"], f" AUC {m.get('roc_auc', float('nan')):.3f}")
+    return _plot_curves(curves, points, diagonal=True, legend="lower right",
+                        axes={"xlabel": "false positive rate", "ylabel": "true positive rate", "title": "ROC"})
 
 
 def plot_pr(curves: list[tuple[str, dict]]) -> str:
-    """Precision-recall curves as SVG."""
-    fig, ax = _figure()
-    for label, metrics in curves:
-        pr = metrics.get("pr_curve")
-        if pr:
-            ax.plot(pr["recall"], pr["precision"], label=f"{label} AP {metrics.get('pr_auc', float('nan')):.3f}")
+    """Precision-recall curves as SVG (the dashed line is the churn base rate)."""
+    def points(m: dict):
+        pr = m.get("pr_curve")
+        return pr and (pr["recall"], pr["precision"], f" AP {m.get('pr_auc', float('nan')):.3f}")
     base = next((m.get("base_rate") for _, m in curves if m.get("base_rate") is not None), None)
-    if base is not None:
-        ax.axhline(base, linestyle="--", color="grey", linewidth=0.8)
-    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall", ylim=(0, 1.02))
-    ax.legend(fontsize=7, loc="upper right")
-    return _svg(fig)
+    return _plot_curves(curves, points, baseline=base, legend="upper right",
+                        axes={"xlabel": "recall", "ylabel": "precision", "title": "Precision-recall", "ylim": (0, 1.02)})
 
 
 def plot_calibration(curves: list[tuple[str, dict]]) -> str:
     """Reliability diagram (mean predicted vs observed churn rate per bin) as SVG."""
-    fig, ax = _figure()
-    for label, metrics in curves:
-        cal = metrics.get("calibration") or []
-        if cal:
-            ax.plot([b["mean_predicted"] for b in cal], [b["observed_rate"] for b in cal], marker="o", markersize=3,
-                    label=label)
-    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=0.8)
-    ax.set(xlabel="mean predicted probability", ylabel="observed churn rate", title="Calibration")
-    ax.legend(fontsize=7, loc="upper left")
-    return _svg(fig)
+    def points(m: dict):
+        cal = m.get("calibration") or []
+        return cal and ([b["mean_predicted"] for b in cal], [b["observed_rate"] for b in cal], "")
+    return _plot_curves(curves, points, diagonal=True, legend="upper left", marker="o", markersize=3,
+                        axes={"xlabel": "mean predicted probability", "ylabel": "observed churn rate",
+                              "title": "Calibration"})
 
 
 def plot_score_distribution(current: dict, previous: dict | None, previous_key: str | None) -> str:
