@@ -1,7 +1,9 @@
 """End to end: churn_nightly runs the Telco CSV through real Airflow with configuration only (no code change).
 
-Same DAG as the synthetic e2e test; only ``CHURN_*`` variables differ (the README's Telco block, plus
-``CHURN_TRAIN_TPOT=false`` so the run stays short: TPOT itself is covered by tests/test_e2e_nightly.py).
+Same DAG as the synthetic e2e test; only ``CHURN_*`` variables differ, and only the "bring your own data"
+ones: the file, its id and its label (with the label's values). Column kinds are inferred, a suite is proposed
+on this first run, and scores are published (``CHURN_TRAIN_TPOT=false`` keeps the run short: TPOT itself is
+covered by tests/test_e2e_nightly.py). The hand-written Telco configuration runs in tests/test_data_telco.py.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ def test_telco_file_runs_through_the_nightly_dag(services, tmp_path, pg_admin_ur
     require_dataset(TELCO)
     pg_url, redis_url = fresh_stores(services, pg_admin_url, "e2e_telco", 4)
     env = airflow_env(tmp_path, pg_url, redis_url, train_tpot="false")
-    env.update(TELCO_ENV)
+    env.update({key: TELCO_ENV[key] for key in ("CHURN_SOURCE", "CHURN_FILE_PATH", "CHURN_FILE_ID_COLUMN",
+                                                "CHURN_FILE_LABEL_COLUMN", "CHURN_FILE_LABEL_VALUES")})
     env["CHURN_EXPORTS"] = TELCO_EXPORTS
     assert run_airflow(["db", "migrate"], env, tmp_path / "migrate.log").returncode == 0
     proc = run_airflow(["dags", "test", "churn_nightly", RUN_DATE.isoformat()], env, tmp_path / "dags-test.log")
@@ -64,4 +67,17 @@ def test_telco_file_runs_through_the_nightly_dag(services, tmp_path, pg_admin_ur
         assert row["Contract"] == telco[row["customer_id"]]["Contract"]
         assert float(row["MonthlyCharges"]) == float(telco[row["customer_id"]]["MonthlyCharges"])
     run_dir = tmp_path / "state" / "runs" / RUN_DATE.isoformat()
-    assert (run_dir / "data_docs" / "index.html").exists() and (run_dir / "dataset_spec.json").exists()
+    assert (run_dir / "data_docs" / "index.html").exists()
+    spec = json.loads((run_dir / "dataset_spec.json").read_text())
+    # kinds inferred from the file equal the README's hand-written Telco configuration
+    for kind, variable in (("numeric", "CHURN_FILE_NUMERIC_COLUMNS"), ("boolean", "CHURN_FILE_BOOLEAN_COLUMNS"),
+                           ("categorical", "CHURN_FILE_CATEGORICAL_COLUMNS")):
+        assert set(spec[kind]) == set(TELCO_ENV[variable].split(",")), kind
+    assert spec["inference"]["sample_rows"] == 7043
+    conn = psycopg2.connect(pg_url)
+    with conn.cursor() as cur:  # no suite existed: this first good run proposed one, enforced from the next run
+        cur.execute("SELECT name, version FROM churn.suites")
+        assert cur.fetchall() == [("file_source", 1)]
+        cur.execute("SELECT DISTINCT suite_version FROM churn.validation_results")
+        assert cur.fetchall() == [("baseline",)]
+    conn.close()

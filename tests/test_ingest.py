@@ -87,3 +87,21 @@ def test_an_empty_population_gives_an_empty_snapshot(loaded, tmp_path):
     assert snap.rows == 0
     frame = pd.read_parquet(snap.path)
     assert len(frame) == 0 and "churned" in frame.columns and "customer_id" in frame.columns
+
+
+def test_the_generators_oracle_reaches_no_stage_but_matches_the_training_snapshot(pg_conn, tmp_path):
+    """The true probabilities stay with the benchmark: no source table or snapshot column carries them."""
+    tables = generate(6000, AS_OF, seed=12)
+    load_source_tables(pg_conn, tables)
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT table_schema, table_name, column_name FROM information_schema.columns "
+                    "WHERE column_name ILIKE '%%probab%%' OR column_name ILIKE '%%oracle%%'")
+        assert cur.fetchall() == []
+    frame = pd.read_parquet(extract_snapshot(pg_conn, AS_OF - timedelta(days=30), tmp_path / "t.parquet", 30).path)
+    oracle = tables.oracle.set_index("customer_id")
+    assert set(frame["customer_id"]) == set(oracle.index)  # the oracle describes exactly the training population
+    joined = frame.set_index("customer_id").join(oracle["true_probability"])
+    assert (joined["churned"] == oracle.loc[joined.index, "churned"]).all()
+    for column in frame.columns:
+        if column not in ("customer_id", "churned") and pd.api.types.is_numeric_dtype(frame[column]):
+            assert abs(joined[column].corr(joined["true_probability"])) < 0.9, column  # no column is the oracle

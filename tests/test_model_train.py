@@ -84,3 +84,40 @@ def test_baseline_is_a_regularized_logistic_regression_on_the_shared_preprocessi
     proba = cand.pipeline.predict_proba(sig.enforce(data)[sig.feature_columns])[:, 1]
     assert proba.shape == (len(data),) and ((proba >= 0) & (proba <= 1)).all()
     assert proba.std() > 0.05  # the fitted pipeline separates customers, it does not return one constant
+
+
+def test_search_sample_is_sized_to_the_budget_and_says_why():
+    from churn.model.train import SEARCH_MIN_ROWS, search_sample_size
+
+    assert search_sample_size(3_000, 2.0, 10_000)[0] == 3_000  # small data: every row
+    rows, why = search_sample_size(418_000, 2.0, 10_000)
+    assert rows == 20_000 and "stratified sample of 20000 of 418000" in why and "CHURN_SEARCH_ROWS_PER_MINUTE" in why
+    assert search_sample_size(418_000, 0.1, 10_000)[0] == SEARCH_MIN_ROWS  # never below the floor
+    assert search_sample_size(418_000, 60, 10_000)[0] == 418_000
+
+
+def test_the_search_runs_on_a_sample_and_the_winner_is_refitted_on_every_training_row(cluster):
+    data = frame(4000, seed=6)
+    train, valid = data.iloc[:3000], data.iloc[3000:]
+    sig = signature(train)
+    cand = fit_tpot(train, valid, sig, budget_minutes=0.15, max_eval_minutes=0.1, search_space="linear-light", cv=2,
+                    population_size=4, n_jobs=1, random_state=1, dask_scheduler_address=cluster.scheduler_address,
+                    progress_seconds=2, search_rows=1000, search_rows_reason="test")
+    assert cand.params["search_rows"] == 1000 and cand.params["train_rows"] == 3000
+    assert cand.params["successive_halving"]["budget_range"] == [0.25, 1.0]
+    assert cand.params["refit_seconds"] >= 0 and 0.5 < cand.valid_roc_auc <= 1.0
+
+
+def test_refit_on_all_rows_gives_the_model_fitted_on_every_row():
+    from sklearn.linear_model import LogisticRegression
+
+    from churn.model.train import refit_on_all
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2000, 4))
+    y = (x[:, 0] + rng.normal(size=2000) > 0).astype(int)
+    on_sample = LogisticRegression().fit(x[:200], y[:200])
+    refitted = refit_on_all(on_sample, x, y)
+    assert refitted is not on_sample and np.allclose(on_sample.coef_, LogisticRegression().fit(x[:200], y[:200]).coef_)
+    assert np.allclose(refitted.coef_, LogisticRegression().fit(x, y).coef_)
+    assert not np.allclose(refitted.coef_, on_sample.coef_)

@@ -190,6 +190,8 @@ class ChurnConfig(BaseSettings):
     """Cross-validation folds inside the TPOT search."""
     tpot_population_size: Count = 20
     """Individuals per TPOT generation."""
+    search_rows_per_minute: Count = 10_000
+    """TPOT evaluates pipelines on a stratified sample of this many training rows per budget minute (at least 5,000)."""
     n_jobs: Count = 2
     """Local parallel workers for TPOT (ignored when a Dask scheduler is configured)."""
     dask_scheduler_address: str = ""

@@ -198,6 +198,33 @@ def cv_estimate(pipeline: Pipeline, frame: pd.DataFrame, signature: ModelSignatu
             "cv_folds": folds, "cv_rows": int(len(x))}
 
 
+SEARCH_MIN_ROWS = 5_000
+# Successive halving inside TPOT: the first generations evaluate pipelines on a quarter of the search sample,
+# growing to all of it by the third; a pipeline whose first folds fall below the 30th (rising to the 60th)
+# percentile of the scores seen so far is cut before its remaining folds run.
+SEARCH_BUDGET_RANGE = [0.25, 1.0]
+SEARCH_GENERATIONS_UNTIL_FULL = 3
+SEARCH_PRUNING_PERCENTILES = [30, 60]
+
+
+def search_sample_size(train_rows: int, budget_minutes: float, rows_per_minute: int) -> tuple[int, str]:
+    """Rows the TPOT search evaluates pipelines on, sized to its budget, and why (for the train result)."""
+    target = max(SEARCH_MIN_ROWS, int(budget_minutes * rows_per_minute))
+    if train_rows <= target:
+        return train_rows, (f"all {train_rows} training rows: within {budget_minutes:g} min x "
+                            f"CHURN_SEARCH_ROWS_PER_MINUTE={rows_per_minute}")
+    return target, (f"stratified sample of {target} of {train_rows} training rows: {budget_minutes:g} min of budget "
+                    f"x CHURN_SEARCH_ROWS_PER_MINUTE={rows_per_minute} (at least {SEARCH_MIN_ROWS}), so the "
+                    "search scores many pipelines; the winner is refitted on every training row")
+
+
+def refit_on_all(model, x, y):
+    """A fresh copy of ``model``'s recipe fitted on every row given (the search's winner saw only its sample)."""
+    from sklearn.base import clone
+
+    return clone(model).fit(x, y)
+
+
 class _RemoteCluster:
     """Stand-in for ``client.cluster`` when the client was opened by address.
 
@@ -235,12 +262,16 @@ def fit_tpot(
     dask_scheduler_address: str = "",
     progress_seconds: float = 15.0,
     connect_timeout_seconds: float = 30.0,
+    search_rows: int | None = None,
+    search_rows_reason: str = "",
 ) -> Candidate:
     """TPOT 1.x search maximizing ROC AUC within the budget, on the shared preprocessing.
 
     Runs on the Dask cluster at ``dask_scheduler_address`` when given (TPOT then starts
     no cluster of its own), else on a local cluster of ``n_jobs`` worker processes.
-    Progress is logged every ``progress_seconds`` and at each generation.
+    Progress is logged every ``progress_seconds`` and at each generation. The search evaluates
+    pipelines on a stratified sample of ``search_rows`` training rows (all when None) with successive
+    halving and early pruning of weak pipelines; the winner is then refitted on every training row.
     """
     from tpot import TPOTClassifier  # heavy import, only inside the training task
 
@@ -253,6 +284,12 @@ def fit_tpot(
     prep = build_preprocessor(signature)
     x_train = prep.fit_transform(to_model_input(train, signature))
     y_train = labels(train, signature)
+    x_search, y_search = x_train, y_train
+    if search_rows is not None and search_rows < len(y_train):
+        from sklearn.model_selection import train_test_split
+
+        x_search, _, y_search, _ = train_test_split(x_train, y_train, train_size=search_rows, stratify=y_train,
+                                                    random_state=random_state)
     client = None
     if dask_scheduler_address:
         from distributed import Client
@@ -278,16 +315,19 @@ def fit_tpot(
         random_state=random_state,
         verbose=1,  # 1 = tqdm bar only; the readable progress comes from SearchProgress
         client=client,
+        budget_range=SEARCH_BUDGET_RANGE,
+        generations_until_end_budget=SEARCH_GENERATIONS_UNTIL_FULL,
+        threshold_evaluation_pruning=SEARCH_PRUNING_PERCENTILES,
     )
     log.info(
         "TPOT search started: %s rows, %s features, budget %.2f min, per-pipeline limit %.2f min, space %s, %s",
-        x_train.shape[0], x_train.shape[1], budget_minutes, max_eval_minutes, search_space,
+        x_search.shape[0], x_search.shape[1], budget_minutes, max_eval_minutes, search_space,
         f"Dask cluster {dask_scheduler_address}" if client is not None else f"{n_jobs} local workers",
     )
     try:
         with SearchProgress(search, budget_minutes, every_seconds=progress_seconds) as progress:
             try:
-                search.fit(x_train, y_train)
+                search.fit(x_search, y_search)
             except Exception as exc:  # noqa: BLE001 - TPOT 1.1 raises a plain Exception when nothing finished
                 if "No individuals could be evaluated" not in str(exc):
                     raise
@@ -302,7 +342,15 @@ def fit_tpot(
             client.close()
     if getattr(search, "fitted_pipeline_", None) is None:
         raise SearchFoundNothing("TPOT found no pipeline within the budget: raise CHURN_TRAIN_BUDGET_MINUTES")
-    pipeline = Pipeline([("prep", prep), ("model", search.fitted_pipeline_)])
+    searched = time.monotonic() - started
+    winner = search.fitted_pipeline_
+    refit_seconds = 0.0
+    if len(y_search) < len(y_train):
+        refit_started = time.monotonic()
+        winner = refit_on_all(search.fitted_pipeline_, x_train, y_train)
+        refit_seconds = time.monotonic() - refit_started
+        log.info("TPOT winner refitted on all %s training rows in %.1f s", len(y_train), refit_seconds)
+    pipeline = Pipeline([("prep", prep), ("model", winner)])
     auc = roc_auc_score(labels(valid, signature), pipeline.predict_proba(to_model_input(valid, signature))[:, 1])
     elapsed = time.monotonic() - started
     log.info("TPOT search done in %.0f s: best %s, validation ROC AUC %.4f", elapsed, search.fitted_pipeline_, auc)
@@ -310,5 +358,10 @@ def fit_tpot(
               "cv": cv, "population_size": population_size, "random_state": random_state,
               "n_jobs": n_jobs if client is None else None, "dask_scheduler_address": dask_scheduler_address or None,
               "generations": state.get("generation"), "pipelines_scored": state.get("evaluated"),
-              "best_cv_roc_auc": state.get("best"), "pipeline": str(search.fitted_pipeline_)[:2000]}
+              "best_cv_roc_auc": state.get("best"), "pipeline": str(search.fitted_pipeline_)[:2000],
+              "search_rows": int(len(y_search)), "search_rows_reason": search_rows_reason or None,
+              "train_rows": int(len(y_train)), "search_seconds": round(searched, 1),
+              "refit_seconds": round(refit_seconds, 1), "successive_halving": {
+                  "budget_range": SEARCH_BUDGET_RANGE, "generations_until_full": SEARCH_GENERATIONS_UNTIL_FULL,
+                  "pruning_percentiles": SEARCH_PRUNING_PERCENTILES}}
     return Candidate("tpot", pipeline, float(auc), elapsed, params)

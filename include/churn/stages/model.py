@@ -61,7 +61,8 @@ def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict
     from churn.model.features import ModelSignature
     from churn.model.registry import file_sha256, version_name
     from churn.model.search import run_search
-    from churn.model.train import SearchFoundNothing, cv_estimate, fit_baseline, fit_hist_gradient_boosting
+    from churn.model.train import (SearchFoundNothing, cv_estimate, fit_baseline, fit_hist_gradient_boosting,
+                                   search_sample_size)
 
     started = time.monotonic()
     cfg = cfg_for(cfg, run)
@@ -81,6 +82,9 @@ def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict
     if not cfg.train_tpot:
         log.info("CHURN_TRAIN_TPOT=false: baseline only, no TPOT search")
     else:
+        search_rows, search_reason = search_sample_size(len(train_df), cfg.train_budget_minutes,
+                                                        cfg.search_rows_per_minute)
+        log.info("TPOT search rows: %s", search_reason)
         try:
             # In a child interpreter: TPOT's Dask processes cannot start inside an executor's task process.
             candidates.append(run_search({
@@ -90,7 +94,8 @@ def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict
                         "search_space": cfg.tpot_search_space, "cv": cfg.tpot_cv,
                         "population_size": cfg.tpot_population_size, "n_jobs": cfg.n_jobs,
                         "random_state": cfg.random_state, "dask_scheduler_address": cfg.dask_scheduler_address,
-                        "progress_seconds": cfg.train_progress_seconds},
+                        "progress_seconds": cfg.train_progress_seconds, "search_rows": search_rows,
+                        "search_rows_reason": search_reason},
             }, Path(run["run_dir"]) / "search"))
         except SearchFoundNothing as exc:
             # The baseline is a full candidate: an empty search must not stop the night's scoring.
