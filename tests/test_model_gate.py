@@ -25,17 +25,33 @@ from tests.test_model_registry import model_data  # noqa: F401 - module fixture:
 pytestmark = pytest.mark.integration
 
 
-def _shuffled_splits(data: dict, folder: Path, seed: int) -> dict:
-    """The same split files with the label permuted within each split: features keep no signal."""
+def _shuffled_splits(data: dict, folder: Path, seed: int, keep_test: bool = False) -> dict:
+    """The same split files with the label permuted within each split (all but test with ``keep_test``)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     paths = {}
     for name, path in data["splits"]["paths"].items():
         frame = pd.read_parquet(path)
-        frame["churned"] = rng.permutation(frame["churned"].to_numpy())
+        if not (keep_test and name == "test"):
+            frame["churned"] = rng.permutation(frame["churned"].to_numpy())
         paths[name] = str(folder / f"split_{name}.parquet")
         frame.to_parquet(paths[name], index=False)
     return {**data["splits"], "paths": paths, "data_fingerprint": "shuffled-" + str(seed)}
+
+
+def _repeated_train_split(data: dict, folder: Path, rows: int) -> dict:
+    """The splits with the training split repeated up to ``rows`` rows (ids kept unique)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = dict(data["splits"]["paths"])
+    train = pd.read_parquet(paths["train"])
+    copies = []
+    for k in range(rows // len(train) + 1):
+        copy = train.copy()
+        copy["customer_id"] = copy["customer_id"].astype(str) + f"-{k}"
+        copies.append(copy)
+    paths["train"] = str(folder / "split_train.parquet")
+    pd.concat(copies, ignore_index=True).iloc[:rows].to_parquet(paths["train"], index=False)
+    return {**data["splits"], "paths": paths, "data_fingerprint": "repeated"}
 
 
 def _baseline_only(data: dict, splits: dict, run: dict) -> dict:
@@ -142,17 +158,20 @@ def test_shuffled_challenger_never_replaces_a_champion_even_with_a_permissive_fl
     assert json.dumps(scored)  # a reference dict, JSON-able for XCom
 
 
-def test_empty_tpot_search_falls_back_to_the_baseline_candidate(model_data):  # noqa: F811
+def test_empty_tpot_search_falls_back_to_the_baseline_candidate(model_data, tmp_path):  # noqa: F811
     data = model_data
     run = _run(data, "2026-10-05", {"retrain": True, "train_budget_minutes": 0.001, "max_eval_minutes": 0.001})
-    cfg = data["cfg"].replace(tpot_population_size=2, tpot_cv=2)
+    # 200k training rows, all searched (a huge rows-per-minute): no pipeline can be scored in 0.06 s, even on
+    # the quarter of the rows the first generation uses (a 5,000-row sample once was, under no load).
+    big = _repeated_train_split(data, tmp_path / "big", 200_000)
+    cfg = data["cfg"].replace(tpot_population_size=2, tpot_cv=2, search_rows_per_minute=10**9)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
                       dashboard_address=":0") as cluster:
         trained = pipeline.train(cfg.replace(dask_scheduler_address=cluster.scheduler_address), data["res"], run,
-                                 data["splits"])
+                                 big)
     assert [c["name"] for c in trained["candidates"]] == ["logistic_baseline", "hist_gradient_boosting"]
     assert "CHURN_TRAIN_BUDGET_MINUTES" in trained["tpot_error"]
-    evaluation = pipeline.evaluate_and_gate(cfg, data["res"], run, data["splits"], trained)
+    evaluation = pipeline.evaluate_and_gate(cfg, data["res"], run, big, trained)
     # the defaults still compete, and the cross-validated estimate (not one validation split) picks
     assert evaluation["challenger"] == max(trained["candidates"], key=lambda c: c["cv_roc_auc"])["name"]
 
@@ -181,8 +200,9 @@ def test_a_refused_retrain_of_the_same_date_never_touches_the_champion(model_dat
     champion = registry.champion(conn)
     champion_bytes = Path(champion.artifact_path).read_bytes()
 
-    # the same date again, on data without signal: the gate refuses it
-    shuffled = _shuffled_splits(data, tmp_path / "shuffled", seed=5)
+    # the same date again, trained on labels without signal and judged on the real test labels: refused
+    # (a shuffled test split too would make both models' test AUC a coin toss on a few positives)
+    shuffled = _shuffled_splits(data, tmp_path / "shuffled", seed=5, keep_test=True)
     second = pipeline.train(cfg, data["res"], run, shuffled)
     assert second["attempt"] != first["attempt"]
     evaluation2 = pipeline.evaluate_and_gate(cfg, data["res"], run, shuffled, second)
