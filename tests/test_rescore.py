@@ -54,7 +54,7 @@ def run_nightly(cfg: ChurnConfig, res: Resources, as_of: date) -> dict:
 @pytest.fixture(scope="module")
 def platform(services, pg_admin_url, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("rescore")
-    pg_url, redis_url = fresh_stores(services, pg_admin_url, "rescore", 6, customers=3000, as_of=RUN_DATE, seed=44)
+    pg_url, redis_url = fresh_stores(services, pg_admin_url, "rescore", 6, customers=12000, as_of=RUN_DATE, seed=44)
     cfg = ChurnConfig.from_env({"CHURN_STATE_DIR": str(tmp / "state"), "CHURN_TRAIN_TPOT": "false",
                                 "CHURN_MIN_ROC_AUC": "0.5", "CHURN_PG_READER_ROLE": ""})
     res = Resources.from_urls(pg_url, redis_url)
@@ -106,8 +106,12 @@ def _drain(platform, claimer: str, **params) -> dict:
 
 def _low_risk_customers(platform, n: int) -> list[str]:
     # mid-range scores: a complaint visibly moves them (at 1e-8 a logistic model hardly moves)
+    # and no complaint in the last 90 days: the synthetic hazard acts past two complaints, so a customer already
+    # over that threshold may hardly move under a tree model
     rows = _pg(platform, "SELECT customer_id FROM churn.scores_current WHERE source = 'batch' AND churn_probability "
-                         "BETWEEN 0.02 AND 0.4 ORDER BY customer_id LIMIT %s", (n,))
+                         "BETWEEN 0.02 AND 0.4 AND customer_id NOT IN (SELECT customer_id FROM src.support_contacts "
+                         "WHERE kind = 'complaint' AND contact_ts > now() - interval '90 days') "
+                         "ORDER BY customer_id LIMIT %s", (n,))
     return [r[0] for r in rows]
 
 
