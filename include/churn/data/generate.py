@@ -45,6 +45,7 @@ EPOCH = np.datetime64("1970-01-01", "D")
 PERIOD_DAYS = 30
 HISTORY_DAYS = 365  # support contacts are kept for the last year
 INCIDENT_EFFECT_DAYS = 120
+NEVER = np.iinfo(np.int64).max // 4  # "no such day" (no incident, no churn): later than any date, no overflow
 
 
 @dataclass(frozen=True)
@@ -146,8 +147,8 @@ def generate(n_customers: int, as_of: date, seed: int = 7, usage_months: int = 6
     satisfaction = rng.normal(0.0, 1.0, size=n)  # latent: never written, only its effects on behaviour are
     signup = today - (rng.random(n) ** 1.3 * 6 * 365).astype(np.int64) - 1  # more recent signups than old ones
     has_incident = rng.random(n) < 0.35
-    incident = np.where(has_incident, today - 1 - rng.integers(0, HISTORY_DAYS, size=n), np.iinfo(np.int64).max // 4)
-    incident = np.where(incident > signup, incident, np.iinfo(np.int64).max // 4)
+    incident = np.where(has_incident, today - 1 - rng.integers(0, HISTORY_DAYS, size=n), NEVER)
+    incident = np.where(incident > signup, incident, NEVER)
     static = _Static(contract_idx, plan_idx, pay_idx, senior, paperless, num_lines,
                      monthly_charge / list_price - 1.0, signup, incident)
 
@@ -171,13 +172,12 @@ def generate(n_customers: int, as_of: date, seed: int = 7, usage_months: int = 6
         return _count_before(complaint_keys, everyone, np.full(n, day - 90), np.full(n, day))
 
     # --- churn before the snapshot: 30-day periods with the hazard at each period's start ----------
-    never = np.iinfo(np.int64).max // 4
-    churn_day = np.full(n, never, dtype=np.int64)
+    churn_day = np.full(n, NEVER, dtype=np.int64)
     first = int(signup.min())
     for period_start in range(snapshot - ((snapshot - first) // PERIOD_DAYS + 1) * PERIOD_DAYS, snapshot,
                               PERIOD_DAYS):
         length = min(PERIOD_DAYS, snapshot - period_start)
-        at_risk = (signup <= period_start) & (churn_day == never)
+        at_risk = (signup <= period_start) & (churn_day == NEVER)
         if not at_risk.any():
             continue
         counts = complaints_90d(period_start) if period_start > window_start else np.zeros(n, dtype=np.int64)
@@ -186,7 +186,7 @@ def generate(n_customers: int, as_of: date, seed: int = 7, usage_months: int = 6
         churn_day[leaves] = period_start + 1 + rng.integers(0, length, size=int(leaves.sum()))
 
     # --- the label window: hazard fixed at the snapshot, so each customer's probability is exact -------------
-    population = (signup <= snapshot) & (churn_day == never)
+    population = (signup <= snapshot) & (churn_day == NEVER)
     hazard = daily_hazard(static.logit(snapshot, complaints_90d(snapshot)))
     true_probability = -np.expm1(-hazard * label_window_days)
     draw = rng.random(n)

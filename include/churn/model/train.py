@@ -176,6 +176,16 @@ def fit_hist_gradient_boosting(train: pd.DataFrame, valid: pd.DataFrame, signatu
                      {"estimator": "HistGradientBoostingClassifier", **params, "random_state": random_state})
 
 
+def stratified_sample(x, y, rows: int | None, random_state: int):
+    """At most ``rows`` rows of (x, y), stratified on y; all of them when ``rows`` is None or not smaller."""
+    if rows is None or rows >= len(y):
+        return x, y
+    from sklearn.model_selection import train_test_split
+
+    x_kept, _, y_kept, _ = train_test_split(x, y, train_size=rows, stratify=y, random_state=random_state)
+    return x_kept, y_kept
+
+
 def cv_estimate(pipeline: Pipeline, frame: pd.DataFrame, signature: ModelSignature, *, folds: int = 5,
                 max_rows: int = 20_000, random_state: int = 0) -> dict:
     """Stratified k-fold ROC AUC of ``pipeline``'s recipe (a fresh clone per fold): mean, spread, folds, rows.
@@ -184,12 +194,9 @@ def cv_estimate(pipeline: Pipeline, frame: pd.DataFrame, signature: ModelSignatu
     a stratified sample) and folds for every candidate.
     """
     from sklearn.base import clone
-    from sklearn.model_selection import StratifiedKFold, train_test_split
+    from sklearn.model_selection import StratifiedKFold
 
-    y = labels(frame, signature)
-    x = to_model_input(frame, signature)
-    if len(frame) > max_rows:
-        x, _, y, _ = train_test_split(x, y, train_size=max_rows, stratify=y, random_state=random_state)
+    x, y = stratified_sample(to_model_input(frame, signature), labels(frame, signature), max_rows, random_state)
     scores = []
     for fit_index, test_index in StratifiedKFold(folds, shuffle=True, random_state=random_state).split(x, y):
         model = clone(pipeline).fit(x.iloc[fit_index], y[fit_index])
@@ -284,12 +291,7 @@ def fit_tpot(
     prep = build_preprocessor(signature)
     x_train = prep.fit_transform(to_model_input(train, signature))
     y_train = labels(train, signature)
-    x_search, y_search = x_train, y_train
-    if search_rows is not None and search_rows < len(y_train):
-        from sklearn.model_selection import train_test_split
-
-        x_search, _, y_search, _ = train_test_split(x_train, y_train, train_size=search_rows, stratify=y_train,
-                                                    random_state=random_state)
+    x_search, y_search = stratified_sample(x_train, y_train, search_rows, random_state)
     client = None
     if dask_scheduler_address:
         from distributed import Client
