@@ -225,6 +225,28 @@ def search_sample_size(train_rows: int, budget_minutes: float, rows_per_minute: 
                     "search scores many pipelines; the winner is refitted on every training row")
 
 
+def search_trace(evaluated: pd.DataFrame, score_column: str, started_at: float) -> list[list[float]]:
+    """[seconds since ``started_at``, best score so far] each time a full-sample evaluation set a new best.
+
+    Only rows scored on the whole search sample count (successive halving scores early generations on
+    a fraction of it, which is not comparable); this is the search's time-to-quality curve.
+    """
+    if evaluated is None or score_column not in evaluated or "Completed Timestamp" not in evaluated:
+        return []
+    frame = evaluated
+    if "Budget" in frame:
+        frame = frame[pd.to_numeric(frame["Budget"], errors="coerce") >= 1.0]
+    scores = pd.to_numeric(frame[score_column], errors="coerce")
+    done = pd.to_numeric(frame["Completed Timestamp"], errors="coerce")
+    rows = pd.DataFrame({"at": done, "score": scores}).dropna().sort_values("at")
+    trace, best = [], -np.inf
+    for at, score in rows.itertuples(index=False):
+        if score > best:
+            best = score
+            trace.append([round(float(at - started_at), 1), round(float(score), 5)])
+    return trace
+
+
 def refit_on_all(model, x, y):
     """A fresh copy of ``model``'s recipe fitted on every row given (the search's winner saw only its sample)."""
     from sklearn.base import clone
@@ -326,6 +348,7 @@ def fit_tpot(
         x_search.shape[0], x_search.shape[1], budget_minutes, max_eval_minutes, search_space,
         f"Dask cluster {dask_scheduler_address}" if client is not None else f"{n_jobs} local workers",
     )
+    search_started_at = time.time()  # TPOT stamps evaluations with time.time()
     try:
         with SearchProgress(search, budget_minutes, every_seconds=progress_seconds) as progress:
             try:
@@ -365,5 +388,7 @@ def fit_tpot(
               "train_rows": int(len(y_train)), "search_seconds": round(searched, 1),
               "refit_seconds": round(refit_seconds, 1), "successive_halving": {
                   "budget_range": SEARCH_BUDGET_RANGE, "generations_until_full": SEARCH_GENERATIONS_UNTIL_FULL,
-                  "pruning_percentiles": SEARCH_PRUNING_PERCENTILES}}
+                  "pruning_percentiles": SEARCH_PRUNING_PERCENTILES},
+              "search_trace": search_trace(getattr(search, "evaluated_individuals", None),
+                                           search.objective_names[0], search_started_at)}
     return Candidate("tpot", pipeline, float(auc), elapsed, params)
