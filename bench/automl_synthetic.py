@@ -132,13 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             ensure_database(services.pg_url("postgres"), "bench_automl")
             conn = psycopg2.connect(services.pg_url("bench_automl"))
-            for customers in args.customers:
-                for seed in range(args.seeds):
+            # seed-major, so a run cut short still has the same seeds for every population size
+            for seed in range(args.seeds):
+                for customers in args.customers:
                     # the population, the defaults and their estimates do not depend on the budget
                     prepared = prepare(conn, customers, seed, cfg, Path(tmp))
                     for budget in args.budget_minutes:
                         runs.append(one_run(prepared, customers, seed, budget, cfg))
-                    # written after every seed: a long run that is cut short keeps what it measured
+                    # written after every population: a long run that is cut short keeps what it measured
                     write_result(args, runs, started, load_before)
             conn.close()
         finally:
