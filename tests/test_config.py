@@ -10,7 +10,7 @@ from churn.config import ChurnConfig, ConfigError
 def test_defaults_work_without_environment():
     cfg = ChurnConfig.from_env({})
     assert cfg.postgres_conn_id == "churn_postgres"
-    assert cfg.band_cuts == (0.3, 0.6)
+    assert cfg.band_cuts == (0.1, 0.2)
     assert cfg.splits == (0.8, 0.1, 0.1)
 
 

@@ -32,7 +32,8 @@ def test_telco_file_runs_through_the_nightly_dag(services, tmp_path, pg_admin_ur
     pg_url, redis_url = fresh_stores(services, pg_admin_url, "e2e_telco", 4)
     env = airflow_env(tmp_path, pg_url, redis_url, train_tpot="false")
     env.update({key: TELCO_ENV[key] for key in ("CHURN_SOURCE", "CHURN_FILE_PATH", "CHURN_FILE_ID_COLUMN",
-                                                "CHURN_FILE_LABEL_COLUMN", "CHURN_FILE_LABEL_VALUES")})
+                                                "CHURN_FILE_LABEL_COLUMN", "CHURN_FILE_LABEL_VALUES",
+                                                "CHURN_RISK_BAND_CUTS")})
     env["CHURN_EXPORTS"] = TELCO_EXPORTS
     assert run_airflow(["db", "migrate"], env, tmp_path / "migrate.log").returncode == 0
     proc = run_airflow(["dags", "test", "churn_nightly", RUN_DATE.isoformat()], env, tmp_path / "dags-test.log")

@@ -76,4 +76,4 @@ def test_nightly_run_delivers_the_configured_exports_over_sftp(nightly_with_sftp
         text = (gzip.decompress(raw) if name.endswith(".gz") else raw).decode("utf-8")
         rows = list(csv.reader(io.StringIO(text, newline="")))
         assert len(rows) == expected + 1
-    assert top > 0 and summary["export_rows"] == high
+    assert top > 0 and high > 0 and summary["export_rows"] == high

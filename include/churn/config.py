@@ -225,8 +225,8 @@ class ChurnConfig(BaseSettings):
     """Rows scored and published per chunk (bounds memory)."""
     score_partitions: Annotated[int, Field(ge=1, le=256)] = 2
     """Hash partitions of the id space scored as separate (mapped) tasks; deciles stay global."""
-    risk_band_cuts: str = "0.3,0.6"
-    """Probability cut points between the ``low``, ``medium`` and ``high`` risk bands."""
+    risk_band_cuts: str = "0.1,0.2"
+    """Probability cut points between the ``low``, ``medium`` and ``high`` risk bands (fit a ~5 % window churn rate)."""
     redis_key_prefix: str = "churn"
     """Prefix of every Redis key the platform writes."""
     redis_layout: typing.Literal["json", "hash"] = "json"
