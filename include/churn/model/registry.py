@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,16 +121,19 @@ class Package:
     reference_path: str
     reference_rows: int
     onnx: dict
+    pmml: dict = field(default_factory=dict)
 
 
 def package(model: Any, signature: ModelSignature, models_dir: str | Path, version: str, *,
             train_rows: pd.DataFrame, test_rows: pd.DataFrame, reference_rows: int = 50_000,
-            onnx_tolerance: float = 1e-5, random_state: int = 0) -> Package:
-    """Write a version's folder: verified joblib artifact, reference sample, and ONNX where convertible.
+            onnx_tolerance: float = 1e-5, pmml: bool = True, pmml_tolerance: float = 1e-6,
+            random_state: int = 0) -> Package:
+    """Write a version's folder: verified joblib artifact, reference sample, ONNX and PMML where convertible.
 
     ``formats`` lists only files that exist and passed their check: ``joblib`` always,
     ``onnx`` when skl2onnx converts the pipeline and its probabilities on ``test_rows`` match
-    scikit-learn's within ``onnx_tolerance``. The folder is written under a staging name and
+    scikit-learn's within ``onnx_tolerance``, ``pmml`` when JPMML-SkLearn converts it and the JPMML
+    evaluator matches within ``pmml_tolerance`` (skipped when ``pmml`` is false). The folder is written under a staging name and
     renamed into place, so ``<models_dir>/<version>`` appears whole or not at all. Call it only
     for a version that has no registry row: a folder left by a crashed, never-registered attempt
     is replaced, a registered version's folder is never touched (``register`` skips packaging).
@@ -158,13 +162,35 @@ def package(model: Any, signature: ModelSignature, models_dir: str | Path, versi
             onnx = {"exported": True, "path": str(final / ONNX_FILE), "sha256": file_sha256(exported.path),
                     "parity_max_abs_diff": exported.max_abs_diff, "parity_rows": exported.rows_checked,
                     "parity_tolerance": onnx_tolerance}
+        pmml_result = _package_pmml(model, signature, staging, final, test_rows, pmml_tolerance, random_state) \
+            if pmml else {"exported": False, "error": "PMML export is off (CHURN_EXPORT_PMML=false)"}
+        if pmml_result["exported"]:
+            formats.append("pmml")
         if final.exists():
             log.warning("version %s: replacing the folder of an attempt that never reached the registry", version)
             shutil.rmtree(final)
         os.rename(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # only left when something above failed
-    return Package(str(final / "model.joblib"), sha, formats, str(final / REFERENCE_FILE), ref_rows, onnx)
+    return Package(str(final / "model.joblib"), sha, formats, str(final / REFERENCE_FILE), ref_rows, onnx,
+                   pmml_result)
+
+
+def _package_pmml(model: Any, signature: ModelSignature, staging: Path, final: Path, test_rows: pd.DataFrame,
+                  tolerance: float, random_state: int) -> dict:
+    """PMML into the staging folder when it converts and passes parity; what happened, for the train result."""
+    from churn.model.pmml import PMML_FILE, PmmlExportError, export_pmml
+
+    started = time.monotonic()
+    try:
+        exported = export_pmml(model, signature, staging, test_rows, tolerance, random_state=random_state)
+    except PmmlExportError as exc:
+        (staging / PMML_FILE).unlink(missing_ok=True)
+        log.info("version %s: no PMML export (%s)", final.name, exc)
+        return {"exported": False, "error": str(exc)[:500], "seconds": round(time.monotonic() - started, 1)}
+    return {"exported": True, "path": str(final / PMML_FILE), "sha256": file_sha256(exported.path),
+            "parity_max_abs_diff": exported.max_abs_diff, "parity_rows": exported.rows_checked,
+            "parity_tolerance": tolerance, "seconds": round(time.monotonic() - started, 1)}
 
 
 def read_verified(path: str | Path, expected_sha256: str) -> Any:

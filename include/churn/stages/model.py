@@ -207,15 +207,16 @@ def register(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, evaluati
             else:
                 payload = registry.read_verified(cand.path, cand.sha256)
                 signature = ModelSignature.from_dict(payload["signature"])
-                # artifact + reference.parquet (drift stage) + ONNX where convertible, in models_dir/version
+                # artifact + reference.parquet (drift stage) + ONNX and PMML where convertible, in models_dir/version
                 pkg = registry.package(payload["model"], signature, cfg.models_dir, version, train_rows=train_df,
                                        test_rows=test_df, reference_rows=cfg.reference_rows,
-                                       onnx_tolerance=cfg.onnx_parity_tolerance, random_state=cfg.random_state)
+                                       onnx_tolerance=cfg.onnx_parity_tolerance, pmml=cfg.export_pmml,
+                                       pmml_tolerance=cfg.pmml_parity_tolerance, random_state=cfg.random_state)
                 registry.register(
                     conn, version=version, run_key=run["run_key"], model_name=cand.name, status=status,
                     reason=reason, metrics={**cand.metrics, "valid_roc_auc": cand.valid_roc_auc},
                     params={**cand.params, "fit_seconds": cand.fit_seconds,
-                            "reference_rows": pkg.reference_rows, "onnx": pkg.onnx,
+                            "reference_rows": pkg.reference_rows, "onnx": pkg.onnx, "pmml": pkg.pmml,
                             "split_counts": splits.get("counts")},
                     signature=signature, artifact_path=pkg.artifact_path, artifact_sha256=pkg.artifact_sha256,
                     data_fingerprint=splits["data_fingerprint"], formats=pkg.formats,
