@@ -5,7 +5,7 @@ into an embedded PostgreSQL started here (free loopback port, temporary folder),
 snapshot with the demo's own feature query, split it by the project's id hash, and train the model
 stage's candidates exactly as the ``train`` stage does (logistic and HistGradientBoosting defaults, TPOT
 on a budget-sized stratified sample with successive halving, refit on all rows). The champion is the
-best k-fold ROC AUC (the stage's selection rule). On the test split it records each candidate's ROC AUC,
+best selection estimate (the stage's rule: k-fold on small data, the validation split on large data). On the test split it records each candidate's ROC AUC,
 the champion's, and the **oracle** ROC AUC (the generator's true probabilities, the ceiling), plus the
 TPOT search's sample size, pipelines scored and refit time. The median over seeds goes to the JSON file.
 
@@ -38,8 +38,9 @@ from churn.data.ingest import BOOLEAN_FEATURES, CATEGORICAL_FEATURES, NUMERIC_FE
 from churn.dev.services import EmbeddedServices, ensure_database
 from churn.dev.stack import free_port
 from churn.model.features import ModelSignature, build_preprocessor, labels, to_model_input
-from churn.model.train import (cv_estimate, fit_baseline, fit_hist_gradient_boosting, fit_tpot, search_sample_size,
-                               split_ids, stratified_sample)
+from churn.model.automl import fit_tpot, search_sample_size
+from churn.model.train import (fit_baseline, fit_hist_gradient_boosting, selection_estimate, split_ids,
+                               stratified_sample)
 
 ROOT = Path(__file__).resolve().parents[1]
 AS_OF = date(2026, 11, 20)
@@ -66,9 +67,9 @@ def prepare(conn, customers: int, seed: int, cfg: ChurnConfig, work: Path) -> di
 
 
 def score(cand, train, valid, test, signature, cfg: ChurnConfig, seed: int) -> dict:
-    """A candidate's selection estimate (the stage's k-fold ROC AUC) and its test ROC AUC."""
-    estimate = cv_estimate(cand.pipeline, pd.concat([train, valid], ignore_index=True), signature,
-                           folds=cfg.cv_folds, max_rows=cfg.cv_max_rows, random_state=seed)
+    """A candidate's selection estimate (the train stage's) and its test ROC AUC."""
+    estimate = selection_estimate(cand.pipeline, train, valid, signature, folds=cfg.cv_folds,
+                                  max_rows=cfg.cv_max_rows, random_state=seed)
     test_auc = roc_auc_score(labels(test, signature), cand.pipeline.predict_proba(to_model_input(test, signature))[:, 1])
     return {"test_roc_auc": round(float(test_auc), 4), **estimate, "fit_seconds": round(cand.fit_seconds, 1)}
 

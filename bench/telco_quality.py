@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT / "include"))
 
 from churn.config import ChurnConfig  # noqa: E402
 from churn.model.features import ModelSignature, labels, to_model_input  # noqa: E402
-from churn.model.train import cv_estimate, fit_baseline, fit_hist_gradient_boosting, fit_tpot  # noqa: E402
+from churn.model.automl import fit_tpot  # noqa: E402
+from churn.model.train import cv_estimate, fit_baseline, fit_hist_gradient_boosting  # noqa: E402
 
 log = logging.getLogger("bench.telco_quality")
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from distributed import LocalCluster
 
-from churn.model.train import Candidate, SearchFoundNothing, TrainingError, fit_baseline, fit_tpot
+from churn.model.automl import fit_tpot
+from churn.model.train import Candidate, SearchFoundNothing, TrainingError, fit_baseline
 from tests.test_model_features import frame, signature
 
 
@@ -24,7 +25,7 @@ def test_tpot_uses_the_configured_cluster_and_logs_progress(cluster, caplog):
     data = frame(1500, seed=4)
     train, valid = data.iloc[:1200], data.iloc[1200:]
     sig = signature(train)
-    caplog.set_level(logging.INFO, logger="churn.model.train")
+    caplog.set_level(logging.INFO, logger="churn.model.automl")
     cand = fit_tpot(train, valid, sig, budget_minutes=0.15, max_eval_minutes=0.1, search_space="linear-light", cv=2,
                     population_size=4, n_jobs=1, random_state=1, dask_scheduler_address=cluster.scheduler_address,
                     progress_seconds=2)
@@ -87,7 +88,7 @@ def test_baseline_is_a_regularized_logistic_regression_on_the_shared_preprocessi
 
 
 def test_search_sample_is_sized_to_the_budget_and_says_why():
-    from churn.model.train import SEARCH_MIN_ROWS, search_sample_size
+    from churn.model.automl import SEARCH_MIN_ROWS, search_sample_size
 
     assert search_sample_size(3_000, 2.0, 10_000)[0] == 3_000  # small data: every row
     rows, why = search_sample_size(418_000, 2.0, 10_000)
@@ -111,7 +112,7 @@ def test_the_search_runs_on_a_sample_and_the_winner_is_refitted_on_every_trainin
 def test_refit_on_all_rows_gives_the_model_fitted_on_every_row():
     from sklearn.linear_model import LogisticRegression
 
-    from churn.model.train import refit_on_all
+    from churn.model.automl import refit_on_all
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(2000, 4))

@@ -179,8 +179,8 @@ class ChurnConfig(BaseSettings):
     """Run the TPOT search next to the logistic baseline (false = baseline only, e.g. quick checks of a new source)."""
     max_eval_minutes: Duration = 0.5
     """Time limit for evaluating one candidate pipeline inside TPOT."""
-    tpot_search_space: str = "linear-light"
-    """TPOT 1.x search space name (``linear-light``, ``linear``, ``graph`` ...)."""
+    tpot_search_space: str = "churn-boosted"
+    """``churn-boosted`` (tuned HistGradientBoosting + logistic), or a TPOT 1.x template (``linear-light``, ``graph``)."""
     tpot_cv: Folds = 3
     """Cross-validation folds inside the TPOT search."""
     tpot_population_size: Count = 20

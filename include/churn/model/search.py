@@ -87,7 +87,7 @@ def _kill_group(proc: subprocess.Popen, grace_seconds: float = TERMINATE_GRACE_S
 
 
 def run_search(request: dict[str, Any], work_dir: Path, *, timeout_seconds: float | None = None):
-    """Run :func:`churn.model.train.fit_tpot` in a child interpreter; return its ``Candidate``.
+    """Run :func:`churn.model.automl.fit_tpot` in a child interpreter; return its ``Candidate``.
 
     ``request`` holds the split paths, the signature dict and ``fit_tpot``'s keyword
     arguments. Raises :class:`~churn.model.train.SearchFoundNothing` when TPOT evaluated
@@ -206,7 +206,8 @@ def _child_main(request_path: str) -> int:
     import pandas as pd
 
     from churn.model.features import ModelSignature
-    from churn.model.train import SearchFoundNothing, fit_tpot
+    from churn.model.automl import fit_tpot
+    from churn.model.train import SearchFoundNothing
 
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(name)s: %(message)s")
     parent = os.environ.get("CHURN_SEARCH_PARENT_PID")

@@ -61,8 +61,8 @@ def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict
     from churn.model.features import ModelSignature
     from churn.model.registry import file_sha256, version_name
     from churn.model.search import run_search
-    from churn.model.train import (SearchFoundNothing, cv_estimate, fit_baseline, fit_hist_gradient_boosting,
-                                   search_sample_size)
+    from churn.model.automl import search_sample_size
+    from churn.model.train import SearchFoundNothing, fit_baseline, fit_hist_gradient_boosting, selection_estimate
 
     started = time.monotonic()
     cfg = cfg_for(cfg, run)
@@ -107,13 +107,13 @@ def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict
     out_dir = Path(run["run_dir"]) / "candidates" / attempt
     out_dir.mkdir(parents=True, exist_ok=True)
     described = []
-    estimate_rows = pd.concat([train_df, valid_df], ignore_index=True)
     for cand in candidates:
-        # One selection figure for every candidate: the same folds of the same rows, the recipe refitted per fold.
-        estimate = cv_estimate(cand.pipeline, estimate_rows, signature, folds=cfg.cv_folds,
-                               max_rows=cfg.cv_max_rows, random_state=cfg.random_state)
-        log.info("%s: %s-fold ROC AUC %.4f ± %.4f on %s rows", cand.name, estimate["cv_folds"],
-                 estimate["cv_roc_auc"], estimate["cv_roc_auc_std"], estimate["cv_rows"])
+        # One selection figure for every candidate, on the same rows: k-fold on small data (the recipe refitted
+        # per fold), the validation split for the models fitted on every row on large data.
+        estimate = selection_estimate(cand.pipeline, train_df, valid_df, signature, folds=cfg.cv_folds,
+                                      max_rows=cfg.cv_max_rows, random_state=cfg.random_state)
+        log.info("%s: selection ROC AUC %.4f ± %.4f (%s)", cand.name, estimate["cv_roc_auc"],
+                 estimate["cv_roc_auc_std"], estimate["estimate"])
         path = out_dir / f"{cand.name}.joblib"
         joblib.dump({"model": cand.pipeline, "signature": signature.as_dict()}, path)
         # The hash travels with the reference: evaluate and register unpickle only these bytes.
@@ -144,7 +144,7 @@ def evaluate_and_gate(cfg: ChurnConfig, res: Resources, run: dict, splits: dict,
         proba = payload["model"].predict_proba(to_model_input(test_df, signature))[:, 1]
         cand.metrics = classification_metrics(labels(test_df, signature), proba)
         results.append(cand)
-    # The cross-validated estimate selects (one validation split is too noisy on small data); older results
+    # The selection estimate selects (k-fold on small data, the validation split on large data); older results
     # without it fall back to the validation ROC AUC.
     challenger = max(results, key=lambda c: c.cv_roc_auc if c.cv_roc_auc is not None else c.valid_roc_auc)
     champion_auc = None
@@ -197,7 +197,7 @@ def register(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, evaluati
                 reason = decision.reason
             else:
                 status = "refused"
-                figure = "cross-validated" if cand.cv_roc_auc is not None else "validation"
+                figure = "selection" if cand.cv_roc_auc is not None else "validation"
                 reason = f"lower {figure} ROC AUC than {decision.challenger}"
             existing = registry.find(conn, version)
             if existing is not None:

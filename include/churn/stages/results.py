@@ -58,13 +58,15 @@ class Candidate(JsonRecord):
     metrics: dict[str, Any] | None = None
     """Test-split metrics (set by evaluate_and_gate)."""
     cv_roc_auc: float | None = None
-    """Stratified k-fold ROC AUC of the candidate's recipe on the training rows: what selects the challenger."""
+    """The selection ROC AUC (``churn.model.train.selection_estimate``): what selects the challenger."""
     cv_roc_auc_std: float | None = None
-    """Spread (standard deviation) of that estimate across the folds."""
+    """Spread (standard deviation) of that estimate: across the folds, or over bootstrap resamples."""
     cv_folds: int | None = None
-    """Folds of the estimate."""
+    """Folds of a k-fold estimate (None when the validation split was used)."""
     cv_rows: int | None = None
-    """Rows of the estimate (a stratified sample of the training rows)."""
+    """Rows behind the estimate."""
+    estimate: str | None = None
+    """How the estimate was obtained, in words (k-fold on N rows, or the validation split and why)."""
 
 
 @dataclass(kw_only=True)
