@@ -122,3 +122,68 @@ def test_refit_on_all_rows_gives_the_model_fitted_on_every_row():
     assert refitted is not on_sample and np.allclose(on_sample.coef_, LogisticRegression().fit(x[:200], y[:200]).coef_)
     assert np.allclose(refitted.coef_, LogisticRegression().fit(x, y).coef_)
     assert not np.allclose(refitted.coef_, on_sample.coef_)
+
+
+def test_the_boosted_search_space_finds_and_refits_a_boosted_or_logistic_winner(cluster):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    data = frame(4000, seed=8)
+    train, valid = data.iloc[:3000], data.iloc[3000:]
+    sig = signature(train)
+    cand = fit_tpot(train, valid, sig, budget_minutes=0.2, max_eval_minutes=0.1, search_space="churn-boosted", cv=2,
+                    population_size=4, n_jobs=1, random_state=2, dask_scheduler_address=cluster.scheduler_address,
+                    progress_seconds=2, search_rows=1500, search_rows_reason="test")
+    winner = cand.pipeline.named_steps["model"]
+    assert isinstance(winner, (HistGradientBoostingClassifier, LogisticRegression)), winner
+    assert cand.params["search_space"] == "churn-boosted" and cand.params["pipelines_scored"] >= 1
+    # the time-to-quality curve: rising best scores at increasing times, full-sample evaluations only
+    trace = cand.params["search_trace"]
+    assert all(a[0] <= b[0] and a[1] < b[1] for a, b in zip(trace, trace[1:]))
+
+
+def test_the_search_trace_keeps_full_sample_improvements_in_time_order():
+    import pandas as pd
+
+    from churn.model.automl import search_trace
+
+    evaluated = pd.DataFrame({
+        "roc_auc_score": [0.70, 0.90, 0.75, "INVALID", 0.74, 0.80],
+        "Budget": [1.0, 0.25, 1.0, 1.0, 1.0, 1.0],  # the 0.90 came from a quarter of the sample: not comparable
+        "Completed Timestamp": [110.0, 105.0, 130.0, 131.0, 120.0, 150.0],
+    })
+    assert search_trace(evaluated, "roc_auc_score", 100.0) == [[10.0, 0.7], [20.0, 0.74], [30.0, 0.75], [50.0, 0.8]]
+    assert search_trace(None, "roc_auc_score", 0.0) == []
+
+
+def test_selection_uses_k_fold_on_small_data():
+    from churn.model.train import selection_estimate
+
+    data = frame(3000, seed=9)
+    train, valid = data.iloc[:2700], data.iloc[2700:]
+    sig = signature(train)
+    model = fit_baseline(train, valid, sig, 0).pipeline
+    estimate = selection_estimate(model, train, valid, sig, folds=4, max_rows=20_000, random_state=0)
+    assert estimate["cv_folds"] == 4 and estimate["cv_rows"] == 3000
+    assert estimate["estimate"] == "4-fold cross-validation on 3000 rows" and estimate["cv_roc_auc_std"] > 0
+
+
+def test_selection_judges_the_fitted_model_on_a_large_validation_split():
+    from sklearn.metrics import roc_auc_score
+
+    from churn.model.features import labels, to_model_input
+    from churn.model.train import VALIDATION_MIN_POSITIVES, selection_estimate
+
+    data = frame(30_000, seed=10)
+    train, valid = data.iloc[:24_000], data.iloc[24_000:]
+    sig = signature(train)
+    assert labels(valid, sig).sum() >= VALIDATION_MIN_POSITIVES
+    model = fit_baseline(train, valid, sig, 0).pipeline
+    estimate = selection_estimate(model, train, valid, sig, folds=5, max_rows=20_000, random_state=0)
+    expected = roc_auc_score(labels(valid, sig), model.predict_proba(to_model_input(valid, sig))[:, 1])
+    assert estimate["cv_roc_auc"] == pytest.approx(expected, abs=1e-5)
+    assert estimate["cv_folds"] is None and estimate["cv_rows"] == 6000
+    assert "validation split (6000 rows" in estimate["estimate"] and "all 24000 training rows" in estimate["estimate"]
+    assert 0.001 < estimate["cv_roc_auc_std"] < 0.03  # bootstrap spread of an AUC on ~1,000+ positives
+    # the same model with fewer validation positives than the threshold falls back to k-fold
+    assert selection_estimate(model, train, valid.iloc[:2000], sig, folds=5, max_rows=20_000)["cv_folds"] == 5
