@@ -76,7 +76,7 @@ class ChurnConfig(BaseSettings):
     """Whether the scheduler back-fills missed nightly runs."""
 
     # --- demo data -------------------------------------------------------------
-    demo_customers: Count = 20_000
+    demo_customers: Count = 200_000
     """Population size written by the synthetic generator for ``make demo``."""
     demo_seed: int = 7
     """Seed of the synthetic generator (same seed, same data)."""

@@ -164,7 +164,10 @@ def without_tpot_no_ops(step: Any) -> Any:
 
 def to_pmml_file(model: Any, signature: ModelSignature, path: str | Path, sample: pd.DataFrame) -> None:
     """Convert the fitted ``model`` (preprocessing + estimator) to a PMML document at ``path``."""
-    from sklearn2pmml import make_pmml_pipeline, sklearn2pmml
+    try:
+        from sklearn2pmml import make_pmml_pipeline, sklearn2pmml
+    except ImportError as exc:  # an environment built from older requirements: no PMML, the rest works
+        raise PmmlExportError(f"sklearn2pmml is not installed ({exc}): install the pinned requirements") from exc
 
     pipeline = make_pmml_pipeline(pmml_equivalent(model, signature, to_model_input(sample, signature)),
                                   active_fields=list(signature.feature_columns), target_fields=[TARGET_FIELD])
@@ -241,8 +244,11 @@ def pmml_probabilities(pmml_path: str | Path, frame: pd.DataFrame, signature: Mo
 def export_pmml(model: Any, signature: ModelSignature, folder: str | Path, parity_rows: pd.DataFrame,
                 tolerance: float = 1e-6, random_state: int = 0) -> PmmlExport:
     """Write ``<folder>/model.pmml`` if convertible and within ``tolerance`` of scikit-learn on ``parity_rows``."""
-    from jpmml_evaluator import JavaError
-    from py4j.protocol import Py4JError
+    try:
+        from jpmml_evaluator import JavaError
+        from py4j.protocol import Py4JError
+    except ImportError as exc:
+        raise PmmlExportError(f"jpmml_evaluator is not installed ({exc}): install the pinned requirements") from exc
 
     path = Path(folder) / PMML_FILE
     tmp = path.with_suffix(".tmp")
