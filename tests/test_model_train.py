@@ -179,11 +179,15 @@ def test_selection_judges_the_fitted_model_on_a_large_validation_split():
     sig = signature(train)
     assert labels(valid, sig).sum() >= VALIDATION_MIN_POSITIVES
     model = fit_baseline(train, valid, sig, 0).pipeline
-    estimate = selection_estimate(model, train, valid, sig, folds=5, max_rows=20_000, random_state=0)
+    # folds of at most 5,000 rows would see a sixth of the 24,000 training rows
+    estimate = selection_estimate(model, train, valid, sig, folds=5, max_rows=5_000, random_state=0)
     expected = roc_auc_score(labels(valid, sig), model.predict_proba(to_model_input(valid, sig))[:, 1])
     assert estimate["cv_roc_auc"] == pytest.approx(expected, abs=1e-5)
     assert estimate["cv_folds"] is None and estimate["cv_rows"] == 6000
     assert "validation split (6000 rows" in estimate["estimate"] and "all 24000 training rows" in estimate["estimate"]
-    assert 0.001 < estimate["cv_roc_auc_std"] < 0.03  # bootstrap spread of an AUC on ~1,000+ positives
-    # the same model with fewer validation positives than the threshold falls back to k-fold
-    assert selection_estimate(model, train, valid.iloc[:2000], sig, folds=5, max_rows=20_000)["cv_folds"] == 5
+    assert 0.001 < estimate["cv_roc_auc_std"] < 0.03  # bootstrap spread of an AUC on ~2,000 positives
+    # folds that see at least half the training rows: k-fold; too few validation positives: k-fold
+    assert selection_estimate(model, train, valid, sig, folds=5, max_rows=20_000)["cv_folds"] == 5
+    few = valid.iloc[:300]
+    assert labels(few, sig).sum() < VALIDATION_MIN_POSITIVES
+    assert selection_estimate(model, train, few, sig, folds=5, max_rows=5_000)["cv_folds"] == 5
