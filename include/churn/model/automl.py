@@ -129,8 +129,8 @@ def churn_search_space(name: str, random_state: int):
     """The TPOT search space for ``name``: our own ``churn-boosted``, else one of TPOT's templates by name.
 
     ``churn-boosted`` tunes the two model families that win on tabular churn data, on the shared
-    preprocessing: scikit-learn's HistGradientBoosting (learning rate, rounds, tree size, leaf size,
-    L2, feature fraction; early stopping on) and an L1/L2 logistic regression. TPOT's ``linear-light``
+    preprocessing: scikit-learn's HistGradientBoosting (learning rate, tree size, leaf size, L2, feature
+    fraction; up to 1,000 rounds, early stopping picks how many) and an L1/L2 logistic regression. TPOT's ``linear-light``
     has no boosting at all and its stacking slots spend the budget on invalid or slow pipelines;
     both families here convert to PMML.
     """
@@ -142,8 +142,10 @@ def churn_search_space(name: str, random_state: int):
     from tpot.search_spaces.pipelines import ChoicePipeline
 
     boosted = ConfigurationSpace(space={
-        "learning_rate": Float("learning_rate", bounds=(0.01, 0.3), log=True),
-        "max_iter": Integer("max_iter", bounds=(100, 1000), log=True),
+        "learning_rate": Float("learning_rate", bounds=(0.02, 0.3), log=True),
+        # rounds are not tuned: early stopping picks them, on the search sample and again at the refit on all
+        # rows (a round count tuned on a sample would underfit the full data)
+        "max_iter": 1000,
         "max_leaf_nodes": Integer("max_leaf_nodes", bounds=(4, 64), log=True),
         "min_samples_leaf": Integer("min_samples_leaf", bounds=(10, 400), log=True),
         "l2_regularization": Float("l2_regularization", bounds=(1e-3, 10.0), log=True),
