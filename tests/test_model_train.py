@@ -137,9 +137,29 @@ def test_the_boosted_search_space_finds_and_refits_a_boosted_or_logistic_winner(
     winner = cand.pipeline.named_steps["model"]
     assert isinstance(winner, (HistGradientBoostingClassifier, LogisticRegression)), winner
     assert cand.params["search_space"] == "churn-boosted" and cand.params["pipelines_scored"] >= 1
+    # the winner is the best full-sample score (or TPOT's pick when none was scored on the full sample)
+    assert cand.params["winner_rule"].startswith(("best of ", "TPOT's pick"))
     # the time-to-quality curve: rising best scores at increasing times, full-sample evaluations only
     trace = cand.params["search_trace"]
     assert all(a[0] <= b[0] and a[1] < b[1] for a, b in zip(trace, trace[1:]))
+
+
+def test_the_winner_is_the_best_full_sample_score_not_a_lucky_quarter_sample_one():
+    import pandas as pd
+
+    from churn.model.automl import full_sample_winner
+
+    class Individual:  # stands in for TPOT's individual objects: only export_pipeline is read
+        def __init__(self, name):
+            self.name = name
+
+        def export_pipeline(self):
+            return self.name
+
+    evaluated = pd.DataFrame({"roc_auc_score": [0.95, 0.81, 0.84, "TIMEOUT"], "Budget": [0.25, 1.0, 1.0, 1.0],
+                              "Individual": [Individual("lucky"), Individual("b"), Individual("c"), Individual("d")]})
+    assert full_sample_winner(evaluated, "roc_auc_score") == ("c", 0.84, 2)
+    assert full_sample_winner(evaluated[evaluated["Budget"] < 1], "roc_auc_score") is None
 
 
 def test_the_search_trace_keeps_full_sample_improvements_in_time_order():
