@@ -237,3 +237,36 @@ def test_a_refused_retrain_of_the_same_date_never_touches_the_champion(model_dat
         cur.execute("SELECT count(*) FROM churn.model_registry WHERE run_key = '2026-10-05'")
         assert cur.fetchone()[0] == 2 * len(first["candidates"]) == 4
     conn.close()
+
+
+def test_a_search_that_finds_nothing_better_leaves_the_best_default_as_challenger(model_data, tmp_path):  # noqa: F811
+    """Seeding/bounding: a TPOT candidate below the defaults on the selection figure never becomes the challenger."""
+    from sklearn.dummy import DummyClassifier
+    from sklearn.pipeline import Pipeline
+
+    from churn.model.features import ModelSignature, build_preprocessor, labels, to_model_input
+    from churn.model.train import Candidate, fit_hist_gradient_boosting, selection_estimate
+
+    data = model_data
+    run = _run(data, "2026-10-09", {"retrain": True})
+    train, valid = pd.read_parquet(data["splits"]["paths"]["train"]), pd.read_parquet(data["splits"]["paths"]["valid"])
+    signature: ModelSignature = data["signature"]
+    # what a search that learned nothing returns: a recipe no better than the base rate
+    weak_pipeline = Pipeline([("prep", build_preprocessor(signature)), ("model", DummyClassifier(strategy="prior"))])
+    weak_pipeline.fit(to_model_input(train, signature), labels(train, signature))
+    weak = Candidate("tpot", weak_pipeline, 0.5, 0.0, {"estimator": "DummyClassifier"})
+    out = Path(run["run_dir"]) / "candidates"
+    out.mkdir(parents=True, exist_ok=True)
+    described = []
+    for cand in (fit_baseline(train, valid, signature, 0), fit_hist_gradient_boosting(train, valid, signature, 0), weak):
+        path = out / f"{cand.name}.joblib"
+        joblib.dump({"model": cand.pipeline, "signature": signature.as_dict()}, path)
+        described.append({"name": cand.name, "path": str(path), "sha256": registry.file_sha256(path),
+                          "valid_roc_auc": cand.valid_roc_auc, "fit_seconds": 0.0, "params": cand.params,
+                          **selection_estimate(cand.pipeline, train, valid, signature)})
+    trained = {"retrained": True, "reason": "test", "attempt": "seed01", "candidates": described}
+    evaluation = pipeline.evaluate_and_gate(data["cfg"], data["res"], run, data["splits"], trained)
+    scores = {c["name"]: c["cv_roc_auc"] for c in described}
+    assert scores["tpot"] < max(scores["logistic_baseline"], scores["hist_gradient_boosting"])
+    assert evaluation["challenger"] in ("logistic_baseline", "hist_gradient_boosting")
+    assert evaluation["challenger"] == max(scores, key=scores.get)

@@ -20,6 +20,7 @@ import psycopg2
 import pytest
 import redis
 
+from churn.config import ChurnConfig
 from churn.publish.redis_store import lookup_score
 from tests.stack_support import (NO_SCHEDULED_RUN, SHORT_SEARCH, complaint_reaches_both_stores, failure_details,
                                  running_stack, scores_by_customer)
@@ -88,7 +89,7 @@ def test_published_scores_equal_single_process_scoring_of_the_same_model(cluster
     model, signature = registry.load_verified(champ.artifact_path, champ.artifact_sha256)
     reference = score_snapshot(model, signature, validated["score"]["clean_path"], tmp_path / "ref.parquet",
                                model_version=champ.version, run_id=AS_OF.isoformat(),
-                               scored_at=datetime.now(timezone.utc), band_cuts=(0.3, 0.6), partitions=1)
+                               scored_at=datetime.now(timezone.utc), band_cuts=ChurnConfig().band_cuts, partitions=1)
     import pyarrow.parquet as pq
 
     expected = pq.read_table(reference.path).to_pandas().set_index("customer_id")

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 BIN_EDGES = np.linspace(0.0, 1.0, 11)
 
 
-def score_summary(proba: np.ndarray, band_cuts: tuple[float, ...] = (0.3, 0.6)) -> dict[str, Any]:
+def score_summary(proba: np.ndarray, band_cuts: tuple[float, ...] = (0.1, 0.2)) -> dict[str, Any]:
     """Mean, spread, quantiles, risk-band shares and a 10-bin histogram of churn probabilities."""
     proba = np.asarray(proba, dtype=float)
     if proba.size == 0:
@@ -55,7 +55,7 @@ def _summary(n: int, mean: float, std: float, quantile_values: np.ndarray, band_
     }
 
 
-def streamed_score_summary(scores_path: str | Path, band_cuts: tuple[float, ...] = (0.3, 0.6),
+def streamed_score_summary(scores_path: str | Path, band_cuts: tuple[float, ...] = (0.1, 0.2),
                            sample_rows: int = 200_000, chunk_rows: int = 500_000) -> dict[str, Any]:
     """:func:`score_summary` of a score file read in chunks: count, mean, std, band shares and the histogram
     exact over every customer; quantiles from an id-hash sample of about ``sample_rows`` (``quantile_sample_rows``).
