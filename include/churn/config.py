@@ -169,7 +169,7 @@ class ChurnConfig(BaseSettings):
 
     # --- training ----------------------------------------------------------------
     cv_folds: Folds = 5
-    """Folds of the cross-validated ROC AUC that selects the challenger among the candidates."""
+    """Folds of the k-fold ROC AUC that selects the challenger on small data (README "Model stage")."""
     cv_max_rows: Count = 20_000
     """Rows (a stratified sample of train + validation) behind that estimate; bounds its cost."""
 
