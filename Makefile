@@ -15,7 +15,7 @@ export NO_COLOR := 1
 DEMO_DATE ?= $(shell date -u +%F)
 DEMO_CONF ?= {}
 
-.PHONY: venv services stop demo cluster demo-cluster test lock airflow-ui bench bench-scale bench-rescore clean
+.PHONY: venv services stop demo cluster demo-cluster test lock airflow-ui bench bench-scale bench-rescore bench-automl clean
 
 venv: $(VENV)/.installed
 
@@ -80,6 +80,13 @@ bench-scale: venv
 # bench/results/rescore.json (README "Between nights").
 bench-rescore: venv
 	$(BIN)/python -m bench.rescore
+
+# AutoML quality (issue 14): the synthetic population against its oracle ceiling (100k and 1M customers) and
+# the Telco file, 5 seeds x TPOT budgets 1/2/5 minutes (about 2 h 40 min on 2 cores; run on a quiet machine);
+# writes bench/results/automl_synthetic.json and bench/results/telco_quality.json.
+bench-automl: venv
+	PYTHONPATH=include $(BIN)/python -m bench.automl_synthetic --customers 100000 1000000 --seeds 5 --budget-minutes 1 2 5
+	$(BIN)/python bench/telco_quality.py --seeds 5 --budget-minutes 1 2 5
 
 clean: stop
 	rm -rf $(CHURN_STATE_DIR)
