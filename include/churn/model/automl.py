@@ -176,6 +176,13 @@ def search_sample_size(train_rows: int, budget_minutes: float, rows_per_minute: 
                     "search scores many pipelines; the winner is refitted on every training row")
 
 
+def _scored_on_full_sample(evaluated: pd.DataFrame) -> pd.DataFrame:
+    """TPOT's evaluated individuals scored on the whole search sample (successive halving's rungs dropped)."""
+    if "Budget" not in evaluated:
+        return evaluated
+    return evaluated[pd.to_numeric(evaluated["Budget"], errors="coerce") >= 1.0]
+
+
 def search_trace(evaluated: pd.DataFrame, score_column: str, started_at: float) -> list[list[float]]:
     """[seconds since ``started_at``, best score so far] each time a full-sample evaluation set a new best.
 
@@ -184,9 +191,7 @@ def search_trace(evaluated: pd.DataFrame, score_column: str, started_at: float) 
     """
     if evaluated is None or score_column not in evaluated or "Completed Timestamp" not in evaluated:
         return []
-    frame = evaluated
-    if "Budget" in frame:
-        frame = frame[pd.to_numeric(frame["Budget"], errors="coerce") >= 1.0]
+    frame = _scored_on_full_sample(evaluated)
     scores = pd.to_numeric(frame[score_column], errors="coerce")
     done = pd.to_numeric(frame["Completed Timestamp"], errors="coerce")
     rows = pd.DataFrame({"at": done, "score": scores}).dropna().sort_values("at")
@@ -202,9 +207,7 @@ def full_sample_winner(evaluated: pd.DataFrame | None, score_column: str) -> tup
     """The unfitted pipeline with the best score on the whole search sample, its score, and how many competed."""
     if evaluated is None or score_column not in evaluated or "Individual" not in evaluated:
         return None
-    frame = evaluated
-    if "Budget" in frame:
-        frame = frame[pd.to_numeric(frame["Budget"], errors="coerce") >= 1.0]
+    frame = _scored_on_full_sample(evaluated)
     scores = pd.to_numeric(frame[score_column], errors="coerce").dropna()
     if scores.empty:
         return None
