@@ -142,6 +142,26 @@ def _shot(driver, name: str) -> None:
     driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
 
 
+def _click_button(wait, label: str, css: str = "button", index: int = -1) -> None:
+    """Click the enabled button number `index` whose text is `label`, finding and clicking in one retried step.
+
+    Airflow's React UI re-renders while it loads (dialog opening, data arriving): an element found a moment
+    earlier can be detached before it is read or clicked (StaleElementReferenceException). Finding and
+    clicking inside the wait retries that race instead of failing on it.
+    """
+    from selenium.webdriver.common.by import By
+
+    def click(driver) -> bool:
+        buttons = [b for b in driver.find_elements(By.CSS_SELECTOR, css)
+                   if b.text.strip() == label and b.is_enabled()]
+        if not buttons:
+            return False
+        buttons[index].click()
+        return True
+
+    wait.until(click)
+
+
 def test_trigger_watch_and_judge_a_run_from_the_browser(airflow_ui, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -150,7 +170,10 @@ def test_trigger_watch_and_judge_a_run_from_the_browser(airflow_ui, browser):
     from selenium.webdriver.support.ui import WebDriverWait
 
     base, driver = airflow_ui["base"], browser
-    wait = WebDriverWait(driver, 60)
+    from selenium.common.exceptions import StaleElementReferenceException, ElementClickInterceptedException
+    # React re-renders detach elements between find and read/click: retry those instead of failing.
+    wait = WebDriverWait(driver, 60, ignored_exceptions=(StaleElementReferenceException,
+                                                         ElementClickInterceptedException))
 
     # 1. Log in with the generated admin password.
     driver.get(f"{base}/")
@@ -162,10 +185,9 @@ def test_trigger_watch_and_judge_a_run_from_the_browser(airflow_ui, browser):
 
     # 2. Open the DAG and its trigger form; set a non-default training budget and a note.
     driver.get(f"{base}/dags/churn_nightly")
-    trigger = wait.until(lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, "button")
-                                    if b.text.strip() == "Trigger"])
+    wait.until(lambda d: any(b.text.strip() == "Trigger" for b in d.find_elements(By.CSS_SELECTOR, "button")))
     _shot(driver, "02_dag_page")
-    trigger[0].click()
+    _click_button(wait, "Trigger", index=0)
     budget = wait.until(ec.element_to_be_clickable((By.NAME, "element_train_budget_minutes")))
     budget.send_keys(BUDGET)
     # "Retrain now" is a switch whose checkbox input is visually hidden: click the switch's own label.
@@ -177,9 +199,7 @@ def test_trigger_watch_and_judge_a_run_from_the_browser(airflow_ui, browser):
     note.send_keys(Keys.TAB)
     driver.execute_script("arguments[0].scrollIntoView()", budget)
     _shot(driver, "03_trigger_form")
-    submit = wait.until(lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, "[role=dialog] button, button")
-                                   if b.text.strip() == "Trigger" and b.is_enabled()][-1])
-    submit.click()
+    _click_button(wait, "Trigger", "[role=dialog] button, button")
 
     # 3. The run exists with the form's values, and succeeds (the API is the reliable clock; the UI is shown).
     token = airflow_ui["token"]
