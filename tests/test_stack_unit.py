@@ -34,3 +34,50 @@ def test_celery_stack_keeps_the_broker_off_the_score_keyspace_and_shares_dask(tm
     local = AirflowStack(state_dir=tmp_path, churn_pg_url="x", redis_url="y", metadata_url="z")
     assert local.env()["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
     assert "CHURN_DASK_SCHEDULER_ADDRESS" not in local.env()  # default: TPOT's own local cluster
+
+
+def test_trigger_creates_the_run_before_it_unpauses_the_dag(tmp_path: Path):
+    """Unpausing first races the scheduler's own run for the same logical date (unique key): order matters."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    calls: list[tuple[str, str]] = []
+
+    class FakeApiServer(BaseHTTPRequestHandler):  # the one boundary: no api-server runs in a unit test
+        def _answer(self, status: int, body: dict) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            calls.append((self.command, self.path))
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def do_POST(self):  # noqa: N802 (http.server's naming)
+            if self.path == "/auth/token":
+                self._answer(201, {"access_token": "t"})
+            else:
+                self._answer(200, {"dag_run_id": "manual__2026-11-20T02:00:00+00:00"})
+
+        def do_PATCH(self):  # noqa: N802
+            self._answer(200, {"is_paused": False})
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeApiServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        stack = AirflowStack(state_dir=tmp_path, churn_pg_url="x", redis_url="y", metadata_url="z",
+                             api_port=server.server_address[1])
+        stack.password_file.parent.mkdir(parents=True, exist_ok=True)
+        stack.password_file.write_text(json.dumps({"admin": "pw"}))
+        run_id = stack.trigger("2026-11-20T02:00:00Z", {"retrain": True})
+    finally:
+        server.shutdown()
+    assert run_id == "manual__2026-11-20T02:00:00+00:00"
+    api_calls = [call for call in calls if call[1] != "/auth/token"]
+    assert api_calls == [("POST", "/api/v2/dags/churn_nightly/dagRuns"), ("PATCH", "/api/v2/dags/churn_nightly")]

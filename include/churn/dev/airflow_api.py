@@ -38,17 +38,23 @@ class AirflowRestApi:
     def trigger(self, logical_date: str, conf: dict[str, Any] | None = None, unpause: bool = True) -> str:
         """Trigger ``churn_nightly`` for ``logical_date`` (ISO) through the REST API; returns the run id."""
         token = self.token()
-        if unpause:
-            http_json(f"{self.base_url}/api/v2/dags/{self.dag_id}", token, {"is_paused": False}, method="PATCH")
+        # Create the run first, unpause after: unpausing first lets the scheduler insert its own scheduled run
+        # for the same logical date at the moment the API inserts this one, and the loser of that race (seen:
+        # the scheduler) dies on the unique (dag_id, logical_date) key. A run that exists is one the scheduler
+        # skips; a run on a paused DAG simply waits for the unpause.
         status, body = http_json(f"{self.base_url}/api/v2/dags/{self.dag_id}/dagRuns", token,
                                  {"logical_date": logical_date, "conf": conf or {}})
         if status == 409:
             # That date already has a run: re-run it the Airflow way (clear it), which every task allows
             # because each is idempotent for its logical date. A new conf cannot be given to an old run.
-            return self._rerun(logical_date, token)
-        if status not in (200, 201):
+            run_id = self._rerun(logical_date, token)
+        elif status in (200, 201):
+            run_id = body["dag_run_id"]
+        else:
             raise StackError(f"trigger of {self.dag_id} for {logical_date} refused (HTTP {status}): {body}")
-        return body["dag_run_id"]
+        if unpause:
+            self.unpause(self.dag_id)
+        return run_id
 
     def unpause(self, dag_id: str) -> None:
         """Unpause ``dag_id`` (for example ``churn_rescore``, which its asset watcher then schedules)."""
