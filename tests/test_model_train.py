@@ -144,22 +144,57 @@ def test_the_boosted_search_space_finds_and_refits_a_boosted_or_logistic_winner(
     assert all(a[0] <= b[0] and a[1] < b[1] for a, b in zip(trace, trace[1:]))
 
 
-def test_the_winner_is_the_best_full_sample_score_not_a_lucky_quarter_sample_one():
+def test_finalists_are_full_sample_scores_led_by_the_best_of_each_model_family():
     import pandas as pd
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
 
-    from churn.model.automl import full_sample_winner
+    from churn.model.automl import full_sample_finalists
 
     class Individual:  # stands in for TPOT's individual objects: only export_pipeline is read
-        def __init__(self, name):
-            self.name = name
+        def __init__(self, recipe):
+            self.recipe = recipe
 
         def export_pipeline(self):
-            return self.name
+            return self.recipe
 
-    evaluated = pd.DataFrame({"roc_auc_score": [0.95, 0.81, 0.84, "TIMEOUT"], "Budget": [0.25, 1.0, 1.0, 1.0],
-                              "Individual": [Individual("lucky"), Individual("b"), Individual("c"), Individual("d")]})
-    assert full_sample_winner(evaluated, "roc_auc_score") == ("c", 0.84, 2)
-    assert full_sample_winner(evaluated[evaluated["Budget"] < 1], "roc_auc_score") is None
+    lucky, linear_a, linear_b, boosted = (HistGradientBoostingClassifier(max_leaf_nodes=63),
+                                          LogisticRegression(C=1.0), LogisticRegression(C=2.0),
+                                          HistGradientBoostingClassifier(max_leaf_nodes=7))
+    evaluated = pd.DataFrame({
+        "roc_auc_score": [0.95, 0.84, 0.84, 0.83, 0.80, "TIMEOUT"], "Budget": [0.25, 1.0, 1.0, 1.0, 1.0, 1.0],
+        "Individual": [Individual(lucky), Individual(linear_a), Individual(LogisticRegression(C=1.0)),
+                       Individual(linear_b), Individual(boosted), Individual(LogisticRegression(C=9.0))]})
+    finalists, competed = full_sample_finalists(evaluated, "roc_auc_score", limit=3)
+    assert competed == 4  # the quarter-sample score and the timeout do not compete
+    # the best linear model leads; the boosted model is in although three linear ones scored higher;
+    # the duplicate of linear_a (bred twice) counts once
+    assert [(type(r).__name__, r.get_params().get("C", r.get_params().get("max_leaf_nodes")), s)
+            for r, s in finalists] == [("LogisticRegression", 1.0, 0.84), ("LogisticRegression", 2.0, 0.83),
+                                       ("HistGradientBoostingClassifier", 7, 0.80)]
+    assert full_sample_finalists(evaluated, "roc_auc_score", limit=1)[0] == [(linear_a, 0.84)]
+    assert full_sample_finalists(evaluated[evaluated["Budget"] < 1], "roc_auc_score") == ([], 0)
+
+
+def test_finalists_refitted_on_all_rows_are_judged_on_validation_when_asked():
+    import numpy as np
+    from sklearn.dummy import DummyClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    from churn.model.automl import choose_finalist
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 3))
+    y = (x[:, 0] + rng.normal(scale=0.5, size=4000) > 0).astype(int)
+    # the base-rate model had the higher search score (as a sample can mislead); the validation split says no
+    finalists = [(DummyClassifier(strategy="prior"), 0.90), (LogisticRegression(), 0.85)]
+    model, records = choose_finalist(finalists, x[:3000], y[:3000], x[3000:], y[3000:], judge_on_validation=True)
+    assert isinstance(model, LogisticRegression) and model.n_features_in_ == 3
+    assert [r.get("chosen", False) for r in records] == [False, True]
+    assert records[1]["valid_roc_auc"] > 0.9 and records[0]["valid_roc_auc"] == 0.5
+    # small data: the search score decides and only that pipeline is refitted
+    model, records = choose_finalist(finalists, x[:3000], y[:3000], x[3000:], y[3000:], judge_on_validation=False)
+    assert isinstance(model, DummyClassifier) and len(records) == 1 and "valid_roc_auc" not in records[0]
 
 
 def test_the_search_trace_keeps_full_sample_improvements_in_time_order():

@@ -6,7 +6,6 @@ Runs in a child interpreter from the train stage (``churn.model.search``); its p
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import numpy as np
@@ -16,112 +15,24 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 
 from churn.model.features import ModelSignature, build_preprocessor, labels, to_model_input
-from churn.model.train import Candidate, SearchFoundNothing, TrainingError, stratified_sample
+from churn.model.train import (VALIDATION_MIN_POSITIVES, Candidate, SearchFoundNothing, TrainingError,
+                               stratified_sample)
+from churn.model.tpot_runtime import SearchProgress, attach_remote_cluster
 
 log = logging.getLogger(__name__)
-
-
-class SearchProgress:
-    """Logs a TPOT search's progress (generation, pipelines evaluated, best score, time left) while it runs.
-
-    TPOT 1.x only draws a tqdm bar; this thread reads the estimator's evolver
-    (``_evolver_instance``: its ``generation`` and ``population.evaluated_individuals``)
-    and writes ordinary log lines, so the progress shows in the Airflow task log.
-    A line is written when a generation finishes and at least every ``every_seconds``.
-    """
-
-    def __init__(self, search, budget_minutes: float, every_seconds: float = 15.0, poll_seconds: float = 1.0):
-        self.search = search
-        self.budget_seconds = budget_minutes * 60.0
-        self.every_seconds = every_seconds
-        self.poll_seconds = poll_seconds
-        self.lines = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="tpot-progress", daemon=True)
-        self._started = 0.0
-
-    def __enter__(self) -> "SearchProgress":
-        self._started = time.monotonic()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self.report(final=True)
-
-    def snapshot(self) -> dict | None:
-        """Current generation, evaluated pipelines and best score, or None before the search starts."""
-        evolver = getattr(self.search, "_evolver_instance", None)
-        if evolver is None or getattr(evolver, "population", None) is None:
-            return None
-        try:
-            # The search thread mutates this frame in place; read a copy and tolerate a torn read.
-            frame = evolver.population.evaluated_individuals.copy()
-            names = list(evolver.objective_names)
-            raw = frame[names[0]] if len(frame) else pd.Series(dtype=object)
-            scores = pd.to_numeric(raw, errors="coerce")
-            failed = int(raw.isin(["INVALID", "TIMEOUT"]).sum())
-        except (KeyError, ValueError, IndexError, AttributeError, TypeError, RuntimeError):
-            return None
-        best = float(scores.max()) if scores.notna().any() else None
-        return {"generation": int(evolver.generation), "evaluated": int(scores.notna().sum()), "failed": failed,
-                "best": best, "generation_running": self._running(getattr(evolver, "_client", None))}
-
-    @staticmethod
-    def _running(client) -> int | None:
-        """Pipeline evaluations in flight, from the Dask client's futures (None without a client).
-
-        TPOT records scores only when a whole generation is back, which can take minutes;
-        its evaluation futures (key prefix ``eval_objective_list``) show the search is busy inside one.
-        """
-        if client is None:
-            return None
-        try:
-            return sum(st.status == "pending" for key, st in list(client.futures.items())
-                       if str(key).startswith("eval_objective_list"))
-        except (AttributeError, RuntimeError):  # dict changed size while the client's loop updated it
-            return None
-
-    def report(self, final: bool = False) -> None:
-        """Write one progress line."""
-        state = self.snapshot()
-        elapsed = time.monotonic() - self._started
-        left = max(self.budget_seconds - elapsed, 0.0)
-        if state is None:
-            log.info("TPOT progress: starting (%.0f s elapsed, %.0f s of budget left)", elapsed, left)
-        else:
-            inside = "" if final or state["generation_running"] is None else (
-                f" ({state['generation_running']} pipeline evaluations running)")
-            log.info(
-                "TPOT progress%s: generation %s%s, %s pipelines scored (%s failed/timed out), best CV ROC AUC so far "
-                "%s, %.0f s elapsed, %.0f s of budget left",
-                " (final)" if final else "", state["generation"], inside, state["evaluated"], state["failed"],
-                "n/a" if state["best"] is None else f"{state['best']:.4f}", elapsed, left,
-            )
-        self.lines += 1
-
-    def _run(self) -> None:
-        last_line = time.monotonic()
-        last_generation = None
-        while not self._stop.wait(self.poll_seconds):
-            state = self.snapshot()
-            generation = None if state is None else state["generation"]
-            if generation != last_generation or time.monotonic() - last_line >= self.every_seconds:
-                self.report()
-                last_line = time.monotonic()
-                last_generation = generation
 
 
 SEARCH_MIN_ROWS = 5_000
 # Successive halving inside TPOT: the first generation screens pipelines on a quarter of the search sample,
 # the survivors and every later generation are scored on all of it; a pipeline whose first folds fall below
 # the 30th (rising to the 60th) percentile of the scores seen so far is cut before its remaining folds run.
-# The winner is the best full-sample score (``full_sample_winner``): a quarter-sample score is noisier, and
-# TPOT's own pick would take a lucky one.
+# Only full-sample scores compete for the win (``full_sample_finalists``): a quarter-sample score is noisier,
+# and TPOT's own pick would take a lucky one.
 SEARCH_BUDGET_RANGE = [0.25, 1.0]
 SEARCH_GENERATIONS_UNTIL_FULL = 1
 SEARCH_PRUNING_PERCENTILES = [30, 60]
+# Pipelines refitted on every training row after a sampled search, judged on the validation split.
+SEARCH_FINALISTS = 3
 
 
 BOOSTED_SPACE = "churn-boosted"
@@ -203,16 +114,62 @@ def search_trace(evaluated: pd.DataFrame, score_column: str, started_at: float) 
     return trace
 
 
-def full_sample_winner(evaluated: pd.DataFrame | None, score_column: str) -> tuple[object, float, int] | None:
-    """The unfitted pipeline with the best score on the whole search sample, its score, and how many competed."""
+def model_family(recipe) -> str:
+    """The estimator class a recipe ends in (``HistGradientBoostingClassifier``, ``LogisticRegression``, ...)."""
+    final = recipe.steps[-1][1] if isinstance(recipe, Pipeline) else recipe
+    return type(final).__name__
+
+
+def full_sample_finalists(evaluated: pd.DataFrame | None, score_column: str,
+                          limit: int = 3) -> tuple[list[tuple[object, float]], int]:
+    """Up to ``limit`` distinct unfitted pipelines, best full-sample score first, and how many competed.
+
+    The best pipeline of each model family comes first (best overall leading), then the next best overall:
+    a search sample can rank a family high that the full data does not (logistic regression on 20k rows
+    of a million-customer population), so the refit compares families on every row.
+    """
     if evaluated is None or score_column not in evaluated or "Individual" not in evaluated:
-        return None
+        return [], 0
     frame = _scored_on_full_sample(evaluated)
-    scores = pd.to_numeric(frame[score_column], errors="coerce").dropna()
-    if scores.empty:
-        return None
-    best = scores.idxmax()
-    return frame.loc[best, "Individual"].export_pipeline(), float(scores.max()), int(len(scores))
+    scores = pd.to_numeric(frame[score_column], errors="coerce").dropna().sort_values(ascending=False, kind="stable")
+    ranked, seen = [], set()
+    for index, score in scores.items():
+        recipe = frame.loc[index, "Individual"].export_pipeline()
+        if repr(recipe) not in seen:  # TPOT re-evaluates identical pipelines bred twice
+            seen.add(repr(recipe))
+            ranked.append((recipe, float(score)))
+    leaders, families = [], set()
+    for recipe, score in ranked:
+        if model_family(recipe) not in families:
+            families.add(model_family(recipe))
+            leaders.append((recipe, score))
+    chosen = leaders[:limit]
+    chosen += [pick for pick in ranked if all(pick[0] is not c[0] for c in chosen)][:limit - len(chosen)]
+    return sorted(chosen, key=lambda pick: -pick[1]), int(len(scores))
+
+
+def choose_finalist(finalists: list[tuple[object, float]], x_train, y_train, x_valid, y_valid,
+                    judge_on_validation: bool) -> tuple[object, list[dict]]:
+    """Refit finalists on every training row and keep the best: on the validation split, or by search score.
+
+    ``judge_on_validation`` is for large data searched on a sample: the refitted models' validation ROC
+    AUC shows full-data behaviour the sample cannot. Otherwise only the best search score is refitted.
+    Returns the fitted winner and one record per finalist (what it was, its scores, its refit time).
+    """
+    records, fitted = [], []
+    for recipe, search_score in finalists if judge_on_validation else finalists[:1]:
+        started = time.monotonic()
+        model = refit_on_all(recipe, x_train, y_train)
+        record = {"family": model_family(recipe), "search_cv_roc_auc": round(search_score, 5),
+                  "refit_seconds": round(time.monotonic() - started, 1), "pipeline": repr(recipe)[:500]}
+        if judge_on_validation:
+            record["valid_roc_auc"] = round(float(roc_auc_score(y_valid, model.predict_proba(x_valid)[:, 1])), 5)
+        records.append(record)
+        fitted.append(model)
+    key = "valid_roc_auc" if judge_on_validation else "search_cv_roc_auc"
+    best = max(range(len(records)), key=lambda i: records[i][key])
+    records[best]["chosen"] = True
+    return fitted[best], records
 
 
 def refit_on_all(model, x, y):
@@ -220,28 +177,6 @@ def refit_on_all(model, x, y):
     from sklearn.base import clone
 
     return clone(model).fit(x, y)
-
-
-class _RemoteCluster:
-    """Stand-in for ``client.cluster`` when the client was opened by address.
-
-    TPOT 1.1 sizes its submission queue with ``len(client.cluster.workers)``, but a
-    ``distributed.Client(address)`` has ``cluster = None`` (only clients built from a
-    cluster object have one), so TPOT crashes with AttributeError on a remote scheduler.
-    One slot per worker thread keeps every thread busy, as TPOT's own local cluster does.
-    """
-
-    def __init__(self, slots: int):
-        self.workers = list(range(max(slots, 1)))
-
-
-def _attach_remote_cluster(client) -> int:
-    """Give an address-opened Dask client the ``cluster.workers`` TPOT reads; returns the slot count."""
-    workers = client.scheduler_info().get("workers", {})
-    slots = sum(int(w.get("nthreads", 1)) for w in workers.values())
-    if getattr(client, "cluster", None) is None:
-        client.cluster = _RemoteCluster(slots)
-    return max(slots, 1)
 
 
 def fit_tpot(
@@ -293,7 +228,7 @@ def fit_tpot(
                 f"cannot reach the Dask scheduler at {dask_scheduler_address} ({exc}): start it, fix "
                 "CHURN_DASK_SCHEDULER_ADDRESS, or unset it to let TPOT start a local cluster"
             ) from exc
-        slots = _attach_remote_cluster(client)
+        slots = attach_remote_cluster(client)
         log.info("TPOT uses the Dask cluster at %s (%s worker threads)", dask_scheduler_address, slots)
     search = TPOTClassifier(
         search_space=churn_search_space(search_space, random_state),
@@ -336,16 +271,25 @@ def fit_tpot(
     if getattr(search, "fitted_pipeline_", None) is None:
         raise SearchFoundNothing("TPOT found no pipeline within the budget: raise CHURN_TRAIN_BUDGET_MINUTES")
     searched = time.monotonic() - started
-    chosen = full_sample_winner(getattr(search, "evaluated_individuals", None), search.objective_names[0])
-    if chosen is None:  # nothing scored on the full sample yet (a very short budget): TPOT's own pick
-        recipe, rule = search.fitted_pipeline_, "TPOT's pick (no pipeline was scored on the full search sample)"
-    else:
-        recipe, score, competed = chosen
-        rule = f"best of {competed} full-sample scores (CV ROC AUC {score:.4f})"
+    finalists, competed = full_sample_finalists(getattr(search, "evaluated_individuals", None),
+                                                search.objective_names[0], SEARCH_FINALISTS)
+    x_valid, y_valid = prep.transform(to_model_input(valid, signature)), labels(valid, signature)
+    # Large data searched on a sample: the finalists are judged refitted on every row, on the validation split
+    # (the stage's own selection rule for such data). Small data: the search's CV on (nearly) all rows decides.
+    judge_on_validation = (len(y_search) < 0.5 * len(y_train) and len(finalists) > 1
+                           and int(y_valid.sum()) >= VALIDATION_MIN_POSITIVES)
     refit_started = time.monotonic()
-    winner = refit_on_all(recipe, x_train, y_train)
+    if not finalists:  # nothing scored on the full sample yet (a very short budget): TPOT's own pick
+        rule, finalist_records = "TPOT's pick (no pipeline was scored on the full search sample)", []
+        winner = refit_on_all(search.fitted_pipeline_, x_train, y_train)
+    else:
+        winner, finalist_records = choose_finalist(finalists, x_train, y_train, x_valid, y_valid, judge_on_validation)
+        rule = (f"best validation ROC AUC of {len(finalists)} finalists (best per model family, then by score, of "
+                f"{competed} full-sample scores) refitted on all training rows" if judge_on_validation else
+                f"best of {competed} full-sample scores (CV ROC AUC {finalists[0][1]:.4f})")
     refit_seconds = time.monotonic() - refit_started
-    log.info("TPOT winner (%s) refitted on all %s training rows in %.1f s", rule, len(y_train), refit_seconds)
+    log.info("TPOT winner (%s) refitted on all %s training rows; refits took %.1f s", rule, len(y_train),
+             refit_seconds)
     pipeline = Pipeline([("prep", prep), ("model", winner)])
     auc = roc_auc_score(labels(valid, signature), pipeline.predict_proba(to_model_input(valid, signature))[:, 1])
     elapsed = time.monotonic() - started
@@ -357,7 +301,7 @@ def fit_tpot(
               "best_cv_roc_auc": state.get("best"), "pipeline": str(winner)[:2000], "winner_rule": rule,
               "search_rows": int(len(y_search)), "search_rows_reason": search_rows_reason or None,
               "train_rows": int(len(y_train)), "search_seconds": round(searched, 1),
-              "refit_seconds": round(refit_seconds, 1), "successive_halving": {
+              "refit_seconds": round(refit_seconds, 1), "finalists": finalist_records, "successive_halving": {
                   "budget_range": SEARCH_BUDGET_RANGE, "generations_until_full": SEARCH_GENERATIONS_UNTIL_FULL,
                   "pruning_percentiles": SEARCH_PRUNING_PERCENTILES},
               "search_trace": search_trace(getattr(search, "evaluated_individuals", None),
