@@ -99,7 +99,8 @@ def one_run(prepared: dict, customers: int, seed: int, budget: float, cfg: Churn
     out["candidates"]["tpot"] = score(tpot, train, valid, test, signature, cfg, seed)
     out["tpot"] = {key: tpot.params.get(key) for key in ("search_rows", "train_rows", "pipelines_scored",
                                                          "generations", "search_seconds", "refit_seconds",
-                                                         "pipeline", "search_trace")}
+                                                         "pipeline", "winner_rule", "finalists",
+                                                         "search_trace")}
     bar = defaults_on_search_sample(prepared, rows, cfg, seed)
     beaten = [at for at, best in tpot.params["search_trace"] if best > bar]
     out["tpot"]["best_default_on_search_sample"] = round(bar, 5)

@@ -127,7 +127,8 @@ def one_run(frame: pd.DataFrame, seed: int, budget: float, args: argparse.Namesp
            "champion_test_roc_auc": project[champion]["test_roc_auc"], "best_baseline": best_baseline,
            "best_baseline_test_roc_auc": round(base[best_baseline], 4),
            "tpot": {key: tpot.get(key) for key in ("search_seconds", "generations", "pipelines_scored",
-                                                   "best_cv_roc_auc", "pipeline", "search_trace")}}
+                                                   "best_cv_roc_auc", "pipeline", "winner_rule", "finalists",
+                                                   "search_trace")}}
     log.info("seed %s budget %s: champion %s %.4f, best baseline %s %.4f", seed, budget, champion,
              out["champion_test_roc_auc"], best_baseline, base[best_baseline])
     return out

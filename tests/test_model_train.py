@@ -167,11 +167,11 @@ def test_finalists_are_full_sample_scores_led_by_the_best_of_each_model_family()
                        Individual(linear_b), Individual(boosted), Individual(LogisticRegression(C=9.0))]})
     finalists, competed = full_sample_finalists(evaluated, "roc_auc_score", limit=3)
     assert competed == 4  # the quarter-sample score and the timeout do not compete
-    # the best linear model leads; the boosted model is in although three linear ones scored higher;
-    # the duplicate of linear_a (bred twice) counts once
+    # each family's best first (the best overall leading), then the next best; the boosted model is in
+    # although three linear ones scored higher; the duplicate of linear_a (bred twice) counts once
     assert [(type(r).__name__, r.get_params().get("C", r.get_params().get("max_leaf_nodes")), s)
-            for r, s in finalists] == [("LogisticRegression", 1.0, 0.84), ("LogisticRegression", 2.0, 0.83),
-                                       ("HistGradientBoostingClassifier", 7, 0.80)]
+            for r, s in finalists] == [("LogisticRegression", 1.0, 0.84), ("HistGradientBoostingClassifier", 7, 0.80),
+                                       ("LogisticRegression", 2.0, 0.83)]
     assert full_sample_finalists(evaluated, "roc_auc_score", limit=1)[0] == [(linear_a, 0.84)]
     assert full_sample_finalists(evaluated[evaluated["Budget"] < 1], "roc_auc_score") == ([], 0)
 
@@ -192,6 +192,11 @@ def test_finalists_refitted_on_all_rows_are_judged_on_validation_when_asked():
     assert isinstance(model, LogisticRegression) and model.n_features_in_ == 3
     assert [r.get("chosen", False) for r in records] == [False, True]
     assert records[1]["valid_roc_auc"] > 0.9 and records[0]["valid_roc_auc"] == 0.5
+    # refits out of time after the first: the others are skipped and say why
+    model, records = choose_finalist(finalists, x[:3000], y[:3000], x[3000:], y[3000:], judge_on_validation=True,
+                                     refit_budget_seconds=0)
+    assert isinstance(model, DummyClassifier) and records[0]["chosen"] and "skipped" not in records[0]
+    assert "valid_roc_auc" not in records[1] and records[1]["skipped"].startswith("refits had taken")
     # small data: the search score decides and only that pipeline is refitted
     model, records = choose_finalist(finalists, x[:3000], y[:3000], x[3000:], y[3000:], judge_on_validation=False)
     assert isinstance(model, DummyClassifier) and len(records) == 1 and "valid_roc_auc" not in records[0]

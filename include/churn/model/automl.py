@@ -122,7 +122,7 @@ def model_family(recipe) -> str:
 
 def full_sample_finalists(evaluated: pd.DataFrame | None, score_column: str,
                           limit: int = 3) -> tuple[list[tuple[object, float]], int]:
-    """Up to ``limit`` distinct unfitted pipelines, best full-sample score first, and how many competed.
+    """Up to ``limit`` distinct unfitted pipelines scored on the full search sample, and how many competed.
 
     The best pipeline of each model family comes first (best overall leading), then the next best overall:
     a search sample can rank a family high that the full data does not (logistic regression on 20k rows
@@ -143,31 +143,41 @@ def full_sample_finalists(evaluated: pd.DataFrame | None, score_column: str,
         if model_family(recipe) not in families:
             families.add(model_family(recipe))
             leaders.append((recipe, score))
-    chosen = leaders[:limit]
+    chosen = leaders[:limit]  # family leaders first: if refits run out of time, each family was still tried
     chosen += [pick for pick in ranked if all(pick[0] is not c[0] for c in chosen)][:limit - len(chosen)]
-    return sorted(chosen, key=lambda pick: -pick[1]), int(len(scores))
+    return chosen, int(len(scores))
 
 
 def choose_finalist(finalists: list[tuple[object, float]], x_train, y_train, x_valid, y_valid,
-                    judge_on_validation: bool) -> tuple[object, list[dict]]:
+                    judge_on_validation: bool, refit_budget_seconds: float | None = None) -> tuple[object, list[dict]]:
     """Refit finalists on every training row and keep the best: on the validation split, or by search score.
 
     ``judge_on_validation`` is for large data searched on a sample: the refitted models' validation ROC
     AUC shows full-data behaviour the sample cannot. Otherwise only the best search score is refitted.
-    Returns the fitted winner and one record per finalist (what it was, its scores, its refit time).
+    Once the refits have taken ``refit_budget_seconds``, the finalists not yet refitted are skipped (the
+    first always is). Returns the fitted winner and one record per finalist (what it was, its scores,
+    its refit time, or why it was skipped).
     """
-    records, fitted = [], []
+    records, fitted, started_all = [], [], time.monotonic()
     for recipe, search_score in finalists if judge_on_validation else finalists[:1]:
+        record = {"family": model_family(recipe), "search_cv_roc_auc": round(search_score, 5),
+                  "pipeline": repr(recipe)[:500]}
+        records.append(record)
+        spent = time.monotonic() - started_all
+        if fitted and refit_budget_seconds is not None and spent >= refit_budget_seconds:
+            record["skipped"] = f"refits had taken {spent:.0f} s of their {refit_budget_seconds:.0f} s"
+            fitted.append(None)
+            continue
         started = time.monotonic()
         model = refit_on_all(recipe, x_train, y_train)
-        record = {"family": model_family(recipe), "search_cv_roc_auc": round(search_score, 5),
-                  "refit_seconds": round(time.monotonic() - started, 1), "pipeline": repr(recipe)[:500]}
+        record["refit_seconds"] = round(time.monotonic() - started, 1)
         if judge_on_validation:
             record["valid_roc_auc"] = round(float(roc_auc_score(y_valid, model.predict_proba(x_valid)[:, 1])), 5)
-        records.append(record)
+        log.info("finalist %s (search CV ROC AUC %.4f) refitted in %.1f s, validation ROC AUC %s", record["family"],
+                 search_score, record["refit_seconds"], record.get("valid_roc_auc", "not judged"))
         fitted.append(model)
     key = "valid_roc_auc" if judge_on_validation else "search_cv_roc_auc"
-    best = max(range(len(records)), key=lambda i: records[i][key])
+    best = max((i for i in range(len(records)) if fitted[i] is not None), key=lambda i: records[i][key])
     records[best]["chosen"] = True
     return fitted[best], records
 
@@ -283,7 +293,9 @@ def fit_tpot(
         rule, finalist_records = "TPOT's pick (no pipeline was scored on the full search sample)", []
         winner = refit_on_all(search.fitted_pipeline_, x_train, y_train)
     else:
-        winner, finalist_records = choose_finalist(finalists, x_train, y_train, x_valid, y_valid, judge_on_validation)
+        # the refits may take about the search budget again (plus the one running when it is spent)
+        winner, finalist_records = choose_finalist(finalists, x_train, y_train, x_valid, y_valid, judge_on_validation,
+                                                   refit_budget_seconds=budget_minutes * 60)
         rule = (f"best validation ROC AUC of {len(finalists)} finalists (best per model family, then by score, of "
                 f"{competed} full-sample scores) refitted on all training rows" if judge_on_validation else
                 f"best of {competed} full-sample scores (CV ROC AUC {finalists[0][1]:.4f})")
