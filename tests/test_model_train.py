@@ -251,3 +251,22 @@ def test_selection_judges_the_fitted_model_on_a_large_validation_split():
     few = valid.iloc[:300]
     assert labels(few, sig).sum() < VALIDATION_MIN_POSITIVES
     assert selection_estimate(model, train, few, sig, folds=5, max_rows=5_000)["cv_folds"] == 5
+
+
+def test_a_sampled_search_on_large_data_refits_finalists_and_keeps_the_best_on_validation(cluster):
+    data = frame(5000, seed=9)
+    train, valid = data.iloc[:4000], data.iloc[4000:]  # ~350 validation positives: enough to judge on
+    sig = signature(train)
+    cand = fit_tpot(train, valid, sig, budget_minutes=0.3, max_eval_minutes=0.1, search_space="churn-boosted", cv=2,
+                    population_size=6, n_jobs=1, random_state=3, dask_scheduler_address=cluster.scheduler_address,
+                    progress_seconds=5, search_rows=1000, search_rows_reason="test")  # 1000 < half of 4000
+    finalists = cand.params["finalists"]
+    assert len(finalists) >= 2, finalists
+    assert cand.params["winner_rule"].startswith("best validation ROC AUC of"), cand.params["winner_rule"]
+    refitted = [f for f in finalists if "skipped" not in f]
+    assert all(f["refit_seconds"] >= 0 and 0.5 < f["valid_roc_auc"] <= 1 for f in refitted)
+    (chosen,) = [f for f in finalists if f.get("chosen")]
+    assert chosen["valid_roc_auc"] == max(f["valid_roc_auc"] for f in refitted)
+    assert abs(chosen["valid_roc_auc"] - cand.valid_roc_auc) < 1e-5  # the candidate is the chosen refit
+    assert cand.pipeline.named_steps["model"].n_features_in_ > 0
+    assert len({f["pipeline"] for f in finalists}) == len(finalists)  # distinct pipelines
