@@ -32,6 +32,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
 
+from bench.paired import paired_difference
 from churn.config import ChurnConfig
 from churn.data.generate import generate, load_source_tables
 from churn.data.ingest import BOOLEAN_FEATURES, CATEGORICAL_FEATURES, NUMERIC_FEATURES, extract_snapshot
@@ -195,14 +196,13 @@ def summarize(runs: list[dict], populations: list[int], budgets: list[float]) ->
             med.update({f"{name}_test_roc_auc": round(float(np.median([r["candidates"][name]["test_roc_auc"]
                                                                         for r in group])), 4)
                         for name in group[0]["candidates"]})
-            gains = [round(r["champion_test_roc_auc"] - r["best_baseline_test_roc_auc"], 4) for r in group]
-            gaps = [round(r["oracle_test_roc_auc"] - r["champion_test_roc_auc"], 4) for r in group]
-            med["champion_minus_best_baseline_per_seed"] = gains
-            med["champion_minus_best_baseline"] = round(float(np.median(gains)), 4)
-            med["champion_minus_best_baseline_unpaired"] = round(med["champion_test_roc_auc"]
-                                                                 - med["best_baseline_test_roc_auc"], 4)
-            med["oracle_minus_champion_per_seed"] = gaps
-            med["oracle_minus_champion"] = round(float(np.median(gaps)), 4)
+            gain = paired_difference(group, "champion_test_roc_auc", "best_baseline_test_roc_auc")
+            gap = paired_difference(group, "oracle_test_roc_auc", "champion_test_roc_auc")
+            med["champion_minus_best_baseline_per_seed"] = gain["per_seed"]
+            med["champion_minus_best_baseline"] = gain["median"]
+            med["champion_minus_best_baseline_unpaired"] = gain["unpaired"]
+            med["oracle_minus_champion_per_seed"] = gap["per_seed"]
+            med["oracle_minus_champion"] = gap["median"]
             scored = [r["tpot"]["pipelines_scored"] or 0 for r in group]
             to_beat = [r["tpot"]["seconds_to_beat_best_default"] for r in group]
             med["tpot_pipelines_scored"] = scored

@@ -43,6 +43,9 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
+sys.path.insert(0, str(ROOT))
+
+from bench.paired import paired_difference  # noqa: E402
 
 from churn.config import ChurnConfig  # noqa: E402
 from churn.model.features import ModelSignature, labels, to_model_input  # noqa: E402
@@ -161,16 +164,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def paired_gain(group: list[dict]) -> dict:
-    """Champion minus best baseline per seed (same test split), its median, and the unpaired difference."""
-    gains = [round(r["champion_test_roc_auc"] - r["best_baseline_test_roc_auc"], 4) for r in group]
-    unpaired = (np.median([r["champion_test_roc_auc"] for r in group])
-                - np.median([r["best_baseline_test_roc_auc"] for r in group]))
-    return {"champion_minus_best_baseline_per_seed": gains,
-            "champion_minus_best_baseline": round(float(np.median(gains)), 4),
-            "champion_minus_best_baseline_unpaired": round(float(unpaired), 4)}
-
-
 def write(args: argparse.Namespace, frame: pd.DataFrame, runs: list[dict], started: float,
           load_before: tuple) -> None:
     """Medians per budget (target: champion >= 0.845 at 2 minutes) and every run, to ``args.out``."""
@@ -189,7 +182,10 @@ def write(args: argparse.Namespace, frame: pd.DataFrame, runs: list[dict], start
                                                                for r in group])), 4)
         med["champions"] = [r["champion"] for r in group]
         med["tpot_pipelines_scored"] = [r["tpot"]["pipelines_scored"] for r in group]
-        med.update(paired_gain(group))
+        gain = paired_difference(group, "champion_test_roc_auc", "best_baseline_test_roc_auc")
+        med.update({"champion_minus_best_baseline_per_seed": gain["per_seed"],
+                    "champion_minus_best_baseline": gain["median"],
+                    "champion_minus_best_baseline_unpaired": gain["unpaired"]})
         med["target_0.845"] = med["champion_test_roc_auc"] >= 0.845
         summary.append(med)
     result = {

@@ -303,7 +303,7 @@ def fit_tpot(
     log.info("TPOT winner (%s) refitted on all %s training rows; refits took %.1f s", rule, len(y_train),
              refit_seconds)
     pipeline = Pipeline([("prep", prep), ("model", winner)])
-    auc = roc_auc_score(labels(valid, signature), pipeline.predict_proba(to_model_input(valid, signature))[:, 1])
+    auc = roc_auc_score(y_valid, winner.predict_proba(x_valid)[:, 1])  # = the pipeline's: x_valid is prep's output
     elapsed = time.monotonic() - started
     log.info("TPOT search done in %.0f s: best %s, validation ROC AUC %.4f", elapsed, winner, auc)
     params = {"search_space": search_space, "budget_minutes": budget_minutes, "max_eval_minutes": max_eval_minutes,
