@@ -39,9 +39,8 @@ from churn.data.ingest import BOOLEAN_FEATURES, CATEGORICAL_FEATURES, NUMERIC_FE
 from churn.dev.services import EmbeddedServices, ensure_database
 from churn.dev.stack import free_port
 from churn.model.features import ModelSignature, build_preprocessor, labels, to_model_input
-from churn.model.automl import fit_tpot, search_sample_size
-from churn.model.train import (fit_baseline, fit_hist_gradient_boosting, selection_estimate, split_ids,
-                               stratified_sample)
+from churn.model.automl import fit_tpot, search_options
+from churn.model.train import fit_defaults, selection_estimate, split_ids, stratified_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 AS_OF = date(2026, 11, 20)
@@ -59,7 +58,7 @@ def prepare(conn, customers: int, seed: int, cfg: ChurnConfig, work: Path) -> di
     train, valid, test = (snapshot[part == name].reset_index(drop=True) for name in ("train", "valid", "test"))
     signature = ModelSignature.infer(train, "customer_id", "churned", NUMERIC_FEATURES, BOOLEAN_FEATURES,
                                      CATEGORICAL_FEATURES)
-    defaults = [fit_baseline(train, valid, signature, seed), fit_hist_gradient_boosting(train, valid, signature, seed)]
+    defaults = fit_defaults(train, valid, signature, seed)
     y_test = labels(test, signature)
     oracle = tables.oracle.set_index("customer_id").loc[test["customer_id"], "true_probability"]
     return {"train": train, "valid": valid, "test": test, "signature": signature, "y_test": y_test,
@@ -89,11 +88,9 @@ def defaults_on_search_sample(prepared: dict, rows: int, cfg: ChurnConfig, seed:
 def one_run(prepared: dict, customers: int, seed: int, budget: float, cfg: ChurnConfig) -> dict:
     """One budget on a prepared population: every candidate's, the champion's and the oracle's test ROC AUC."""
     train, valid, test, signature = (prepared[k] for k in ("train", "valid", "test", "signature"))
-    rows, why = search_sample_size(len(train), budget, cfg.search_rows_per_minute)
-    tpot = fit_tpot(train, valid, signature, budget_minutes=budget, max_eval_minutes=cfg.max_eval_minutes,
-                    search_space=cfg.tpot_search_space, cv=cfg.tpot_cv, population_size=cfg.tpot_population_size,
-                    n_jobs=cfg.n_jobs, random_state=seed, progress_seconds=60, search_rows=rows,
-                    search_rows_reason=why)
+    options = search_options(cfg.replace(train_budget_minutes=budget, random_state=seed), len(train))
+    tpot = fit_tpot(train, valid, signature, **{**options, "progress_seconds": 60})  # the train stage's search
+    rows = options["search_rows"]
     out: dict = {"customers": customers, "seed": seed, "budget_minutes": budget, "train_rows": len(train),
                  "test_rows": len(test), "test_positives": int(prepared["y_test"].sum()),
                  "candidates": {cand.name: scores for cand, scores in prepared["defaults"]}}

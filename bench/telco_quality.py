@@ -49,8 +49,8 @@ from bench.paired import paired_difference  # noqa: E402
 
 from churn.config import ChurnConfig  # noqa: E402
 from churn.model.features import ModelSignature, labels, to_model_input  # noqa: E402
-from churn.model.automl import fit_tpot  # noqa: E402
-from churn.model.train import fit_baseline, fit_hist_gradient_boosting, selection_estimate  # noqa: E402
+from churn.model.automl import fit_tpot, search_options  # noqa: E402
+from churn.model.train import fit_defaults, selection_estimate  # noqa: E402
 
 log = logging.getLogger("bench.telco_quality")
 
@@ -109,13 +109,12 @@ def one_run(frame: pd.DataFrame, seed: int, budget: float, args: argparse.Namesp
     # the model stage: its own split of the 80 % into train / validation, candidates, the stage's selection rule
     fit_part, valid = train_test_split(train, test_size=0.125, stratify=train[LABEL], random_state=seed)
     signature = ModelSignature.infer(fit_part, ID, LABEL, NUMERIC, BOOLEAN, CATEGORICAL)
-    candidates = [fit_baseline(fit_part, valid, signature, seed),
-                  fit_hist_gradient_boosting(fit_part, valid, signature, seed)]
-    candidates.append(fit_tpot(
-        fit_part, valid, signature, budget_minutes=budget, max_eval_minutes=args.max_eval_minutes,
-        search_space=args.search_space, cv=args.cv, population_size=args.population_size, n_jobs=args.n_jobs,
-        random_state=seed, progress_seconds=60,
-    ))
+    candidates = fit_defaults(fit_part, valid, signature, seed)
+    cfg = defaults.replace(train_budget_minutes=budget, max_eval_minutes=args.max_eval_minutes,
+                           tpot_search_space=args.search_space, tpot_cv=args.cv,
+                           tpot_population_size=args.population_size, n_jobs=args.n_jobs, random_state=seed)
+    candidates.append(fit_tpot(fit_part, valid, signature, **{**search_options(cfg, len(fit_part)),
+                                                              "progress_seconds": 60}))  # the train stage's search
     x_test, y_test = to_model_input(signature.enforce(test), signature), labels(test, signature)
     project = {c.name: {"valid_roc_auc": round(c.valid_roc_auc, 4),
                         **selection_estimate(c.pipeline, fit_part, valid, signature, folds=defaults.cv_folds,

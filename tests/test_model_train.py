@@ -97,6 +97,32 @@ def test_search_sample_is_sized_to_the_budget_and_says_why():
     assert search_sample_size(418_000, 60, 10_000)[0] == 418_000
 
 
+def test_search_options_carry_the_config_into_fit_tpot_with_the_sample_size():
+    import inspect
+
+    from churn.config import ChurnConfig
+    from churn.model.automl import search_options
+
+    cfg = ChurnConfig().replace(train_budget_minutes=3, search_rows_per_minute=4_000, tpot_cv=4, random_state=11,
+                                tpot_search_space="linear-light", dask_scheduler_address="tcp://127.0.0.1:8786")
+    options = search_options(cfg, 100_000)
+    assert set(options) <= set(inspect.signature(fit_tpot).parameters)  # the stage and benches call fit_tpot(**options)
+    assert (options["budget_minutes"], options["cv"], options["random_state"]) == (3, 4, 11)
+    assert options["search_space"] == "linear-light" and options["dask_scheduler_address"] == "tcp://127.0.0.1:8786"
+    assert options["search_rows"] == 12_000 and "12000 of 100000" in options["search_rows_reason"]
+    assert search_options(cfg, 9_000)["search_rows"] == 9_000  # fewer rows than the sample: all of them
+
+
+def test_the_defaults_are_the_logistic_baseline_and_hist_gradient_boosting():
+    from churn.model.train import fit_defaults
+
+    data = frame(1500, seed=4)
+    sig = signature(data)
+    defaults = fit_defaults(data.iloc[:1200], data.iloc[1200:], sig, random_state=0)
+    assert [c.name for c in defaults] == ["logistic_baseline", "hist_gradient_boosting"]
+    assert all(0.5 < c.valid_roc_auc <= 1 for c in defaults)  # both learned something from the rows given
+
+
 def test_the_search_runs_on_a_sample_and_the_winner_is_refitted_on_every_training_row(cluster):
     data = frame(4000, seed=6)
     train, valid = data.iloc[:3000], data.iloc[3000:]

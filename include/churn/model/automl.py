@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,9 @@ from churn.model.features import ModelSignature, build_preprocessor, labels, to_
 from churn.model.train import (VALIDATION_MIN_POSITIVES, Candidate, SearchFoundNothing, TrainingError,
                                stratified_sample)
 from churn.model.tpot_runtime import SearchProgress, attach_remote_cluster
+
+if TYPE_CHECKING:
+    from churn.config import ChurnConfig
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +89,16 @@ def search_sample_size(train_rows: int, budget_minutes: float, rows_per_minute: 
     return target, (f"stratified sample of {target} of {train_rows} training rows: {budget_minutes:g} min of budget "
                     f"x CHURN_SEARCH_ROWS_PER_MINUTE={rows_per_minute} (at least {SEARCH_MIN_ROWS}), so the "
                     "search scores many pipelines; the winner is refitted on every training row")
+
+
+def search_options(cfg: ChurnConfig, train_rows: int) -> dict:
+    """``fit_tpot``'s keyword arguments from the config, the search sample sized for ``train_rows`` included."""
+    search_rows, search_reason = search_sample_size(train_rows, cfg.train_budget_minutes, cfg.search_rows_per_minute)
+    return {"budget_minutes": cfg.train_budget_minutes, "max_eval_minutes": cfg.max_eval_minutes,
+            "search_space": cfg.tpot_search_space, "cv": cfg.tpot_cv, "population_size": cfg.tpot_population_size,
+            "n_jobs": cfg.n_jobs, "random_state": cfg.random_state, "dask_scheduler_address": cfg.dask_scheduler_address,
+            "progress_seconds": cfg.train_progress_seconds, "search_rows": search_rows,
+            "search_rows_reason": search_reason}
 
 
 def _scored_on_full_sample(evaluated: pd.DataFrame) -> pd.DataFrame:

@@ -86,6 +86,13 @@ def fit_hist_gradient_boosting(train: pd.DataFrame, valid: pd.DataFrame, signatu
                      {"estimator": "HistGradientBoostingClassifier", **params, "random_state": random_state})
 
 
+def fit_defaults(train: pd.DataFrame, valid: pd.DataFrame, signature: ModelSignature,
+                 random_state: int) -> list[Candidate]:
+    """The strong defaults fitted on every retrain (logistic, HistGradientBoosting): what the search must beat."""
+    return [fit_baseline(train, valid, signature, random_state),
+            fit_hist_gradient_boosting(train, valid, signature, random_state)]
+
+
 def stratified_sample(x, y, rows: int | None, random_state: int):
     """At most ``rows`` rows of (x, y), stratified on y; all of them when ``rows`` is None or not smaller."""
     if rows is None or rows >= len(y):

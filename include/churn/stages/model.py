@@ -60,9 +60,9 @@ def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict
     from churn.data.spec import load_run_spec
     from churn.model.features import ModelSignature
     from churn.model.registry import file_sha256, version_name
+    from churn.model.automl import search_options
     from churn.model.search import run_search
-    from churn.model.automl import search_sample_size
-    from churn.model.train import SearchFoundNothing, fit_baseline, fit_hist_gradient_boosting, selection_estimate
+    from churn.model.train import SearchFoundNothing, fit_defaults, selection_estimate
 
     started = time.monotonic()
     cfg = cfg_for(cfg, run)
@@ -76,26 +76,18 @@ def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict
     signature = ModelSignature.infer(train_df, spec.id_column, spec.label_column, spec.numeric, spec.boolean,
                                      spec.categorical)
     # The defaults are trained every time: the champion is never below the best of them on the selection figure.
-    candidates = [fit_baseline(train_df, valid_df, signature, cfg.random_state),
-                  fit_hist_gradient_boosting(train_df, valid_df, signature, cfg.random_state)]
+    candidates = fit_defaults(train_df, valid_df, signature, cfg.random_state)
     tpot_error = None
     if not cfg.train_tpot:
         log.info("CHURN_TRAIN_TPOT=false: baseline only, no TPOT search")
     else:
-        search_rows, search_reason = search_sample_size(len(train_df), cfg.train_budget_minutes,
-                                                        cfg.search_rows_per_minute)
-        log.info("TPOT search rows: %s", search_reason)
+        options = search_options(cfg, len(train_df))
+        log.info("TPOT search rows: %s", options["search_rows_reason"])
         try:
             # In a child interpreter: TPOT's Dask processes cannot start inside an executor's task process.
             candidates.append(run_search({
                 "train_path": splits["paths"]["train"], "valid_path": splits["paths"]["valid"],
-                "signature": signature.as_dict(),
-                "fit": {"budget_minutes": cfg.train_budget_minutes, "max_eval_minutes": cfg.max_eval_minutes,
-                        "search_space": cfg.tpot_search_space, "cv": cfg.tpot_cv,
-                        "population_size": cfg.tpot_population_size, "n_jobs": cfg.n_jobs,
-                        "random_state": cfg.random_state, "dask_scheduler_address": cfg.dask_scheduler_address,
-                        "progress_seconds": cfg.train_progress_seconds, "search_rows": search_rows,
-                        "search_rows_reason": search_reason},
+                "signature": signature.as_dict(), "fit": options,
             }, Path(run["run_dir"]) / "search"))
         except SearchFoundNothing as exc:
             # The baseline is a full candidate: an empty search must not stop the night's scoring.
