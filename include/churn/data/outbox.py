@@ -45,16 +45,41 @@ CREATE TABLE IF NOT EXISTS churn.rescore_delta_rows (
     record jsonb NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rescore_outbox_done ON churn.rescore_outbox (done_at) WHERE done_at IS NOT NULL;
+"""
 
-CREATE OR REPLACE FUNCTION churn.record_rescore_events() RETURNS trigger LANGUAGE plpgsql AS $fn$
+# The trigger function runs on the source application's writes, so it must work for a role that has no right
+# on schema churn and must never make that write fail:
+# - SECURITY DEFINER, owned by OUTBOX_WRITER_ROLE (NOLOGIN, may only INSERT into the outbox): the writing role
+#   needs no grant on churn, and the function can do nothing else, whoever fires it;
+# - a pinned search_path (pg_catalog, then pg_temp) and schema-qualified names: a writer cannot make it resolve
+#   a name to an object of its own (operators resolve in pg_catalog, first on the path);
+# - an exception block: if the outbox insert fails (a revoked grant, a dropped table), the write still commits
+#   and a WARNING names the fix. Decision: an event lost is healed by the next nightly run (it re-scores
+#   everyone); a source write refused is an outage of the user's application.
+# FUNCTION_MARK in the body lets install tell this version from an older one and replace it.
+OUTBOX_WRITER_ROLE = "churn_outbox_writer"
+TRIGGER_FUNCTION = "churn.record_rescore_events()"
+FUNCTION_MARK = "churn outbox trigger v2"
+_PINNED_PATH = "search_path=pg_catalog, pg_temp"
+FUNCTION_DDL = """
+CREATE OR REPLACE FUNCTION churn.record_rescore_events() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+-- churn outbox trigger v2 (see churn.data.outbox)
 BEGIN
-    IF coalesce(current_setting('churn.suppress_outbox', true), '') = 'on' THEN
+    IF coalesce(pg_catalog.current_setting('churn.suppress_outbox', true), '') = 'on' THEN
         RETURN NULL;
     END IF;
-    -- TG_ARGV[0]: the customer id column of the table
-    EXECUTE format('INSERT INTO churn.rescore_outbox (customer_id, kind, source_table) '
-                   'SELECT DISTINCT (to_jsonb(r) ->> %L), %L, %L FROM changed_rows r',
-                   TG_ARGV[0], TG_TABLE_NAME, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME);
+    BEGIN
+        -- TG_ARGV[0]: the customer id column of the table
+        EXECUTE pg_catalog.format('INSERT INTO churn.rescore_outbox (customer_id, kind, source_table) '
+                                  'SELECT DISTINCT (pg_catalog.to_jsonb(r) ->> %L), %L, %L FROM changed_rows r',
+                                  TG_ARGV[0], TG_TABLE_NAME, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME);
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'churn: re-score event of %.% not recorded (%: %); the write itself succeeded',
+            TG_TABLE_SCHEMA, TG_TABLE_NAME, SQLSTATE, SQLERRM
+            USING HINT = 'run "python -m churn.data.outbox install" as a role that may create roles '
+                         '(it re-grants INSERT on churn.rescore_outbox to churn_outbox_writer)';
+    END;
     RETURN NULL;
 END
 $fn$;
@@ -80,23 +105,144 @@ class ClaimedEvent:
     """How many times it has been claimed, this claim included."""
 
 
-def ensure_outbox(conn) -> None:
-    """Create the outbox table and the trigger function (idempotent, no lock on the source tables)."""
+def ensure_outbox(conn, *, strict: bool = False) -> None:
+    """Create the outbox tables and the secured trigger function (idempotent, no lock on the source tables).
+
+    ``strict`` (installing triggers): a trigger function that cannot be secured is an :class:`OutboxError`
+    saying what a DBA must run; otherwise (the consumer's calls, which do not depend on it) a warning.
+    """
     # Checked first: CREATE INDEX IF NOT EXISTS locks the table before it looks, and would queue behind
     # (and block) the source's writers on every claim.
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass('churn.rescore_outbox_done') IS NOT NULL "
-                    "AND to_regclass('churn.rescore_delta_rows') IS NOT NULL "
-                    "AND to_regprocedure('churn.record_rescore_events()') IS NOT NULL")
+                    "AND to_regclass('churn.rescore_delta_rows') IS NOT NULL")
         if not cur.fetchone()[0]:
             cur.execute("SELECT pg_advisory_xact_lock(7414)")  # two first runs at once: one creates
             cur.execute(OUTBOX_DDL)
     conn.commit()
+    problems = trigger_function_problems(conn)
+    if not problems:
+        return
+    problems = _secure_trigger_function(conn) or trigger_function_problems(conn)
+    if problems:
+        message = (f"the re-score trigger function {TRIGGER_FUNCTION} is not safe to fire from the source "
+                   f"application's writes: {'; '.join(problems)}. Fix: run 'python -m churn.data.outbox install' as a "
+                   f"superuser, or have a DBA run: {_DBA_FIX}")
+        if strict:
+            raise OutboxError(message)
+        if not _warned:
+            _warned.append(True)
+            log.warning("%s", message)
+
+
+_warned: list[bool] = []  # the consumer's warning about an unsecured trigger function, once per process
+_DBA_FIX = (f"CREATE ROLE {OUTBOX_WRITER_ROLE} NOLOGIN; GRANT USAGE ON SCHEMA churn TO {OUTBOX_WRITER_ROLE}; "
+            f"GRANT INSERT ON churn.rescore_outbox TO {OUTBOX_WRITER_ROLE}; GRANT USAGE ON SEQUENCE "
+            f"churn.rescore_outbox_event_id_seq TO {OUTBOX_WRITER_ROLE}; then, as a superuser, the function of "
+            f"churn.data.outbox.FUNCTION_DDL, REVOKE ALL ON FUNCTION {TRIGGER_FUNCTION} FROM PUBLIC; "
+            f"ALTER FUNCTION {TRIGGER_FUNCTION} OWNER TO {OUTBOX_WRITER_ROLE}")
+
+
+def trigger_function_problems(conn) -> list[str]:
+    """What keeps the trigger function from being safe for any writer (empty when it is): owner, security, path."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """SELECT p.prosecdef, pg_get_userbyid(p.proowner), coalesce(%(path)s = ANY(p.proconfig), false),
+                      strpos(p.prosrc, %(mark)s) > 0,
+                      p.proacl IS NOT NULL AND NOT EXISTS (SELECT 1 FROM aclexplode(p.proacl) a WHERE a.grantee = 0),
+                      r.rolsuper OR r.rolcanlogin OR r.rolbypassrls
+               FROM pg_proc p JOIN pg_roles r ON r.oid = p.proowner
+               WHERE p.oid = to_regprocedure(%(fn)s)""",
+            {"path": _PINNED_PATH, "mark": FUNCTION_MARK, "fn": TRIGGER_FUNCTION})
+        row = cur.fetchone()
+        if row is None:
+            conn.rollback()
+            return [f"{TRIGGER_FUNCTION} does not exist"]
+        definer, owner, pinned, current, private, powerful = row
+        problems = []
+        if not current:
+            problems.append("it is an older version (without the exception block that keeps source writes safe)")
+        if not definer:
+            problems.append("it is not SECURITY DEFINER (it runs as the writing role, which needs rights on churn)")
+        if not pinned:
+            problems.append("its search_path is not pinned to 'pg_catalog, pg_temp'")
+        if not private:
+            problems.append("PUBLIC may execute it")
+        if owner != OUTBOX_WRITER_ROLE:
+            problems.append(f"it is owned by {owner}, not by the role {OUTBOX_WRITER_ROLE} that may only insert "
+                            "into the outbox")
+        elif powerful:
+            problems.append(f"its owner {owner} may log in or is a superuser (it must be NOLOGIN NOSUPERUSER)")
+        else:
+            cur.execute("SELECT has_schema_privilege(%(r)s, 'churn', 'USAGE') "
+                        "AND has_table_privilege(%(r)s, 'churn.rescore_outbox', 'INSERT') "
+                        "AND has_sequence_privilege(%(r)s, pg_get_serial_sequence('churn.rescore_outbox', 'event_id'), "
+                        "'USAGE')", {"r": OUTBOX_WRITER_ROLE})
+            if not cur.fetchone()[0]:
+                problems.append(f"{OUTBOX_WRITER_ROLE} may not insert into churn.rescore_outbox (USAGE on schema "
+                                "churn, INSERT on the table, USAGE on its sequence)")
+    conn.rollback()
+    return problems
+
+
+def _secure_trigger_function(conn) -> list[str]:
+    """(Re)create the trigger function as SECURITY DEFINER owned by the writer role; why not, when refused."""
+    import psycopg2
+    from psycopg2 import sql
+
+    role = sql.Identifier(OUTBOX_WRITER_ROLE)
+    for attempt in (1, 2):
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(7414)")
+                cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+                superuser = bool(cur.fetchone()[0])
+                cur.execute("SELECT rolsuper OR rolcanlogin OR rolbypassrls FROM pg_roles WHERE rolname = %s",
+                            (OUTBOX_WRITER_ROLE,))
+                found = cur.fetchone()
+                attributes = sql.SQL("NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS")
+                if found is None:
+                    cur.execute(sql.SQL("CREATE ROLE {} ").format(role) + attributes)
+                elif found[0]:
+                    cur.execute(sql.SQL("ALTER ROLE {} ").format(role) + attributes)
+                cur.execute(sql.SQL("GRANT USAGE ON SCHEMA churn TO {}").format(role))
+                # INSERT and nothing else: whoever fires the trigger, the function can only add outbox rows.
+                cur.execute(sql.SQL("REVOKE ALL ON churn.rescore_outbox FROM {}").format(role))
+                cur.execute(sql.SQL("GRANT INSERT ON churn.rescore_outbox TO {}").format(role))
+                cur.execute("SELECT pg_get_serial_sequence('churn.rescore_outbox', 'event_id')")
+                cur.execute(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sql.SQL(cur.fetchone()[0]), role))
+                cur.execute(FUNCTION_DDL)
+                # A trigger function cannot be called directly, but EXECUTE is what CREATE TRIGGER checks: only
+                # the installer may attach it to a table (so nobody else can write outbox rows through it).
+                cur.execute(f"REVOKE ALL ON FUNCTION {TRIGGER_FUNCTION} FROM PUBLIC")
+                cur.execute(sql.SQL(f"ALTER FUNCTION {TRIGGER_FUNCTION} OWNER TO {{}}").format(role))
+                if not superuser:
+                    cur.execute(f"GRANT EXECUTE ON FUNCTION {TRIGGER_FUNCTION} TO CURRENT_USER")
+            conn.commit()
+            log.info("re-score trigger function secured: SECURITY DEFINER, owned by %s", OUTBOX_WRITER_ROLE)
+            return []
+        except psycopg2.errors.DuplicateObject:
+            conn.rollback()  # roles are cluster-wide: another database's install created it meanwhile
+            if attempt == 2:
+                raise
+        except psycopg2.errors.InsufficientPrivilege as exc:
+            conn.rollback()  # nothing half-done: never a SECURITY DEFINER function owned by the installer
+            with conn.cursor() as cur:
+                cur.execute("SELECT current_user")
+                user = cur.fetchone()[0]
+            conn.rollback()
+            return [f"{user} may not set it up ({(exc.pgerror or str(exc)).strip().splitlines()[0]})",
+                    *trigger_function_problems(conn)]
+    return []
 
 
 def install_triggers(conn, tables: Iterable[str], id_column: str) -> list[str]:
-    """Statement-level INSERT and UPDATE triggers on each ``schema.table`` writing the outbox; returns those added."""
-    ensure_outbox(conn)
+    """Statement-level INSERT and UPDATE triggers on each ``schema.table`` writing the outbox; returns those added.
+
+    The trigger function is checked first (SECURITY DEFINER, pinned search_path, owned by the writer role):
+    an application role that may only write its own table must be able to go on writing it.
+    """
+    ensure_outbox(conn, strict=True)
     added = []
     with conn.cursor() as cur:
         for table in tables:
