@@ -86,8 +86,8 @@ def run_dag(size: int, services, tmp: Path, redis_db: int) -> dict:
     name = f"dagmem_{size}"
     ensure_database(services.pg_url("postgres"), name)
     pg_url = services.pg_url(name)
-    redis_url = f"redis://127.0.0.1:{services.redis_port}/{redis_db}"
-    redis.Redis.from_url(redis_url).flushdb()
+    redis_url = services.redis_url_db(redis_db)
+    redis.Redis.from_url(services.redis_admin_url(redis_db)).flushdb()  # the platform's user may not flush
     state = tmp / f"state_{size}"
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'include'}", "CHURN_STATE_DIR": str(state),
            "CHURN_TRAIN_TPOT": "false", "CHURN_PG_READER_ROLE": "", "CHURN_MAX_ROW_COUNT_CHANGE": "0.9"}

@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 state_dir=state, churn_pg_url=url, redis_url=services.redis_url,
                 metadata_url=services.pg_url(f"airflow_{executor}", driver="postgresql+psycopg2"),
                 api_port=free_port(), executor=executor,
-                celery_broker_url=f"redis://127.0.0.1:{services.redis_port}/1", celery_workers=2,
+                celery_broker_url=services.redis_url_db(1), celery_workers=2,
                 dask_scheduler_port=free_port(), dask_workers=1, dag_id="churn_scale_bench",
                 dags_folder=BENCH_DAGS, extra_env={"AIRFLOW__CORE__PARALLELISM": "8"},
             )

@@ -39,12 +39,12 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def services(tmp_path_factory) -> Iterator[EmbeddedServices]:
-    """Real PostgreSQL 16 + Redis 6.2 for the whole session."""
+    """Real PostgreSQL 16 + Valkey 9 (Redis protocol, ACL users with passwords) for the whole session."""
     state = tmp_path_factory.mktemp("services")
     embedded = EmbeddedServices(state, free_port(), free_port())
     embedded.start()
     yield embedded
-    embedded.stop()
+    embedded.clean()  # run as root, the data directory lives outside the temporary folder
 
 
 @pytest.fixture(scope="session")
@@ -93,8 +93,8 @@ def fresh_stores(services, pg_admin_url: str, name: str, redis_db: int, customer
     import redis
 
     fresh_databases(pg_admin_url, name)
-    pg_url, redis_url = services.pg_url(name), f"redis://127.0.0.1:{services.redis_port}/{redis_db}"
-    redis.Redis.from_url(redis_url).flushdb()
+    pg_url, redis_url = services.pg_url(name), services.redis_url_db(redis_db)
+    redis.Redis.from_url(services.redis_admin_url(redis_db)).flushdb()  # the platform's user may not flush
     if customers:
         from churn.data.generate import generate, load_source_tables
 
@@ -126,14 +126,14 @@ def require_dataset(path: Path) -> None:
 
 @pytest.fixture
 def redis_url(services) -> str:
-    """URL of the session Redis."""
+    """URL of the session Redis as the platform's user (what the pipeline gets: no KEYS, INFO, FLUSH, CONFIG)."""
     return services.redis_url
 
 
 @pytest.fixture
-def redis_client(redis_url) -> Iterator[redis.Redis]:
-    """Client on a flushed Redis."""
-    client = redis.Redis.from_url(redis_url)
+def redis_client(services) -> Iterator[redis.Redis]:
+    """Admin client on a flushed Redis (tests inspect with KEYS, INFO, SAVE; the pipeline's user may not)."""
+    client = redis.Redis.from_url(services.redis_admin_url())
     client.flushall()
     yield client
     client.close()

@@ -33,7 +33,7 @@ def running_stack(services, pg_admin_url: str, tmp: Path, name: str, executor: s
         state_dir=tmp / "state", churn_pg_url=pg_url, redis_url=redis_url,
         metadata_url=services.pg_url(f"{name}_airflow", driver="postgresql+psycopg2"),
         api_port=free_port(), executor=executor,
-        celery_broker_url=f"redis://127.0.0.1:{services.redis_port}/{redis_db + 1}",
+        celery_broker_url=services.redis_url_db(redis_db + 1),
         dask_scheduler_port=free_port(), churn_env=dict(churn),
         # A killed worker's task is noticed in seconds, not the default 5 minutes.
         extra_env={"AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",

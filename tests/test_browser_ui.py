@@ -74,7 +74,7 @@ def airflow_ui(services, pg_admin_url, tmp_path_factory):
             cur.execute(f"CREATE DATABASE {name}")
     admin.close()
     pg_url = services.pg_url("ui")
-    redis_url = f"redis://127.0.0.1:{services.redis_port}/5"
+    redis_url = services.redis_url_db(5)
     # The form's default logical date is "now": the population is generated as of today (UTC).
     today = datetime.now(timezone.utc).date()
     conn = psycopg2.connect(pg_url)

@@ -1,11 +1,14 @@
-"""The embedded PostgreSQL launcher closes a data directory made by an older checkout (trust on TCP)."""
+"""The embedded servers are closed: passwords on TCP, Redis ACL users, private files, ancestors left alone."""
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
 
 import psycopg2
 import pytest
+import redis
 
 from churn.dev import services as sv
 from tests.conftest import free_port
@@ -14,13 +17,11 @@ pytestmark = pytest.mark.integration
 
 
 def test_a_trust_data_dir_is_closed_on_start_and_the_password_is_required(tmp_path):
-    pg_dir = tmp_path / "postgres"
-    pg_dir.mkdir()
-    as_user = sv._as_pg_user()
-    sv._open_path_for(pg_dir, as_user)
+    pg_dir = sv.private_dir(tmp_path / "postgres")
+    paths = sv.pg_paths(pg_dir)
     # what `make services` did before passwords: every TCP login trusted
-    subprocess.run([sv._pg_bin("initdb"), "-D", str(pg_dir / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                    "--no-locale"], check=True, capture_output=True, **as_user)
+    paths.run([paths.bin("initdb"), "-D", str(paths.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+               "--no-locale"], check=True)
     port = free_port()
     sv.start_postgres(pg_dir, port)
     try:
@@ -33,3 +34,131 @@ def test_a_trust_data_dir_is_closed_on_start_and_the_password_is_required(tmp_pa
         psycopg2.connect(host="127.0.0.1", port=port, user="postgres", password=password, dbname="churn").close()
     finally:
         sv.stop_postgres(pg_dir)
+        sv.remove_outside_data(pg_dir)
+
+
+def test_postgres_as_root_leaves_the_state_folder_and_its_ancestors_as_they_were(tmp_path):
+    """Run as root, the server's user gets its own folder outside; no mode above or in the state folder changes."""
+    state = tmp_path / "state"
+    tmp_path.chmod(0o700)  # like a home folder: the server's system user may not traverse it
+    ancestors = {p: p.stat().st_mode for p in [tmp_path, *tmp_path.parents]}
+    pg_dir = sv.private_dir(state) / "postgres"
+    port = free_port()
+    sv.start_postgres(pg_dir, port)
+    try:
+        psycopg2.connect(host="127.0.0.1", port=port, user="postgres", password=sv.superuser_password(pg_dir),
+                         dbname="churn", connect_timeout=5).close()
+        assert {p: p.stat().st_mode for p in ancestors} == ancestors
+        assert state.stat().st_mode & 0o777 == 0o700 and pg_dir.stat().st_mode & 0o777 == 0o700
+        paths = sv.pg_paths(pg_dir, create=False)
+        assert paths.data.stat().st_mode & 0o077 == 0 and paths.log.stat().st_mode & 0o077 == 0
+        if sv._as_pg_user():
+            assert not paths.data.is_relative_to(tmp_path) and paths.data.parent.stat().st_mode & 0o777 == 0o700
+    finally:
+        sv.stop_postgres(pg_dir)
+        sv.remove_outside_data(pg_dir)
+
+
+# --- the embedded Redis-protocol server (Valkey): passwords, ACL users, a maintained version ------------------
+
+def test_an_unauthenticated_or_wrong_password_client_is_refused(services):
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(host="127.0.0.1", port=services.redis_port, socket_timeout=5).ping()
+    with pytest.raises(redis.AuthenticationError, match="Authentication required"):  # RESP2: NOAUTH
+        redis.Redis(host="127.0.0.1", port=services.redis_port, protocol=2, socket_timeout=5).get("churn:meta")
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(host="127.0.0.1", port=services.redis_port, username=sv.REDIS_USER, password="guess",
+                    socket_timeout=5).ping()
+    with pytest.raises(redis.AuthenticationError):  # the old unauthenticated login is gone
+        redis.Redis(host="127.0.0.1", port=services.redis_port, username="default", password="",
+                    socket_timeout=5).ping()
+
+
+@pytest.mark.parametrize("command", [
+    ("CONFIG", "SET", "dir", "/tmp"), ("CONFIG", "SET", "dbfilename", "x.rdb"), ("CONFIG", "GET", "*"),
+    ("CONFIG", "REWRITE"), ("DEBUG", "SLEEP", "0"), ("MODULE", "LOAD", "/tmp/x.so"), ("MODULE", "LIST"),
+    ("ACL", "SETUSER", "churn", "+@all"), ("FLUSHALL",), ("KEYS", "*"), ("SHUTDOWN", "NOSAVE"),
+    ("MONITOR",), ("REPLICAOF", "127.0.0.1", "1"), ("SAVE",)])
+def test_the_platform_user_may_not_reconfigure_debug_load_modules_or_flush(services, command):
+    client = redis.Redis.from_url(services.redis_url, socket_timeout=5)
+    with pytest.raises(redis.ResponseError, match="no permissions|not allowed"):
+        client.execute_command(*command)
+    assert client.ping()
+
+
+@pytest.mark.parametrize("command", [("CONFIG", "SET", "dir", "/tmp"), ("CONFIG", "SET", "dbfilename", "x.rdb"),
+                                     ("DEBUG", "SLEEP", "0"), ("MODULE", "LOAD", "/tmp/x.so"),
+                                     ("ACL", "SETUSER", "churn-admin", "+@all")])
+def test_not_even_the_admin_user_may_reconfigure_the_server_or_load_code(services, command):
+    client = redis.Redis.from_url(services.redis_admin_url(), socket_timeout=5)
+    with pytest.raises(redis.ResponseError, match="no permissions|not allowed"):
+        client.execute_command(*command)
+
+
+def test_the_server_is_a_maintained_release(services):
+    info = redis.Redis.from_url(services.redis_admin_url()).info("server")
+    assert tuple(map(int, info["redis_version"].split(".")[:2])) >= (7, 2), info["redis_version"]
+    assert info.get("server_name") == "valkey" and int(info["valkey_version"].split(".")[0]) >= 9, info
+
+
+@pytest.mark.parametrize("layout", ["json", "hash"])
+def test_the_platform_user_publishes_and_reads_both_layouts(services, tmp_path, layout):
+    from churn.publish import redis_store as rs
+    from tests.test_publish_postgres import RUN_A, write_scores
+
+    redis.Redis.from_url(services.redis_admin_url(9)).flushdb()
+    client = redis.Redis.from_url(services.redis_url_db(9), socket_timeout=30)
+    path = write_scores(tmp_path / "a.parquet", RUN_A, 0, 2000, seed=1)
+    rs.publish_scores(client, path, RUN_A, f"{RUN_A}-logreg", None, layout=layout, buckets=64, batch_rows=500,
+                      hash_partition_rows=500)
+    assert rs.served_run(client) == RUN_A
+    assert rs.lookup_score(client, "C00000001", layout=layout, buckets=64)["run_id"] == RUN_A
+
+
+def test_the_platform_user_is_a_working_celery_broker(services):
+    """Kombu's Redis transport (the CeleryExecutor's broker) needs nothing the platform's user lacks."""
+    import kombu
+
+    with kombu.Connection(services.redis_url_db(10), connect_timeout=5) as conn:
+        queue = conn.SimpleQueue("churn-acl-check")
+        queue.put({"task": "ping"})
+        message = queue.get(timeout=5)
+        assert message.payload == {"task": "ping"}
+        message.ack()
+        queue.close()
+
+
+def test_redis_files_are_private_and_the_config_holds_no_password(services):
+    admin = redis.Redis.from_url(services.redis_admin_url())
+    admin.save()
+    redis_dir = services.redis_dir
+    assert redis_dir.stat().st_mode & 0o777 == 0o700
+    for name in ("redis.conf", "redis.password", "redis-admin.password", "dump.rdb", "redis.log"):
+        assert (redis_dir / name).stat().st_mode & 0o077 == 0, name
+    config = (redis_dir / "redis.conf").read_text()
+    assert sv.redis_password(redis_dir) not in config and sv.redis_password(redis_dir, admin=True) not in config
+    assert "user default off" in config and "enable-debug-command no" in config
+    assert (services.state_dir / "services.json").stat().st_mode & 0o077 == 0
+    assert json.loads((services.state_dir / "services.json").read_text())["redis_url"] == services.redis_url
+
+
+def test_an_older_unauthenticated_server_of_the_same_state_folder_is_restarted_closed(tmp_path):
+    """A checkout from before passwords left its Redis running: start replaces it, keeping its data."""
+    redis_dir = sv.private_dir(tmp_path / "redis")
+    port = free_port()
+    subprocess.run([sv.redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(redis_dir),
+                    "--daemonize", "yes", "--pidfile", str(redis_dir / "redis.pid"), "--save", "300 1"],
+                   check=True, capture_output=True)
+    try:
+        for _ in range(100):
+            try:
+                redis.Redis(port=port, socket_timeout=1).set("churn:meta", "kept")
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        sv.start_redis(redis_dir, port)
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port, socket_timeout=5).ping()
+        assert redis.Redis.from_url(sv.embedded_redis_url(redis_dir, port)).get("churn:meta") == b"kept"
+    finally:
+        sv.stop_redis(redis_dir)

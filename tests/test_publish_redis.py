@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from churn.publish import redis_store as rs
-from churn.dev.services import start_redis, stop_redis
+from churn.dev.services import embedded_redis_url, start_redis, stop_redis
 from tests.conftest import free_port
 from tests.test_publish_postgres import RUN_A, RUN_B, write_scores
 
@@ -238,7 +238,8 @@ def test_unreachable_redis_fails_with_a_clear_error(scores):
 def test_redis_dying_mid_publish_leaves_the_marker_and_a_retry_completes(tmp_path, scores, layout):
     port = free_port()
     start_redis(tmp_path / "redis", port)
-    client = redis.Redis(port=port, socket_timeout=5, socket_connect_timeout=1)
+    admin_url = embedded_redis_url(tmp_path / "redis", port, admin=True)  # SAVE and SHUTDOWN need the admin user
+    client = redis.Redis.from_url(admin_url, socket_timeout=5, socket_connect_timeout=1)
     try:
         publish(client, scores[RUN_A], RUN_A, layout)
         client.save()  # the served batch is on disk, as in production persistence
@@ -248,14 +249,14 @@ def test_redis_dying_mid_publish_leaves_the_marker_and_a_retry_completes(tmp_pat
             nonlocal batches
             batches += point == "batch"
             if batches == 3:
-                admin = redis.Redis(port=port)
+                admin = redis.Redis.from_url(admin_url)
                 try:
                     admin.shutdown(nosave=True)  # the server crashes mid-publish
                 except redis.ConnectionError:
                     pass  # SHUTDOWN closes the connection: that is its success
                 while True:  # wait until the port is closed
                     try:
-                        redis.Redis(port=port, socket_connect_timeout=0.2).ping()
+                        redis.Redis.from_url(admin_url, socket_connect_timeout=0.2).ping()
                         time.sleep(0.05)
                     except redis.ConnectionError:
                         break

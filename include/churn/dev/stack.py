@@ -281,11 +281,10 @@ def stack_from_config(executor: str | None = None) -> AirflowStack:
     chosen = executor or (marker.read_text().strip() if marker.exists() else "local")
     if chosen not in EXECUTORS:
         raise StackError(f"executor {chosen!r} is not one of {EXECUTORS}")
-    base = services.redis_url.rsplit("/", 1)[0]
     return AirflowStack(
         state_dir=cfg.state_dir, churn_pg_url=services.postgres_url, redis_url=services.redis_url,
         metadata_url=services.pg_url("airflow", driver="postgresql+psycopg2"),
-        api_port=cfg.airflow_port, executor=chosen, celery_broker_url=f"{base}/{cfg.celery_broker_db}",
+        api_port=cfg.airflow_port, executor=chosen, celery_broker_url=services.redis_url_db(cfg.celery_broker_db),
         celery_workers=cfg.celery_workers, dask_scheduler_port=cfg.dask_scheduler_port,
         dask_workers=cfg.dask_workers,
         # carried over to every component: the CHURN_* settings of the shell that started the stack
