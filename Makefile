@@ -13,6 +13,8 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export NO_COLOR := 1
 DEMO_DATE ?= $(shell date -u +%F)
+# What the demo writes (state folder, logs, exports, snapshots, passwords) is readable by its owner only.
+PRIVATE := umask 077 &&
 DEMO_CONF ?= {}
 
 .PHONY: venv services stop demo cluster demo-cluster test lock airflow-ui bench bench-scale bench-rescore bench-automl clean
@@ -32,8 +34,8 @@ lock:
 	sed -i '1i # Pinned by `make lock` (uv pip compile requirements.in). Python 3.11.' requirements.txt
 
 services: venv
-	@mkdir -p $(CHURN_STATE_DIR)
-	umask 077 && $(BIN)/python -m churn.dev.services start > $(CHURN_STATE_DIR)/services.env
+	@mkdir -p -m 700 $(CHURN_STATE_DIR)
+	$(PRIVATE) $(BIN)/python -m churn.dev.services start > $(CHURN_STATE_DIR)/services.env
 	@echo "embedded Postgres and Redis running; connection exports in $(CHURN_STATE_DIR)/services.env"
 
 stop:
@@ -43,26 +45,26 @@ stop:
 # dag-processor, api-server and triggerer as processes; churn_nightly triggered through the REST API and
 # watched task by task; the UI stays up afterwards (`make stop` ends everything).
 demo: venv
-	$(BIN)/python -m churn.dev.stack start --executor local
-	source <($(BIN)/python -m churn.dev.services env) && $(BIN)/python -m churn.demo load --as-of $(DEMO_DATE)
-	$(BIN)/python -m churn.dev.stack run --as-of $(DEMO_DATE) --conf '$(DEMO_CONF)'
-	$(BIN)/python -m churn.demo report --run-key $(DEMO_DATE)
+	$(PRIVATE) $(BIN)/python -m churn.dev.stack start --executor local
+	$(PRIVATE) source <($(BIN)/python -m churn.dev.services env) && $(BIN)/python -m churn.demo load --as-of $(DEMO_DATE)
+	$(PRIVATE) $(BIN)/python -m churn.dev.stack run --as-of $(DEMO_DATE) --conf '$(DEMO_CONF)'
+	$(PRIVATE) $(BIN)/python -m churn.demo report --run-key $(DEMO_DATE)
 	@$(BIN)/python -m churn.dev.stack status --login
 
 # Scale-out topology on this machine: CeleryExecutor with Celery workers (broker: Redis db CHURN_CELERY_BROKER_DB)
 # and a Dask scheduler + workers for the TPOT search. `make demo-cluster` runs churn_nightly on it.
 cluster: venv
-	$(BIN)/python -m churn.dev.stack start --executor celery
+	$(PRIVATE) $(BIN)/python -m churn.dev.stack start --executor celery
 
 demo-cluster: cluster
-	source <($(BIN)/python -m churn.dev.services env) && $(BIN)/python -m churn.demo load --as-of $(DEMO_DATE)
-	$(BIN)/python -m churn.dev.stack run --as-of $(DEMO_DATE) --conf '$(DEMO_CONF)'
-	$(BIN)/python -m churn.demo report --run-key $(DEMO_DATE)
+	$(PRIVATE) source <($(BIN)/python -m churn.dev.services env) && $(BIN)/python -m churn.demo load --as-of $(DEMO_DATE)
+	$(PRIVATE) $(BIN)/python -m churn.dev.stack run --as-of $(DEMO_DATE) --conf '$(DEMO_CONF)'
+	$(PRIVATE) $(BIN)/python -m churn.demo report --run-key $(DEMO_DATE)
 	@$(BIN)/python -m churn.dev.stack status --login
 
 # Only the Airflow components (LocalExecutor) and the UI, no run.
 airflow-ui: venv
-	$(BIN)/python -m churn.dev.stack start --executor local
+	$(PRIVATE) $(BIN)/python -m churn.dev.stack start --executor local
 
 test: venv
 	$(BIN)/python -m pytest -ra
@@ -88,5 +90,7 @@ bench-automl: venv
 	PYTHONPATH=include $(BIN)/python -m bench.automl_synthetic --customers 100000 1000000 --seeds 5 --budget-minutes 1 2 5
 	$(BIN)/python bench/telco_quality.py --seeds 5 --budget-minutes 1 2 5
 
+# `services clean`: run as root, the Postgres data directory lives under /var/lib/churn-pg, outside the state folder.
 clean: stop
+	@test ! -x $(BIN)/python || $(BIN)/python -m churn.dev.services clean
 	rm -rf $(CHURN_STATE_DIR)

@@ -4,11 +4,14 @@ The components ``airflow standalone`` runs (scheduler, dag-processor, api-server
 started as separate processes by ``churn.dev.stack`` (what ``make demo`` uses), with Airflow's
 metadata in Postgres. A "Retrain now" run with the default TPOT search (a local Dask cluster of
 worker processes, started from inside a LocalExecutor task) must succeed, register a TPOT
-candidate, score in mapped partitions and publish to both stores.
+candidate, score in mapped partitions and publish to both stores. After the run, the state folder
+is private (0700, no file readable by others), its ancestors kept their modes, the admin password
+is in no log, and the platform's Redis user was refused no command.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import date
 
 import psycopg2
@@ -26,6 +29,8 @@ AS_OF = date(2026, 11, 20)
 @pytest.fixture(scope="module")
 def local_run(services, pg_admin_url, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stack-local")
+    ancestors = {p: p.stat().st_mode for p in [tmp, *tmp.parents]}
+    started_ms = time.time() * 1000
     with running_stack(services, pg_admin_url, tmp, "stack_local", "local", redis_db=6, as_of=AS_OF,
                        score_partitions="2", schedule_cron=NO_SCHEDULED_RUN,
                        **SHORT_SEARCH) as stack:
@@ -35,7 +40,8 @@ def local_run(services, pg_admin_url, tmp_path_factory):
         assert state == "success", failure_details(stack, run_id)
         yield {"stack": stack, "run_id": run_id, "progress": lines,
                "tis": stack.task_instances(run_id), "score_xcom": stack.xcom(run_id, "score"),
-               "pg_url": stack.churn_pg_url, "redis_url": stack.redis_url}
+               "pg_url": stack.churn_pg_url, "redis_url": stack.redis_url, "ancestors": ancestors,
+               "started_ms": started_ms}
 
 
 def test_retrain_registers_a_tpot_candidate_under_local_executor(local_run):
@@ -85,3 +91,26 @@ def test_a_complaint_is_rescored_by_the_scheduler_within_seconds(local_run):
     """Triggerer (AssetWatcher on the outbox) -> asset event -> churn_rescore run under LocalExecutor -> stores."""
     lag = complaint_reaches_both_stores(local_run["stack"], local_run["pg_url"], local_run["redis_url"])
     print(f"complaint committed -> event score in Redis: {lag:.1f} s")
+
+
+def test_state_files_are_private_and_the_admin_password_is_in_no_log(local_run):
+    """Item 13: 0700 folders, nothing readable by others after a run, ancestors untouched, no password in a log."""
+    stack = local_run["stack"]
+    for folder in (stack.state_dir, stack.home, stack.run_dir):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
+    assert stack.password_file.stat().st_mode & 0o777 == 0o600
+    readable = [str(p) for p in stack.state_dir.rglob("*") if not p.is_symlink() and p.stat().st_mode & 0o077]
+    assert not readable, readable[:20]
+    assert {p: p.stat().st_mode for p in local_run["ancestors"]} == local_run["ancestors"]
+    assert any((stack.state_dir / "runs").rglob("*")), "the run wrote nothing into the state folder"
+    password = stack.password()
+    logs = [p for p in stack.state_dir.rglob("*.log") if p.is_file()]
+    assert logs and not [str(p) for p in logs if password in p.read_text(errors="replace")]
+
+
+def test_the_platform_redis_user_was_refused_nothing(local_run, services):
+    """The whole run (publish, lookups, event re-score) needed no command the ACL keeps from the platform."""
+    admin = redis.Redis.from_url(services.redis_admin_url())
+    denied = [e for e in admin.acl_log(count=1000) if e.get("username") == "churn"
+              and float(e.get("timestamp-last-updated", 0)) >= local_run["started_ms"]]
+    assert not denied, denied

@@ -28,7 +28,7 @@ def test_celery_stack_keeps_the_broker_off_the_score_keyspace_and_shares_dask(tm
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert env["AIRFLOW__CELERY__BROKER_URL"] != env["AIRFLOW_CONN_CHURN_REDIS"]
     assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+postgresql://u@127.0.0.1:1/af"
-    assert env["CHURN_DASK_SCHEDULER_ADDRESS"] == "tcp://127.0.0.1:8799"
+    assert env["CHURN_DASK_SCHEDULER_ADDRESS"] == "tls://127.0.0.1:8799"  # mutual TLS: only key holders join
     assert env["CHURN_SCORE_PARTITIONS"] == "3" and env["CHURN_WORKER_NAME"] == "celery-worker-2"
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:8123/execution/"
     local = AirflowStack(state_dir=tmp_path, churn_pg_url="x", redis_url="y", metadata_url="z")

@@ -509,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m churn.dev.services")
     parser.add_argument("action", choices=["start", "stop", "env", "clean"])
     args = parser.parse_args(argv)
+    os.umask(0o077)  # the servers' files and anything written here are private
     cfg = ChurnConfig.from_env()
     services = EmbeddedServices(cfg.state_dir, cfg.postgres_port, cfg.redis_port)
     if args.action == "start":

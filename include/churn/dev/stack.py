@@ -7,13 +7,21 @@
 - **celery** (``make cluster``): the same four with CeleryExecutor, plus Celery workers
   (``airflow celery worker``, prefork, Redis database ``CHURN_CELERY_BROKER_DB`` of the embedded
   Redis as broker, never the score keyspace) and a Dask scheduler with worker processes that the
-  TPOT search uses (``CHURN_DASK_SCHEDULER_ADDRESS`` is set for every component).
+  TPOT search uses (``CHURN_DASK_SCHEDULER_ADDRESS`` is set for every component). Dask speaks
+  mutual TLS with a key generated into ``<state>/dask-tls/`` (0600): a Dask worker runs whatever a
+  client sends, so only processes that can read that key may join or submit.
 
 No Docker and no root: the servers are the embedded ones (``churn.dev.services``), every process is
 started here with its pid and log under ``<state>/stack/``, and ``stop`` ends them (process group
 by process group). Runs are triggered and watched through Airflow's REST API (``/api/v2``) with a
-token from the simple auth manager (user ``admin``; its generated password is in
-``<AIRFLOW_HOME>/simple_auth_manager_passwords.json.generated``)::
+token from the simple auth manager (user ``admin``; the launcher generates its password into
+``<AIRFLOW_HOME>/simple_auth_manager_passwords.json.generated`` before the api-server starts, so
+Airflow never prints it into a log).
+
+Private by default: the state folder and AIRFLOW_HOME are 0700 and every component starts with umask
+077, so logs, airflow.cfg, run folders, exports and snapshots are readable by their owner only; files
+an older checkout left readable are closed on start. Dask listens and serves its dashboards on
+loopback only, and its processes get no database URL or password in their environment::
 
     python -m churn.dev.stack start [--executor celery]    # prints the UI URL and login
     python -m churn.dev.stack run --as-of 2026-11-20 [--conf '{"retrain": true}']
@@ -27,6 +35,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -37,6 +46,8 @@ from pathlib import Path
 
 from churn.config import PROJECT_ROOT
 from churn.dev.airflow_api import AirflowRestApi, StackError, http_json
+from churn.dev.services import private_dir
+from churn.fileio import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +102,13 @@ class AirflowStack(AirflowRestApi):
 
     @property
     def dask_address(self) -> str:
-        """Address of the Dask scheduler (celery topology only)."""
-        return f"tcp://127.0.0.1:{self.dask_scheduler_port}"
+        """Address of the Dask scheduler (celery topology only; mutual TLS)."""
+        return f"tls://127.0.0.1:{self.dask_scheduler_port}"
+
+    @property
+    def dask_tls_dir(self) -> Path:
+        """The Dask cluster's certificate and key (mode 0600): who can read them may use the cluster."""
+        return self.state_dir / "dask-tls"
 
     @property
     def password_file(self) -> Path:
@@ -100,6 +116,27 @@ class AirflowStack(AirflowRestApi):
         return self.home / "simple_auth_manager_passwords.json.generated"
 
     # --- environment ---------------------------------------------------------------
+    def dask_tls_env(self) -> dict[str, str]:
+        """Dask settings (``DASK_*``) for mutual TLS with the stack's certificate: paths only, no key material."""
+        cert, key = self.dask_tls_dir / "cert.pem", self.dask_tls_dir / "key.pem"
+        env = {"DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+               "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(cert)}
+        for role in ("SCHEDULER", "WORKER", "CLIENT"):
+            env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__CERT"] = str(cert)
+            env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__KEY"] = str(key)
+        return env
+
+    def dask_env(self) -> dict[str, str]:
+        """Environment of the Dask scheduler and workers: what a pipeline fit needs, no database URL or password."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CHURN_", "DASK_"))}
+        env.update(
+            PYTHONPATH=os.pathsep.join([str(REPO_ROOT / "include"), *filter(None, [os.environ.get("PYTHONPATH")])]),
+            PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+            NO_COLOR="1",
+            **self.dask_tls_env(),
+        )
+        return env
+
     def env(self, worker_name: str = "") -> dict[str, str]:
         """Environment of every Airflow process of this stack (no secrets beyond the local servers' URLs)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CHURN_"))}
@@ -120,6 +157,7 @@ class AirflowStack(AirflowRestApi):
             AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="10",
             AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="2",
             AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin",
+            AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(self.password_file),
             AIRFLOW_CONN_CHURN_POSTGRES=self.churn_pg_url,
             AIRFLOW_CONN_CHURN_REDIS=self.redis_url,
             CHURN_STATE_DIR=str(self.state_dir),
@@ -134,6 +172,7 @@ class AirflowStack(AirflowRestApi):
                 AIRFLOW__CELERY__WORKER_CONCURRENCY="1",
                 AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER="1",
                 CHURN_DASK_SCHEDULER_ADDRESS=self.dask_address,
+                **self.dask_tls_env(),  # the TPOT search's Dask client presents the stack's certificate
             )
         env.update({f"CHURN_{k.upper()}": str(v) for k, v in self.churn_env.items()})
         env.update(self.extra_env)
@@ -144,25 +183,55 @@ class AirflowStack(AirflowRestApi):
     # --- processes -----------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> int:
         """Start one component in its own session (so stop can signal its whole group); record its pid."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.run_dir)
         pid_file = self.run_dir / f"{name}.pid"
         if pid_file.exists() and _alive(int(pid_file.read_text())):
             log.info("%s already running (pid %s)", name, pid_file.read_text().strip())
             return int(pid_file.read_text())
-        with open(self.run_dir / f"{name}.log", "ab") as out:
+        with _private_append(self.run_dir / f"{name}.log") as out:
+            # umask 077: whatever the component writes (logs, airflow.cfg, run folders, exports) is its owner's only
             proc = subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        pid_file.write_text(str(proc.pid))
+                                    stdin=subprocess.DEVNULL, start_new_session=True, umask=0o077)
+        write_text_atomic(pid_file, str(proc.pid), mode=0o600)
         return proc.pid
+
+    def prepare(self) -> None:
+        """Private folders (closing what an older checkout left readable) and the UI's admin password."""
+        for folder in (self.state_dir, self.home, self.run_dir):
+            private_dir(folder)
+        self.ensure_admin_password()  # first: it replaces a password that was readable by others
+        close_tree(self.state_dir)
+        if self.executor == "celery":
+            ensure_dask_certificate(self.dask_tls_dir)
+
+    def ensure_admin_password(self) -> str:
+        """The simple auth manager's admin password, generated here (0600) so that Airflow never logs one.
+
+        The api-server prints a password it generates itself into its log; given a file that already
+        names ``admin``, it only reads it. A file that was readable by others (older checkouts, whose
+        api-server.log also held it) is replaced by a new password.
+        """
+        import secrets
+
+        path = self.password_file
+        try:
+            exposed = path.stat().st_mode & 0o077 != 0
+            current = json.loads(path.read_text()) if not exposed else {}
+        except (OSError, ValueError):
+            current = {}
+        if not isinstance(current, dict) or not current.get("admin"):
+            current = {"admin": secrets.token_urlsafe(18)}
+            private_dir(path.parent)
+            write_text_atomic(path, json.dumps(current) + "\n", mode=0o600)
+        return current["admin"]
 
     def migrate(self) -> None:
         """Create or upgrade Airflow's metadata database (idempotent)."""
-        self.home.mkdir(parents=True, exist_ok=True)
+        self.prepare()
         out = self.run_dir / "migrate.log"
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(out, "wb") as handle:
+        with _private_append(out, truncate=True) as handle:
             result = subprocess.run([_bin("airflow"), "db", "migrate"], env=self.env(), cwd=REPO_ROOT,
-                                    stdout=handle, stderr=subprocess.STDOUT, timeout=600)
+                                    stdout=handle, stderr=subprocess.STDOUT, timeout=600, umask=0o077)
         if result.returncode != 0:
             raise StackError(f"airflow db migrate failed: see {out}\n{_tail(out)}")
 
@@ -171,12 +240,15 @@ class AirflowStack(AirflowRestApi):
         self.migrate()
         env = self.env()
         if self.executor == "celery":
+            # loopback only, dashboards included (':0' would listen on every interface)
+            dask_env = self.dask_env()
             self._spawn("dask-scheduler", [_bin("dask"), "scheduler", "--host", "127.0.0.1", "--port",
-                                           str(self.dask_scheduler_port), "--dashboard-address", ":0"], env)
+                                           str(self.dask_scheduler_port), "--dashboard-address", "127.0.0.1:0"],
+                        dask_env)
             for n in range(1, self.dask_workers + 1):
                 self._spawn(f"dask-worker-{n}", [_bin("dask"), "worker", self.dask_address, "--nthreads", "1",
                                                  "--name", f"dask-worker-{n}", "--host", "127.0.0.1",
-                                                 "--dashboard-address", ":0"], env)
+                                                 "--dashboard-address", "127.0.0.1:0"], dask_env)
         for component in AIRFLOW_COMPONENTS:
             self._spawn(component, [_bin("airflow"), component], env)
         if self.executor == "celery":
@@ -230,6 +302,64 @@ class AirflowStack(AirflowRestApi):
                     pass
             time.sleep(2)
         raise StackError(f"Airflow was not ready within {timeout:.0f} s: see the logs in {self.run_dir}")
+
+
+def ensure_dask_certificate(folder: Path, days: int = 3650) -> None:
+    """A self-signed certificate and its key (0600) in ``folder``: the CA and the identity of every Dask role.
+
+    One certificate for scheduler, workers and clients, as ``distributed.Security.temporary`` makes, but on
+    disk so that separate processes share it; generated once per state folder (renewed 30 days before expiry).
+    """
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    now = dt.datetime.now(dt.timezone.utc)
+    if cert_path.exists() and key_path.exists():
+        expires = x509.load_pem_x509_certificate(cert_path.read_bytes()).not_valid_after_utc
+        if expires - now > dt.timedelta(days=30):
+            return
+    private_dir(folder)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "churn-dask")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    write_text_atomic(key_path, key_pem, mode=0o600)
+    write_text_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM).decode(), mode=0o600)
+
+
+def _private_append(path: Path, truncate: bool = False):
+    """``path`` opened for binary append (or rewrite), created 0600 and closed to others if it already existed."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND)
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "wb")
+
+
+def close_tree(root: Path) -> None:
+    """Remove group and other permissions from everything under ``root`` (symlinks are not followed)."""
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder, name)
+            try:
+                mode = path.lstat().st_mode
+                if not stat.S_ISLNK(mode) and mode & 0o077:
+                    path.chmod(stat.S_IMODE(mode) & 0o700)
+            except OSError:
+                pass  # vanished meanwhile, or not ours (a server's own files)
 
 
 def _alive(pid: int) -> bool:
@@ -310,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd.add_argument("--timeout-minutes", type=float, default=30)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    os.umask(0o077)  # what this launcher and the servers and components it starts write is private
     cfg = ChurnConfig.from_env()
     if args.action == "start":
         from churn.dev.services import EmbeddedServices, ensure_database
@@ -323,12 +454,12 @@ def main(argv: list[str] | None = None) -> int:
         if running and marker.exists() and marker.read_text().strip() != args.executor:
             raise SystemExit(f"a {marker.read_text().strip()} stack is running: 'make stop' first")
         stack.run_dir.mkdir(parents=True, exist_ok=True)
-        marker.write_text(args.executor)
+        write_text_atomic(marker, args.executor, mode=0o600)
         print(f"starting Airflow ({args.executor} executor); logs in {stack.run_dir}", flush=True)
         stack.start()
         print(f"Airflow UI: {stack.base_url}  (login admin / {stack.password()})")
         if args.executor == "celery":
-            print(f"Celery workers: {stack.celery_workers} (broker {stack.celery_broker_url}); "
+            print(f"Celery workers: {stack.celery_workers} (broker {_without_password(stack.celery_broker_url)}); "
                   f"Dask scheduler {stack.dask_address} with {stack.dask_workers} workers")
         return 0
     stack = stack_from_config()
@@ -356,6 +487,14 @@ def main(argv: list[str] | None = None) -> int:
         print("churn_rescore is on: a complaint in src.support_contacts (or 'python -m churn.data.outbox enqueue "
               "<customer id>') is re-scored within seconds")
     return 0 if state == "success" else 1
+
+
+def _without_password(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for printing)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
 
 
 def _logical_date(as_of: date, cron: str, now: datetime | None = None) -> str:
