@@ -89,13 +89,16 @@ def test_extra_columns_are_ignored_and_reported(corpus, tmp_path, fresh_pg_url, 
     assert validated["train"]["success"] and validated["train"]["rows_quarantined"] == 0
 
 
-def test_wrong_delimiter_suggests_the_setting(corpus, tmp_path, fresh_pg_url, redis_url):
-    with pytest.raises(FileSourceError, match=r"CHURN_FILE_DELIMITER=';'"):
-        run_data_stages(make_cfg(tmp_path, corpus["wrong_delimiter"]), fresh_pg_url, redis_url)
-    # ... and with the setting the same file goes through
-    _, validated = run_data_stages(make_cfg(tmp_path, corpus["wrong_delimiter"], CHURN_FILE_DELIMITER=";"),
-                                   fresh_pg_url, redis_url)
+def test_an_unset_delimiter_is_detected_and_the_log_names_the_setting(corpus, tmp_path, fresh_pg_url, redis_url,
+                                                                        caplog):
+    with caplog.at_level("WARNING", logger="churn.data.infer"):
+        _, validated = run_data_stages(make_cfg(tmp_path, corpus["wrong_delimiter"]), fresh_pg_url, redis_url)
+    assert "CHURN_FILE_DELIMITER=';'" in caplog.text
     assert validated["train"]["rows_checked"] == USUAL_ROWS and validated["train"]["rows_quarantined"] == 0
+    # A delimiter the user pinned wins over detection: the wrong one gives the error naming the setting.
+    with pytest.raises(FileSourceError, match=r"CHURN_FILE_DELIMITER=';'"):
+        run_data_stages(make_cfg(tmp_path, corpus["wrong_delimiter"], CHURN_FILE_DELIMITER=","), fresh_pg_url,
+                        redis_url)
 
 
 def test_non_utf8_bytes_name_the_encoding_setting(corpus, tmp_path, fresh_pg_url, redis_url, pg_conn):
@@ -333,9 +336,11 @@ def test_a_regional_gzip_export_runs_through_ingest_and_validation_by_configurat
     assert validated["train"]["rows_checked"] == USUAL_ROWS and validated["train"]["rows_quarantined"] == 0
     clean = pd.read_parquet(validated["train"]["clean_path"])
     assert clean["TotalCharges"].max() > 1000  # '1.234,56' read as 1234.56, not quarantined
-    # the same file without the regional settings: a clear error naming the delimiter setting
-    with pytest.raises(FileSourceError, match="CHURN_FILE_DELIMITER"):
-        run_data_stages(make_cfg(tmp_path / "plain", path, CHURN_FILE_ENCODING="cp1252"), fresh_pg_url, redis_url)
+    # the same file without the regional settings: delimiter, decimal comma and thousands mark are detected
+    _, detected = run_data_stages(make_cfg(tmp_path / "plain", path, CHURN_FILE_ENCODING="cp1252"), fresh_pg_url,
+                                  redis_url)
+    assert detected["train"]["rows_quarantined"] == 0
+    assert pd.read_parquet(detected["train"]["clean_path"])["TotalCharges"].max() == clean["TotalCharges"].max()
 
 
 def test_inferred_kinds_flow_through_ingest_into_the_run_spec_and_validation(corpus, tmp_path, fresh_pg_url,

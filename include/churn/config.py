@@ -140,6 +140,8 @@ class ChurnConfig(BaseSettings):
     """File and SQL sources without feature lists: a text column with at most this many distinct values is categorical."""
     file_dayfirst: bool = False
     """File source: read ambiguous dates day first (31.12.2026, 01/02/2026 = 1 February)."""
+    file_missing_values: str = "?,NA,N/A,-,null,NaN,#N/A"
+    """File source: cell texts that mean "missing" (any case; blanks always do): they become nulls, not parse errors."""
 
     # --- re-scoring between nights (churn_rescore) ----------------------------------
     rescore_tables: str = "src.support_contacts,src.customers,src.usage_monthly"

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 TRUE_TEXT = {"1", "true", "t", "yes", "y"}
 FALSE_TEXT = {"0", "false", "f", "no", "n"}
+DEFAULT_MISSING = "?,NA,N/A,-,null,NaN,#N/A"  # CHURN_FILE_MISSING_VALUES' default
+HEAD_MAX_BYTES = 4 << 20  # the header (and the format sniffer's lines) must lie within the first 4 MiB
 
 
 class FileSourceError(IngestError):
@@ -69,10 +71,24 @@ def snapshot_schema(spec: DatasetSpec, labelled: bool) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _text(series: pd.Series) -> pd.Series:
-    """Stripped text with blanks as nulls."""
+def parse_missing(value: str) -> frozenset[str]:
+    """``"?,NA,-"`` -> the lower-cased missing-value markers (CHURN_FILE_MISSING_VALUES)."""
+    return frozenset(part.strip().lower() for part in value.split(",") if part.strip())
+
+
+def missing_mask(text: pd.Series, missing: frozenset[str] = frozenset()) -> pd.Series:
+    """True where a cell is null, blank or one of the ``missing`` markers (compared lower-cased, stripped)."""
+    stripped = text.astype("str").str.strip()
+    mask = text.isna() | (stripped == "")
+    if missing:
+        mask |= stripped.str.lower().isin(missing)
+    return mask
+
+
+def _text(series: pd.Series, missing: frozenset[str] = frozenset()) -> pd.Series:
+    """Stripped text with blanks and missing-value markers as nulls."""
     text = series.astype("str").where(series.notna(), None).str.strip()
-    return text.where(text.notna() & (text != ""), None)
+    return text.where(~missing_mask(text, missing), None)
 
 
 def _add_error(errors: pd.Series, bad: pd.Series, column: str, raw: pd.Series, kind: str) -> pd.Series:
@@ -104,22 +120,24 @@ def text_codec(encoding: str) -> str:
 
 
 def coerce_chunk(frame: pd.DataFrame, spec: DatasetSpec, labelled: bool, *, decimal: str = ".",
-                 thousands: str = "", dayfirst: bool = False) -> pd.DataFrame:
+                 thousands: str = "", dayfirst: bool = False, missing: frozenset[str] = frozenset()
+                 ) -> pd.DataFrame:
     """Convert one chunk to the snapshot's types; unparseable cells become null and are noted per row.
 
     ``decimal`` / ``thousands`` / ``dayfirst`` read numbers and dates the way regional spreadsheet and CRM
     exports write them (``1.234,5`` and ``31.12.2026`` with ``decimal=","``, ``thousands="."``,
-    ``dayfirst=True``); a value that does not follow them is still a parse error, never a guess.
+    ``dayfirst=True``); a value that does not follow them is still a parse error, never a guess. Cells
+    holding one of the ``missing`` markers (``?``, ``NA`` ...) are nulls, not parse errors.
     """
     out = pd.DataFrame(index=frame.index)
     errors = pd.Series([None] * len(frame), index=frame.index, dtype=object)
-    out[spec.id_column] = _text(frame[spec.id_column])
+    out[spec.id_column] = _text(frame[spec.id_column], missing)
     for column in spec.numeric:
         raw = frame[column]
         if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
             out[column] = raw.astype("float64")
             continue
-        text = _text(raw)
+        text = _text(raw, missing)
         number = pd.to_numeric(plain_numbers(text, decimal, thousands), errors="coerce").astype("float64")
         errors = _add_error(errors, text.notna() & number.isna(), column, text, "a number")
         out[column] = number
@@ -128,7 +146,7 @@ def coerce_chunk(frame: pd.DataFrame, spec: DatasetSpec, labelled: bool, *, deci
         if pd.api.types.is_bool_dtype(raw):
             out[column] = raw.astype(object)
             continue
-        text = _text(raw).str.lower()
+        text = _text(raw, missing).str.lower()
         if pd.api.types.is_numeric_dtype(raw):
             text = raw.map(lambda v: None if pd.isna(v) else ("1" if v == 1 else "0" if v == 0 else str(v)))
         value = pd.Series(np.where(text.isin(TRUE_TEXT), True, np.where(text.isin(FALSE_TEXT), False, None)),
@@ -136,14 +154,14 @@ def coerce_chunk(frame: pd.DataFrame, spec: DatasetSpec, labelled: bool, *, deci
         errors = _add_error(errors, text.notna() & value.isna(), column, raw, "a yes/no value")
         out[column] = value
     for column in spec.categorical:
-        out[column] = _text(frame[column])
+        out[column] = _text(frame[column], missing)
     if spec.timestamp_column:
-        text = _text(frame[spec.timestamp_column])
+        text = _text(frame[spec.timestamp_column], missing)
         stamp = pd.to_datetime(text, errors="coerce", utc=True, format="mixed", dayfirst=dayfirst)
         errors = _add_error(errors, text.notna() & stamp.isna(), spec.timestamp_column, text, "a timestamp")
         out[spec.timestamp_column] = stamp
     if labelled:
-        out[spec.label_column] = _text(frame[spec.label_column])
+        out[spec.label_column] = _text(frame[spec.label_column], missing)
     out[PARSE_ERRORS_COLUMN] = errors
     return out
 
@@ -165,18 +183,45 @@ def _open_binary(path: Path):
     return open(path, "rb")
 
 
-def _header(path: Path, delimiter: str, encoding: str) -> list[str]:
-    """Column names from the first line (a UTF-8 byte-order mark is dropped)."""
+def read_head(path: Path, encoding: str, max_lines: int, max_bytes: int = HEAD_MAX_BYTES) -> list[str]:
+    """The first ``max_lines`` lines of a CSV, reading at most ``max_bytes`` (LF, CRLF or CR-only line ends).
+
+    A file without any line break in its first ``max_bytes`` is refused rather than read whole.
+    """
     codec = text_codec(encoding)
+    with _open_binary(path) as handle:
+        head = handle.read(max_bytes + 1)
+    complete = len(head) <= max_bytes
+    head = head[:max_bytes]
     try:
-        # Decode the first line only: later lines are checked chunk by chunk while reading.
-        with _open_binary(path) as handle:
-            first = handle.readline().decode(codec)
+        text = head.decode(codec)
     except UnicodeDecodeError as exc:
-        raise FileSourceError(f"{path}: the header is not valid {encoding} ({exc}); set CHURN_FILE_ENCODING "
-                              "to the file's encoding, e.g. latin-1 or cp1252") from exc
-    row = next(csv.reader(io.StringIO(first), delimiter=delimiter), [])
-    return [name.strip() for name in row]
+        if complete or exc.start < len(head) - 4:  # not just a multi-byte character cut at the read limit
+            shown = "UTF-8" if codec == "utf-8-sig" else encoding
+            raise FileSourceError(f"{path}: the first lines are not valid {shown} ({exc}); set "
+                                  "CHURN_FILE_ENCODING to the file's encoding, e.g. latin-1 or cp1252") from exc
+        text = head[:exc.start].decode(codec)
+    lines = text.splitlines()
+    if not complete:
+        if len(lines) <= 1:
+            raise FileSourceError(f"{path}: no line break in the first {max_bytes >> 20} MiB: this is not a CSV "
+                                  "with a header line; check the export")
+        lines = lines[:-1]  # the last line may be cut at the read limit
+    return lines[:max_lines]
+
+
+def _header(path: Path, delimiter: str, encoding: str) -> list[str]:
+    """Column names from the first line (a UTF-8 byte-order mark is dropped; any line ending; bounded read)."""
+    lines = read_head(path, encoding, 1)
+    if not lines:
+        return []
+    try:
+        row = next(csv.reader(io.StringIO(lines[0]), delimiter=delimiter), [])
+    except csv.Error as exc:
+        raise FileSourceError(f"{path}: the header line cannot be read as CSV with delimiter {delimiter!r} ({exc}); "
+                              "check CHURN_FILE_DELIMITER and the export's quoting") from exc
+    # A spreadsheet's or pandas' unnamed index column gets a name, so that it can be reported and ignored.
+    return [name.strip() or f"unnamed_{i + 1}" for i, name in enumerate(row)]
 
 
 def _check_columns(path: Path, header: list[str], spec: DatasetSpec, labelled: bool, delimiter: str) -> list[str]:
@@ -241,7 +286,8 @@ def _parquet_chunks(path: Path, spec: DatasetSpec, labelled: bool, chunk_rows: i
 
 def read_file_snapshot(spec: DatasetSpec, files: list[Path], out_path: str | Path, as_of: date, *, labelled: bool,
                        delimiter: str = ",", encoding: str = "utf-8", chunk_rows: int = 100_000, decimal: str = ".",
-                       thousands: str = "", dayfirst: bool = False) -> Snapshot:
+                       thousands: str = "", dayfirst: bool = False, missing: frozenset[str] = frozenset()
+                       ) -> Snapshot:
     """Convert the delivered file(s) into one typed Parquet snapshot, never holding more than ``chunk_rows`` rows.
 
     CSV (also ``.csv.gz`` / ``.csv.bz2``, decompressed while streaming) or Parquet, by file name.
@@ -269,7 +315,7 @@ def read_file_snapshot(spec: DatasetSpec, files: list[Path], out_path: str | Pat
                 for chunk in chunks:
                     max_chunk = max(max_chunk, len(chunk))
                     typed = coerce_chunk(chunk, spec, labelled, decimal=decimal, thousands=thousands,
-                                         dayfirst=dayfirst)
+                                         dayfirst=dayfirst, missing=missing)
                     writer.write_table(pa.Table.from_pandas(typed, schema=schema, preserve_index=False))
                     rows += len(typed)
         os.replace(tmp, out_path)  # readers never see a half-written snapshot

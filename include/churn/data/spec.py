@@ -127,12 +127,14 @@ def parse_label_values(value: str) -> dict[str, int]:
     return mapping
 
 
-def spec_from_config(cfg, files: list[Path] | None = None, sample=None) -> DatasetSpec:
+def spec_from_config(cfg, files: list[Path] | None = None, sample=None, csv_format=None) -> DatasetSpec:
     """The dataset spec the configured source produces (``CHURN_SOURCE`` = ``postgres``, ``sql`` or ``file``).
 
     For a file or SQL source whose three feature lists are all empty, the kinds are inferred
-    (``churn.data.infer``; configured lists always win) from the first rows of ``files`` or from
-    ``sample``, the first rows of the feature query's result as text.
+    (``churn.data.infer``; configured lists always win) from the first rows of ``files`` (read with
+    ``csv_format``, the delivery's detected delimiter and decimal mark) or from ``sample``, the first rows
+    of the feature query's result as text. A file's label mapping is inferred from the same rows when
+    ``CHURN_FILE_LABEL_VALUES`` is empty, so the label is checked as the text the file holds every night.
     """
     if cfg.source == "postgres":
         return synthetic_spec()
@@ -144,25 +146,42 @@ def spec_from_config(cfg, files: list[Path] | None = None, sample=None) -> Datas
     kinds = {"numeric": _split(cfg.file_numeric_columns), "boolean": _split(cfg.file_boolean_columns),
              "categorical": _split(cfg.file_categorical_columns)}
     inference: dict = {}
-    if (files or sample is not None) and not any(kinds.values()):
-        from churn.data.infer import infer_kinds, pin_settings, read_sample
+    label_values = parse_label_values(cfg.file_label_values)
+    infer_labels = cfg.source == "file" and not label_values and bool(files)
+    if (files or sample is not None) and (infer_labels or not any(kinds.values())):
+        from churn.data.infer import CsvFormat, LabelValuesError, infer_kinds, infer_label_values, pin_settings, \
+            read_sample
+        from churn.data.sources import parse_missing
 
+        fmt = csv_format or CsvFormat(cfg.file_delimiter, cfg.file_decimal, cfg.file_thousands)
+        missing = parse_missing(cfg.file_missing_values) if cfg.source == "file" else frozenset()
         origin = {"query": cfg.source_query} if sample is not None else {"file": str(files[0])}
         if sample is None:
-            sample = read_sample(files[0], cfg.infer_sample_rows, delimiter=cfg.file_delimiter,
+            sample = read_sample(files[0], cfg.infer_sample_rows, delimiter=fmt.delimiter,
                                  encoding=cfg.file_encoding)
-        inference = infer_kinds(sample, id_column=cfg.file_id_column, label_column=cfg.file_label_column,
-                                timestamp_column=cfg.file_timestamp_column or None, decimal=cfg.file_decimal,
-                                thousands=cfg.file_thousands, max_categories=cfg.infer_max_categories)
-        inference.update(origin)
-        kinds = {k: inference[k] for k in kinds}
-        log.warning("column kinds inferred from %s (%s rows): %s; ignored %s. Pin them with: %s",
-                    next(iter(origin.values())), inference["sample_rows"], kinds, inference["ignored"],
-                    pin_settings(inference))
+        if not any(kinds.values()):
+            inference = infer_kinds(sample, id_column=cfg.file_id_column, label_column=cfg.file_label_column,
+                                    timestamp_column=cfg.file_timestamp_column or None, decimal=fmt.decimal,
+                                    thousands=fmt.thousands, max_categories=cfg.infer_max_categories,
+                                    missing=missing)
+            inference.update(origin)
+            kinds = {k: inference[k] for k in kinds}
+            log.warning("column kinds inferred from %s (%s rows): %s; ignored %s. Pin them with: %s",
+                        next(iter(origin.values())), inference["sample_rows"], kinds, inference["ignored"],
+                        pin_settings(inference))
+        if infer_labels and cfg.file_label_column in sample.columns:
+            try:
+                label_values = infer_label_values(sample[cfg.file_label_column], cfg.file_label_column, missing)
+            except LabelValuesError as exc:
+                raise SpecError(str(exc)) from exc
+            inference = {**inference, "label_values": label_values}
+            log.warning("label mapping inferred from %s: %s; pin it with CHURN_FILE_LABEL_VALUES='%s'",
+                        next(iter(origin.values())), label_values,
+                        ",".join(f"{raw}:{target}" for raw, target in label_values.items()))
     return DatasetSpec(
         name=cfg.file_suite, source=cfg.source, id_column=cfg.file_id_column, label_column=cfg.file_label_column,
         numeric=kinds["numeric"], boolean=kinds["boolean"], categorical=kinds["categorical"], suite=cfg.file_suite,
-        label_values=parse_label_values(cfg.file_label_values),
+        label_values=label_values,
         timestamp_column=cfg.file_timestamp_column or None, inference=inference,
     ).check()
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import pandas as pd
 
 from churn.data.gx_chunks import ChunkValidator, jsonable, merge_chunk_result, merged_result, within_bounds
+from churn.data.ids import id_violations
 from churn.data.spec import PARSE_ERRORS_COLUMN, DatasetSpec, synthetic_spec
 from churn.data.stream import DEFAULT_CHUNK_ROWS, duplicated_ids, iter_frames
 from churn.db import ensure_schema, to_jsonb
@@ -213,6 +214,20 @@ def validate_snapshot(
                     for index, note in parse_errors.dropna().items():
                         bad_rows.setdefault(int(index), []).append(f"unparseable: {note}")
                     _count(row_failures, "unparseable value", int(parse_errors.notna().sum()))
+                # An id no store or export can hold verbatim is quarantined here, never met by a publish.
+                if spec.id_column in frame.columns:
+                    violations = id_violations(frame[spec.id_column]).dropna()
+                    for index, why in violations.items():
+                        bad_rows.setdefault(int(index), []).append(f"id contract: {why}")
+                    _count(row_failures, "id contract", len(violations))
+                # A label that is not 0/1 cannot be trained on: quarantined, never truncated or crashed on.
+                if training and not spec.label_values and spec.label_column in frame.columns:
+                    numbers = pd.to_numeric(frame[spec.label_column], errors="coerce")
+                    unknown = ~numbers.isin([0, 1])
+                    for index in frame.index[unknown]:
+                        bad_rows.setdefault(int(index), []).append(
+                            f"label {spec.label_column}={frame[spec.label_column][index]!r} is not 0 or 1")
+                    _count(row_failures, "label not 0/1", int(unknown.sum()))
                 # A label the mapping does not know cannot become 0/1: quarantine it even if the suite forgot it.
                 if training and spec.label_values and spec.label_column in frame.columns:
                     labels = frame[spec.label_column]

@@ -117,11 +117,21 @@ def _register_missing_indicator() -> None:
     _REGISTERED = True
 
 
-def onnx_inputs(frame: pd.DataFrame, signature: ModelSignature) -> dict[str, np.ndarray]:
-    """The ONNX feeds for a scoring frame: one (n, 1) array per signature column."""
+def onnx_inputs(frame: pd.DataFrame, signature: ModelSignature,
+                input_names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The ONNX feeds for a scoring frame: one (n, 1) array per signature column.
+
+    ``input_names`` are the graph's inputs in signature order (numeric, boolean, categorical): skl2onnx
+    renames columns that are not identifiers (``Account length`` -> ``Account_length``), so feeds are
+    matched to the graph by position, never by the column's own name.
+    """
     x = to_model_input(frame, signature)
-    feeds = {c: x[c].to_numpy(dtype=np.float64).reshape(-1, 1) for c in signature.numeric + signature.boolean}
-    feeds.update({c: x[c].to_numpy(dtype=object).astype(str).reshape(-1, 1) for c in signature.categorical})
+    columns = signature.numeric + signature.boolean + list(signature.categorical)
+    names = dict(zip(columns, input_names)) if input_names is not None else {c: c for c in columns}
+    if len(names) != len(columns):
+        raise OnnxExportError(f"the ONNX graph has {len(input_names or [])} inputs for {len(columns)} columns")
+    feeds = {names[c]: x[c].to_numpy(dtype=np.float64).reshape(-1, 1) for c in signature.numeric + signature.boolean}
+    feeds.update({names[c]: x[c].to_numpy(dtype=object).astype(str).reshape(-1, 1) for c in signature.categorical})
     return feeds
 
 
@@ -151,7 +161,7 @@ def onnx_probabilities(onnx_path: str | Path, frame: pd.DataFrame, signature: Mo
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    outputs = session.run(None, onnx_inputs(frame, signature))
+    outputs = session.run(None, onnx_inputs(frame, signature, [i.name for i in session.get_inputs()]))
     proba = next(o for o in outputs if isinstance(o, np.ndarray) and o.ndim == 2 and o.shape[1] == 2)
     return proba[:, 1].astype(np.float64)
 
@@ -168,7 +178,7 @@ def export_onnx(model: Any, signature: ModelSignature, folder: str | Path, parit
     tmp.write_bytes(data)
     try:
         onnx_proba = onnx_probabilities(tmp, parity_rows, signature)
-    except (Fail, InvalidArgument, InvalidGraph, OrtNotImplemented, StopIteration) as exc:
+    except (Fail, InvalidArgument, InvalidGraph, OrtNotImplemented, StopIteration, ValueError, KeyError) as exc:
         tmp.unlink(missing_ok=True)
         raise OnnxExportError(f"onnxruntime cannot run the exported graph: {exc}") from exc
     sk_proba = model.predict_proba(to_model_input(parity_rows, signature))[:, 1]

@@ -153,7 +153,10 @@ def package(model: Any, signature: ModelSignature, models_dir: str | Path, versi
         formats = ["joblib"]
         try:
             exported = export_onnx(model, signature, staging, test_rows, onnx_tolerance)
-        except OnnxExportError as exc:
+        except Exception as exc:  # noqa: BLE001 - an optional format never fails the run: it is left out, with why
+            if not isinstance(exc, OnnxExportError):
+                log.warning("version %s: ONNX export failed unexpectedly (%s: %s); left out of formats", version,
+                            type(exc).__name__, exc)
             (staging / ONNX_FILE).unlink(missing_ok=True)
             log.info("version %s: no ONNX export (%s)", version, exc)
             onnx = {"exported": False, "error": str(exc)[:500]}
@@ -184,7 +187,10 @@ def _package_pmml(model: Any, signature: ModelSignature, staging: Path, final: P
     started = time.monotonic()
     try:
         exported = export_pmml(model, signature, staging, test_rows, tolerance, random_state=random_state)
-    except PmmlExportError as exc:
+    except Exception as exc:  # noqa: BLE001 - an optional format never fails the run: it is left out, with why
+        if not isinstance(exc, PmmlExportError):
+            log.warning("version %s: PMML export failed unexpectedly (%s: %s); left out of formats", final.name,
+                        type(exc).__name__, exc)
         (staging / PMML_FILE).unlink(missing_ok=True)
         log.info("version %s: no PMML export (%s)", final.name, exc)
         return {"exported": False, "error": str(exc)[:500], "seconds": round(time.monotonic() - started, 1)}

@@ -38,12 +38,18 @@ def ingest(cfg: ChurnConfig, res: Resources, run: dict) -> dict:
     as_of = date.fromisoformat(run["as_of"])
     run_dir = Path(run["run_dir"])
     if cfg.source == "file":
-        from churn.data.sources import read_file_snapshot, resolve_files
+        from churn.data.infer import detect_csv_format
+        from churn.data.sources import parse_missing, read_file_snapshot, resolve_files
 
         train_files = resolve_files(cfg.file_path, as_of)
-        spec = spec_from_config(cfg, train_files)  # kinds inferred from the delivery when none are configured
-        options = {"delimiter": cfg.file_delimiter, "encoding": cfg.file_encoding, "chunk_rows": cfg.ingest_chunk_rows,
-                   "decimal": cfg.file_decimal, "thousands": cfg.file_thousands, "dayfirst": cfg.file_dayfirst}
+        # Settings the user left at their defaults may be detected from the delivery (and the log says how to pin).
+        fmt = detect_csv_format(train_files[0], delimiter=cfg.file_delimiter, decimal=cfg.file_decimal,
+                                thousands=cfg.file_thousands, encoding=cfg.file_encoding,
+                                pinned=frozenset(n.removeprefix("file_") for n in cfg.model_fields_set))
+        spec = spec_from_config(cfg, train_files, csv_format=fmt)  # kinds inferred when none are configured
+        options = {"delimiter": fmt.delimiter, "encoding": cfg.file_encoding, "chunk_rows": cfg.ingest_chunk_rows,
+                   "decimal": fmt.decimal, "thousands": fmt.thousands, "dayfirst": cfg.file_dayfirst,
+                   "missing": parse_missing(cfg.file_missing_values)}
         train = read_file_snapshot(spec, train_files, run_dir / "train_raw.parquet", as_of, labelled=True, **options)
         score = read_file_snapshot(spec, resolve_files(cfg.file_score_path or cfg.file_path, as_of),
                                    run_dir / "score_raw.parquet", as_of, labelled=False, **options)
@@ -75,6 +81,8 @@ def ingest(cfg: ChurnConfig, res: Resources, run: dict) -> dict:
             out[dataset]["sample_fraction"] = fraction
         log.info("sampled %s of the population: %s", fraction, {k: v["rows"] for k, v in out.items()})
     out["dataset"] = spec.name
+    if cfg.source == "file" and fmt.detected:
+        out["detected_format"] = fmt.detected
     if spec.inference:
         out["inferred_kinds"] = {k: spec.inference[k] for k in ("numeric", "boolean", "categorical", "ignored")}
     out["spec_path"] = str(spec.write(run_dir))  # a reference: split/train/validate read the spec from here
