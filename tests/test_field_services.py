@@ -105,6 +105,8 @@ def test_dask_of_make_cluster_is_on_loopback_and_takes_only_the_stacks_certifica
             assert refused.returncode != 0 and "SUM" not in refused.stdout
         with pytest.raises(Exception):  # another certificate, not signed by the stack's: refused by the scheduler
             Client(stack.dask_address, security=Security.temporary(), timeout=5)
+        with Client(stack.dask_address, security=stack.dask_security(), timeout=30) as client:  # tests' own client
+            assert client.submit(sum, [2, 3]).result() == 5
         scheduler_log = logs["scheduler"].read_text()
         assert "dashboard at:" in scheduler_log and "0.0.0.0" not in scheduler_log and "://:" not in scheduler_log
         dashboards = [line for line in scheduler_log.splitlines() if "dashboard at:" in line.lower()]

@@ -66,7 +66,7 @@ def test_tpot_evaluations_ran_on_the_dask_workers(cluster, first_run):
     tpot = next(c for c in trained["candidates"] if c["name"] == "tpot")
     assert tpot["params"]["dask_scheduler_address"] == cluster.dask_address
     assert tpot["params"]["pipelines_scored"] >= 1
-    with Client(cluster.dask_address, timeout=30) as client:
+    with Client(cluster.dask_address, security=cluster.dask_security(), timeout=30) as client:
         workers = client.scheduler_info()["workers"]
         prefixes = client.run_on_scheduler(
             lambda dask_scheduler: {name: sum(p.all_durations.values()) for name, p in

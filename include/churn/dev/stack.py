@@ -126,6 +126,13 @@ class AirflowStack(AirflowRestApi):
             env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__KEY"] = str(key)
         return env
 
+    def dask_security(self):
+        """A ``distributed.Security`` presenting the stack's certificate, for a Dask client in this process."""
+        from distributed import Security
+
+        cert, key = str(self.dask_tls_dir / "cert.pem"), str(self.dask_tls_dir / "key.pem")
+        return Security(require_encryption=True, tls_ca_file=cert, tls_client_cert=cert, tls_client_key=key)
+
     def dask_env(self) -> dict[str, str]:
         """Environment of the Dask scheduler and workers: what a pipeline fit needs, no database URL or password."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CHURN_", "DASK_"))}
