@@ -59,6 +59,24 @@ def test_postgres_as_root_leaves_the_state_folder_and_its_ancestors_as_they_were
         sv.remove_outside_data(pg_dir)
 
 
+def test_as_root_a_data_directory_whose_state_folder_is_gone_is_removed(tmp_path):
+    if not sv._as_pg_user():
+        pytest.skip("only root keeps data directories outside the state folder")
+    orphan = sv.PG_ROOT_BASE / "0000test-orphan"
+    orphan.mkdir(parents=True, exist_ok=True)
+    (orphan / sv.OWNER_FILE).write_text(str(tmp_path / "deleted-state" / "postgres"))
+    unknown = sv.PG_ROOT_BASE / "0000test-unknown"  # no owner recorded: never touched
+    unknown.mkdir(exist_ok=True)
+    pg_dir = sv.private_dir(tmp_path / "state" / "postgres")
+    try:
+        sv.pg_paths(pg_dir)
+        assert not orphan.exists() and unknown.exists()
+        assert (sv.pg_paths(pg_dir, create=False).data.parent / sv.OWNER_FILE).read_text() == str(pg_dir.resolve())
+    finally:
+        unknown.rmdir()
+        sv.remove_outside_data(pg_dir)
+
+
 # --- the embedded Redis-protocol server (Valkey): passwords, ACL users, a maintained version ------------------
 
 def test_an_unauthenticated_or_wrong_password_client_is_refused(services):

@@ -46,6 +46,7 @@ PG_SYSTEM_USER = "churnpg"  # PostgreSQL refuses to run as root, so root drops t
 # Run as root, the data directory lives here, owned by PG_SYSTEM_USER: that user cannot traverse a private
 # state folder (0700) or its ancestors (a 0700 home), and the launcher never loosens their modes.
 PG_ROOT_BASE = Path("/var/lib/churn-pg")
+OWNER_FILE = "state-folder"  # in such a data directory's folder: the pg_dir it belongs to
 PASSWORD_FILE = "postgres.password"  # the publisher's (superuser's) generated secret, mode 0600
 REDIS_USER = "churn"  # the platform's ACL user: every command but the @dangerous ones
 REDIS_ADMIN_USER = "churn-admin"  # the launcher's and the tests' user: flush, inspect, save, shut down
@@ -222,14 +223,26 @@ def pg_paths(pg_dir: Path, create: bool = True) -> PgPaths:
     if create:
         PG_ROOT_BASE.mkdir(parents=True, exist_ok=True)
         PG_ROOT_BASE.chmod(0o711)  # churnpg may pass through to its own folder, nobody may list the folders
+        _remove_orphans()
         home.mkdir(exist_ok=True)
         os.chown(home, as_user["user"], as_user["group"])
         home.chmod(0o700)
+        (home / OWNER_FILE).write_text(str(pg_dir.resolve()))
         _adopt_legacy_data_dir(pg_dir, home / "data")
         link = pg_dir / "data"
         if not link.is_symlink():
             link.symlink_to(home / "data")
     return PgPaths(home / "data", home / "postgres.log", _root_pg_install(create) / "bin", as_user)
+
+
+def _remove_orphans() -> None:
+    """Remove data directories under /var/lib/churn-pg whose state folder is gone (temporary ones: tests, benches)."""
+    for home in PG_ROOT_BASE.iterdir():
+        owner = home / OWNER_FILE
+        if not owner.is_file() or Path(owner.read_text()).exists() or (home / "data" / "postmaster.pid").exists():
+            continue
+        log.info("removing %s: its state folder %s no longer exists", home, owner.read_text())
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _root_pg_install(create: bool) -> Path:
