@@ -36,7 +36,10 @@ EXPORT_FILES = Asset("churn_export_files")
     catchup=CONFIG.catchup,
     max_active_runs=1,
     tags=["churn", "ml", "nightly"],
+    # Every task is bounded (train has its own, longer limit): with max_active_runs=1 one hung task would
+    # otherwise hold every later night.
     default_args={"retries": 2, "retry_delay": timedelta(minutes=1), "retry_exponential_backoff": True,
+                  "execution_timeout": timedelta(hours=1),
                   "on_failure_callback": ChurnAlertNotifier("churn_nightly task failed")},
     deadline=RUN_DEADLINE,
     params={

@@ -39,7 +39,7 @@ OUTBOX = Asset(
     catchup=False,
     max_active_runs=2,  # two runs may drain at once: claims keep every event to exactly one of them
     tags=["churn", "events"],
-    default_args={"retries": 3, "retry_delay": timedelta(seconds=5),
+    default_args={"retries": 3, "retry_delay": timedelta(seconds=5), "execution_timeout": timedelta(minutes=15),
                   "on_failure_callback": ChurnAlertNotifier("churn_rescore task failed")},
     params={"customer_ids": Param([], type="array", items={"type": "string"}, title="Customers to re-score",
                                   description="Ids to re-score now through the event path (empty: just drain "

@@ -45,6 +45,8 @@ class _FaultySFTP(asyncssh.SFTPServer):
         self._dropped = False
 
     def write(self, file_obj, offset, data):
+        if self._server.stall_writes_seconds:  # a server that stops answering mid-upload (no error, no close)
+            return asyncio.sleep(self._server.stall_writes_seconds, result=None)
         written = super().write(file_obj, offset, data)
         srv = self._server
         self._written += len(data)
@@ -78,6 +80,7 @@ class SftpTestServer:
     bytes_received: int = 0
     logins: int = 0
     posix_rename: bool = True
+    stall_writes_seconds: float = 0.0
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
     _acceptor: object = field(default=None, repr=False)

@@ -181,3 +181,17 @@ def test_server_without_posix_rename_still_replaces_the_file(tmp_path, server, k
     deliver_files(second, ".", hook_sftp_factory(CONN_ID))
     assert (server.root / second[0].name).read_bytes() == second[0].read_bytes()
     assert sorted(p.name for p in server.root.iterdir()) == [second[0].name, second[1].name]
+
+
+def test_a_stalled_server_fails_the_delivery_within_its_channel_timeout(tmp_path, server, keys, monkeypatch):
+    """Issue 26 item 15: a server that stops answering mid-upload is a retried timeout, never a hung task."""
+    import time
+
+    _use_connection(monkeypatch, server, keys)
+    server.stall_writes_seconds = 60
+    data, manifest = _export(tmp_path / "local", 200)
+    started = time.monotonic()
+    with pytest.raises(DeliveryError, match="after 2 attempts"):
+        deliver_files([data, manifest], "outbox", hook_sftp_factory(CONN_ID), attempts=2, backoff_seconds=0.1,
+                      channel_timeout_s=1.0)
+    assert time.monotonic() - started < 30

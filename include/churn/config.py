@@ -54,6 +54,8 @@ class ChurnConfig(BaseSettings):
     """Airflow connection id of the Redis that serves scores to front-end apps."""
     sftp_conn_id: str = "churn_sftp"
     """Airflow connection id of the SFTP server receiving exports (absent = keep files local)."""
+    pg_statement_timeout_s: Count = 3600
+    """Every platform Postgres statement is cancelled after this many seconds (0 = no limit): a hung one fails its task."""
     postgres_port: Port = 54329
     """Loopback port of the embedded PostgreSQL server (embedded default only)."""
     redis_port: Port = 63799
@@ -106,6 +108,8 @@ class ChurnConfig(BaseSettings):
     """SQL source: Airflow connection id of your database (``CHURN_SOURCE_URL`` wins; undefined = the platform's)."""
     source_query: str = ""
     """SQL source: your feature query (.sql with ``%(as_of)s``, ``%(label_window_days)s``); relative to the project root."""
+    source_statement_timeout_seconds: Duration = 3600.0
+    """SQL and demo sources: statement timeout of each run of the feature query (one READ ONLY statement)."""
     file_path: str = ""
     """File source: path or glob; ``{ds}`` = the run date; relative paths are from the project root."""
     file_score_path: str = ""

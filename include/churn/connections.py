@@ -30,6 +30,31 @@ from churn.config import ChurnConfig
 
 log = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT_S = 10  # a Postgres or Redis server that does not answer within this fails the attempt
+DEFAULT_STATEMENT_TIMEOUT_S = 3600  # CHURN_PG_STATEMENT_TIMEOUT_S' default
+
+
+def pg_connect(*args: Any, statement_timeout_s: int = DEFAULT_STATEMENT_TIMEOUT_S, **kwargs: Any):
+    """``psycopg2.connect`` bounded in time: a connect timeout and a server-side ``statement_timeout``.
+
+    An ``options`` or ``connect_timeout`` the caller (or the Airflow connection's extras) gives is kept;
+    the statement timeout is appended to the options, so a statement that hangs (a lock never granted, a
+    server that stalls) fails its task instead of blocking every later night behind ``max_active_runs=1``.
+    """
+    import psycopg2
+    from psycopg2.extensions import parse_dsn
+
+    if args:  # a URL or DSN: its own options (e.g. ?options=-c search_path=...) are kept, not overridden
+        kwargs = {**parse_dsn(args[0]), **kwargs}
+        args = ()
+    kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
+    if statement_timeout_s:
+        bound = f"-c statement_timeout={int(statement_timeout_s) * 1000}"
+        kwargs["options"] = f"{kwargs['options']} {bound}" if kwargs.get("options") else bound
+    kwargs.setdefault("application_name", "churn")
+    return psycopg2.connect(*args, **kwargs)
+
+
 class ConnectionNotConfigured(RuntimeError):
     """No Postgres/Redis location is configured; the message lists the ways to set one."""
 
@@ -91,12 +116,13 @@ class Resources:
             conn.close()
 
     @classmethod
-    def from_urls(cls, pg_url: str, redis_url_: str, source_url: str | None = None) -> "Resources":
-        """Clients from explicit URLs (tests, CLI, benchmarks)."""
-        import psycopg2
-
-        return cls(pg=lambda: psycopg2.connect(pg_url), redis=lambda: _redis_client(redis_url_),
-                   source=(lambda: psycopg2.connect(source_url)) if source_url else None)
+    def from_urls(cls, pg_url: str, redis_url_: str, source_url: str | None = None,
+                  statement_timeout_s: int = DEFAULT_STATEMENT_TIMEOUT_S) -> "Resources":
+        """Clients from explicit URLs (tests, CLI, benchmarks), bounded in time like the pipeline's."""
+        return cls(pg=lambda: pg_connect(pg_url, statement_timeout_s=statement_timeout_s),
+                   redis=lambda: _redis_client(redis_url_),
+                   source=(lambda: pg_connect(source_url, statement_timeout_s=statement_timeout_s))
+                   if source_url else None)
 
     @classmethod
     def from_airflow(cls, cfg: ChurnConfig | None = None) -> "Resources":
@@ -105,7 +131,7 @@ class Resources:
 
         def pg():  # each store resolved on its own, when a client is asked for
             if not os.environ.get("CHURN_POSTGRES_URL"):
-                conn = _psycopg2_from_airflow(cfg.postgres_conn_id)
+                conn = _psycopg2_from_airflow(cfg.postgres_conn_id, cfg.pg_statement_timeout_s)
                 if conn is not None:
                     return conn
             return _psycopg2_from_url(cfg)
@@ -118,12 +144,10 @@ class Resources:
             return _redis_from_url(cfg)
 
         def source():
-            import psycopg2
-
             url = os.environ.get("CHURN_SOURCE_URL")
             if url:
-                return psycopg2.connect(url, connect_timeout=10)
-            conn = _psycopg2_from_airflow(cfg.source_conn_id)
+                return pg_connect(url, statement_timeout_s=cfg.pg_statement_timeout_s)
+            conn = _psycopg2_from_airflow(cfg.source_conn_id, cfg.pg_statement_timeout_s)
             if conn is not None:
                 return conn
             log.info("no connection '%s' (nor CHURN_SOURCE_URL): the SQL source reads the platform's Postgres",
@@ -148,15 +172,13 @@ def airflow_connection(conn_id: str) -> Any | None:
 
 
 def _psycopg2_from_url(cfg: ChurnConfig):
-    import psycopg2
-
-    return psycopg2.connect(postgres_url(cfg), connect_timeout=10)
+    return pg_connect(postgres_url(cfg), statement_timeout_s=cfg.pg_statement_timeout_s)
 
 
 def _redis_client(url: str):
     import redis
 
-    return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10)
+    return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=CONNECT_TIMEOUT_S)
 
 
 def _redis_from_url(cfg: ChurnConfig):
@@ -178,14 +200,12 @@ def _redis_from_airflow(conn_id: str):
                        socket_connect_timeout=10)
 
 
-def _psycopg2_from_airflow(conn_id: str):
-    """psycopg2 connection from an Airflow connection's fields, or None if the connection is not defined."""
-    import psycopg2
-
+def _psycopg2_from_airflow(conn_id: str, statement_timeout_s: int = DEFAULT_STATEMENT_TIMEOUT_S):
+    """psycopg2 connection from an Airflow connection's fields (time-bounded), or None if it is not defined."""
     conn = airflow_connection(conn_id)
     if conn is None:
         return None
-    return psycopg2.connect(**psycopg2_kwargs(conn))
+    return pg_connect(statement_timeout_s=statement_timeout_s, **psycopg2_kwargs(conn))
 
 
 def psycopg2_kwargs(conn: Any) -> dict[str, Any]:

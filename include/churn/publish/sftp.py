@@ -27,6 +27,9 @@ import paramiko
 
 log = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT_S = 30  # TCP connect, SSH banner and authentication
+CHANNEL_TIMEOUT_S = 120.0  # one read or write on the SFTP channel without progress
+
 SftpFactory = Callable[[], ContextManager[paramiko.SFTPClient]]
 
 
@@ -71,7 +74,8 @@ def hook_sftp_factory(conn_id: str) -> SftpFactory:
         from airflow.providers.sftp.hooks.sftp import SFTPHook
 
         # One connection attempt per call: our own loop retries with backoff and stops at permanent errors.
-        hook = SFTPHook(ssh_conn_id=conn_id, conn_retry_attempts=1)
+        hook = SFTPHook(ssh_conn_id=conn_id, conn_retry_attempts=1, conn_timeout=CONNECT_TIMEOUT_S,
+                        auth_timeout=CONNECT_TIMEOUT_S, banner_timeout=CONNECT_TIMEOUT_S)
         if hook.no_host_key_check or hook.allow_host_key_change:
             raise DeliveryRefused(
                 f"Airflow connection '{conn_id}' disables host key checking (no_host_key_check / "
@@ -87,6 +91,13 @@ def hook_sftp_factory(conn_id: str) -> SftpFactory:
             yield client
 
     return factory
+
+
+def bound_channel(sftp: paramiko.SFTPClient, seconds: float) -> None:
+    """Every read or write on ``sftp`` fails after ``seconds`` without progress instead of hanging the task."""
+    channel = sftp.get_channel()
+    if channel is not None:
+        channel.settimeout(seconds)
 
 
 def _is_permanent(exc: BaseException) -> bool:
@@ -130,12 +141,18 @@ def put_atomic(sftp: paramiko.SFTPClient, local: str | Path, remote_dir: str) ->
 
 
 def deliver_files(files: Sequence[str | Path], remote_dir: str, factory: SftpFactory, *, attempts: int = 4,
-                  backoff_seconds: float = 2.0, sleep: Callable[[float], None] = time.sleep) -> list[str]:
-    """Upload ``files`` in order (each data file before its manifest) with retries; return the remote paths."""
+                  backoff_seconds: float = 2.0, sleep: Callable[[float], None] = time.sleep,
+                  channel_timeout_s: float = CHANNEL_TIMEOUT_S) -> list[str]:
+    """Upload ``files`` in order (each data file before its manifest) with retries; return the remote paths.
+
+    Each attempt's channel times out after ``channel_timeout_s`` seconds without progress (a stalled
+    server becomes a retried ``socket.timeout``, never a hung task).
+    """
     attempts = max(1, attempts)
     for attempt in range(1, attempts + 1):
         try:
             with factory() as sftp:
+                bound_channel(sftp, channel_timeout_s)
                 _ensure_dir(sftp, remote_dir)
                 # Every attempt re-sends every file: each rename is atomic, so repeating one is harmless.
                 delivered = [put_atomic(sftp, path, remote_dir) for path in files]
