@@ -172,6 +172,12 @@ def churn_nightly():
 
         return run_task(reporting.report, run, stages, summary)
 
+    @task
+    def purge(run: dict) -> dict:
+        from churn.stages import reporting, run_task
+
+        return run_task(reporting.purge, run)
+
     run = start_run()
     ingested = ingest(run)
     validated = profile_and_validate(run, ingested)
@@ -193,7 +199,8 @@ def churn_nightly():
         "evaluation": evaluation, "registered": registered, "scored": scored, "pg_published": pg_published,
         "redis_published": redis_published, "exported": exported,
     }
-    report(run, stages, summarize(run, stages))
+    # Retention last: a night that failed earlier purges nothing, so its evidence stays for the next one.
+    report(run, stages, summarize(run, stages)) >> purge(run)
 
 
 churn_nightly()

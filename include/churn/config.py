@@ -246,6 +246,8 @@ class ChurnConfig(BaseSettings):
     """Read-only Postgres role for consumers (password from CHURN_PG_READER_PASSWORD); empty = not managed."""
     score_history_runs: Count = 7
     """How many published runs stay queryable in Postgres score history."""
+    retention_days: Annotated[int, Field(ge=1)] = 45
+    """Days kept of run folders, exports, outbox events, quarantine, validation and refresh logs (never below CHURN_REALIZED_LAG_DAYS + 1)."""
 
     # --- monitoring and alerts ----------------------------------------------------
     realized_lag_days: Annotated[int, Field(ge=1)] = 30

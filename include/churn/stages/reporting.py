@@ -133,6 +133,18 @@ def report(cfg: ChurnConfig, res: Resources, run: dict, stages: dict, summary: d
                                            "alerts": breaches})
 
 
+def purge(cfg: ChurnConfig, res: Resources, run: dict) -> dict:
+    """Retention: rows and files older than CHURN_RETENTION_DAYS (the served batch and monitoring's kept)."""
+    from churn.retention import purge as purge_old
+
+    started = time.monotonic()
+    if is_dry_run(run):
+        return timed(run, "purge", started, {"skipped": "dry run: nothing is written or removed"})
+    with res.pg_session() as conn:
+        result = purge_old(conn, cfg, date.fromisoformat(run["as_of"]))
+    return timed(run, "purge", started, result.as_dict())
+
+
 def _stored_drift(conn, run_key: str) -> dict:
     """Per-feature drift of the run from ``churn.drift_metrics`` (written by the drift stage), if any."""
     with conn.cursor() as cur:
