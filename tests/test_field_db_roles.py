@@ -155,3 +155,127 @@ def test_a_failing_outbox_insert_warns_and_never_fails_the_source_write(fresh_pg
         outbox.install_triggers(admin, ["app.tickets"], "customer_id")
         assert outbox.trigger_function_problems(admin) == []
         admin.close()
+
+
+# --- item 8: the feature query is one READ ONLY statement with a timeout ------------------------------------
+
+VICTIM_DDL = ("CREATE TABLE public.victim (customer_id text PRIMARY KEY, seen_on date NOT NULL, fee float8); "
+              "INSERT INTO public.victim VALUES ('C1', '2026-01-01', 1), ('C2', '2026-01-02', 2), "
+              "('C3', '2026-01-03', 3); "
+              # a function with a side effect, callable from a single SELECT
+              "CREATE FUNCTION public.purge() RETURNS float8 LANGUAGE sql VOLATILE AS "
+              "'DELETE FROM public.victim; SELECT 1::float8'")
+AS_OF = date(2026, 11, 20)
+# Written to break out of the platform's "SELECT * FROM (<query>) AS feature_query" wrapping.
+INJECTION = ("SELECT 'C1' AS customer_id, %(as_of)s::date AS seen_on ) AS q; DROP TABLE public.victim; COMMIT; "
+             "SELECT * FROM ( SELECT 1")
+
+def _spec():
+    from churn.data.spec import DatasetSpec
+
+    return DatasetSpec("victims", "sql", "customer_id", "churned", numeric=["fee"], suite="victims")
+
+
+def _query(tmp_path: Path, text: str) -> str:
+    from churn.data.sql_source import load_query
+
+    path = tmp_path / f"q_{uuid.uuid4().hex[:6]}.sql"
+    path.write_text(text)
+    return load_query(path)
+
+
+def _victims(url: str) -> int | None:
+    return _one(url, "SELECT CASE WHEN to_regclass('public.victim') IS NULL THEN NULL "
+                     "ELSE (SELECT count(*) FROM public.victim) END")[0]
+
+
+def test_a_feature_query_with_extra_statements_is_refused_and_runs_nothing(fresh_pg_url, tmp_path):
+    from churn.data.leakage import check_leakage
+    from churn.data.sql_source import SqlSourceError, bind, extract_query_snapshot, read_sample
+
+    _run(fresh_pg_url, VICTIM_DDL)
+    query = _query(tmp_path, INJECTION)
+    conn = psycopg2.connect(fresh_pg_url)
+    with pytest.raises(SqlSourceError, match="more than one SQL statement.*exactly one SELECT"):
+        read_sample(conn, bind(conn, query, AS_OF, 30), 10)
+    with pytest.raises(SqlSourceError, match="more than one SQL statement"):
+        extract_query_snapshot(conn, query, AS_OF, tmp_path / "s.parquet", _spec(), labelled=False)
+    with pytest.raises(SqlSourceError):  # the event re-score wraps it once more: a syntax error, nothing runs
+        extract_query_snapshot(conn, query, AS_OF, tmp_path / "s.parquet", _spec(), labelled=False, ids=["C1"])
+    # The leakage CLI runs the text as it is: the same injection without the parentheses.
+    plain = _query(tmp_path, "SELECT 'C1' AS customer_id, %(as_of)s::date AS seen_on; DROP TABLE public.victim")
+    with pytest.raises(SqlSourceError, match="more than one SQL statement"):
+        check_leakage(conn, plain, AS_OF, 30, id_column="customer_id", label_column="churned")
+    with pytest.raises(SqlSourceError):  # unbalanced on its own: a syntax error, nothing run either
+        check_leakage(conn, query, AS_OF, 30, id_column="customer_id", label_column="churned")
+    assert not (tmp_path / "s.parquet").exists()
+    conn.close()
+    assert _victims(fresh_pg_url) == 3
+
+
+def test_a_single_statement_that_writes_is_refused_by_the_read_only_transaction(fresh_pg_url, tmp_path):
+    from churn.data.leakage import check_leakage
+    from churn.data.sql_source import SqlSourceError, bind, extract_query_snapshot, read_sample
+
+    _run(fresh_pg_url, VICTIM_DDL)
+    query = _query(tmp_path, "SELECT customer_id, seen_on, public.purge() AS fee FROM public.victim "
+                             "WHERE seen_on < %(as_of)s")
+    conn = psycopg2.connect(fresh_pg_url)
+    with pytest.raises(SqlSourceError, match="(?s)read-only transaction.*may not write"):
+        read_sample(conn, bind(conn, query, AS_OF, 30), 10)
+    with pytest.raises(SqlSourceError, match="(?s)read-only transaction.*may not write"):
+        extract_query_snapshot(conn, query, AS_OF, tmp_path / "s.parquet", _spec(), labelled=False)
+    with pytest.raises(SqlSourceError, match="read-only transaction"):
+        check_leakage(conn, query, AS_OF, 30, id_column="customer_id", label_column="churned")
+    # A data-modifying WITH at the top level: refused too (the wrapping or READ ONLY, whichever comes first).
+    cte = _query(tmp_path, "WITH d AS (DELETE FROM public.victim RETURNING *) SELECT customer_id, seen_on, fee "
+                           "FROM d WHERE seen_on < %(as_of)s")
+    with pytest.raises(SqlSourceError):
+        read_sample(conn, bind(conn, cte, AS_OF, 30), 10)
+    # The connection stays usable, and the next transaction on it may write (the event consumer's claims).
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE public.after (x int)")
+    conn.commit()
+    conn.close()
+    assert _victims(fresh_pg_url) == 3
+
+
+def test_the_feature_query_stops_at_the_statement_timeout(fresh_pg_url, tmp_path, monkeypatch):
+    from churn.data.sql_source import SqlSourceError, bind, extract_query_snapshot, read_sample
+
+    _run(fresh_pg_url, VICTIM_DDL)
+    slow = _query(tmp_path, "SELECT customer_id, seen_on, fee + pg_sleep(5)::text::float8 * 0 AS fee "
+                            "FROM public.victim WHERE seen_on < %(as_of)s")
+    conn = psycopg2.connect(fresh_pg_url)
+    started = time.monotonic()
+    with pytest.raises(SqlSourceError, match="CHURN_SOURCE_STATEMENT_TIMEOUT_SECONDS"):
+        read_sample(conn, bind(conn, slow, AS_OF, 30), 10, timeout_seconds=0.3)
+    assert time.monotonic() - started < 3
+    monkeypatch.setenv("CHURN_SOURCE_STATEMENT_TIMEOUT_SECONDS", "0.3")  # the setting, as the stages run it
+    started = time.monotonic()
+    with pytest.raises(SqlSourceError, match="statement timeout"):
+        extract_query_snapshot(conn, slow, AS_OF, tmp_path / "s.parquet", _spec(), labelled=False)
+    assert time.monotonic() - started < 3
+    conn.close()
+
+
+def test_a_read_only_source_role_runs_the_query_and_a_superuser_is_warned_about(fresh_pg_url, tmp_path, caplog):
+    from churn.data import sql_source
+
+    _run(fresh_pg_url, VICTIM_DDL)
+    query = _query(tmp_path, "SELECT customer_id, seen_on, fee FROM public.victim WHERE seen_on < %(as_of)s")
+    sql_source._checked_roles.clear()
+    with login_role(fresh_pg_url, "GRANT SELECT ON public.victim TO {role}") as (_, reader_url):
+        reader = psycopg2.connect(reader_url)
+        with caplog.at_level("WARNING", logger="churn.data.sql_source"):
+            sample = sql_source.read_sample(reader, sql_source.bind(reader, query, AS_OF, 30), 10)
+        reader.close()
+    assert sorted(sample["customer_id"]) == ["C1", "C2", "C3"]
+    assert not caplog.records
+    admin = psycopg2.connect(fresh_pg_url)
+    with caplog.at_level("WARNING", logger="churn.data.sql_source"):
+        sql_source.read_sample(admin, sql_source.bind(admin, query, AS_OF, 30), 10)
+        sql_source.read_sample(admin, sql_source.bind(admin, query, AS_OF, 30), 10)
+    admin.close()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "superuser" in warnings[0] and "CHURN_SOURCE_CONN_ID" in warnings[0], warnings

@@ -21,7 +21,8 @@ import pandas as pd
 import psycopg2
 
 from churn.config import ChurnConfig
-from churn.data.sql_source import SqlSourceError, bind, load_query, query_failed, query_path, quote_ident
+from churn.data.sql_source import (SqlSourceError, bind, confine, load_query, query_failed, query_path, quote_ident,
+                                   statement_timeout_seconds)
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def _difference(before: pd.DataFrame, after: pd.DataFrame, columns: list[str], i
 
 
 def check_leakage(conn, query: str, as_of: date, label_window_days: int, *, id_column: str, label_column: str,
-                  max_rows_per_table: int = 100_000) -> LeakageReport:
+                  max_rows_per_table: int = 100_000, timeout_seconds: float | None = None) -> LeakageReport:
     """Refuse a training query whose result changes when rows dated after ``as_of`` are added.
 
     Everything happens in one transaction that is rolled back: the tables the query's plan reads are copied
@@ -211,23 +212,35 @@ def check_leakage(conn, query: str, as_of: date, label_window_days: int, *, id_c
     Copies that would repeat a unique key get a distinct key (text ``|| '~after-as-of'``, integers offset)
     unless a date is part of the key. The query must name tables schema-qualified or by a name the copies
     shadow; views and functions are not followed.
+
+    The query is confined as in a nightly run (:func:`churn.data.sql_source.confine`): one statement, READ
+    ONLY (only the temporary copies are written, by the check's own statements), statement timeout
+    ``timeout_seconds`` (default ``CHURN_SOURCE_STATEMENT_TIMEOUT_SECONDS``).
     """
     report = LeakageReport("inconclusive", as_of.isoformat(), int(label_window_days), 0)
     bound = bind(conn, query, as_of, label_window_days)
+    seconds = statement_timeout_seconds() if timeout_seconds is None else float(timeout_seconds)
     try:
+        with conn.cursor() as cur:  # a first transaction that only reads: the check, then the plan's tables
+            confine(cur, bound, seconds)
         relations = _relations(conn, bound)
+        conn.rollback()
         names = [table for _, table in relations]
         clash = sorted({n for n in names if names.count(n) > 1})
         if clash:
             raise SqlSourceError(f"the query reads tables of the same name in two schemas ({clash}); the leakage "
                                  "check cannot copy both")
+        redirected = bind(conn, _redirect(query, relations), as_of, label_window_days)
         with conn.cursor() as cur:
+            # The copies are made by the check's own statements (a READ ONLY transaction cannot create tables);
+            # then the transaction turns READ ONLY before the query's text runs: it may write the copies only.
+            cur.execute("SELECT set_config('statement_timeout', %s, true)", (f"{max(1, round(seconds * 1000))}ms",))
             for schema, table in relations:
                 cur.execute(f"CREATE TEMP TABLE {quote_ident(table)} (LIKE {quote_ident(schema)}.{quote_ident(table)} "
                             "INCLUDING INDEXES) ON COMMIT DROP")
                 cur.execute(f"INSERT INTO pg_temp.{quote_ident(table)} SELECT * FROM {quote_ident(schema)}.{quote_ident(table)} "
                             "LIMIT %s", (int(max_rows_per_table),))
-        redirected = bind(conn, _redirect(query, relations), as_of, label_window_days)
+            confine(cur, redirected, seconds)
         leftover = [f"{s}.{t}" for s, t in _relations(conn, redirected) if not s.startswith("pg_temp")]
         if leftover:
             raise SqlSourceError(f"the leakage check could not point the query at copies of {leftover} (read "

@@ -13,6 +13,13 @@ The demo's own source is one such query (``include/churn/sql/demo_features.sql``
 Extraction streams: ``COPY (query) TO STDOUT`` flows through a pipe into Arrow's CSV reader (typed by the
 dataset spec) and batch by batch into Parquet, so client memory stays bounded whatever the population.
 
+The query is confined (:func:`confine`): it must be exactly one statement (checked by the server's own
+parser before anything runs), and it runs in a READ ONLY transaction with ``statement_timeout`` =
+``CHURN_SOURCE_STATEMENT_TIMEOUT_SECONDS``. That stops a stray or hostile ``.sql`` file from writing
+through the platform; the boundary that holds whatever the query does is the role it runs as: make the
+``churn_source`` connection a role that may only SELECT the tables the query reads (a warning is logged
+when it runs as a superuser or a role that may write).
+
 The leakage check of such a query lives in :mod:`churn.data.leakage`.
 """
 
@@ -52,6 +59,78 @@ FALSE_WORDS = ["f", "false", "0"]
 
 class SqlSourceError(IngestError):
     """The feature query cannot be used as configured; the message names the file or setting to fix."""
+
+
+_checked_roles: set[tuple[str, str]] = set()  # (database, role) already checked for write rights in this process
+
+
+def statement_timeout_seconds() -> float:
+    """``CHURN_SOURCE_STATEMENT_TIMEOUT_SECONDS`` of this environment."""
+    return ChurnConfig.from_env().source_statement_timeout_seconds
+
+
+def confine(cur, bound_sql: str, timeout_seconds: float | None = None) -> None:
+    """Make the cursor's transaction READ ONLY with a statement timeout, then refuse ``bound_sql`` unless it is one statement.
+
+    Call before running anything of the query in this transaction (the check plans it: planning can run functions).
+    """
+    if cur.connection.autocommit:
+        raise SqlSourceError("the source connection is in autocommit mode: the feature query must run inside a "
+                             "READ ONLY transaction (use a connection with autocommit off)")
+    seconds = statement_timeout_seconds() if timeout_seconds is None else float(timeout_seconds)
+    cur.execute("SET TRANSACTION READ ONLY")  # for this transaction: the next one (an outbox claim) may write
+    cur.execute("SELECT set_config('statement_timeout', %s, true)", (f"{max(1, round(seconds * 1000))}ms",))
+    _warn_if_role_can_write(cur)
+    check_one_statement(cur, bound_sql)
+
+
+def check_one_statement(cur, bound_sql: str) -> None:
+    """Refuse text that the server parses as more than one statement (or as a statement returning no rows).
+
+    The server's parser decides, not a client-side guess at quotes and comments: PL/pgSQL opens a cursor on
+    the text (``OPEN ... FOR EXECUTE``), which parses and plans it but runs nothing, and refuses more than
+    one statement. The text travels as a quoted literal (quoted twice), so it cannot end the check early.
+    """
+    import psycopg2.errors
+
+    probe = cur.mogrify("%s", (bound_sql,)).decode()
+    body = f"DECLARE feature_query refcursor; BEGIN OPEN feature_query FOR EXECUTE {probe}; CLOSE feature_query; END"
+    try:
+        cur.execute(cur.mogrify("DO %s", (body,)).decode())
+    except psycopg2.errors.InvalidCursorDefinition as exc:  # 42P11: several statements, or one returning no rows
+        primary = exc.diag.message_primary or str(exc).strip()
+        if "multi-query" in primary:
+            raise SqlSourceError(
+                "the feature query is more than one SQL statement (a ';' outside a string or comment): it must be "
+                "exactly one SELECT; remove everything after it") from exc
+        raise SqlSourceError(f"the feature query must be one SELECT returning rows ({primary})") from exc
+    except psycopg2.Error as exc:  # the query's own error, without the PL/pgSQL context of the check
+        raise query_failed(exc, "the feature query fails on the source database", primary_only=True) from exc
+
+
+def _warn_if_role_can_write(cur) -> None:
+    """Warn (once per role and database) when the query runs as a superuser or a role that may write tables."""
+    cur.execute("SELECT current_database(), current_user, rolsuper FROM pg_roles WHERE rolname = current_user")
+    database, user, superuser = cur.fetchone()
+    if (database, user) in _checked_roles:
+        return
+    _checked_roles.add((database, user))
+    fix = ("create a role that may only SELECT the tables the query reads and point the Airflow connection "
+           "CHURN_SOURCE_CONN_ID (default churn_source), or CHURN_SOURCE_URL, at it (README 'Bring your own data')")
+    if superuser:
+        log.warning("the feature query runs as %s, a superuser of database %s: it is confined to one READ ONLY "
+                    "statement, but a superuser's query can still read server files or end sessions; %s",
+                    user, database, fix)
+        return
+    # The platform's own schema is left out: the event consumer may write its outbox on this connection.
+    cur.execute("SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'churn') "
+                "AND n.nspname NOT LIKE 'pg\\_%' "
+                "AND has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE') ORDER BY 1 LIMIT 3")
+    writable = [row[0] for row in cur.fetchall()]
+    if writable:
+        log.warning("the feature query runs as %s, which may write tables of database %s (e.g. %s); %s",
+                    user, database, ", ".join(writable), fix)
 
 
 def query_path(cfg: ChurnConfig) -> Path:
@@ -94,42 +173,63 @@ def bind(conn, query: str, as_of: date, label_window_days: int, **extra: Any) ->
                                  "(e.g. LIKE 'VIP%%')") from exc
 
 
-def query_failed(exc: psycopg2.Error, what: str) -> SqlSourceError:
+def query_failed(exc: psycopg2.Error, what: str, primary_only: bool = False) -> SqlSourceError:
     """The database's error with the fix: the connection or the query, or loading the demo's tables."""
     hint = ""
     if isinstance(exc, psycopg2.errors.UndefinedTable):
         hint = (" Is CHURN_SOURCE_CONN_ID the database that holds your tables? For the demo source: are the "
                 "src.* tables loaded (make demo, or python -m churn.demo load)?")
-    return SqlSourceError(f"{what}: {str(exc).strip()}.{hint}")
+    elif isinstance(exc, psycopg2.errors.QueryCanceled) and "statement timeout" in str(exc):
+        hint = (" The query ran longer than CHURN_SOURCE_STATEMENT_TIMEOUT_SECONDS: make it faster (indexes on the "
+                "date columns it filters) or raise that setting.")
+    elif isinstance(exc, psycopg2.errors.ReadOnlySqlTransaction):
+        hint = (" The feature query runs in a READ ONLY transaction and may not write (nor call a function that "
+                "writes): compute the features with a plain SELECT.")
+    message = (exc.diag.message_primary if primary_only else None) or str(exc).strip()
+    return SqlSourceError(f"{what}: {message}.{hint}")
 
 
-def result_columns(conn, bound_sql: str) -> list[str]:
-    """Column names the bound query returns (planned, not run)."""
+def wrapped(bound_sql: str, columns: str = "*") -> str:
+    """The query as the platform runs it: a sub-query (what :func:`confine` checks is exactly what runs)."""
+    # The newline: a query ending in a -- comment must not comment out the closing parenthesis.
+    return f"SELECT {columns} FROM ({bound_sql}\n) AS feature_query"
+
+
+def result_columns(conn, bound_sql: str, timeout_seconds: float | None = None) -> list[str]:
+    """Column names the bound query returns (planned, not run; confined like every run of it)."""
     try:
         with conn.cursor() as cur:
-            cur.execute(f"SELECT * FROM ({bound_sql}) AS feature_query LIMIT 0")
+            confine(cur, wrapped(bound_sql), timeout_seconds)
+            cur.execute(f"{wrapped(bound_sql)} LIMIT 0")
             names = [d.name for d in cur.description]
         conn.rollback()
     except psycopg2.Error as exc:
         conn.rollback()
         raise query_failed(exc, "the feature query fails on the source database") from exc
+    except SqlSourceError:
+        conn.rollback()
+        raise
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise SqlSourceError(f"the feature query returns column name(s) {dupes} more than once; alias them")
     return names
 
 
-def read_sample(conn, bound_sql: str, rows: int) -> pd.DataFrame:
+def read_sample(conn, bound_sql: str, rows: int, timeout_seconds: float | None = None) -> pd.DataFrame:
     """The first ``rows`` rows of the bound query, every cell as text (what kind inference reads)."""
     try:
         with conn.cursor() as cur:
-            cur.execute(f"SELECT * FROM ({bound_sql}) AS feature_query LIMIT %s", (int(rows),))
+            confine(cur, wrapped(bound_sql), timeout_seconds)
+            cur.execute(f"{wrapped(bound_sql)} LIMIT %s", (int(rows),))
             names = [d.name for d in cur.description]
             data = cur.fetchall()
         conn.rollback()
     except psycopg2.Error as exc:
         conn.rollback()
         raise query_failed(exc, "the feature query fails on the source database") from exc
+    except SqlSourceError:
+        conn.rollback()
+        raise
 
     def text(value: Any) -> str:
         if value is None:
@@ -156,18 +256,22 @@ def quote_ident(name: str) -> str:
 
 
 def extract_query_snapshot(conn, query: str, as_of: date, out_path: str | Path, spec: DatasetSpec, *,
-                           labelled: bool, label_window_days: int = 0, ids: list[str] | None = None) -> Snapshot:
+                           labelled: bool, label_window_days: int = 0, ids: list[str] | None = None,
+                           timeout_seconds: float | None = None) -> Snapshot:
     """Stream the query's result as of ``as_of`` into a typed Parquet snapshot (label only when ``labelled``).
 
     ``ids``: only these customers (the event re-score: the same query, its result filtered by id).
+    ``timeout_seconds``: the statement timeout (default ``CHURN_SOURCE_STATEMENT_TIMEOUT_SECONDS``).
     """
+    if timeout_seconds is None:
+        timeout_seconds = statement_timeout_seconds()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if ids is not None:
-        query = (f"SELECT * FROM ({query}) AS customers_to_rescore "
+        query = (f"SELECT * FROM ({query}\n) AS customers_to_rescore "
                  f"WHERE {quote_ident(spec.id_column)}::text = ANY(%(ids)s::text[])")
     sql = bind(conn, query, as_of, label_window_days, **({"ids": list(ids)} if ids is not None else {}))
-    available = result_columns(conn, sql)
+    available = result_columns(conn, sql, timeout_seconds)
     schema = arrow_schema(spec, labelled)
     missing = [c for c in schema.names if c not in available]
     if missing:
@@ -183,8 +287,9 @@ def extract_query_snapshot(conn, query: str, as_of: date, out_path: str | Path, 
     def copy_out() -> None:
         try:
             with os.fdopen(write_fd, "wb", buffering=1 << 20) as pipe_in, conn.cursor() as cur:
+                confine(cur, wrapped(sql, selected), timeout_seconds)
                 cur.execute(_EXTRACT_SETTINGS)
-                cur.copy_expert(f"COPY (SELECT {selected} FROM ({sql}) AS feature_query) TO STDOUT "
+                cur.copy_expert(f"COPY ({wrapped(sql, selected)}) TO STDOUT "
                                 "WITH (FORMAT csv, HEADER true)", pipe_in)
             conn.commit()
         except BaseException as exc:  # re-raised by the caller's thread below
