@@ -6,6 +6,12 @@ Airflow's login: the JWT the UI keeps in its ``_token`` cookie (or a Bearer toke
 by Airflow's own ``get_user`` dependency and the caller must be allowed to read (or, for a
 rollback, edit) the ``churn_nightly`` DAG. Data comes from the platform's Postgres tables.
 
+Nothing built from data becomes active content on the Airflow origin (where ``/api/v2`` answers with
+the viewer's session): every response is ``nosniff``; run files (the report, GX Data Docs) and anything
+else the app answers are served under ``RUN_FILE_CSP`` (a bare CSP ``sandbox``: no script runs, the page
+gets an opaque origin, nothing loads from another host); only pages rendered from our own autoescaped
+templates get ``churn.templating.page_csp()``, which admits just their own hash-pinned inline code.
+
 Import-time cost is kept small: database drivers, the registry and pandas load inside handlers.
 """
 
@@ -19,8 +25,15 @@ from airflow.plugins_manager import AirflowPlugin
 
 DAG_ID = "churn_nightly"
 URL_PREFIX = "/churn"
-# Files the page may serve from the state folder: reports and GX Data Docs, never data or models.
-SERVABLE_SUFFIXES = {".html", ".css", ".js", ".png", ".svg", ".jpg", ".ico", ".woff", ".woff2", ".ttf", ".map"}
+# Files the page may serve from the state folder: reports and GX Data Docs, never data or models. No
+# ``.js``: a page that loads a script with <script src> ignores the script response's own CSP, so a
+# data-built script must not exist on this origin at all (sandboxed Data Docs run no script anyway).
+SERVABLE_SUFFIXES = {".html", ".css", ".png", ".svg", ".jpg", ".ico", ".woff", ".woff2", ".ttf"}
+# Policy of every file built from data (and default of every response): "sandbox" with no allow-* token
+# runs no script and gives the document an opaque origin, so it cannot read Airflow's API with the
+# viewer's cookie; no other host is reachable either (Data Docs lose their CDN styles and scripts).
+RUN_FILE_CSP = ("sandbox; default-src 'self'; script-src 'none'; object-src 'none'; img-src 'self' data:; "
+                "font-src 'self' data:; style-src 'self' 'unsafe-inline'; base-uri 'none'; form-action 'none'")
 # A run key is a date or an Airflow-ish id: never a path ("..", "/").
 _RUN_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
 
@@ -131,11 +144,18 @@ def render_overview(data: dict, message: str | None = None, error: str | None = 
 
 
 def run_file(run_key: str, *parts: str):
-    """A servable file inside one run's folder, or None (no traversal, no data or model files)."""
-    if not _RUN_KEY.match(run_key) or ".." in run_key:
+    """A servable file inside one run's folder, or None (no traversal, no symlink out, no data or model files)."""
+    if not _RUN_KEY.match(run_key) or ".." in run_key or any("\x00" in part for part in parts):
         return None
-    run_dir = (_cfg().state_dir / "runs" / run_key).resolve()
-    path = run_dir.joinpath(*parts).resolve()
+    runs_dir = (_cfg().state_dir / "runs").resolve()
+    run_dir = runs_dir / run_key
+    # The run folder itself must be a real folder under runs/: a symlinked one could point anywhere.
+    if run_dir.resolve() != run_dir:
+        return None
+    try:
+        path = run_dir.joinpath(*parts).resolve()  # follows symlinks: the target must stay inside the folder
+    except (OSError, ValueError):
+        return None
     if not path.is_relative_to(run_dir) or path.suffix.lower() not in SERVABLE_SUFFIXES or not path.is_file():
         return None
     return path
@@ -153,12 +173,46 @@ def _build_app():
     """The FastAPI app behind the Churn page (routes resolve the user through Airflow's auth)."""
     from fastapi import Depends, FastAPI, Form, HTTPException, Request
     from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+    from starlette.datastructures import MutableHeaders
 
     from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
+    from churn.templating import page_csp
 
     can_read = Depends(requires_access_dag("GET", param_dag_id=DAG_ID))
     can_edit = Depends(requires_access_dag("PUT", param_dag_id=DAG_ID))
     app = FastAPI(title="Churn", docs_url=None, redoc_url=None, openapi_url=None)
+
+    class SecurityHeaders:
+        """ASGI middleware: every response nosniff; sandboxed unless a route chose a policy for its own page."""
+
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope, receive, send) -> None:
+            if scope["type"] != "http":
+                await self.inner(scope, receive, send)
+                return
+
+            async def send_with_headers(message) -> None:
+                if message["type"] == "http.response.start":
+                    headers = MutableHeaders(scope=message)
+                    headers["X-Content-Type-Options"] = "nosniff"
+                    # Secure by default: a route that forgets its policy serves inert content.
+                    if "content-security-policy" not in headers:
+                        headers["Content-Security-Policy"] = RUN_FILE_CSP
+                await send(message)
+
+            await self.inner(scope, receive, send_with_headers)
+
+    app.add_middleware(SecurityHeaders)
+
+    def own_page(html: str, status_code: int = 200) -> HTMLResponse:
+        # Only HTML rendered from our autoescaped templates gets the (non-sandboxed) page policy.
+        return HTMLResponse(html, status_code=status_code, headers={"Content-Security-Policy": page_csp()})
+
+    def data_file(path, media_type: str | None = None) -> FileResponse:
+        return FileResponse(path, media_type=media_type, headers={"Content-Security-Policy": RUN_FILE_CSP,
+                                                                  "X-Content-Type-Options": "nosniff"})
 
     @app.exception_handler(HTTPException)
     async def _login_redirect(request: Request, exc: HTTPException):
@@ -167,26 +221,26 @@ def _build_app():
             from airflow.api_fastapi.app import get_auth_manager
 
             return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)), status_code=303)
-        return HTMLResponse(_page("Churn", None, str(exc.detail), css_class="err"), status_code=exc.status_code)
+        return own_page(_page("Churn", None, str(exc.detail), css_class="err"), status_code=exc.status_code)
 
     @app.get("/", response_class=HTMLResponse, dependencies=[can_read])
-    def overview(msg: str | None = None, err: str | None = None) -> str:
+    def overview(msg: str | None = None, err: str | None = None) -> HTMLResponse:
         conn = _connect()
         try:
             if not schema_ready(conn):
-                return _page("Churn", "Churn scoring", "Nothing yet: churn_nightly creates the platform's tables "
-                                                       "on its first run.", element_id="empty")
+                return own_page(_page("Churn", "Churn scoring", "Nothing yet: churn_nightly creates the platform's "
+                                                                "tables on its first run.", element_id="empty"))
             if _cfg().source != "sql":
-                return render_overview(load_overview(conn), msg, err)
+                return own_page(render_overview(load_overview(conn), msg, err))
             from churn.connections import Resources
 
             with Resources.from_airflow(_cfg()).source_session() as outbox_conn:  # the outbox is beside your tables
-                return render_overview(load_overview(conn, outbox_conn=outbox_conn), msg, err)
+                return own_page(render_overview(load_overview(conn, outbox_conn=outbox_conn), msg, err))
         finally:
             conn.close()
 
     @app.get("/rollback/{version}", response_class=HTMLResponse, dependencies=[can_edit])
-    def confirm_rollback(version: str, request: Request) -> str:
+    def confirm_rollback(version: str, request: Request) -> HTMLResponse:
         from churn.model import registry
 
         conn = _connect()
@@ -200,7 +254,7 @@ def _build_app():
         credential = session_credential(dict(request.headers), request.cookies)
         if credential is None:
             raise HTTPException(403, "no session: log in to Airflow first")
-        return render_confirm(record, champ.version if champ else "none", credential)
+        return own_page(render_confirm(record, champ.version if champ else "none", credential))
 
     @app.post("/rollback/{version}", dependencies=[can_edit])
     def rollback(version: str, user: GetUserDep, request: Request, confirm: str = Form(""),
@@ -229,14 +283,14 @@ def _build_app():
         path = run_file(run_key, "report.html")
         if path is None:
             raise HTTPException(404, f"no report for run {run_key}: the run has not reached its report task")
-        return FileResponse(path, media_type="text/html")
+        return data_file(path, media_type="text/html")
 
     @app.get("/runs/{run_key}/{rest:path}", dependencies=[can_read])
     def serve_run_file(run_key: str, rest: str) -> FileResponse:
         path = run_file(run_key, *rest.split("/"))
         if path is None:
             raise HTTPException(404, f"{rest} is not available for run {run_key}")
-        return FileResponse(path)
+        return data_file(path)
 
     @app.get("/by-airflow-run/{airflow_run_id}", dependencies=[can_read])
     def report_for_airflow_run(airflow_run_id: str) -> RedirectResponse:
@@ -248,7 +302,9 @@ def _build_app():
             conn.close()
         if not rows:
             raise HTTPException(404, f"Airflow run {airflow_run_id} has no churn run record yet")
-        return RedirectResponse(f"{URL_PREFIX}/runs/{rows[0]['run_key']}/report", status_code=303)
+        from urllib.parse import quote
+
+        return RedirectResponse(f"{URL_PREFIX}/runs/{quote(rows[0]['run_key'], safe='')}/report", status_code=303)
 
     return app
 
