@@ -166,6 +166,8 @@ class ChurnConfig(BaseSettings):
     """Alert when the p95 event-to-new-score lag of the last hour exceeds this."""
     rescore_delta_dir: str = ""
     """File source: folder where delta files (the file's columns, changed customers only) are dropped; empty = off."""
+    rescore_delta_require_ready: bool = False
+    """File source: consume a delta file only once ``<file>.ready`` exists beside it (else: once renamed into the folder)."""
 
     # --- drift -------------------------------------------------------------------------
     drift_psi_threshold: NonNegative = 0.2
@@ -242,8 +244,14 @@ class ChurnConfig(BaseSettings):
     """Lease of the one-publish-at-a-time locks (Redis lease, renewed every batch); a dead holder's lapses."""
     publish_lock_wait_seconds: Duration = 900.0
     """How long a publish waits for another publish of the same stores before failing (and retrying)."""
+    publish_switch_lock_timeout_seconds: Duration = 2.0
+    """Longest a reader of the score views waits behind the publish switch: an attempt gives up its locks after this."""
+    publish_switch_deadline_seconds: Duration = 300.0
+    """The Postgres publish fails when its switch found no gap between readers' transactions for this long."""
     pg_reader_role: str = "churn_reader"
     """Read-only Postgres role for consumers (password from CHURN_PG_READER_PASSWORD); empty = not managed."""
+    pg_reader_idle_in_transaction_seconds: Duration = 30.0
+    """The consumer role's sessions left idle inside a transaction are ended after this long (they hold the switch up)."""
     score_history_runs: Count = 7
     """How many published runs stay queryable in Postgres score history."""
     retention_days: Annotated[int, Field(ge=1)] = 45

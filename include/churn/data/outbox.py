@@ -45,6 +45,9 @@ CREATE TABLE IF NOT EXISTS churn.rescore_delta_rows (
     record jsonb NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rescore_outbox_done ON churn.rescore_outbox (done_at) WHERE done_at IS NOT NULL;
+-- "was this delta file recorded" and "has this kind of event ever come" look up by these (both grow nightly).
+CREATE INDEX IF NOT EXISTS rescore_outbox_source ON churn.rescore_outbox (source_table);
+CREATE INDEX IF NOT EXISTS rescore_outbox_kind ON churn.rescore_outbox (kind);
 """
 
 # The trigger function runs on the source application's writes, so it must work for a role that has no right
@@ -115,7 +118,9 @@ def ensure_outbox(conn, *, strict: bool = False) -> None:
     # (and block) the source's writers on every claim.
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass('churn.rescore_outbox_done') IS NOT NULL "
-                    "AND to_regclass('churn.rescore_delta_rows') IS NOT NULL")
+                    "AND to_regclass('churn.rescore_delta_rows') IS NOT NULL "
+                    "AND to_regclass('churn.rescore_outbox_source') IS NOT NULL "
+                    "AND to_regclass('churn.rescore_outbox_kind') IS NOT NULL")
         if not cur.fetchone()[0]:
             cur.execute("SELECT pg_advisory_xact_lock(7414)")  # two first runs at once: one creates
             cur.execute(OUTBOX_DDL)
@@ -283,34 +288,65 @@ def enqueue(conn, customer_ids: Iterable[str], kind: str = "manual") -> int:
 
 
 DELTA_SUFFIXES = (".csv", ".gz", ".bz2", ".parquet", ".pq")
+READY_SUFFIX = ".ready"  # "<file>.ready" beside a delta file: the writer says the file is complete
+DELTA_INSERT_ROWS = 5_000  # rows per INSERT while recording a delta file (one transaction per file)
 
 
-def delta_files(folder: str | Path) -> list[Path]:
-    """Delta files waiting in ``folder`` (not hidden, not yet moved to ``done/`` or ``rejected/``), oldest first."""
+def delta_files(folder: str | Path, *, require_ready: bool = False) -> list[Path]:
+    """Complete delta files waiting in ``folder`` (not yet moved to ``done/`` or ``rejected/``), in name order.
+
+    Complete means written under another name and renamed in (names starting with ``.`` or ending in
+    ``.tmp``/``.partial``/``.part`` are ignored), and with ``require_ready`` also announced by an empty
+    ``<file>.ready`` beside it. Order is the name's, not the arrival time's: writers name files so that
+    they sort by data time (``delta_2026-11-25T101500.csv``), so a late file never overtakes a newer one.
+    """
     root = Path(folder)
     if not root.is_dir():
         return []
     files = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
              and p.suffix.lower() in DELTA_SUFFIXES]
-    return sorted(files, key=lambda p: (p.stat().st_mtime, p.name))
+    if require_ready:
+        files = [p for p in files if p.with_name(p.name + READY_SUFFIX).is_file()]
+    return sorted(files, key=lambda p: p.name)
+
+
+def _delta_chunks(path: Path, chunk_rows: int, delimiter: str, encoding: str):
+    """The delta file's rows as text frames of at most ``chunk_rows`` (never the whole file in memory)."""
+    import pandas as pd
+
+    from churn.data.sources import text_codec
+
+    if path.suffix.lower() in {".parquet", ".pq"}:
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+            frame = batch.to_pandas()
+            yield frame.astype("str").where(frame.notna(), "")
+        return
+    yield from pd.read_csv(path, sep=delimiter, encoding=text_codec(encoding), dtype=str, keep_default_na=False,
+                           compression="infer", chunksize=chunk_rows)
 
 
 def ingest_delta_files(conn, folder: str | Path, id_column: str, required_columns: list[str], *,
-                       delimiter: str = ",", encoding: str = "utf-8") -> dict:
+                       delimiter: str = ",", encoding: str = "utf-8", require_ready: bool = False,
+                       chunk_rows: int = 50_000) -> dict:
     """Record each delta file's rows as events (one per row, with the row) and move the file to ``done/``.
 
     A file is recorded in one transaction, keyed by its content hash, so a crash before the move never
     records it twice. A file that cannot be read, or lacks the id or a feature column, is moved to
     ``rejected/`` with ``<name>.reason.txt`` and a ``churn.quarantine`` row (dataset ``event_outbox``).
+    The file is read in chunks of ``chunk_rows`` and inserted ``DELTA_INSERT_ROWS`` rows per statement.
     """
-    from churn.data.infer import read_sample
+    import psycopg2
+    from psycopg2.extras import execute_values
+
     from churn.db import to_jsonb
     from churn.fileio import file_sha256, write_text_atomic
 
     ensure_outbox(conn)
     root = Path(folder)
     done = {"files": 0, "events": 0, "rejected": []}
-    for path in delta_files(root):
+    for path in delta_files(root, require_ready=require_ready):
         digest = file_sha256(path)
         source = f"delta:{path.name}:{digest[:16]}"
         with conn.cursor() as cur:
@@ -319,27 +355,42 @@ def ingest_delta_files(conn, folder: str | Path, id_column: str, required_column
         conn.rollback()
         reason = None
         if not seen:
+            events = 0
             try:
-                frame = read_sample(path, 10_000_000, delimiter=delimiter, encoding=encoding)
-            except (ValueError, OSError, UnicodeDecodeError) as exc:
-                frame, reason = None, f"unreadable delta file ({type(exc).__name__}: {exc})"
-            if frame is not None:
-                missing = [c for c in required_columns if c not in frame.columns]
-                if missing:
-                    reason = (f"delta file lacks column(s) {missing}: it must carry the file source's id and "
-                              "feature columns for each changed customer")
-            if reason is None:
                 with conn.cursor() as cur:
-                    for record in frame.to_dict(orient="records"):
-                        cur.execute("WITH e AS (INSERT INTO churn.rescore_outbox (customer_id, kind, source_table) "
-                                    "VALUES (%s, 'delta', %s) RETURNING event_id) "
-                                    "INSERT INTO churn.rescore_delta_rows SELECT event_id, %s FROM e",
-                                    (str(record[id_column]).strip() or None, source, to_jsonb(record)))
-                        done["events"] += 1
-                conn.commit()
+                    for frame in _delta_chunks(path, chunk_rows, delimiter, encoding):
+                        frame = frame.rename(columns=str.strip)
+                        missing = [c for c in required_columns if c not in frame.columns]
+                        if missing:
+                            reason = (f"delta file lacks column(s) {missing}: it must carry the file source's id "
+                                      "and feature columns for each changed customer")
+                            break
+                        records = frame.to_dict(orient="records")
+                        for start in range(0, len(records), DELTA_INSERT_ROWS):
+                            part = records[start:start + DELTA_INSERT_ROWS]
+                            # Ids drawn first, ascending, then given in the file's row order: a later row of a
+                            # customer has the higher event id, and is the newer one when the deltas are applied.
+                            cur.execute("SELECT nextval(pg_get_serial_sequence('churn.rescore_outbox', 'event_id')) "
+                                        "FROM generate_series(1, %s)", (len(part),))
+                            ids = sorted(row[0] for row in cur.fetchall())
+                            execute_values(cur, "INSERT INTO churn.rescore_outbox (event_id, customer_id, kind, "
+                                           "source_table) VALUES %s",
+                                           [(i, str(r[id_column]).strip() or None, "delta", source)
+                                            for i, r in zip(ids, part)], page_size=len(part))
+                            execute_values(cur, "INSERT INTO churn.rescore_delta_rows (event_id, record) VALUES %s",
+                                           [(i, to_jsonb(r)) for i, r in zip(ids, part)], page_size=len(part))
+                            events += len(part)
+            except (ValueError, OSError, UnicodeDecodeError, psycopg2.Error) as exc:
+                reason = f"unreadable delta file ({type(exc).__name__}: {str(exc)[:300]})"
+            if reason is None:
+                conn.commit()  # the whole file's events appear at once, or none of them
+                done["events"] += events
+            else:
+                conn.rollback()
         target = root / ("rejected" if reason else "done")
         target.mkdir(exist_ok=True)
         path.replace(target / path.name)
+        path.with_name(path.name + READY_SUFFIX).unlink(missing_ok=True)
         if reason:
             write_text_atomic(target / f"{path.name}.reason.txt", reason + "\n")
             with conn.cursor() as cur:

@@ -56,7 +56,8 @@ def rescore(cfg: ChurnConfig, res: Resources, run: dict, hook: Callable[[str], N
             spec = context.spec()
             totals["delta_files"] = outbox.ingest_delta_files(
                 src, delta_dir(cfg), spec.id_column, spec.required_columns(labelled=False),
-                delimiter=cfg.file_delimiter, encoding=cfg.file_encoding)
+                delimiter=cfg.file_delimiter, encoding=cfg.file_encoding,
+                require_ready=cfg.rescore_delta_require_ready, chunk_rows=cfg.ingest_chunk_rows)
         while time.monotonic() - started < MAX_RUN_SECONDS:
             t0 = time.monotonic()
             events = outbox.claim(src, run["claimer"], cfg.rescore_batch_rows, cfg.rescore_claim_lease_seconds)
@@ -277,10 +278,18 @@ def _delta_snapshot(ctx: _Context, src, events: list, ids: list[str], spec, out_
     from churn.data.sources import coerce_chunk, snapshot_schema
 
     records = delta_records(src, [e.event_id for e in events])
+    stamp = spec.timestamp_column
+
+    def data_time(event) -> tuple:
+        # A customer's newest row wins by its data time (CHURN_FILE_TIMESTAMP_COLUMN) when the file has one,
+        # then by event id (file name order, then row order): never by when the file happened to arrive.
+        when = pd.to_datetime(records[event.event_id].get(stamp), errors="coerce", utc=True) if stamp else pd.NaT
+        return (pd.Timestamp.min.tz_localize("UTC") if pd.isna(when) else when, event.event_id)
+
     newest: dict[str, dict] = {}
-    for event in sorted(events, key=lambda e: e.event_id):  # a later delta row of a customer wins
-        if event.event_id in records and event.customer_id in ids:
-            newest[event.customer_id] = records[event.event_id]
+    known = [e for e in events if e.event_id in records and e.customer_id in ids]
+    for event in sorted(known, key=data_time):
+        newest[event.customer_id] = records[event.event_id]
     frame = pd.DataFrame(list(newest.values()), columns=spec.required_columns(labelled=False), dtype=object)
     cfg = ctx.cfg
     typed = coerce_chunk(frame, spec, labelled=False, decimal=cfg.file_decimal, thousands=cfg.file_thousands,
