@@ -279,3 +279,125 @@ def test_a_read_only_source_role_runs_the_query_and_a_superuser_is_warned_about(
     admin.close()
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "superuser" in warnings[0] and "CHURN_SOURCE_CONN_ID" in warnings[0], warnings
+
+
+# --- item 10: the publish switch never stalls readers -----------------------------------------------------
+
+RUN_A, RUN_B = "2026-11-20", "2026-11-21"
+
+
+def _wait_for(url: str, query: str, seconds: float = 30.0) -> None:
+    ends = time.monotonic() + seconds
+    while not _one(url, query)[0]:
+        assert time.monotonic() < ends, f"timed out waiting for: {query}"
+        time.sleep(0.05)
+
+
+def test_an_open_reader_transaction_never_stalls_new_readers_and_the_switch_completes_after_it(
+        fresh_pg_url, tmp_path):
+    from churn.publish import postgres as pgpub
+    from tests.test_publish_postgres import write_scores
+
+    first = psycopg2.connect(fresh_pg_url)
+    pgpub.publish_scores(first, write_scores(tmp_path / "a.parquet", RUN_A, 0, 3000, seed=1), RUN_A, "m1")
+    first.close()
+    holder = psycopg2.connect(fresh_pg_url)  # a consumer that read and left its transaction open
+    with holder.cursor() as cur:
+        cur.execute("SELECT count(*) FROM churn.scores_current")
+    outcome: dict = {}
+
+    def publish() -> None:
+        conn = psycopg2.connect(fresh_pg_url)
+        try:
+            outcome["published"] = pgpub.publish_scores(
+                conn, write_scores(tmp_path / "b.parquet", RUN_B, 500, 3000, seed=2), RUN_B, "m2",
+                switch_lock_timeout_seconds=1.0, switch_deadline_seconds=120)
+        except Exception as exc:  # noqa: BLE001 - asserted below
+            outcome["error"] = exc
+        finally:
+            conn.close()
+
+    switcher = threading.Thread(target=publish, daemon=True)
+    switcher.start()
+    _wait_for(fresh_pg_url, "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted AND relation IS NOT NULL)")
+    # New readers while the switch tries again and again: none waits much longer than the 1 s budget.
+    reader = psycopg2.connect(fresh_pg_url, options="-c statement_timeout=8000")  # old code: 60 s, this fails
+    reader.autocommit = True
+    latencies = []
+    ends = time.monotonic() + 5
+    with reader.cursor() as cur:
+        while time.monotonic() < ends:
+            started = time.monotonic()
+            cur.execute("SELECT count(*), min(run_id) FROM churn.scores_current")
+            latencies.append(time.monotonic() - started)
+            assert cur.fetchone() == (3000, RUN_A)
+            time.sleep(0.05)
+    reader.close()
+    assert max(latencies) < 1.6, latencies
+    assert switcher.is_alive() and not outcome  # still retrying around the open transaction
+    holder.rollback()  # the consumer ends its transaction: the next attempt goes through
+    switcher.join(30)
+    assert "error" not in outcome, outcome
+    assert outcome["published"].is_current
+    assert _one(fresh_pg_url, "SELECT count(*), min(run_id) FROM churn.scores_current") == (3000, RUN_B)
+    holder.close()
+
+
+def test_the_switch_gives_up_at_its_deadline_naming_the_reader_that_holds_it(fresh_pg_url, tmp_path):
+    from churn.publish import postgres as pgpub
+    from tests.test_publish_postgres import write_scores
+
+    conn = psycopg2.connect(fresh_pg_url)
+    pgpub.publish_scores(conn, write_scores(tmp_path / "a.parquet", RUN_A, 0, 1000, seed=1), RUN_A, "m1")
+    holder = psycopg2.connect(fresh_pg_url)
+    with holder.cursor() as cur:
+        cur.execute("SELECT count(*) FROM churn.scores_current")
+        cur.execute("SELECT pg_backend_pid()")
+        pid = cur.fetchone()[0]
+    started = time.monotonic()
+    with pytest.raises(pgpub.PublishError, match=f"(?s)no moment without readers.*pid {pid} .*idle in transaction"
+                                                 ".*CHURN_PUBLISH_SWITCH_DEADLINE_SECONDS"):
+        pgpub.publish_scores(conn, write_scores(tmp_path / "b.parquet", RUN_B, 0, 1000, seed=2), RUN_B, "m2",
+                             switch_lock_timeout_seconds=0.3, switch_deadline_seconds=2)
+    assert time.monotonic() - started < 10
+    holder.rollback()
+    holder.close()
+    assert _one(fresh_pg_url, "SELECT min(run_id) FROM churn.scores_current") == (RUN_A,)
+    # The retry (the holder gone) publishes the run.
+    assert pgpub.publish_scores(conn, tmp_path / "b.parquet", RUN_B, "m2").is_current
+    conn.close()
+
+
+def test_the_reader_role_ends_sessions_left_idle_in_a_transaction(fresh_pg_url, tmp_path):
+    from churn.publish import postgres as pgpub
+    from tests.test_publish_postgres import write_scores
+
+    role = f"churn_reader_{uuid.uuid4().hex[:8]}"
+    conn = psycopg2.connect(fresh_pg_url)
+    pgpub.publish_scores(conn, write_scores(tmp_path / "a.parquet", RUN_A, 0, 100, seed=1), RUN_A, "m1")
+    pgpub.ensure_reader_role(conn, role, "reader-secret", idle_in_transaction_seconds=0.5)
+    try:
+        reader = psycopg2.connect(url_as(fresh_pg_url, role, "reader-secret"))
+        with reader.cursor() as cur:
+            cur.execute("SHOW idle_in_transaction_session_timeout")
+            assert cur.fetchone() == ("500ms",)
+            cur.execute("SELECT count(*) FROM churn.scores_current")  # the transaction stays open, idle
+        time.sleep(1.5)
+        with pytest.raises(psycopg2.OperationalError):  # the server ended the session
+            with reader.cursor() as cur:
+                cur.execute("SELECT 1")
+        reader.close()
+        # The default comes from the setting.
+        pgpub.ensure_reader_role(conn, role, "reader-secret")
+        with conn.cursor() as cur:
+            cur.execute("SELECT setconfig FROM pg_db_role_setting WHERE setrole = %s::regrole", (role,))
+            assert "idle_in_transaction_session_timeout=30000ms" in cur.fetchone()[0]
+        conn.commit()
+    finally:
+        conn.rollback()
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,))
+            cur.execute(f"DROP OWNED BY {role}")
+            cur.execute(f"DROP ROLE {role}")
+        conn.commit()
+        conn.close()

@@ -6,6 +6,12 @@ repoints the ``churn.scores_current`` view (what consumers read) and rebuilds
 ``churn.scores_history`` over the retained runs. A reader sees the old complete
 batch or the new complete batch, never a mix. Re-publishing a run replaces its
 table in the same way, so there are never duplicates.
+
+The switch needs exclusive locks on the views, which an open reader transaction holds off; while it waits,
+every new reader queues behind it. So an attempt may wait for its locks only
+``CHURN_PUBLISH_SWITCH_LOCK_TIMEOUT_SECONDS`` in all, then gives them up (readers go on) and retries with
+backoff until ``CHURN_PUBLISH_SWITCH_DEADLINE_SECONDS``; the consumer role's idle-in-transaction timeout
+ends the sessions that would hold it off forever.
 """
 
 from __future__ import annotations
@@ -156,8 +162,12 @@ def copy_parquet(cur, parquet_path: str | Path, table: str, columns: str = SCORE
 
 def publish_scores(conn, scores_path: str | Path, run_key: str, model_version: str, retention_runs: int = 7,
                    hook: Callable[[str], None] | None = None, copy_batch_rows: int = 250_000,
-                   lock_wait_seconds: float = 900.0) -> PostgresPublish:
+                   lock_wait_seconds: float = 900.0, switch_lock_timeout_seconds: float | None = None,
+                   switch_deadline_seconds: float | None = None) -> PostgresPublish:
     """Load the run's scores into a private table, then switch readers to it in one transaction.
+
+    The switch waits for its locks at most ``switch_lock_timeout_seconds`` per attempt and retries until
+    ``switch_deadline_seconds`` (defaults: ``CHURN_PUBLISH_SWITCH_LOCK_TIMEOUT_SECONDS`` / ``..._DEADLINE_SECONDS``).
 
     ``hook(point)`` is called at named points (``copy`` after each COPY batch,
     ``loaded``, ``switching``, ``switched``); the kill tests use it to stop the process exactly there.
@@ -170,7 +180,8 @@ def publish_scores(conn, scores_path: str | Path, run_key: str, model_version: s
         _lock_run(conn, run_key, lock_wait_seconds)
         try:
             return _publish(conn, scores_path, run_key, model_version, retention_runs,
-                            hook or (lambda point: None), copy_batch_rows)
+                            hook or (lambda point: None), copy_batch_rows,
+                            _SwitchLimits.resolve(switch_lock_timeout_seconds, switch_deadline_seconds))
         finally:
             if not conn.closed:
                 conn.rollback()  # no-op after a commit; needed to run the unlock after an error
@@ -210,8 +221,69 @@ def _lock_run(conn, run_key: str, wait_seconds: float) -> None:
         time.sleep(0.2)
 
 
+@dataclass(frozen=True)
+class _SwitchLimits:
+    lock_timeout: float
+    deadline: float
+
+    @classmethod
+    def resolve(cls, lock_timeout: float | None, deadline: float | None) -> "_SwitchLimits":
+        """The given limits, else the settings of this environment."""
+        if lock_timeout is None or deadline is None:
+            from churn.config import ChurnConfig
+
+            cfg = ChurnConfig.from_env()
+            lock_timeout = cfg.publish_switch_lock_timeout_seconds if lock_timeout is None else lock_timeout
+            deadline = cfg.publish_switch_deadline_seconds if deadline is None else deadline
+        return cls(float(lock_timeout), float(deadline))
+
+
+class _LocksBusy(Exception):
+    """This switch attempt spent its lock budget (readers hold the views): roll back, let them pass, retry."""
+
+
+class _LockBudget:
+    """A cursor whose statements wait for locks only for what is left of one switch attempt's budget.
+
+    ``lock_timeout`` bounds each lock wait; setting it to the remainder before each statement bounds them all
+    together, so a reader queued behind a lock this attempt already holds never waits longer than the budget.
+    """
+
+    def __init__(self, cur, seconds: float) -> None:
+        self._cur = cur
+        self._ends_at = time.monotonic() + seconds
+
+    def execute(self, query, params=None) -> None:
+        """Run ``query`` with ``lock_timeout`` set to the attempt's remaining budget."""
+        left = self._ends_at - time.monotonic()
+        if left <= 0.001:
+            raise _LocksBusy()
+        self._cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{max(1, int(left * 1000))}ms",))
+        self._cur.execute(query, params)
+
+    def __getattr__(self, name):
+        return getattr(self._cur, name)
+
+
+def _lock_holders(conn) -> str:
+    """Who holds locks on the churn schema's relations now, for the error message (pid, user, state, age)."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute("""SELECT DISTINCT a.pid, a.usename, a.state, date_trunc('second', now() - a.xact_start)
+                           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                           JOIN pg_class c ON c.oid = l.relation
+                           WHERE l.granted AND c.relnamespace = 'churn'::regnamespace AND a.pid <> pg_backend_pid()
+                           ORDER BY 4 DESC NULLS LAST LIMIT 5""")
+            rows = cur.fetchall()
+        conn.rollback()
+    except psycopg2.Error:
+        conn.rollback()
+        return "unknown (see pg_locks)"
+    return ", ".join(f"pid {pid} ({user}, {state}, transaction open {age})" for pid, user, state, age in rows) or "none now"
+
+
 def _publish(conn, scores_path: str | Path, run_key: str, model_version: str, retention_runs: int,
-             hook: Callable[[str], None], copy_batch_rows: int) -> PostgresPublish:
+             hook: Callable[[str], None], copy_batch_rows: int, limits: _SwitchLimits) -> PostgresPublish:
     ensure_schema(conn)
     final = run_table(run_key)
     staging = f"{final}__loading"
@@ -239,37 +311,63 @@ def _publish(conn, scores_path: str | Path, run_key: str, model_version: str, re
     load_seconds = time.monotonic() - started
     hook("loaded")
 
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-        cur.execute("SET LOCAL lock_timeout = '60s'")
-        cur.execute(
-            """INSERT INTO churn.score_runs (run_key, table_name, model_version, rows)
-               VALUES (%s, %s, %s, %s)
-               ON CONFLICT (run_key) DO UPDATE SET table_name = EXCLUDED.table_name,
-                 model_version = EXCLUDED.model_version, rows = EXCLUDED.rows, published_at = now()""",
-            (run_key, final, model_version, rows),
-        )
-        cur.execute("SELECT max(run_key) FROM churn.score_runs")
-        latest = cur.fetchone()[0]
-        is_current = latest == run_key
-        # Views first point at the staging table, so the old copy of this run (if any) can be dropped.
-        if is_current:
-            cur.execute(f"CREATE OR REPLACE VIEW churn.scores_current AS {current_view_sql(staging, run_key)}")
-            # Refreshes from before this batch's data cutoff are superseded by it (the view hides them already).
-            cur.execute("DELETE FROM churn.score_refreshes WHERE data_at <= %s::timestamptz", (batch_cutoff(run_key),))
-        _rebuild_history_view(cur, retention_runs, replace={final: staging})
-        cur.execute(f"DROP TABLE IF EXISTS churn.{final}")
-        cur.execute(f"ALTER TABLE churn.{staging} RENAME TO {final}")  # views follow the table, not its name
-        cur.execute(
-            f"ALTER TABLE churn.{final} RENAME CONSTRAINT {staging}_pkey TO {final}_pkey"
-        )
-        cur.execute("UPDATE churn.score_runs SET is_current = (run_key = %s)", (latest,))
-        _apply_retention(cur, retention_runs)
-        hook("switching")  # everything done but the commit: a kill here must leave the old batch served
-    conn.commit()
+    deadline = time.monotonic() + limits.deadline
+    pause, attempt = min(0.25, limits.lock_timeout), 0
+    while True:
+        attempt += 1
+        try:
+            with conn.cursor() as raw:
+                raw.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))  # another publish's switch: short
+                is_current = _switch(_LockBudget(raw, limits.lock_timeout), run_key, final, staging, model_version,
+                                     rows, retention_runs)
+                hook("switching")  # everything done but the commit: a kill here must leave the old batch served
+            conn.commit()
+            break
+        except (psycopg2.errors.LockNotAvailable, _LocksBusy) as exc:
+            conn.rollback()  # gives the locks back: the queued readers go on with the old batch
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PublishError(
+                    f"the switch to run {run_key} found no moment without readers in the score views for "
+                    f"{limits.deadline:.0f} s ({attempt} attempts of {limits.lock_timeout:g} s); readers still see the "
+                    f"previous batch. Holding locks now: {_lock_holders(conn)}. End those transactions "
+                    "(pg_terminate_backend, or an idle_in_transaction_session_timeout on their role), or raise "
+                    "CHURN_PUBLISH_SWITCH_DEADLINE_SECONDS; the task retry publishes the run.") from exc
+            log.warning("switch to run %s: readers hold the score views (attempt %s gave up its locks after %g s); "
+                        "retrying in %.2f s", run_key, attempt, limits.lock_timeout, min(pause, left))
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 5.0)
     hook("switched")
     log.info("published %s scores to churn.%s (current: %s) in %.2f s", rows, final, is_current, load_seconds)
     return PostgresPublish(f"churn.{final}", rows, is_current, load_seconds)
+
+
+def _switch(cur, run_key: str, final: str, staging: str, model_version: str, rows: int, retention_runs: int) -> bool:
+    """Point the views at the run's table and apply retention (one attempt, in the caller's transaction)."""
+    cur.execute(
+        """INSERT INTO churn.score_runs (run_key, table_name, model_version, rows)
+           VALUES (%s, %s, %s, %s)
+           ON CONFLICT (run_key) DO UPDATE SET table_name = EXCLUDED.table_name,
+             model_version = EXCLUDED.model_version, rows = EXCLUDED.rows, published_at = now()""",
+        (run_key, final, model_version, rows),
+    )
+    cur.execute("SELECT max(run_key) FROM churn.score_runs")
+    latest = cur.fetchone()[0]
+    is_current = latest == run_key
+    # Views first point at the staging table, so the old copy of this run (if any) can be dropped.
+    if is_current:
+        cur.execute(f"CREATE OR REPLACE VIEW churn.scores_current AS {current_view_sql(staging, run_key)}")
+        # Refreshes from before this batch's data cutoff are superseded by it (the view hides them already).
+        cur.execute("DELETE FROM churn.score_refreshes WHERE data_at <= %s::timestamptz", (batch_cutoff(run_key),))
+    _rebuild_history_view(cur, retention_runs, replace={final: staging})
+    cur.execute(f"DROP TABLE IF EXISTS churn.{final}")
+    cur.execute(f"ALTER TABLE churn.{staging} RENAME TO {final}")  # views follow the table, not its name
+    cur.execute(
+        f"ALTER TABLE churn.{final} RENAME CONSTRAINT {staging}_pkey TO {final}_pkey"
+    )
+    cur.execute("UPDATE churn.score_runs SET is_current = (run_key = %s)", (latest,))
+    _apply_retention(cur, retention_runs)
+    return is_current
 
 
 def _retained(cur, retention_runs: int) -> list[tuple[str, str]]:
@@ -344,7 +442,8 @@ def current_run(conn) -> str | None:
     return row[0] if row else None
 
 
-def ensure_reader_role(conn, role: str = "churn_reader", password: str | None = None) -> None:
+def ensure_reader_role(conn, role: str = "churn_reader", password: str | None = None,
+                       idle_in_transaction_seconds: float | None = None) -> None:
     """Create (or update) the read-only consumer role: SELECT on the score views, nothing else.
 
     The role logs in with ``password`` (taken by the caller from the
@@ -352,12 +451,18 @@ def ensure_reader_role(conn, role: str = "churn_reader", password: str | None = 
     code); without one it is created without a password (it can still be used
     through ``SET ROLE`` or trust/peer authentication). The views are owned by
     the publisher, so the role needs no right on the run tables behind them.
+    Its sessions left idle inside a transaction end after ``idle_in_transaction_seconds``
+    (default ``CHURN_PG_READER_IDLE_IN_TRANSACTION_SECONDS``): such a session holds off the publish switch.
     """
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", role):
         raise ReaderRoleError(f"CHURN_PG_READER_ROLE={role!r} must be a lower-case SQL identifier")
+    if idle_in_transaction_seconds is None:
+        from churn.config import ChurnConfig
+
+        idle_in_transaction_seconds = ChurnConfig.from_env().pg_reader_idle_in_transaction_seconds
     for attempt in (1, 2):
         try:
-            _grant_reader(conn, role, password)
+            _grant_reader(conn, role, password, idle_in_transaction_seconds)
             return
         except psycopg2.errors.DuplicateObject:
             conn.rollback()  # roles are cluster-wide: another database's publish created it meanwhile
@@ -365,7 +470,7 @@ def ensure_reader_role(conn, role: str = "churn_reader", password: str | None = 
                 raise
 
 
-def _grant_reader(conn, role: str, password: str | None) -> None:
+def _grant_reader(conn, role: str, password: str | None, idle_in_transaction_seconds: float) -> None:
     ident = sql.Identifier(role)
     try:
         with conn.cursor() as cur:
@@ -380,6 +485,10 @@ def _grant_reader(conn, role: str, password: str | None) -> None:
                 cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(ident), (verifier,))
             # Consumers cannot write by accident even through a function or a future grant.
             cur.execute(sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(ident))
+            # A consumer that opens a transaction and walks away would hold the views' locks for ever: the
+            # publish switch retries around it only until its deadline.
+            cur.execute(sql.SQL("ALTER ROLE {} SET idle_in_transaction_session_timeout = %s").format(ident),
+                        (f"{max(1, int(idle_in_transaction_seconds * 1000))}ms",))
             cur.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
                 sql.Identifier(conn.get_dsn_parameters()["dbname"]), ident))
             cur.execute(sql.SQL("GRANT USAGE ON SCHEMA churn TO {}").format(ident))
@@ -392,6 +501,7 @@ def _grant_reader(conn, role: str, password: str | None) -> None:
         conn.rollback()
         raise ReaderRoleError(
             f"the publishing user may not create or grant role {role!r} ({exc.pgerror.strip()}); have a DBA run "
-            f"'CREATE ROLE {role} LOGIN PASSWORD ...; GRANT USAGE ON SCHEMA churn TO {role}; GRANT SELECT ON "
+            f"'CREATE ROLE {role} LOGIN PASSWORD ...; ALTER ROLE {role} SET idle_in_transaction_session_timeout = "
+            f"{max(1, int(idle_in_transaction_seconds * 1000))}; GRANT USAGE ON SCHEMA churn TO {role}; GRANT SELECT ON "
             f"churn.scores_current, churn.scores_history TO {role}' or set CHURN_PG_READER_ROLE to empty"
         ) from exc
