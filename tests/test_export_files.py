@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -177,3 +178,22 @@ def test_write_export_from_a_frame_neutralizes_text_only(tmp_path):
 def test_spec_file_name_without_gzip():
     spec = ExportSpec(name="x", bands=("high",), file_pattern="{name}-{run_date}.csv")
     assert spec.file_name("2026-01-02") == "x-2026-01-02.csv"
+
+
+def test_a_rerun_never_leaves_a_manifest_beside_data_it_does_not_describe(tmp_path, monkeypatch):
+    """Issue 26 item 17: at the moment the new data file replaces the old one, the old manifest is gone."""
+    import churn.publish.files as files
+
+    write_rows([[("C1", 0.9)]], ["customer_id", "p"], tmp_path, "m_2026-11-20.csv", manifest=MANIFEST)
+    seen = []
+    replace = files._fsync_replace
+
+    def watching(src, dst):
+        seen.append((Path(dst).name, sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))))
+        replace(src, dst)
+
+    monkeypatch.setattr(files, "_fsync_replace", watching)
+    second = write_rows([[("C9", 0.95)]], ["customer_id", "p"], tmp_path, "m_2026-11-20.csv", manifest=MANIFEST)
+    assert seen[0] == ("m_2026-11-20.csv", ["m_2026-11-20.csv"])  # old data, no manifest, while replaced
+    manifest = json.loads(open(second.manifest_path).read())
+    assert manifest["sha256"] == hashlib.sha256(open(second.path, "rb").read()).hexdigest()

@@ -195,3 +195,39 @@ def test_a_stalled_server_fails_the_delivery_within_its_channel_timeout(tmp_path
         deliver_files([data, manifest], "outbox", hook_sftp_factory(CONN_ID), attempts=2, backoff_seconds=0.1,
                       channel_timeout_s=1.0)
     assert time.monotonic() - started < 30
+
+
+def test_a_redelivery_never_leaves_a_remote_manifest_beside_data_it_does_not_describe(tmp_path, server, keys,
+                                                                                         monkeypatch):
+    """Issue 26 item 17: a re-run's delivery dropped mid-upload shows the old data without a manifest, not a
+    manifest that names other bytes."""
+    _use_connection(monkeypatch, server, keys)
+    old_data, old_manifest = _export(tmp_path / "v1", 1000)
+    deliver_files([old_data, old_manifest], ".", hook_sftp_factory(CONN_ID), attempts=1)
+    data, manifest = _export(tmp_path / "v2", 40_000, first_id=5)
+    server.drop_after_bytes, server.drops_left = data.stat().st_size // 3, 1
+    seen: list[dict] = []
+
+    def sleep(seconds: float) -> None:
+        names = {p.name for p in server.root.iterdir()}
+        seen.append({"manifest": manifest.name in names, "data": (server.root / data.name).read_bytes()})
+
+    commits: list[tuple[str, dict]] = []
+    import churn.publish.sftp as sftp_module
+
+    commit = sftp_module.commit_partial
+
+    def watching(sftp, tmp, remote_dir, name):  # what a consumer could see at each rename
+        present = {p.name: p for p in server.root.iterdir() if not p.name.startswith(".")}
+        commits.append((name, {"manifest": manifest.name in present,
+                               "data": present[data.name].read_bytes() if data.name in present else None}))
+        return commit(sftp, tmp, remote_dir, name)
+
+    monkeypatch.setattr(sftp_module, "commit_partial", watching)
+    deliver_files([data, manifest], ".", hook_sftp_factory(CONN_ID), attempts=3, backoff_seconds=0.2, sleep=sleep)
+    (between,) = seen  # the dropped attempt left the previous complete pair in place
+    assert between["data"] == old_data.read_bytes() and between["manifest"]
+    # when the data file is replaced, no manifest stands beside it
+    assert commits[0] == (data.name, {"manifest": False, "data": old_data.read_bytes()})
+    body = json.loads((server.root / manifest.name).read_text())
+    assert body["sha256"] == hashlib.sha256((server.root / data.name).read_bytes()).hexdigest()

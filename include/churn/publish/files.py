@@ -126,6 +126,9 @@ def write_rows(chunks: Iterable[Sequence[Sequence[object]]], columns: Sequence[s
                 binary.close()
             raw.flush()
             os.fsync(raw.fileno())
+        # A re-run replaces the data file: its old manifest goes first, so whenever a manifest exists it
+        # describes the data file beside it (a consumer waits for the manifest, never reads a mismatch).
+        (out_dir / f"{file_name}.manifest.json").unlink(missing_ok=True)
         _fsync_replace(tmp, final)
     finally:
         if tmp.exists():  # a failed write leaves nothing half-written behind, and never under the final name

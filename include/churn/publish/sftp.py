@@ -120,8 +120,12 @@ def _ensure_dir(sftp: paramiko.SFTPClient, remote_dir: str) -> None:
 
 def put_atomic(sftp: paramiko.SFTPClient, local: str | Path, remote_dir: str) -> str:
     """Upload one file to ``.<name>.partial``, check its size, then rename it over ``<remote_dir>/<name>``."""
+    return commit_partial(sftp, upload_partial(sftp, local, remote_dir), remote_dir, Path(local).name)
+
+
+def upload_partial(sftp: paramiko.SFTPClient, local: str | Path, remote_dir: str) -> str:
+    """Upload one file to ``<remote_dir>/.<name>.partial`` and check its size; returns that path."""
     local = Path(local)
-    final = posixpath.join(remote_dir, local.name)
     tmp = posixpath.join(remote_dir, f".{local.name}.partial")
     size = local.stat().st_size
     with open(local, "rb") as handle:
@@ -129,6 +133,12 @@ def put_atomic(sftp: paramiko.SFTPClient, local: str | Path, remote_dir: str) ->
         attrs = sftp.putfo(handle, tmp, file_size=size, confirm=True)
     if attrs.st_size != size:
         raise OSError(f"uploaded {attrs.st_size} of {size} bytes of {local.name}")
+    return tmp
+
+
+def commit_partial(sftp: paramiko.SFTPClient, tmp: str, remote_dir: str, name: str) -> str:
+    """Rename an uploaded partial over ``<remote_dir>/<name>`` (atomically where the server can)."""
+    final = posixpath.join(remote_dir, name)
     try:
         sftp.posix_rename(tmp, final)  # atomic replace (OpenSSH extension)
     except OSError:
@@ -154,8 +164,18 @@ def deliver_files(files: Sequence[str | Path], remote_dir: str, factory: SftpFac
             with factory() as sftp:
                 bound_channel(sftp, channel_timeout_s)
                 _ensure_dir(sftp, remote_dir)
-                # Every attempt re-sends every file: each rename is atomic, so repeating one is harmless.
-                delivered = [put_atomic(sftp, path, remote_dir) for path in files]
+                # Every attempt re-sends every file to a partial name first: a dropped upload leaves the
+                # previous complete files (data and manifest) as they were.
+                staged = [(upload_partial(sftp, path, remote_dir), Path(path).name) for path in files]
+                manifests = {name for _, name in staged if name.endswith(".manifest.json")}
+                delivered = []
+                for tmp, name in staged:
+                    # A data file's old manifest goes just before the data is replaced, and the new one comes
+                    # right after: a manifest on the server always describes the data file beside it.
+                    if f"{name}.manifest.json" in manifests:
+                        with contextlib.suppress(FileNotFoundError):
+                            sftp.remove(posixpath.join(remote_dir, f"{name}.manifest.json"))
+                    delivered.append(commit_partial(sftp, tmp, remote_dir, name))
             log.info("delivered %s file(s) to %s on attempt %s", len(delivered), remote_dir, attempt)
             return delivered
         except (OSError, EOFError, paramiko.SSHException) as exc:
