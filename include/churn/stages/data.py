@@ -64,12 +64,15 @@ def ingest(cfg: ChurnConfig, res: Resources, run: dict) -> dict:
             if cfg.source == "sql" and not (cfg.file_numeric_columns or cfg.file_boolean_columns
                                             or cfg.file_categorical_columns):
                 bound = sql_source.bind(conn, query, train_date, cfg.label_window_days)
-                sample = sql_source.read_sample(conn, bound, cfg.infer_sample_rows)  # kinds inferred from it
+                sample = sql_source.read_sample(conn, bound, cfg.infer_sample_rows,
+                                                timeout_seconds=cfg.source_statement_timeout_seconds)  # kinds
             spec = spec_from_config(cfg, sample=sample)
             train = sql_source.extract_query_snapshot(conn, query, train_date, run_dir / "train_raw.parquet", spec,
-                                                      labelled=True, label_window_days=cfg.label_window_days)
+                                                      labelled=True, label_window_days=cfg.label_window_days,
+                                                      timeout_seconds=cfg.source_statement_timeout_seconds)
             score = sql_source.extract_query_snapshot(conn, query, as_of, run_dir / "score_raw.parquet", spec,
-                                                      labelled=False, label_window_days=cfg.label_window_days)
+                                                      labelled=False, label_window_days=cfg.label_window_days,
+                                                      timeout_seconds=cfg.source_statement_timeout_seconds)
     out = {"train": dict(train.__dict__), "score": dict(score.__dict__)}
     fraction = float(run.get("params", {}).get("sample_fraction") or 1.0)
     if fraction < 1.0:

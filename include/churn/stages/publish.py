@@ -24,7 +24,9 @@ def publish_postgres(cfg: ChurnConfig, res: Resources, run: dict, scored: dict) 
     conn = connect_for_publish(res.pg, run["run_key"])
     try:
         published = publish_scores(conn, scored["path"], run["run_key"], scored["model_version"],
-                                   cfg.score_history_runs, lock_wait_seconds=cfg.publish_lock_wait_seconds)
+                                   cfg.score_history_runs, lock_wait_seconds=cfg.publish_lock_wait_seconds,
+                                   switch_lock_timeout_seconds=cfg.publish_switch_lock_timeout_seconds,
+                                   switch_deadline_seconds=cfg.publish_switch_deadline_seconds)
         reader_role = _reader_role(conn, cfg)
     finally:
         conn.close()
@@ -39,7 +41,8 @@ def _reader_role(conn, cfg: ChurnConfig) -> str:
         return "not managed (CHURN_PG_READER_ROLE is empty)"
     try:
         # The password is a secret: only from the environment, never config or XCom.
-        ensure_reader_role(conn, cfg.pg_reader_role, os.environ.get("CHURN_PG_READER_PASSWORD") or None)
+        ensure_reader_role(conn, cfg.pg_reader_role, os.environ.get("CHURN_PG_READER_PASSWORD") or None,
+                           idle_in_transaction_seconds=cfg.pg_reader_idle_in_transaction_seconds)
     except ReaderRoleError as exc:
         # The scores are already switched; failing here would make the retry loop on a grant, not on data.
         log.error("read-only role not updated: %s", exc)

@@ -202,7 +202,7 @@ def _rescore_batch(ctx: _Context, src, events: list, index: int, hook: Callable[
             query = sql_source.load_query(sql_source.query_path(cfg))
             snapshot = sql_source.extract_query_snapshot(src, query, as_of, batch_dir / "score_raw.parquet", spec,
                                                          labelled=False, label_window_days=cfg.label_window_days,
-                                                         ids=ids)
+                                                         ids=ids, timeout_seconds=cfg.source_statement_timeout_seconds)
         seconds["features"] = time.monotonic() - t0
         if snapshot.rows:  # else every id was unknown: nothing to validate or score
             t0 = time.monotonic()
