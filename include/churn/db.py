@@ -5,8 +5,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
+# Bump when PLATFORM_DDL changes: tasks that find the schema at this version run no DDL (the publisher role
+# they run as may not), and ``python -m churn.migrate`` (the owner role) brings an older one up to it.
+SCHEMA_VERSION = 1
+
 PLATFORM_DDL = """
 CREATE SCHEMA IF NOT EXISTS churn;
+
+CREATE TABLE IF NOT EXISTS churn.schema_version (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    version integer NOT NULL,
+    migrated_at timestamptz NOT NULL DEFAULT now(),
+    migrated_by text NOT NULL DEFAULT current_user
+);
 
 CREATE TABLE IF NOT EXISTS churn.pipeline_runs (
     run_key text PRIMARY KEY,            -- the logical date the run covers, e.g. 2026-11-20
@@ -165,13 +176,49 @@ CREATE TABLE IF NOT EXISTS churn.realized_performance (
 """
 
 
-def ensure_schema(conn) -> None:
-    """Create the platform tables if they are missing (safe to call on every task)."""
+class SchemaNotMigrated(RuntimeError):
+    """Schema ``churn`` is missing or older than this code, and the connected role may not create it."""
+
+
+def schema_version(conn) -> int | None:
+    """The version ``churn.schema_version`` records, or None when the schema was never migrated."""
     with conn.cursor() as cur:
-        # An advisory lock keeps concurrent first runs from racing on CREATE IF NOT EXISTS.
-        cur.execute("SELECT pg_advisory_xact_lock(7411)")
-        cur.execute(PLATFORM_DDL)
+        cur.execute("SELECT to_regclass('churn.schema_version') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            conn.commit()
+            return None
+        cur.execute("SELECT version FROM churn.schema_version")
+        row = cur.fetchone()
     conn.commit()
+    return row[0] if row else None
+
+
+def ensure_schema(conn, *, migrate: bool = False) -> None:
+    """Create or upgrade the platform tables if they are not at ``SCHEMA_VERSION`` (safe to call on every task).
+
+    At the current version nothing is executed but one lookup, so a publisher role without DDL rights
+    works; below it the DDL runs, and a role that may not run it gets :class:`SchemaNotMigrated` naming
+    the command for the owner role. ``migrate`` runs the DDL whatever the recorded version.
+    """
+    import psycopg2
+
+    if not migrate and (schema_version(conn) or 0) >= SCHEMA_VERSION:
+        return
+    try:
+        with conn.cursor() as cur:
+            # An advisory lock keeps concurrent first runs from racing on CREATE IF NOT EXISTS.
+            cur.execute("SELECT pg_advisory_xact_lock(7411)")
+            cur.execute(PLATFORM_DDL)
+            cur.execute("INSERT INTO churn.schema_version (version) VALUES (%s) ON CONFLICT (singleton) DO UPDATE "
+                        "SET version = greatest(churn.schema_version.version, EXCLUDED.version), migrated_at = now(), "
+                        "migrated_by = current_user", (SCHEMA_VERSION,))
+        conn.commit()
+    except psycopg2.errors.InsufficientPrivilege as exc:
+        conn.rollback()
+        raise SchemaNotMigrated(
+            f"schema churn is not at version {SCHEMA_VERSION} and this role may not migrate it "
+            f"({exc.pgerror.strip() if exc.pgerror else exc}); run 'python -m churn.migrate --publisher <this role>' "
+            "as the schema's owner (CHURN_POSTGRES_MIGRATION_URL)") from exc
 
 
 def tables_present(conn, *tables: str) -> bool:

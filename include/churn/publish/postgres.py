@@ -475,8 +475,20 @@ def _grant_reader(conn, role: str, password: str | None, idle_in_transaction_sec
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            cur.execute("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user")
+            manages_roles = bool(cur.fetchone()[0])
             cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
-            if cur.fetchone() is None:
+            exists = cur.fetchone() is not None
+            if exists and not manages_roles:
+                # Least privilege: a DBA (or `python -m churn.db migrate`) made the role and its settings; the
+                # publisher, owner of the views it has just replaced, only grants SELECT on them.
+                for view in READER_VIEWS:
+                    cur.execute("SELECT to_regclass(%s)", (f"churn.{view}",))
+                    if cur.fetchone()[0] is not None:
+                        cur.execute(sql.SQL("GRANT SELECT ON churn.{} TO {}").format(sql.Identifier(view), ident))
+                conn.commit()
+                return
+            if not exists:
                 cur.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT").format(ident))
             if password:
                 # A SCRAM-SHA-256 verifier computed here (libpq), so the cleartext never reaches the server
