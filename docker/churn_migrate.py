@@ -5,10 +5,11 @@ healthy and before any Airflow component starts. Creating the tables here, rathe
 task, is what makes the role split real: churn_owner owns every table of schema ``churn``, and the pipeline's
 role (churn_publisher) gets only SELECT/INSERT/UPDATE/DELETE on them through default privileges, so a task can
 never ALTER or DROP the registry, the runs or the outbox. It calls the same idempotent functions the tasks call
-(``churn.db.ensure_schema``, ``churn.data.outbox.ensure_outbox``), so a newer image migrates on ``compose up``.
+(``churn.migrate.migrate``: the schema at its version, then the grants), so a newer image migrates on ``compose up``.
 
-The platform has no migration entry point of its own yet (no setting for a separate migration URL); this
-script is the compose stack's stand-in for one, and reads ``CHURN_POSTGRES_MIGRATION_URL``.
+It wraps the platform's own migration (``churn.migrate.migrate``, the ``python -m churn.migrate`` CLI) with the
+compose checks below (never as a superuser or a role other than the schema's owner), and reads
+``CHURN_POSTGRES_MIGRATION_URL``.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ import time
 
 import psycopg2
 
-from churn.data.outbox import ensure_outbox
-from churn.db import ensure_schema
+from churn.migrate import migrate
 
 log = logging.getLogger("churn-migrate")
 
@@ -58,8 +58,9 @@ def main() -> int:
             log.error("refusing to migrate as %s: connect as the owner of schema churn (%s), not %s", user,
                       schema_owner, "a superuser" if superuser else "another role")
             return 2
-        ensure_schema(conn)
-        ensure_outbox(conn)
+        # The platform's migration (python -m churn.migrate): tables at SCHEMA_VERSION, the publisher's grants.
+        migrate(conn, publisher=os.environ.get("CHURN_PG_PUBLISHER_ROLE", "churn_publisher"),
+                reader=os.environ.get("CHURN_PG_READER_ROLE") or "churn_reader")
         log.info("schema churn is up to date (owner %s)", user)
         return 0
     finally:

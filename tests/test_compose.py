@@ -361,7 +361,7 @@ def test_the_schema_is_migrated_by_its_owner_before_airflow_starts():
     for name in AIRFLOW_PROCESSES:
         assert SERVICES[name]["depends_on"]["churn-migrate"]["condition"] == "service_completed_successfully", name
     script = (REPO_ROOT / "docker" / "churn_migrate.py").read_text()
-    assert "ensure_schema(conn)" in script and "CHURN_POSTGRES_MIGRATION_URL" in script
+    assert "migrate(conn, publisher=" in script and "CHURN_POSTGRES_MIGRATION_URL" in script
 
 
 def _init_sql() -> tuple[str, str]:
