@@ -151,7 +151,8 @@ def test_redis_files_are_private_and_the_config_holds_no_password(services):
     admin.save()
     redis_dir = services.redis_dir
     assert redis_dir.stat().st_mode & 0o777 == 0o700
-    for name in ("redis.conf", "redis.password", "redis-admin.password", "dump.rdb", "redis.log"):
+    for name in ("redis.conf", "redis.password", "redis-reader.password", "redis-admin.password", "dump.rdb",
+                 "redis.log"):
         assert (redis_dir / name).stat().st_mode & 0o077 == 0, name
     config = (redis_dir / "redis.conf").read_text()
     assert sv.redis_password(redis_dir) not in config and sv.redis_password(redis_dir, admin=True) not in config
@@ -178,5 +179,38 @@ def test_an_older_unauthenticated_server_of_the_same_state_folder_is_restarted_c
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(port=port, socket_timeout=5).ping()
         assert redis.Redis.from_url(sv.embedded_redis_url(redis_dir, port)).get("churn:meta") == b"kept"
+    finally:
+        sv.stop_redis(redis_dir)
+
+
+def test_a_front_end_reads_scores_as_the_reader_user_and_may_write_nothing(services, tmp_path):
+    from churn.publish import redis_store as rs
+    from tests.test_publish_postgres import RUN_A, write_scores
+
+    redis.Redis.from_url(services.redis_admin_url(11)).flushdb()
+    path = write_scores(tmp_path / "a.parquet", RUN_A, 0, 100, seed=1)
+    rs.publish_scores(redis.Redis.from_url(services.redis_url_db(11)), path, RUN_A, f"{RUN_A}-logreg", None,
+                      layout="json", buckets=64, batch_rows=50, hash_partition_rows=50)
+    reader = redis.Redis.from_url(services.redis_reader_url(11), socket_timeout=5)
+    assert rs.lookup_score(reader, "C00000001", layout="json", buckets=64)["run_id"] == RUN_A
+    for command in (("SET", "churn:score:C00000001", "{}"), ("DEL", "churn:meta"), ("KEYS", "*"),
+                    ("CONFIG", "SET", "dir", "/tmp"), ("PUBLISH", "x", "y")):
+        with pytest.raises(redis.ResponseError, match="no permissions"):
+            reader.execute_command(*command)
+
+
+def test_a_running_server_with_older_acl_rules_is_restarted_with_todays(tmp_path):
+    redis_dir = sv.private_dir(tmp_path / "redis")
+    port = free_port()
+    sv.start_redis(redis_dir, port)
+    try:
+        admin = redis.Redis.from_url(sv.embedded_redis_url(redis_dir, port, admin=True))
+        admin.set("kept", "1")
+        config = redis_dir / "redis.conf"
+        config.write_text(config.read_text().replace(" -@admin -@dangerous", ""))  # as an older checkout wrote it
+        sv.start_redis(redis_dir, port)
+        assert admin.get("kept") == b"1" and "-@admin -@dangerous" in config.read_text()
+        with pytest.raises(redis.ResponseError, match="no permissions"):
+            redis.Redis.from_url(sv.embedded_redis_url(redis_dir, port)).execute_command("CONFIG", "SET", "dir", "/")
     finally:
         sv.stop_redis(redis_dir)

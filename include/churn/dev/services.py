@@ -6,9 +6,10 @@ state folder (mode 0700; secrets in it 0600). Both servers need a password on TC
 
 - PostgreSQL: the superuser ``postgres`` with a generated password (``postgres/postgres.password``).
 - Valkey: the ``default`` user is off; the platform logs in as ``churn`` (every command except the
-  ``@dangerous`` ones: no CONFIG, DEBUG, MODULE, ACL, KEYS, FLUSHALL, SAVE, SHUTDOWN ...), and the
-  launcher and the tests as ``churn-admin`` (also FLUSHDB/FLUSHALL, KEYS, INFO, SAVE, SHUTDOWN and
-  ACL LOG; no CONFIG, DEBUG, MODULE or ACL changes either). Passwords are generated once
+  ``@admin`` and ``@dangerous`` ones: no CONFIG, DEBUG, MODULE, ACL, KEYS, FLUSHALL, SAVE, SHUTDOWN ...),
+  front-ends as ``churn-reader`` (read commands only), and the launcher and the tests as
+  ``churn-admin`` (also FLUSHDB/FLUSHALL, KEYS, INFO, SAVE, SHUTDOWN and ACL LOG; no CONFIG, DEBUG,
+  MODULE or ACL changes either), as in docker-compose.yaml. Passwords are generated once
   (``redis/*.password``); the server's config file holds only their SHA-256.
 
 Run as root, PostgreSQL runs as the system user ``churnpg`` with its data directory under
@@ -48,10 +49,11 @@ PG_SYSTEM_USER = "churnpg"  # PostgreSQL refuses to run as root, so root drops t
 PG_ROOT_BASE = Path("/var/lib/churn-pg")
 OWNER_FILE = "state-folder"  # in such a data directory's folder: the pg_dir it belongs to
 PASSWORD_FILE = "postgres.password"  # the publisher's (superuser's) generated secret, mode 0600
-REDIS_USER = "churn"  # the platform's ACL user: every command but the @dangerous ones
+REDIS_USER = "churn"  # the platform's ACL user: every command but the @admin / @dangerous ones
+REDIS_READER_USER = "churn-reader"  # front-ends looking scores up: read commands only
 REDIS_ADMIN_USER = "churn-admin"  # the launcher's and the tests' user: flush, inspect, save, shut down
-REDIS_PASSWORD_FILE = "redis.password"
-REDIS_ADMIN_PASSWORD_FILE = "redis-admin.password"
+REDIS_PASSWORD_FILES = {REDIS_USER: "redis.password", REDIS_READER_USER: "redis-reader.password",
+                        REDIS_ADMIN_USER: "redis-admin.password"}
 # What the admin user gets back from @dangerous; CONFIG, DEBUG, MODULE, ACL, MONITOR, MIGRATE, RESTORE,
 # REPLICAOF stay closed for every user, so nobody can reconfigure the server or make it write files elsewhere.
 REDIS_ADMIN_EXTRA = ("flushdb", "flushall", "keys", "info", "save", "bgsave", "lastsave", "shutdown", "acl|log")
@@ -112,6 +114,10 @@ class EmbeddedServices:
     def redis_admin_url(self, db: int = 0) -> str:
         """URL of Redis database ``db`` as the admin user (tests and benchmarks: FLUSHDB, KEYS, INFO, SAVE)."""
         return embedded_redis_url(self.redis_dir, self.redis_port, db, admin=True)
+
+    def redis_reader_url(self, db: int = 0) -> str:
+        """URL of Redis database ``db`` as the front-ends' read-only user."""
+        return embedded_redis_url(self.redis_dir, self.redis_port, db, user=REDIS_READER_USER)
 
     def start(self) -> None:
         """Start both servers (idempotent: an already running server is reused)."""
@@ -403,15 +409,15 @@ def redis_server_binary() -> str:
     return str(get_binary_path())
 
 
-def redis_password(redis_dir: Path, admin: bool = False) -> str:
-    """The generated password of the platform's (or the admin) Redis user, kept in ``redis_dir`` (0600)."""
-    return _secret(redis_dir / (REDIS_ADMIN_PASSWORD_FILE if admin else REDIS_PASSWORD_FILE))
+def redis_password(redis_dir: Path, admin: bool = False, user: str = REDIS_USER) -> str:
+    """The generated password of a Redis user (the platform's by default), kept in ``redis_dir`` (0600)."""
+    return _secret(redis_dir / REDIS_PASSWORD_FILES[REDIS_ADMIN_USER if admin else user])
 
 
-def embedded_redis_url(redis_dir: Path, port: int, db: int = 0, admin: bool = False) -> str:
-    """redis-py URL of database ``db`` of the embedded Redis of ``redis_dir``, with its user and password."""
-    user = REDIS_ADMIN_USER if admin else REDIS_USER
-    return f"redis://{user}:{redis_password(redis_dir, admin)}@127.0.0.1:{port}/{db}"
+def embedded_redis_url(redis_dir: Path, port: int, db: int = 0, admin: bool = False, user: str = REDIS_USER) -> str:
+    """redis-py URL of database ``db`` of the embedded Redis of ``redis_dir``, with a user and its password."""
+    user = REDIS_ADMIN_USER if admin else user
+    return f"redis://{user}:{redis_password(redis_dir, user=user)}@127.0.0.1:{port}/{db}"
 
 
 def _quoted(value: str) -> str:
@@ -441,7 +447,10 @@ def redis_config(redis_dir: Path, port: int) -> str:
         "enable-module-command no",
         "enable-protected-configs no",
         "user default off resetpass nocommands",
-        f"user {REDIS_USER} on #{_sha256(redis_password(redis_dir))} ~* &* +@all -@dangerous",
+        # pub/sub channels (&*) for the platform: the embedded server is also make cluster's Celery broker
+        f"user {REDIS_USER} on #{_sha256(redis_password(redis_dir))} ~* &* +@all -@admin -@dangerous",
+        f"user {REDIS_READER_USER} on #{_sha256(redis_password(redis_dir, user=REDIS_READER_USER))} ~* "
+        "resetchannels -@all +@read +@connection -@dangerous",
         f"user {REDIS_ADMIN_USER} on #{_sha256(redis_password(redis_dir, admin=True))} ~* &* +@all -@dangerous "
         + admin_rules,
         "",
@@ -467,19 +476,23 @@ def _redis_answers(port: int, redis_dir: Path) -> bool | None:
 def start_redis(redis_dir: Path, port: int) -> None:
     """Start valkey-server on 127.0.0.1:port, daemonized, with its files (0600) in redis_dir (0700)."""
     private_dir(redis_dir)
+    config = redis_dir / "redis.conf"
+    wanted = redis_config(redis_dir, port)
     if _port_open(port):
         known = _redis_answers(port, redis_dir)
-        if known:
-            return  # already ours: reuse it
-        if known is False and _pid_alive(redis_dir / "redis.pid"):
+        if known and config.exists() and config.read_text() == wanted:
+            return  # already ours, with today's users and settings: reuse it
+        if known:  # ours, started with other ACL rules or settings (an older checkout): restart it with these
+            log.info("restarting the embedded Redis on port %s: its configuration changed", port)
+            stop_redis(redis_dir)
+        elif known is False and _pid_alive(redis_dir / "redis.pid"):
             # our pid file, but not our passwords: an older checkout's unauthenticated server; restart it closed
             log.info("restarting the embedded Redis on port %s with passwords and ACL users", port)
             stop_redis(redis_dir)
         else:
             raise ServiceError(f"port {port} is taken by another process (or another state folder's Redis); "
                                "set CHURN_REDIS_PORT to a free port")
-    config = redis_dir / "redis.conf"
-    write_text_atomic(config, redis_config(redis_dir, port), mode=0o600)
+    write_text_atomic(config, wanted, mode=0o600)
     result = subprocess.run([redis_server_binary(), str(config)], capture_output=True, text=True, umask=0o077)
     if result.returncode != 0:
         raise ServiceError(f"Redis did not start: {(result.stderr or result.stdout).strip()} "
@@ -507,7 +520,8 @@ def stop_redis(redis_dir: Path) -> None:
     try:
         pid = int(pid_file.read_text().strip())
         os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
+        deadline = time.monotonic() + 120  # it writes its dump first: large datasets take a while
+        while time.monotonic() < deadline:
             os.kill(pid, 0)
             time.sleep(0.05)
     except (ProcessLookupError, ValueError):
