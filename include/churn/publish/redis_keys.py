@@ -20,6 +20,10 @@ class OlderRunRefused(RedisPublishError):
     """The served batch is newer than the run being published: Redis never goes back in time."""
 
 
+class LeaseLost(RedisPublishError):
+    """The publish lease is another publisher's now: the fenced write was refused whole by the server."""
+
+
 @dataclass
 class RedisPublish:
     """Outcome of a Redis publish."""

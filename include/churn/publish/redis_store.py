@@ -28,6 +28,12 @@ batch (and a previous layout's keys) are deleted after that. Runs whose keys
 may still need cleaning are remembered in ``churn:meta`` (``writing``,
 ``cleanup_from``) so a publish killed at any point is finished by the retry.
 
+Fencing: one publish at a time holds the lease ``churn:publish_lock`` (a token with a TTL), and every
+write of a publish (each record batch, the marker, the cleanup) is one WATCH/MULTI/EXEC transaction
+that the server applies only if the lease key still holds this publisher's token and was not touched
+since the WATCH; the same transaction renews the lease. A publisher paused past its lease (GC, SIGSTOP)
+that resumes after another took over writes nothing and stops with ``LeaseLost``.
+
 Records are encoded column-wise with Arrow and sent as pre-built RESP
 commands (one MSET per batch; for the hash layout, one multi-field HSET per
 bucket, a bucket range at a time), and the next batch is encoded in a helper thread while Redis
@@ -46,46 +52,44 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from churn.publish.redis_encoding import (
-    Encoded, batches, check_run, crc32_array, encode_json, encode_json_values, encoded_batches, hash_partitions,
-    scored_at_text, send_encoded,
+    Encoded, Fence, batches, check_run, crc32_array, encode_json, encode_json_values, encoded_batches,
+    hash_partitions, run_fenced, scored_at_text, send_fenced,
 )
 from churn.publish.redis_keys import (
-    DEFAULT_BUCKETS, DELETE_BATCH, LAYOUTS, OlderRunRefused, RedisPublish, RedisPublishError, as_text, bucket_key,
-    bucket_of, cleanup_sources, lock_key, lookup_score, meta_key, runs_key, score_key, served_meta, served_run,
+    DEFAULT_BUCKETS, DELETE_BATCH, LAYOUTS, LeaseLost, OlderRunRefused, RedisPublish, RedisPublishError, as_text,
+    bucket_key, bucket_of, cleanup_sources, lock_key, lookup_score, meta_key, runs_key, score_key, served_meta,
+    served_run,
 )
 
 log = logging.getLogger(__name__)
 
 
-def _scan_delete(client, pattern: str) -> int:
-    """UNLINK every key matching ``pattern`` (a previous layout's keys), in batches."""
+def _scan_delete(client, fence: Fence, pattern: str) -> int:
+    """UNLINK every key matching ``pattern`` (a previous layout's keys), in lease-fenced batches."""
     deleted = 0
     batch: list[bytes] = []
     for key in client.scan_iter(match=pattern, count=10_000):
         batch.append(key)
         if len(batch) >= DELETE_BATCH:
-            deleted += client.unlink(*batch)
+            deleted += sum(run_fenced(client, fence, [("UNLINK", *batch)]))
             batch = []
     if batch:
-        deleted += client.unlink(*batch)
+        deleted += sum(run_fenced(client, fence, [("UNLINK", *batch)]))
     return deleted
 
 
-def _delete_stale(client, ids: Iterable[str], prefix: str, layout: str, buckets: int, batch_rows: int) -> int:
+def _delete_stale(client, fence: Fence, ids: Iterable[str], prefix: str, layout: str, buckets: int,
+                  batch_rows: int) -> int:
+    """Delete the records of ``ids``, one lease-fenced transaction per ``batch_rows`` customers."""
     deleted = 0
-    pipe = client.pipeline(transaction=False)
-    pending = 0
+    pending: list[tuple] = []
     for cid in ids:
-        if layout == "json":
-            pipe.unlink(score_key(cid, prefix))
-        else:
-            pipe.hdel(bucket_key(cid, prefix, buckets), cid)
-        pending += 1
-        if pending >= batch_rows:
-            deleted += sum(pipe.execute())
-            pending = 0
-    if pending:
-        deleted += sum(pipe.execute())
+        pending.append(("UNLINK", score_key(cid, prefix)) if layout == "json"
+                       else ("HDEL", bucket_key(cid, prefix, buckets), cid))
+        if len(pending) >= batch_rows:
+            deleted += sum(run_fenced(client, fence, pending))
+            pending = []
+    deleted += sum(run_fenced(client, fence, pending))
     return deleted
 
 
@@ -94,9 +98,9 @@ def _layout_pattern(layout: str, prefix: str) -> str:
 
 
 # The store module is the public face of the Redis contract: readers and tests import these from here.
-__all__ = ["DEFAULT_BUCKETS", "LAYOUTS", "OlderRunRefused", "RedisPublish", "RedisPublishError", "bucket_key",
-           "bucket_of", "crc32_array", "encode_json_values", "lock_key", "lookup_score", "meta_key", "publish_scores",
-           "score_key", "served_meta", "served_run"]
+__all__ = ["DEFAULT_BUCKETS", "LAYOUTS", "LeaseLost", "OlderRunRefused", "RedisPublish", "RedisPublishError",
+           "bucket_key", "bucket_of", "crc32_array", "encode_json_values", "lock_key", "lookup_score", "meta_key",
+           "publish_scores", "score_key", "served_meta", "served_run"]
 
 StaleIds = Callable[[list[str]], Iterable[str]] | Iterable[str] | None
 
@@ -130,9 +134,10 @@ def publish_scores(
     One publish at a time: a lease (``<prefix>:publish_lock``, renewed every batch, gone
     ``lock_lease_seconds`` after its holder died) is taken before the marker is read, so a second
     publish waits up to ``lock_wait_seconds`` and then reads the marker the first one left (an
-    older run is then refused before it writes anything). The marker's ``writing`` list is only
-    changed by the lease holder, and the switch checks in its WATCHed transaction that the lease
-    is still its own, so a publish that lost its lease (a stalled zombie) never moves the marker.
+    older run is then refused before it writes anything). Every write is a transaction the server
+    applies only while the lease is still this publish's (see the module docstring), so a publish
+    that lost its lease (a stalled zombie) writes no record and never moves the marker: it raises
+    :class:`LeaseLost`.
 
     ``exclude_ids()``, asked once the lease is held, names customers whose record must not be written:
     those with an event refresh newer than this batch (``churn.publish.refresh``), which takes the same lease.
@@ -177,6 +182,8 @@ def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefi
     import redis
 
     keep = without_ids(pa.array(excluded, pa.string())) if excluded else None
+    fence = Fence(lock_key(prefix), lease.local.token, max(1, int(lease.timeout * 1000)))
+    what = f"Redis publish of run {run_id}"
 
     rows = 0
     deleted = 0
@@ -198,12 +205,12 @@ def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefi
         # Remember this attempt first, so a later run can clean its keys if it is abandoned.
         # (a read-modify-write, safe because only the lease holder changes the marker)
         writing = [r for r in (meta.get("writing") or "").split(",") if r and r != run_id] + [run_id]
-        client.hset(meta_key(prefix), "writing", ",".join(writing))
+        run_fenced(client, fence, [("HSET", meta_key(prefix), "writing", ",".join(writing))], what)
         if layout == "hash":
             first = next(batches(scores_path, 1), None)
             scored_at = scored_at_text(first.column("scored_at")) if first is not None else None
-            client.hset(runs_key(prefix), run_id, json.dumps({"model_version": model_version,
-                                                              "scored_at": scored_at}))
+            run_fenced(client, fence, [("HSET", runs_key(prefix), run_id,
+                                        json.dumps({"model_version": model_version, "scored_at": scored_at}))], what)
         if layout == "json":
             def source() -> Iterator[Encoded]:
                 for batch in batches(scores_path, batch_rows):
@@ -216,9 +223,7 @@ def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefi
                 return hash_partitions(scores_path, run_id, prefix, buckets, hash_partition_rows, batch_rows,
                                        keep=keep)
         for encoded in encoded_batches(source):
-            if not lease.extend(lease.timeout, replace_ttl=True):  # renew; False/LockError: lost to another
-                raise RedisPublishError(f"run {run_id}: the publish lease expired; the task's retry starts over")
-            send_encoded(client, encoded)
+            send_fenced(client, fence, encoded, what)  # also renews the lease
             rows += encoded.rows
             hook("batch")
         hook("records_written")
@@ -246,23 +251,22 @@ def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefi
             ids = stale_ids(sources) if sources else ()
         else:
             ids = stale_ids or ()
-        deleted += _delete_stale(client, ids, prefix, layout, buckets, batch_rows)
+        deleted += _delete_stale(client, fence, ids, prefix, layout, buckets, batch_rows)
         if old_tag:
             # The layout (or bucket count) changed: every key of the old layout is stale now.
             if old_tag == "json" or layout == "json":
                 old_layout = "json" if old_tag == "json" else "hash"
-                deleted += _scan_delete(client, _layout_pattern(old_layout, prefix))
+                deleted += _scan_delete(client, fence, _layout_pattern(old_layout, prefix))
             else:
                 log.warning("bucket count changed (%s -> %s): removing the old buckets' fields", old_tag,
                             layout_tag)
-                deleted += _rehash_cleanup(client, prefix, buckets)
+                deleted += _rehash_cleanup(client, fence, prefix, buckets)
         if layout == "hash":
             old_runs = [r for r in map(as_text, client.hkeys(runs_key(prefix))) if r != run_id]
-            if old_runs:
-                client.hdel(runs_key(prefix), *old_runs)
+            tidy = [("HDEL", runs_key(prefix), *old_runs)] if old_runs else []
         else:
-            client.unlink(runs_key(prefix))
-        client.hdel(meta_key(prefix), "cleanup_from", "cleanup_layout")
+            tidy = [("UNLINK", runs_key(prefix))]
+        run_fenced(client, fence, tidy + [("HDEL", meta_key(prefix), "cleanup_from", "cleanup_layout")], what)
         hook("cleaned")
     except redis.RedisError as exc:
         raise RedisPublishError(
@@ -296,12 +300,12 @@ def _refuse_older(served: str | None, run_id: str) -> None:
         )
 
 
-def _rehash_cleanup(client, prefix: str, buckets: int) -> int:
-    """After a bucket-count change, drop every field that sits in a bucket it no longer hashes to."""
+def _rehash_cleanup(client, fence: Fence, prefix: str, buckets: int) -> int:
+    """After a bucket-count change, drop every field that sits in a bucket it no longer hashes to (fenced)."""
     removed = 0
     for key in client.scan_iter(match=f"{prefix}:h:*", count=1000):
         bucket = int(as_text(key).rsplit(":", 1)[1])
         wrong = [f for f in client.hkeys(key) if zlib.crc32(f) % buckets != bucket]
         if wrong:
-            removed += client.hdel(key, *wrong)
+            removed += sum(run_fenced(client, fence, [("HDEL", key, *wrong)]))
     return removed
