@@ -137,3 +137,13 @@ def test_realized_auc_on_a_sample_from_the_run_table_and_the_run_folder_agree(pg
         assert record["customers"] == 1000 and record["churned"] == int(churned.sum())  # counted over everyone
         assert 250 < record["auc_sample_rows"] < 550  # the AUC's own sample
         assert record["realized_roc_auc"] == pytest.approx(exact, abs=0.06)
+
+
+def test_realized_is_not_judged_without_an_outcome_table(pg_conn, tmp_path):
+    """A file source's night past the realized lag: scores exist, outcomes do not; the report must not fail
+    (the seven-nights scheduler test found `relation "src.churn_events" does not exist` on night 3)."""
+    ensure_schema(pg_conn)
+    cfg = ChurnConfig(state_dir=tmp_path, realized_lag_days=2, source="file")
+    (cfg.runs_dir / "2026-11-18").mkdir(parents=True)
+    _write_scores(cfg.runs_dir / "2026-11-18" / "scores.parquet", np.array([0.2, 0.7]), "v1", ["A", "B"])
+    assert evaluate_realized(pg_conn, cfg, date(2026, 11, 20)) == []
