@@ -161,12 +161,15 @@ def run_file(run_key: str, *parts: str):
     return path
 
 
-def render_confirm(record, current: str, credential: str) -> str:
-    """The rollback confirmation page: a form with a session-bound token; values only as escaped text."""
+def render_confirm(record, current: str, credential: str, override: str | None = None) -> str:
+    """The rollback confirmation page: a form with a session-bound token; values only as escaped text.
+
+    ``override`` (why the rollback would override the gate) adds a required reason field to the form.
+    """
     from churn.templating import render
 
     return render("churn_confirm.html", title="Confirm rollback", prefix=URL_PREFIX, record=record, current=current,
-                  csrf=csrf_token(credential, "rollback:" + record.version))
+                  csrf=csrf_token(credential, "rollback:" + record.version), override=override)
 
 
 def _build_app():
@@ -247,6 +250,7 @@ def _build_app():
         try:
             record = registry.get(conn, version)
             champ = registry.champion(conn)
+            override = registry.override_needed(conn, version)
         except registry.RegistryError as exc:
             raise HTTPException(404, str(exc)) from exc
         finally:
@@ -254,11 +258,11 @@ def _build_app():
         credential = session_credential(dict(request.headers), request.cookies)
         if credential is None:
             raise HTTPException(403, "no session: log in to Airflow first")
-        return own_page(render_confirm(record, champ.version if champ else "none", credential))
+        return own_page(render_confirm(record, champ.version if champ else "none", credential, override))
 
     @app.post("/rollback/{version}", dependencies=[can_edit])
     def rollback(version: str, user: GetUserDep, request: Request, confirm: str = Form(""),
-                 csrf: str = Form("")) -> RedirectResponse:
+                 csrf: str = Form(""), force: str = Form(""), reason: str = Form("")) -> RedirectResponse:
         from urllib.parse import urlencode
 
         from churn.model import registry
@@ -270,7 +274,11 @@ def _build_app():
                                      "the confirmation page again and submit it from there")
         conn = _connect()
         try:
-            registry.promote(conn, version, f"rollback from the Churn page by {user.get_name()}")
+            # An override of the gate (force) needs the user's own reason: never a default text.
+            if force == "1" and not reason.strip():
+                raise registry.OverrideRequired("overriding the gate needs a reason: fill in the reason field")
+            registry.promote(conn, version, reason.strip() or f"rollback from the Churn page by {user.get_name()}",
+                             kind="rollback", actor=f"ui:{user.get_name()}", force=force == "1")
             query = {"msg": f"champion is now {version}"}
         except (registry.RegistryError, registry.ArtifactIntegrityError) as exc:
             query = {"err": f"rollback to {version} refused: {exc}"}

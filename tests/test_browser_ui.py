@@ -273,6 +273,8 @@ def test_trigger_watch_and_judge_a_run_from_the_browser(airflow_ui, browser):
         "  headers: {'Content-Type': 'application/x-www-form-urlencoded'}}).then(r => r.status)))"
         ".then(done, e => done(String(e)));", target, f"{base}/churn/rollback/{target}")
     assert forged == [403, 403], forged
+    # the target was refused by the gate: the form asks for the override's reason (kept in churn.promotions)
+    driver.find_element(By.ID, "reason").send_keys("browser test: override of the gate")
     driver.find_element(By.ID, "confirm-rollback").click()
     WebDriverWait(driver, 10).until(ec.alert_is_present()).accept()
     wait.until(lambda d: d.find_elements(By.ID, "champion") and d.find_element(By.ID, "champion").text == target)

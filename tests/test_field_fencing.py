@@ -77,3 +77,173 @@ def test_a_batch_sent_with_a_stale_lease_token_writes_nothing(redis_url, redis_c
     assert rs.lookup_score(redis_client, "C00000002")["run_id"] == OLD
     assert 5000 < redis_client.pttl(rs.lock_key()) <= 9000
     assert client.ping()  # the refused connection went back to the pool clean (no WATCH left behind)
+
+
+# --- promotions: append-only history, override of the gate ---------------------------------------------------
+
+
+def _version(conn, models_dir, version: str, status: str) -> None:
+    """A registered version with a real (stand-in) artifact, as the register stage leaves it."""
+    from churn.model import registry
+    from churn.model.features import ModelSignature
+
+    signature = ModelSignature("customer_id", "churned", ["x"], [])
+    path, sha = registry.save_artifact({"stand-in": "model"}, signature, models_dir, version)
+    registry.register(conn, version=version, run_key=version[:10], model_name="stand_in", status=status,
+                      reason=f"the gate: {status}", metrics={"roc_auc": 0.7}, params={}, signature=signature,
+                      artifact_path=path, artifact_sha256=sha, data_fingerprint="fp")
+
+
+def _promotions(conn) -> list[tuple]:
+    with conn.cursor() as cur:
+        cur.execute("SELECT version, previous_champion, actor, reason, kind, forced FROM churn.promotions ORDER BY id")
+        rows = cur.fetchall()
+    conn.commit()
+    return rows
+
+
+GOOD, BAD, STUCK = "2026-11-19-stand_in-aaaaaa", "2026-11-20-stand_in-bbbbbb", "2026-11-21-stand_in-cccccc"
+
+
+def test_a_refused_version_becomes_champion_only_by_a_forced_override_with_a_reason(pg_conn, tmp_path):
+    from churn.model import registry
+
+    _version(pg_conn, tmp_path, GOOD, "challenger")
+    _version(pg_conn, tmp_path, BAD, "refused")
+    _version(pg_conn, tmp_path, STUCK, "challenger")
+    assert registry.promote(pg_conn, GOOD, "passed the gate", kind="gate", actor="churn_nightly gate")
+
+    with pytest.raises(registry.OverrideRequired, match=r"was refused by the gate.*--force --reason"):
+        registry.promote(pg_conn, BAD, "rollback", kind="rollback", actor="alice")
+    with pytest.raises(registry.OverrideRequired, match="needs a reason"):
+        registry.promote(pg_conn, BAD, "   ", kind="rollback", actor="alice", force=True)
+    with pytest.raises(registry.OverrideRequired, match="never champion"):  # approved but never champion
+        registry.promote(pg_conn, STUCK, "rollback", kind="rollback", actor="alice")
+    with pytest.raises(registry.RegistryError, match="only the challenger it approved"):
+        registry.promote(pg_conn, BAD, "sneaking past", kind="gate")
+    assert registry.champion(pg_conn).version == GOOD and len(_promotions(pg_conn)) == 1  # nothing moved
+
+    why = "holiday week: the refused model's recall is what the retention team needs"
+    assert registry.promote(pg_conn, BAD, why, kind="rollback", actor="alice", force=True)
+    assert registry.champion(pg_conn).version == BAD
+    assert registry.get(pg_conn, GOOD).status == "retired"
+    # back to the gate's champion: a plain rollback; to the overridden one again: an override again
+    assert registry.override_needed(pg_conn, GOOD) is None
+    registry.promote(pg_conn, GOOD, "undo the override", kind="rollback", actor="bob")
+    assert "only by override" in registry.override_needed(pg_conn, BAD)
+    with pytest.raises(registry.OverrideRequired, match="only by override"):
+        registry.promote(pg_conn, BAD, "again", kind="rollback", actor="bob")
+    assert _promotions(pg_conn) == [
+        (GOOD, None, "churn_nightly gate", "passed the gate", "gate", False),
+        (BAD, GOOD, "alice", why, "override", True),
+        (GOOD, BAD, "bob", "undo the override", "rollback", False),
+    ]
+
+
+def test_promotion_history_is_append_only_for_the_owner_and_the_publisher(pg_conn, fresh_pg_url, tmp_path):
+    import uuid
+
+    import psycopg2
+
+    from churn.migrate import migrate
+    from churn.model import registry
+    from tests.conftest import url_as
+
+    _version(pg_conn, tmp_path, GOOD, "challenger")
+    _version(pg_conn, tmp_path, BAD, "challenger")
+    registry.promote(pg_conn, GOOD, "passed the gate", kind="gate")
+    for statement in ("UPDATE churn.promotions SET reason = 'rewritten'", "DELETE FROM churn.promotions",
+                      "TRUNCATE churn.promotions"):
+        with pytest.raises(psycopg2.Error, match="append-only"):  # the owner (here a superuser) too
+            with pg_conn.cursor() as cur:
+                cur.execute(statement)
+        pg_conn.rollback()
+
+    publisher = f"pub_{uuid.uuid4().hex[:8]}"
+    with pg_conn.cursor() as cur:
+        cur.execute(f"CREATE ROLE {publisher} LOGIN PASSWORD 'pw'")
+    pg_conn.commit()
+    try:
+        migrate(pg_conn, publisher=publisher)
+        as_publisher = psycopg2.connect(url_as(fresh_pg_url, publisher, "pw"))
+        try:
+            registry.promote(as_publisher, BAD, "passed the gate", kind="gate")  # the pipeline's role may append
+            for statement in ("UPDATE churn.promotions SET reason = 'rewritten'", "DELETE FROM churn.promotions",
+                              "TRUNCATE churn.promotions"):
+                with pytest.raises(psycopg2.Error, match="permission denied|append-only"):
+                    with as_publisher.cursor() as cur:
+                        cur.execute(statement)
+                as_publisher.rollback()
+        finally:
+            as_publisher.close()
+        assert [(r[0], r[1], r[2], r[4]) for r in _promotions(pg_conn)] == [
+            (GOOD, None, "postgres", "gate"), (BAD, GOOD, publisher, "gate")]
+    finally:
+        with pg_conn.cursor() as cur:
+            cur.execute(f"DROP OWNED BY {publisher}")
+            cur.execute(f"DROP ROLE {publisher}")
+        pg_conn.commit()
+
+
+def test_the_gate_promotion_of_the_register_stage_writes_a_gate_row(pg_conn, fresh_pg_url, services, tmp_path):
+    import pandas as pd
+
+    from churn.config import ChurnConfig
+    from churn.connections import Resources
+    from churn.model import registry
+    from churn.model.features import ModelSignature
+    from churn.stages import model as model_stages
+    from churn.stages.results import Candidate, GateResult
+
+    signature = ModelSignature("customer_id", "churned", ["x"], [])
+    path, sha = registry.save_artifact({"stand-in": "model"}, signature, tmp_path / "candidates", "stand_in")
+    rows = pd.DataFrame({"customer_id": ["C1", "C2", "C3"], "x": [0.1, 0.2, 0.3], "churned": [0, 1, 0]})
+    paths = {name: str(tmp_path / f"{name}.parquet") for name in ("train", "test")}
+    for p in paths.values():
+        rows.to_parquet(p, index=False)
+    version = "2026-11-20-stand_in-dddddd"
+    candidate = Candidate(name="stand_in", path=path, sha256=sha, valid_roc_auc=0.8, fit_seconds=0.1, version=version,
+                          metrics={"roc_auc": 0.8})
+    evaluation = GateResult(evaluated=True, promote=True, reason="first model: test ROC AUC 0.800 >= 0.6",
+                            challenger="stand_in", candidates=[candidate.as_dict()]).as_dict()
+    cfg = ChurnConfig(state_dir=tmp_path / "state", export_pmml=False)
+    res = Resources.from_urls(fresh_pg_url, services.redis_url)
+    run = {"run_key": "2026-11-20", "run_dir": str(tmp_path / "run")}
+    done = model_stages.register(cfg, res, run, {"paths": paths, "data_fingerprint": "fp"}, evaluation)
+    assert done["champion"] == version
+    assert _promotions(pg_conn) == [(version, None, "churn_nightly gate (run 2026-11-20)",
+                                     "first model: test ROC AUC 0.800 >= 0.6", "gate", False)]
+
+
+def _registry_cli(args: list[str], url: str):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    env = {**os.environ, "CHURN_POSTGRES_URL": url, "PYTHONPATH": str(REPO_ROOT / "include")}
+    return subprocess.run([sys.executable, "-m", "churn.model.registry", *args], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=REPO_ROOT)
+
+
+def test_the_cli_names_the_flags_and_records_the_override(pg_conn, fresh_pg_url, tmp_path):
+    from churn.model import registry
+
+    _version(pg_conn, tmp_path, GOOD, "challenger")
+    _version(pg_conn, tmp_path, BAD, "refused")
+    registry.promote(pg_conn, GOOD, "passed the gate", kind="gate")
+
+    refused = _registry_cli(["rollback", BAD], fresh_pg_url)
+    assert refused.returncode == 2 and "--force --reason" in refused.stderr and "refused by the gate" in refused.stderr
+    no_reason = _registry_cli(["rollback", BAD, "--force"], fresh_pg_url)
+    assert no_reason.returncode == 2 and "--force needs --reason" in no_reason.stderr
+    assert registry.champion(pg_conn).version == GOOD
+
+    done = _registry_cli(["rollback", BAD, "--force", "--reason", "incident 42: champion mis-scores", "--actor",
+                          "carol"], fresh_pg_url)
+    assert done.returncode == 0, done.stderr
+    assert registry.champion(pg_conn).version == BAD
+    assert _promotions(pg_conn)[-1] == (BAD, GOOD, "carol", "incident 42: champion mis-scores", "override", True)
+    listing = _registry_cli(["history"], fresh_pg_url)
+    assert listing.returncode == 0 and "override\tTrue\tincident 42" in listing.stdout

@@ -198,6 +198,50 @@ def test_rollback_over_http_needs_the_session_bound_token(pg_conn, fresh_pg_url,
     assert "by alice" in registry.get(pg_conn, "2026-11-19-tpot-aaaaaa").reason
 
 
+def test_rollback_to_a_refused_version_over_http_needs_a_reason(pg_conn, fresh_pg_url, tmp_path, monkeypatch):
+    """The form of an override carries a required reason; without one nothing moves, with one it is recorded."""
+    import re
+    from urllib.parse import parse_qs, urlsplit
+
+    from fastapi.testclient import TestClient
+
+    from churn.model import registry
+
+    ensure_schema(pg_conn)
+    with pg_conn.cursor() as cur:
+        _model(cur, "2026-11-20-tpot-bbbbbb", "champion", 0.83, "better")
+        _model(cur, "2026-11-20-logistic_baseline-bbbbbb", "refused", 0.70, "lower validation ROC AUC than tpot")
+        cur.execute("INSERT INTO churn.model_champion (version, reason) VALUES ('2026-11-20-tpot-bbbbbb', 'x')")
+    pg_conn.commit()
+    monkeypatch.setenv("CHURN_POSTGRES_URL", fresh_pg_url)
+    monkeypatch.setenv("CHURN_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(registry, "load_verified", lambda path, sha: (None, None))  # no artifact files here
+    module, app = _http_app(monkeypatch)
+    client = TestClient(app, cookies={"_token": "jwt-of-alice"})
+    url = "/rollback/2026-11-20-logistic_baseline-bbbbbb"
+    page = client.get(url)
+    assert page.status_code == 200 and "overrides the gate" in page.text
+    assert re.search(r'<textarea id="reason" name="reason" required', page.text)
+    form = {"confirm": "2026-11-20-logistic_baseline-bbbbbb", "force": "1",
+            "csrf": re.search(r'name="csrf" value="([0-9a-f]+)"', page.text).group(1)}
+
+    for missing in ({}, {"reason": "  "}):
+        done = client.post(url, data={**form, **missing}, follow_redirects=False)
+        error = parse_qs(urlsplit(done.headers["location"]).query)["err"][0]
+        assert done.status_code == 303 and "needs a reason" in error
+    stale = client.post(url, data={**form, "force": ""}, follow_redirects=False)  # a form without the override
+    assert "--force --reason" in parse_qs(urlsplit(stale.headers["location"]).query)["err"][0]
+    assert registry.champion(pg_conn).version == "2026-11-20-tpot-bbbbbb"  # nothing moved
+
+    done = client.post(url, data={**form, "reason": "tpot mis-scores new plans"}, follow_redirects=False)
+    assert done.status_code == 303 and "champion+is+now" in done.headers["location"]
+    assert registry.champion(pg_conn).version == "2026-11-20-logistic_baseline-bbbbbb"
+    row = registry.history(pg_conn)[0]
+    assert (row["version"], row["previous_champion"], row["actor"], row["reason"], row["kind"], row["forced"]) == (
+        "2026-11-20-logistic_baseline-bbbbbb", "2026-11-20-tpot-bbbbbb", "ui:alice", "tpot mis-scores new plans",
+        "override", True)
+
+
 def test_file_routes_refuse_traversal_over_http(tmp_path, monkeypatch):
     """The plugin's FastAPI file routes refuse every way out of one run's folder."""
     from fastapi.testclient import TestClient

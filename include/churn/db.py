@@ -7,7 +7,7 @@ from typing import Any
 
 # Bump when PLATFORM_DDL changes: tasks that find the schema at this version run no DDL (the publisher role
 # they run as may not), and ``python -m churn.migrate`` (the owner role) brings an older one up to it.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: churn.promotions
 
 PLATFORM_DDL = """
 CREATE SCHEMA IF NOT EXISTS churn;
@@ -173,6 +173,38 @@ CREATE TABLE IF NOT EXISTS churn.realized_performance (
     recorded_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (scored_run_key, model_version)
 );
+
+-- Every champion change (churn.model.registry.promote), written in the transaction that moves the pointer.
+-- Append-only for every role: grants bind the publisher, the trigger also binds the owner (who bypasses grants).
+CREATE TABLE IF NOT EXISTS churn.promotions (
+    id bigserial PRIMARY KEY,
+    at timestamptz NOT NULL DEFAULT now(),
+    version text NOT NULL REFERENCES churn.model_registry(version),
+    previous_champion text,              -- null for the first champion
+    actor text NOT NULL,                 -- who: the nightly gate, a UI user, the CLI's OS user
+    reason text NOT NULL,
+    kind text NOT NULL CHECK (kind IN ('gate', 'rollback', 'override')),
+    forced boolean NOT NULL DEFAULT false,  -- an override of the gate's refusal (or of never-champion)
+    CHECK (forced = (kind = 'override'))
+);
+REVOKE UPDATE, DELETE, TRUNCATE ON churn.promotions FROM PUBLIC;
+CREATE OR REPLACE FUNCTION churn.promotions_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'churn.promotions is append-only: % refused', TG_OP
+        USING HINT = 'the history of champion changes is never rewritten; a new promotion adds a row';
+END $$;
+DO $$ BEGIN  -- checked first: CREATE TRIGGER locks the table even when the trigger exists
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'churn.promotions'::regclass
+                   AND tgname = 'promotions_append_only') THEN
+        CREATE TRIGGER promotions_append_only BEFORE UPDATE OR DELETE ON churn.promotions
+            FOR EACH ROW EXECUTE FUNCTION churn.promotions_append_only();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'churn.promotions'::regclass
+                   AND tgname = 'promotions_no_truncate') THEN
+        CREATE TRIGGER promotions_no_truncate BEFORE TRUNCATE ON churn.promotions
+            FOR EACH STATEMENT EXECUTE FUNCTION churn.promotions_append_only();
+    END IF;
+END $$;
 """
 
 

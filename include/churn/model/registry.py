@@ -1,7 +1,9 @@
 """Model registry: versioned artifacts on disk, metadata and the champion pointer in Postgres.
 
 Artifacts are verified by sha256 before they are unpickled, so a tampered or
-truncated file is refused. Rollback: ``python -m churn.model.registry rollback VERSION``.
+truncated file is refused. Rollback: ``python -m churn.model.registry rollback VERSION``. Every champion
+change is recorded in the append-only ``churn.promotions``; making champion a version the gate refused
+(or one that was never champion) is an override: ``--force --reason "..."``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 
-from churn.db import ensure_schema, tables_present, to_jsonb
+from churn.db import SchemaNotMigrated, ensure_schema, tables_present, to_jsonb
 from churn.model.features import ModelSignature
 from churn.fileio import atomic_path, file_sha256  # noqa: F401 - file_sha256 is part of this module's API
 
@@ -38,6 +40,10 @@ class ArtifactIntegrityError(RuntimeError):
 
 class RegistryError(RuntimeError):
     """A registry operation is impossible (unknown version, no champion ...)."""
+
+
+class OverrideRequired(RegistryError):
+    """The version was refused by the gate or never champion: making it champion needs force and a reason."""
 
 
 @dataclass
@@ -309,27 +315,115 @@ def get(conn, version: str) -> ModelRecord:
     return ModelRecord(*row)
 
 
-def promote(conn, version: str, reason: str) -> None:
-    """Move the champion pointer to ``version`` (one transaction; the old champion is 'retired')."""
-    record = get(conn, version)  # a registered version means the tables exist: no DDL here
+def promote(conn, version: str, reason: str, *, kind: str | None = None, actor: str | None = None,
+            force: bool = False) -> bool:
+    """Move the champion pointer to ``version`` and record it in ``churn.promotions``, in one transaction.
+
+    ``kind`` is ``gate`` (the nightly gate promoting the challenger it approved) or ``rollback``; by
+    default ``gate`` for a version whose status is ``challenger`` (approved, awaiting its promotion),
+    else ``rollback``. A version the gate refused, or one that was never champion (or only by
+    override), is made champion only with ``force=True`` and a non-empty ``reason``: the row then says
+    ``kind='override'``, ``forced=true``. The old champion becomes 'retired'; ``actor`` defaults to the
+    database role. Promoting the current champion changes nothing (returns False; True when it moved).
+    """
+    if kind not in (None, "gate", "rollback"):
+        raise RegistryError(f"promotion kind {kind!r} is not one of 'gate', 'rollback' (an override is "
+                            "'rollback' with force=True)")
+    record = get(conn, version)  # a registered version means the registry tables exist
     load_verified(record.artifact_path, record.artifact_sha256)  # never point readers at a broken artifact
+    if not tables_present(conn, "churn.promotions"):  # a schema from before the history: migrate it first
+        try:
+            ensure_schema(conn)
+        except SchemaNotMigrated as exc:
+            raise RegistryError(f"no champion change without its history: {exc}") from exc
+    try:
+        with conn.cursor() as cur:
+            # Locked in this transaction: concurrent promotions serialize, the checks see what is written.
+            cur.execute("SELECT status FROM churn.model_registry WHERE version = %s FOR UPDATE", (version,))
+            status = cur.fetchone()[0]
+            cur.execute("SELECT version FROM churn.model_champion FOR UPDATE")
+            previous = (cur.fetchone() or (None,))[0]
+            if previous == version:
+                conn.rollback()
+                log.info("%s is already the champion: nothing changed", version)
+                return False
+            kind = kind or ("gate" if status == "challenger" else "rollback")
+            if kind == "gate" and status != "challenger":
+                raise RegistryError(f"the gate promotes only the challenger it approved; {version} is {status!r}")
+            why_override = _override_needed(cur, version, status) if kind == "rollback" else None
+            if why_override and not force:
+                raise OverrideRequired(
+                    f"{version} {why_override}: making it champion overrides the gate. Pass force=True and a "
+                    f"reason (CLI: python -m churn.model.registry rollback {version} --force --reason \"why\"); "
+                    "the override is recorded in churn.promotions")
+            if why_override and not (reason or "").strip():
+                raise OverrideRequired(f"overriding the gate for {version} needs a reason: --force --reason \"why\"")
+            forced = bool(why_override)
+            kind = "override" if forced else kind
+            cur.execute("UPDATE churn.model_registry SET status = 'retired' "
+                        "WHERE status = 'champion' AND version <> %s", (version,))
+            cur.execute("UPDATE churn.model_registry SET status = 'champion', reason = %s WHERE version = %s",
+                        (reason, version))
+            cur.execute(
+                """INSERT INTO churn.model_champion (singleton, version, reason) VALUES (true, %s, %s)
+                   ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version, reason = EXCLUDED.reason,
+                   promoted_at = now()""",
+                (version, reason),
+            )
+            cur.execute("INSERT INTO churn.promotions (version, previous_champion, actor, reason, kind, forced) "
+                        "VALUES (%s, %s, coalesce(%s, session_user), %s, %s, %s)",
+                        (version, previous, actor, reason, kind, forced))
+        conn.commit()
+    except BaseException:
+        conn.rollback()  # nothing of a refused change stays
+        raise
+    if forced:
+        log.warning("champion is now %s by override (%s; was %s), by %s: %s", version, why_override, previous,
+                    actor or "the database role", reason)
+    else:
+        log.info("champion is now %s (%s; was %s): %s", version, kind, previous, reason)
+    return True
+
+
+def override_needed(conn, version: str) -> str | None:
+    """Why making ``version`` champion by hand would override the gate (None: a plain rollback); read-only."""
+    record = get(conn, version)
+    if record.status == "champion" or (record.status == "retired" and not tables_present(conn, "churn.promotions")):
+        return None  # the champion, or a former one from before the history
     with conn.cursor() as cur:
-        cur.execute("UPDATE churn.model_registry SET status = 'retired' WHERE status = 'champion' AND version <> %s",
-                    (version,))
-        cur.execute("UPDATE churn.model_registry SET status = 'champion', reason = %s WHERE version = %s",
-                    (reason, version))
-        cur.execute(
-            """INSERT INTO churn.model_champion (singleton, version, reason) VALUES (true, %s, %s)
-               ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version, reason = EXCLUDED.reason,
-               promoted_at = now()""",
-            (version, reason),
-        )
+        why = _override_needed(cur, version, record.status)
     conn.commit()
-    log.info("champion is now %s: %s", version, reason)
+    return why
+
+
+def _override_needed(cur, version: str, status: str) -> str | None:
+    """Why making ``version`` champion by hand overrides the gate, or None when it is a plain rollback."""
+    if status == "refused":
+        return "was refused by the gate"
+    if status != "retired":  # only a former champion is 'retired'
+        return f"was never champion (status {status!r})"
+    cur.execute("SELECT bool_or(NOT forced), count(*) FROM churn.promotions WHERE version = %s", (version,))
+    unforced, rows = cur.fetchone()
+    if rows and not unforced:  # champion only ever by override: the gate's refusal still stands
+        return "was champion only by override of the gate"
+    return None  # a former champion (rows from before the history count: it was 'retired', so it was champion)
+
+
+def history(conn, limit: int = 50) -> list[dict]:
+    """The newest ``limit`` champion changes from ``churn.promotions`` (read-only: no DDL)."""
+    if not tables_present(conn, "churn.promotions"):
+        return []
+    with conn.cursor() as cur:
+        cur.execute("SELECT id, at, version, previous_champion, actor, reason, kind, forced FROM churn.promotions "
+                    "ORDER BY id DESC LIMIT %s", (limit,))
+        names = [d[0] for d in cur.description]
+        rows = [dict(zip(names, row)) for row in cur.fetchall()]
+    conn.commit()
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``list`` versions, ``show VERSION``, or ``rollback VERSION`` (moves the champion pointer)."""
+    """CLI: ``list`` versions, ``show VERSION``, ``history`` of champion changes, or ``rollback VERSION``."""
     import json
 
     from churn.connections import Resources
@@ -340,9 +434,21 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="every version, oldest first")
     show = sub.add_parser("show", help="one version's record as JSON")
     show.add_argument("version")
-    rollback = sub.add_parser("rollback", help="make VERSION the champion (its artifact is verified first)")
+    rollback = sub.add_parser("rollback", aliases=["promote"],
+                              help="make VERSION the champion (its artifact is verified first; recorded in "
+                                   "churn.promotions)")
     rollback.add_argument("version")
+    rollback.add_argument("--force", action="store_true",
+                          help="override the gate: a version it refused, or one that was never champion")
+    rollback.add_argument("--reason", default="", help="why (required with --force; recorded in the history)")
+    rollback.add_argument("--actor", default=None,
+                          help="who, for the history (default: your OS user name)")
+    sub.add_parser("history", help="champion changes, newest first (churn.promotions)")
     args = parser.parse_args(argv)
+    if args.action == "promote":
+        args.action = "rollback"
+    if args.action == "rollback" and args.force and not args.reason.strip():
+        parser.error('--force needs --reason "why" (recorded in churn.promotions with your name)')
     import psycopg2
 
     try:
@@ -354,10 +460,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.action == "rollback":
+            import getpass
+
             before = champion(conn)
-            promote(conn, args.version, f"manual rollback to {args.version}"
-                    + (f" (was {before.version})" if before else ""))
-            print(f"champion is now {args.version}" + (f" (was {before.version})" if before else ""))
+            was = f" (was {before.version})" if before else ""
+            changed = promote(conn, args.version, args.reason.strip() or f"manual rollback to {args.version}{was}",
+                              kind="rollback", actor=args.actor or f"cli:{getpass.getuser()}", force=args.force)
+            print(f"champion is now {args.version}{was}" if changed else f"{args.version} is already the champion")
+            return 0
+        if args.action == "history":
+            print("id\tat\tversion\tprevious_champion\tactor\tkind\tforced\treason")
+            for row in history(conn):
+                print("\t".join(str(row[k]) for k in ("id", "at", "version", "previous_champion", "actor", "kind",
+                                                     "forced", "reason")))
             return 0
         if args.action == "show":
             print(json.dumps(get(conn, args.version).__dict__, indent=2, default=str))

@@ -218,7 +218,8 @@ def register(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, evaluati
             # later promotion retired.
             promoted = is_challenger and decision.promote
             if promoted and (existing is None or existing.status == "challenger"):
-                registry.promote(conn, version, decision.reason)
+                registry.promote(conn, version, decision.reason, kind="gate",
+                                 actor=f"churn_nightly gate (run {run['run_key']})")
             registered.append({"version": version, "status": "champion" if promoted else status, "reason": reason,
                                "test_roc_auc": cand.metrics["roc_auc"], "formats": formats,
                                "reference_path": reference_path})
