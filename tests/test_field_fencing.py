@@ -247,3 +247,37 @@ def test_the_cli_names_the_flags_and_records_the_override(pg_conn, fresh_pg_url,
     assert _promotions(pg_conn)[-1] == (BAD, GOOD, "carol", "incident 42: champion mis-scores", "override", True)
     listing = _registry_cli(["history"], fresh_pg_url)
     assert listing.returncode == 0 and "override\tTrue\tincident 42" in listing.stdout
+
+
+@pytest.mark.integration
+def test_an_event_refresh_stalled_past_its_lease_writes_nothing(pg_conn, redis_client, monkeypatch):
+    """The re-score path's Redis write is fenced like the nightly publish's (issue 26 item 17)."""
+    from datetime import datetime, timezone
+
+    import churn.publish.refresh as refresh
+    from churn.db import ensure_schema
+    from churn.publish.redis_keys import lock_key, meta_key, score_key
+
+    ensure_schema(pg_conn)
+    now = datetime(2026, 11, 21, 10, tzinfo=timezone.utc)
+    with pg_conn.cursor() as cur:
+        cur.execute("INSERT INTO churn.score_refreshes VALUES ('C1', 0.9, 'high', 10, 'v1', 'event-1', %s, %s, %s)",
+                    (now, now, now))
+    pg_conn.commit()
+    redis_client.hset(meta_key(), mapping={"run_id": "2026-11-20", "layout": "json"})
+    original = refresh.served_meta
+
+    def stalled(client, prefix="churn"):  # the lease lapses and a nightly publish takes it meanwhile
+        meta = original(client, prefix)
+        client.set(lock_key(prefix), "nightly-publisher-token")
+        return meta
+
+    monkeypatch.setattr(refresh, "served_meta", stalled)
+    with pytest.raises(refresh.RedisPublishError):
+        refresh.write_redis(redis_client, pg_conn, ["C1"], lock_wait_seconds=5, lock_lease_seconds=5)
+    assert redis_client.get(score_key("C1")) is None
+    assert redis_client.get(lock_key()) == b"nightly-publisher-token"  # the new holder's lease untouched
+    monkeypatch.setattr(refresh, "served_meta", original)
+    redis_client.delete(lock_key())
+    assert refresh.write_redis(redis_client, pg_conn, ["C1"], lock_wait_seconds=5, lock_lease_seconds=5) == 1
+    assert b'"source": "event"' in redis_client.get(score_key("C1"))

@@ -25,7 +25,8 @@ from typing import Iterable
 
 import pandas as pd
 
-from churn.publish.redis_keys import RedisPublishError, as_text, bucket_key, lock_key, score_key, served_meta
+from churn.publish.redis_encoding import Fence, run_fenced
+from churn.publish.redis_keys import RedisPublishError, bucket_key, lock_key, score_key, served_meta
 
 log = logging.getLogger(__name__)
 
@@ -149,21 +150,21 @@ def write_redis(client, conn, customer_ids: Iterable[str], *, prefix: str = "chu
                         "AND data_at > %s::timestamptz", (ids, batch_cutoff(served)))
             rows = cur.fetchall()
         conn.rollback()
-        pipe = client.pipeline(transaction=False)
+        commands: list[tuple] = []
         for cid, proba, band, decile, version, run_id, scored_at, _data_at, event_at in rows:
             if layout == "hash":
                 value = "|".join([f"{float(proba):.6f}", str(int(decile)), band, run_id, version,
                                   _time_text(scored_at), _time_text(event_at)])
-                pipe.hset(bucket_key(cid, prefix, buckets), cid, value)
+                commands.append(("HSET", bucket_key(cid, prefix, buckets), cid, value))
             else:
-                pipe.set(score_key(cid, prefix), json.dumps({
+                commands.append(("SET", score_key(cid, prefix), json.dumps({
                     "customer_id": cid, "churn_probability": round(float(proba), 6), "risk_band": band,
                     "risk_decile": int(decile), "model_version": version, "run_id": run_id,
-                    "scored_at": _time_text(scored_at), "source": "event", "event_at": _time_text(event_at)}))
-        if as_text(client.get(lock_key(prefix))) != as_text(lease.local.token):
-            raise RedisPublishError("re-score: the publish lease was lost before writing; the task's retry writes "
-                                    "the refreshes")
-        pipe.execute()
+                    "scored_at": _time_text(scored_at), "source": "event", "event_at": _time_text(event_at)})))
+        # Fenced like the nightly publish: applied by the server only while the lease is still ours, so a
+        # re-score that stalled past its lease writes nothing over a batch published meanwhile.
+        run_fenced(client, Fence(lock_key(prefix), lease.local.token, int(lock_lease_seconds * 1000)), commands,
+                   "re-score")
         return len(rows)
     except redis.RedisError as exc:
         raise RedisPublishError(f"re-score: writing refreshes to Redis failed ({type(exc).__name__}: {exc}); the "
