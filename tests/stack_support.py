@@ -13,6 +13,7 @@ from typing import Iterator
 
 import psycopg2
 
+from churn.dev.services import PUBLISHER_ROLE
 from churn.dev.stack import AirflowStack
 from tests.conftest import free_port, fresh_databases, fresh_stores
 
@@ -28,7 +29,10 @@ def running_stack(services, pg_admin_url: str, tmp: Path, name: str, executor: s
                   as_of: date, customers: int = 5000, **churn: str) -> Iterator[AirflowStack]:
     """Load a synthetic population as of ``as_of``, start every component, yield, and stop everything."""
     fresh_databases(pg_admin_url, f"{name}_airflow")
-    pg_url, redis_url = fresh_stores(services, pg_admin_url, name, redis_db, customers, as_of, seed=21)
+    fresh_stores(services, pg_admin_url, name, redis_db, customers, as_of, seed=21)
+    # Least privilege as in production: the owner role migrates, the pipeline runs as the publisher.
+    services.provision(name)
+    pg_url, redis_url = services.role_url(PUBLISHER_ROLE, name), services.redis_url_db(redis_db)
     stack = AirflowStack(
         state_dir=tmp / "state", churn_pg_url=pg_url, redis_url=redis_url,
         metadata_url=services.pg_url(f"{name}_airflow", driver="postgresql+psycopg2"),

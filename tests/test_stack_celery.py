@@ -200,9 +200,10 @@ def test_killing_a_celery_worker_mid_scoring_retries_the_partition_alone(cluster
     assert np.isfinite(list(rows.values())).all()
 
 
-def test_a_complaint_is_rescored_on_a_celery_worker(cluster, first_run):
+def test_a_complaint_is_rescored_on_a_celery_worker(cluster, first_run, services):
     """The event path under CeleryExecutor: the triggerer fires, a Celery worker runs churn_rescore's task."""
-    lag = complaint_reaches_both_stores(cluster, cluster.churn_pg_url, cluster.redis_url)
+    cluster_admin_url = services.pg_url("stack_celery")  # the source application's writes, not the pipeline's
+    lag = complaint_reaches_both_stores(cluster, cluster_admin_url, cluster.redis_url)
     runs = [r for r in cluster.dag_runs("churn_rescore") if r["state"] == "success"]
     tis = cluster.task_instances(runs[0]["dag_run_id"], dag_id="churn_rescore")
     assert tis and tis[0]["task_id"] == "rescore" and tis[0]["state"] == "success"

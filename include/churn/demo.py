@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from datetime import date
@@ -18,7 +19,7 @@ from churn.config import ChurnConfig
 
 def load(cfg: ChurnConfig, as_of: date, customers: int) -> dict[str, int]:
     """Generate ``customers`` synthetic customers as of ``as_of`` and replace the src.* tables."""
-    from churn.connections import Resources
+    from churn.connections import Resources, pg_connect
     from churn.data.generate import generate, load_source_tables
 
     started = time.monotonic()
@@ -26,12 +27,19 @@ def load(cfg: ChurnConfig, as_of: date, customers: int) -> dict[str, int]:
     generated = time.monotonic() - started
     from churn.data.outbox import install_triggers
 
-    conn = Resources.from_airflow(cfg).pg()
+    # The source tables are the user's data: the demo loads them as that database's DBA would (the embedded
+    # superuser, CHURN_DEMO_SOURCE_URL), then lets the pipeline's role read them; the pipeline never writes them.
+    source_url = os.environ.get("CHURN_DEMO_SOURCE_URL")
+    conn = pg_connect(source_url) if source_url else Resources.from_airflow(cfg).pg()
     try:
         counts = load_source_tables(conn, tables)
         install_triggers(conn, cfg.rescore_table_names, cfg.rescore_id_column)
     finally:
         conn.close()
+    if source_url:
+        from churn.dev.services import grant_source_read
+
+        grant_source_read(source_url)
     print(f"generated {customers} customers in {generated:.1f} s and loaded {counts} "
           f"in {time.monotonic() - started - generated:.1f} s")
     return counts

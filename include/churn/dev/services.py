@@ -48,7 +48,10 @@ PG_SYSTEM_USER = "churnpg"  # PostgreSQL refuses to run as root, so root drops t
 # state folder (0700) or its ancestors (a 0700 home), and the launcher never loosens their modes.
 PG_ROOT_BASE = Path("/var/lib/churn-pg")
 OWNER_FILE = "state-folder"  # in such a data directory's folder: the pg_dir it belongs to
-PASSWORD_FILE = "postgres.password"  # the publisher's (superuser's) generated secret, mode 0600
+PASSWORD_FILE = "postgres.password"  # the superuser's generated secret, mode 0600 (roles and databases only)
+# The platform's own roles (the same names as docker-compose.yaml): the owner migrates schema churn, the pipeline
+# runs as the publisher, consumers read as the reader. Each gets a generated password in <pg_dir>/<role>.password.
+OWNER_ROLE, PUBLISHER_ROLE, READER_ROLE = "churn_owner", "churn_publisher", "churn_reader"
 REDIS_USER = "churn"  # the platform's ACL user: every command but the @admin / @dangerous ones
 REDIS_READER_USER = "churn-reader"  # front-ends looking scores up: read commands only
 REDIS_ADMIN_USER = "churn-admin"  # the launcher's and the tests' user: flush, inspect, save, shut down
@@ -99,8 +102,16 @@ class EmbeddedServices:
 
     @property
     def postgres_url(self) -> str:
-        """libpq URL of the embedded database."""
-        return self.pg_url()
+        """libpq URL of the embedded database as the pipeline's role (the publisher, not the superuser)."""
+        return self.role_url(PUBLISHER_ROLE)
+
+    def role_url(self, role: str, database: str = PG_DATABASE) -> str:
+        """URL of ``database`` as one of the platform's roles (its generated password included)."""
+        return f"postgresql://{role}:{role_password(self.pg_dir, role)}@127.0.0.1:{self.postgres_port}/{database}"
+
+    def provision(self, database: str = PG_DATABASE) -> None:
+        """Make ``database`` the platform's: owned by the owner role, migrated, granted to publisher and reader."""
+        provision_database(self.pg_url("postgres"), self.pg_url(database), self.role_url(OWNER_ROLE, database))
 
     @property
     def redis_url(self) -> str:
@@ -123,9 +134,13 @@ class EmbeddedServices:
         """Start both servers (idempotent: an already running server is reused)."""
         private_dir(self.state_dir)
         start_postgres(self.pg_dir, self.postgres_port)
+        ensure_platform_roles(self.pg_url("postgres"), self.pg_dir)
+        self.provision()
         start_redis(self.redis_dir, self.redis_port)
-        write_text_atomic(self.state_dir / "services.json",  # holds the password in its URL
-                          json.dumps({"postgres_url": self.postgres_url, "redis_url": self.redis_url}, indent=2),
+        # The pipeline's URL is the publisher's; the owner's is for migrations. Both hold passwords: mode 0600.
+        write_text_atomic(self.state_dir / "services.json",
+                          json.dumps({"postgres_url": self.postgres_url, "redis_url": self.redis_url,
+                                      "postgres_migration_url": self.role_url(OWNER_ROLE)}, indent=2),
                           mode=0o600)
 
     def stop(self) -> None:
@@ -155,6 +170,99 @@ def _secret(path: Path) -> str:
         # hex: safe in a URL's user-info and in a config line without quoting
         write_text_atomic(path, secrets.token_hex(24), mode=0o600)
     return path.read_text().strip()
+
+
+def role_password(pg_dir: Path, role: str) -> str:
+    """The generated password of one of the platform's roles (``<pg_dir>/<role>.password``, mode 0600)."""
+    return _secret(pg_dir / f"{role}.password")
+
+
+def ensure_platform_roles(admin_url: str, pg_dir: Path) -> None:
+    """Create (or reset) the owner, publisher and reader roles: LOGIN, no SUPERUSER, CREATEDB or CREATEROLE."""
+    from psycopg2 import sql
+    from psycopg2.extensions import encrypt_password
+
+    conn = _connect_when_up(admin_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(7415)")  # roles are cluster-wide: test sessions start at once
+            for role in (OWNER_ROLE, PUBLISHER_ROLE, READER_ROLE):
+                ident = sql.Identifier(role)
+                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+                if cur.fetchone() is None:
+                    cur.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT")
+                                .format(ident))
+                verifier = encrypt_password(role_password(pg_dir, role), role, conn, "scram-sha-256")
+                cur.execute(sql.SQL("ALTER ROLE {} PASSWORD %s").format(ident), (verifier,))
+            # Consumers cannot write by accident, nor hold the publish switch up by walking away mid-transaction.
+            reader = sql.Identifier(READER_ROLE)
+            cur.execute(sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(reader))
+            cur.execute(sql.SQL("ALTER ROLE {} SET idle_in_transaction_session_timeout = '30s'").format(reader))
+            cur.execute("SELECT pg_advisory_unlock(7415)")
+    finally:
+        conn.close()
+
+
+def provision_database(admin_url: str, database_admin_url: str, owner_url: str) -> None:
+    """Hand a database to the owner role, migrate it as the owner, and let the publisher read its ``src`` tables."""
+    from urllib.parse import urlsplit
+
+    from psycopg2 import sql
+
+    from churn.migrate import migrate
+
+    name = urlsplit(owner_url).path.lstrip("/")
+    conn = _connect_when_up(admin_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name),
+                                                                          sql.Identifier(OWNER_ROLE)))
+            cur.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}, {}").format(
+                sql.Identifier(name), sql.Identifier(PUBLISHER_ROLE), sql.Identifier(READER_ROLE)))
+    finally:
+        conn.close()
+    _adopt_superuser_objects(database_admin_url)
+    owner = _connect_when_up(owner_url)
+    owner.autocommit = False
+    try:
+        migrate(owner, PUBLISHER_ROLE, READER_ROLE)
+    finally:
+        owner.close()
+    grant_source_read(database_admin_url)
+
+
+def _adopt_superuser_objects(database_admin_url: str) -> None:
+    """A database an older checkout filled as the superuser: its churn objects go to the roles that now use them."""
+    conn = _connect_when_up(database_admin_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("""
+                SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname = 'churn' AND c.relkind IN ('r', 'v') AND pg_get_userbyid(c.relowner) = 'postgres'""")
+            for name, kind in cur.fetchall():
+                # The publisher creates and drops the per-run score tables and their views; the owner keeps the rest.
+                role = PUBLISHER_ROLE if name.startswith("scores_") else OWNER_ROLE
+                what = "VIEW" if kind == "v" else "TABLE"
+                cur.execute(f'ALTER {what} churn."{name}" OWNER TO "{role}"')
+            cur.execute("SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'churn'")
+            row = cur.fetchone()
+            if row and row[0] == "postgres":
+                cur.execute(f'ALTER SCHEMA churn OWNER TO "{OWNER_ROLE}"')
+    finally:
+        conn.close()
+
+
+def grant_source_read(database_admin_url: str, role: str = PUBLISHER_ROLE) -> None:
+    """Let ``role`` read the demo source tables (schema ``src``), as a source database's DBA would."""
+    conn = _connect_when_up(database_admin_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regnamespace('src') IS NOT NULL")
+            if cur.fetchone()[0]:
+                cur.execute(f'GRANT USAGE ON SCHEMA src TO "{role}"')
+                cur.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA src TO "{role}"')
+    finally:
+        conn.close()
 
 
 def superuser_password(pg_dir: Path) -> str:
@@ -548,8 +656,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.action == "clean":
         services.clean()
         return 0
-    # Shell exports, so that Make / a shell can point Airflow connections at the servers.
+    # Shell exports, so that Make / a shell can point Airflow connections at the servers: the pipeline as the
+    # publisher; the demo's loader plays the source application's DBA (it creates src.* and their triggers).
     print(f"export AIRFLOW_CONN_{cfg.postgres_conn_id.upper()}='{services.postgres_url}'")
+    print(f"export CHURN_DEMO_SOURCE_URL='{services.pg_url()}'")
     print(f"export AIRFLOW_CONN_{cfg.redis_conn_id.upper()}='{services.redis_url}'")
     return 0
 
