@@ -59,10 +59,9 @@ SELECT 'CREATE DATABASE airflow OWNER airflow' WHERE NOT EXISTS (SELECT 1 FROM p
 SELECT 'CREATE DATABASE churn OWNER churn_owner' WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'churn') \gexec
 REVOKE ALL ON DATABASE airflow FROM PUBLIC;
 REVOKE ALL ON DATABASE churn FROM PUBLIC;
--- The pipeline's tasks run CREATE SCHEMA IF NOT EXISTS churn (churn.db.ensure_schema) on every start, and
--- PostgreSQL checks CREATE on the database before it looks whether the schema exists: without this grant
--- every task fails with "permission denied for database churn". TEMPORARY: the export stage's temp table.
-GRANT CONNECT, TEMPORARY, CREATE ON DATABASE churn TO churn_publisher;
+-- No CREATE on the database: tasks find schema churn at its version (churn-migrate ran first) and run no DDL
+-- outside it (churn.db.ensure_schema). TEMPORARY: the export stage's temp table.
+GRANT CONNECT, TEMPORARY ON DATABASE churn TO churn_publisher;
 GRANT CONNECT ON DATABASE churn TO churn_reader;
 
 \connect churn

@@ -480,3 +480,11 @@ def test_compose_config_refuses_to_run_without_the_secrets_and_accepts_them(tmp_
     assert scheduler["AIRFLOW__CORE__FERNET_KEY"] == values["AIRFLOW_FERNET_KEY"]
     assert f">{values['CHURN_REDIS_PASSWORD']}" in [str(a) for a in resolved["churn-redis"]["command"]]
     assert "ports" not in resolved["churn-redis"] and "change-me" not in accepted.stdout
+
+
+def test_the_publisher_may_not_create_schemas_in_the_platform_database():
+    """Tasks run no DDL outside schema churn once it is migrated (churn.db.SCHEMA_VERSION): no CREATE on the database."""
+    sql, _ = _init_sql()
+    grants = [g for g in re.findall(r"GRANT\s+([^;]*?)\s+ON\s+DATABASE\s+churn\s+TO\s+([^;]+);", sql, re.I)]
+    publisher = [privileges for privileges, roles in grants if "churn_publisher" in roles]
+    assert publisher and not any(re.search(r"\bCREATE\b", p, re.I) for p in publisher), publisher
