@@ -15,20 +15,17 @@ import pendulum
 from airflow.sdk import Asset, AssetWatcher, Param, dag, task
 
 from churn.alerts import ChurnAlertNotifier
-from churn.config import PROJECT_ROOT, ChurnConfig
+from churn.config import ChurnConfig
+from churn.data.ingest import outbox_watch
 from churn.data.outbox_trigger import OutboxTrigger
 
 CONFIG = ChurnConfig.from_env()  # environment only: no I/O at parse time
-_SQL_SOURCE = CONFIG.source == "sql"
-# A file source's delta folder, absolute (relative settings are from the project root, not the triggerer's cwd).
-_DELTA_DIR = str(PROJECT_ROOT / CONFIG.rescore_delta_dir) if CONFIG.source == "file" and CONFIG.rescore_delta_dir \
-    else ""
+_WATCH = outbox_watch(CONFIG)  # the outbox's database and a file source's delta folder
 OUTBOX = Asset(
     "churn_rescore_outbox",
     watchers=[AssetWatcher(name="churn_rescore_outbox_watcher", trigger=OutboxTrigger(
-        conn_id=CONFIG.source_conn_id if _SQL_SOURCE else CONFIG.postgres_conn_id,
-        url_env="CHURN_SOURCE_URL" if _SQL_SOURCE else "CHURN_POSTGRES_URL",
-        poll_seconds=CONFIG.rescore_poll_seconds, delta_dir=_DELTA_DIR))],
+        conn_id=_WATCH["conn_id"], url_env=_WATCH["url_env"], poll_seconds=CONFIG.rescore_poll_seconds,
+        delta_dir=_WATCH["delta_dir"]))],
 )
 
 

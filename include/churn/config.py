@@ -319,6 +319,11 @@ class ChurnConfig(BaseSettings):
         return [name.strip() for name in self.rescore_tables.split(",") if name.strip()]
 
     @property
+    def source_in_other_database(self) -> bool:
+        """True when the source tables and their event outbox live outside the platform's database (a SQL source)."""
+        return self.source == "sql"  # the demo's tables and a file source's outbox are the platform's
+
+    @property
     def runs_dir(self) -> Path:
         """Folder holding one sub-folder per run (parquet files, reports, summary)."""
         return self.state_dir / "runs"

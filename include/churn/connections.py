@@ -154,8 +154,7 @@ class Resources:
                      cfg.source_conn_id)
             return pg()
 
-        # Only a SQL source reads another database; the demo's tables and a file source's outbox are the platform's.
-        return cls(pg=pg, redis=redis_client, source=source if cfg.source == "sql" else None)
+        return cls(pg=pg, redis=redis_client, source=source if cfg.source_in_other_database else None)
 
 
 def airflow_connection(conn_id: str) -> Any | None:

@@ -37,8 +37,8 @@ from typing import Any
 
 import pandas as pd
 
-from churn.data.sources import (FALSE_TEXT, TRUE_TEXT, FileSourceError, missing_mask, plain_numbers, read_head,
-                                text_codec)
+from churn.data.text import (FALSE_TEXT, TRUE_TEXT, FileSourceError, missing_mask, plain_numbers, read_head,
+                             text_codec)
 
 log = logging.getLogger(__name__)
 

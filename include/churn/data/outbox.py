@@ -314,7 +314,7 @@ def _delta_chunks(path: Path, chunk_rows: int, delimiter: str, encoding: str):
     """The delta file's rows as text frames of at most ``chunk_rows`` (never the whole file in memory)."""
     import pandas as pd
 
-    from churn.data.sources import text_codec
+    from churn.data.text import text_codec
 
     if path.suffix.lower() in {".parquet", ".pq"}:
         import pyarrow.parquet as pq

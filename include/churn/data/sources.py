@@ -31,20 +31,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from churn.config import PROJECT_ROOT
-from churn.data.ingest import IngestError, Snapshot
+from churn.data.snapshot import Snapshot
 from churn.data.spec import PARSE_ERRORS_COLUMN, DatasetSpec
+from churn.data.text import FALSE_TEXT, TRUE_TEXT, FileSourceError, missing_mask, plain_numbers, read_head
+from churn.data.text import parse_missing  # noqa: F401 - part of the file source's API (callers parse the setting)
 
 log = logging.getLogger(__name__)
-
-TRUE_TEXT = {"1", "true", "t", "yes", "y"}
-FALSE_TEXT = {"0", "false", "f", "no", "n"}
-DEFAULT_MISSING = "?,NA,N/A,-,null,NaN,#N/A"  # CHURN_FILE_MISSING_VALUES' default
-HEAD_MAX_BYTES = 4 << 20  # the header (and the format sniffer's lines) must lie within the first 4 MiB
-
-
-class FileSourceError(IngestError):
-    """A source file cannot be read as configured; the message names the file and the setting to fix."""
-
 
 def resolve_files(pattern: str, as_of: date) -> list[Path]:
     """Files matching ``pattern`` (``{ds}`` = the run date; relative paths from the project root), sorted."""
@@ -71,20 +63,6 @@ def snapshot_schema(spec: DatasetSpec, labelled: bool) -> pa.Schema:
     return pa.schema(fields)
 
 
-def parse_missing(value: str) -> frozenset[str]:
-    """``"?,NA,-"`` -> the lower-cased missing-value markers (CHURN_FILE_MISSING_VALUES)."""
-    return frozenset(part.strip().lower() for part in value.split(",") if part.strip())
-
-
-def missing_mask(text: pd.Series, missing: frozenset[str] = frozenset()) -> pd.Series:
-    """True where a cell is null, blank or one of the ``missing`` markers (compared lower-cased, stripped)."""
-    stripped = text.astype("str").str.strip()
-    mask = text.isna() | (stripped == "")
-    if missing:
-        mask |= stripped.str.lower().isin(missing)
-    return mask
-
-
 def _text(series: pd.Series, missing: frozenset[str] = frozenset()) -> pd.Series:
     """Stripped text with blanks and missing-value markers as nulls."""
     text = series.astype("str").where(series.notna(), None).str.strip()
@@ -100,23 +78,6 @@ def _add_error(errors: pd.Series, bad: pd.Series, column: str, raw: pd.Series, k
     joined[has] = joined[has] + "; " + note[has]
     joined[bad & ~has] = note[bad & ~has]
     return joined
-
-
-def plain_numbers(text: pd.Series, decimal: str = ".", thousands: str = "") -> pd.Series:
-    """Number texts in the configured regional convention rewritten as plain ``1234.5`` for parsing."""
-    if thousands:
-        text = text.str.replace(thousands, "", regex=False)
-    if decimal != ".":
-        # With a decimal comma, a '.' left after removing the thousands separator is no decimal point:
-        # the value is reported as unreadable rather than guessed.
-        text = text.mask(text.str.contains(".", regex=False, na=False), "unreadable")
-        text = text.str.replace(decimal, ".", regex=False)
-    return text
-
-
-def text_codec(encoding: str) -> str:
-    """The Python codec for CHURN_FILE_ENCODING: UTF-8 also drops a byte-order mark."""
-    return "utf-8-sig" if encoding.lower().replace("_", "-") in {"utf-8", "utf8"} else encoding
 
 
 def coerce_chunk(frame: pd.DataFrame, spec: DatasetSpec, labelled: bool, *, decimal: str = ".",
@@ -164,50 +125,6 @@ def coerce_chunk(frame: pd.DataFrame, spec: DatasetSpec, labelled: bool, *, deci
         out[spec.label_column] = _text(frame[spec.label_column], missing)
     out[PARSE_ERRORS_COLUMN] = errors
     return out
-
-
-COMPRESSED_SUFFIXES = {".gz": "gzip", ".bz2": "bz2"}  # decompressed on the fly (Arrow infers it too)
-
-
-def _open_binary(path: Path):
-    """The file's bytes, decompressed when its name ends in .gz or .bz2."""
-    kind = COMPRESSED_SUFFIXES.get(path.suffix.lower())
-    if kind == "gzip":
-        import gzip
-
-        return gzip.open(path, "rb")
-    if kind == "bz2":
-        import bz2
-
-        return bz2.open(path, "rb")
-    return open(path, "rb")
-
-
-def read_head(path: Path, encoding: str, max_lines: int, max_bytes: int = HEAD_MAX_BYTES) -> list[str]:
-    """The first ``max_lines`` lines of a CSV, reading at most ``max_bytes`` (LF, CRLF or CR-only line ends).
-
-    A file without any line break in its first ``max_bytes`` is refused rather than read whole.
-    """
-    codec = text_codec(encoding)
-    with _open_binary(path) as handle:
-        head = handle.read(max_bytes + 1)
-    complete = len(head) <= max_bytes
-    head = head[:max_bytes]
-    try:
-        text = head.decode(codec)
-    except UnicodeDecodeError as exc:
-        if complete or exc.start < len(head) - 4:  # not just a multi-byte character cut at the read limit
-            shown = "UTF-8" if codec == "utf-8-sig" else encoding
-            raise FileSourceError(f"{path}: the first lines are not valid {shown} ({exc}); set "
-                                  "CHURN_FILE_ENCODING to the file's encoding, e.g. latin-1 or cp1252") from exc
-        text = head[:exc.start].decode(codec)
-    lines = text.splitlines()
-    if not complete:
-        if len(lines) <= 1:
-            raise FileSourceError(f"{path}: no line break in the first {max_bytes >> 20} MiB: this is not a CSV "
-                                  "with a header line; check the export")
-        lines = lines[:-1]  # the last line may be cut at the read limit
-    return lines[:max_lines]
 
 
 def _header(path: Path, delimiter: str, encoding: str) -> list[str]:

@@ -18,6 +18,27 @@ from churn.fileio import write_text_atomic
 
 log = logging.getLogger(__name__)
 
+# The demo source's columns (include/churn/sql/demo_features.sql).
+ID_COLUMN = "customer_id"
+LABEL_COLUMN = "churned"
+CATEGORICAL_FEATURES = ["contract", "plan", "region", "payment_method"]
+BOOLEAN_FEATURES = ["paperless_billing", "senior"]
+NUMERIC_FEATURES = [
+    "monthly_charge",
+    "num_lines",
+    "tenure_days",
+    "minutes_recent",
+    "minutes_prior",
+    "minutes_trend",
+    "data_gb_avg",
+    "dropped_calls",
+    "usage_months",
+    "contacts_90d",
+    "complaints_90d",
+    "unresolved_90d",
+    "days_since_contact",
+]
+
 SPEC_FILE = "dataset_spec.json"
 PARSE_ERRORS_COLUMN = "_parse_errors"  # per-row text of cells ingest could not parse (files only)
 
@@ -103,8 +124,6 @@ class DatasetSpec:
 
 def synthetic_spec() -> DatasetSpec:
     """The spec of the Postgres synthetic source (the default)."""
-    from churn.data.ingest import BOOLEAN_FEATURES, CATEGORICAL_FEATURES, ID_COLUMN, LABEL_COLUMN, NUMERIC_FEATURES
-
     return DatasetSpec("churn_synthetic", "postgres", ID_COLUMN, LABEL_COLUMN, list(NUMERIC_FEATURES),
                        list(BOOLEAN_FEATURES), list(CATEGORICAL_FEATURES), "churn_features")
 
@@ -151,7 +170,7 @@ def spec_from_config(cfg, files: list[Path] | None = None, sample=None, csv_form
     if (files or sample is not None) and (infer_labels or not any(kinds.values())):
         from churn.data.infer import CsvFormat, LabelValuesError, infer_kinds, infer_label_values, pin_settings, \
             read_sample
-        from churn.data.sources import parse_missing
+        from churn.data.text import parse_missing
 
         fmt = csv_format or CsvFormat(cfg.file_delimiter, cfg.file_decimal, cfg.file_thousands)
         missing = parse_missing(cfg.file_missing_values) if cfg.source == "file" else frozenset()

@@ -41,7 +41,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from churn.config import PROJECT_ROOT, ChurnConfig
-from churn.data.ingest import IngestError, Snapshot
+from churn.data.snapshot import IngestError, Snapshot
 from churn.data.spec import DatasetSpec
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from churn.data.gx_chunks import ChunkValidator, jsonable, merge_chunk_result, merged_result, within_bounds
+from churn.data.gx_chunks import (ChunkValidator, ValidationFailed, jsonable,  # noqa: F401 - validate's API
+                                   merge_chunk_result, merged_result, within_bounds)
 from churn.data.ids import id_violations
 from churn.data.spec import PARSE_ERRORS_COLUMN, DatasetSpec, synthetic_spec
 from churn.data.stream import DEFAULT_CHUNK_ROWS, duplicated_ids, iter_frames
@@ -43,10 +44,6 @@ from churn.db import ensure_schema, to_jsonb
 from churn.fileio import write_text_atomic
 
 log = logging.getLogger(__name__)
-
-
-class ValidationFailed(RuntimeError):
-    """The batch failed validation; nothing downstream may train on it or publish from it."""
 
 
 @dataclass

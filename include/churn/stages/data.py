@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -32,47 +32,13 @@ def ingest(cfg: ChurnConfig, res: Resources, run: dict) -> dict:
     that date's snapshot (a file has no time dimension); labelled rows train, and the same rows (or
     ``CHURN_FILE_SCORE_PATH``) are scored. The spec is written to ``<run_dir>/dataset_spec.json``.
     """
-    from churn.data.spec import spec_from_config
+    from churn.data.ingest import source_for
 
     started = time.monotonic()
     as_of = date.fromisoformat(run["as_of"])
     run_dir = Path(run["run_dir"])
-    if cfg.source == "file":
-        from churn.data.infer import detect_csv_format
-        from churn.data.sources import parse_missing, read_file_snapshot, resolve_files
-
-        train_files = resolve_files(cfg.file_path, as_of)
-        # Settings the user left at their defaults may be detected from the delivery (and the log says how to pin).
-        fmt = detect_csv_format(train_files[0], delimiter=cfg.file_delimiter, decimal=cfg.file_decimal,
-                                thousands=cfg.file_thousands, encoding=cfg.file_encoding,
-                                pinned=frozenset(n.removeprefix("file_") for n in cfg.model_fields_set))
-        spec = spec_from_config(cfg, train_files, csv_format=fmt)  # kinds inferred when none are configured
-        options = {"delimiter": fmt.delimiter, "encoding": cfg.file_encoding, "chunk_rows": cfg.ingest_chunk_rows,
-                   "decimal": fmt.decimal, "thousands": fmt.thousands, "dayfirst": cfg.file_dayfirst,
-                   "missing": parse_missing(cfg.file_missing_values)}
-        train = read_file_snapshot(spec, train_files, run_dir / "train_raw.parquet", as_of, labelled=True, **options)
-        score = read_file_snapshot(spec, resolve_files(cfg.file_score_path or cfg.file_path, as_of),
-                                   run_dir / "score_raw.parquet", as_of, labelled=False, **options)
-    else:
-        from churn.data import sql_source
-
-        # The demo (CHURN_SOURCE=postgres) is one such query, on the platform's own database.
-        query = sql_source.load_query(sql_source.query_path(cfg))
-        train_date = as_of - timedelta(days=cfg.label_window_days)
-        with res.source_session() as conn:
-            sample = None
-            if cfg.source == "sql" and not (cfg.file_numeric_columns or cfg.file_boolean_columns
-                                            or cfg.file_categorical_columns):
-                bound = sql_source.bind(conn, query, train_date, cfg.label_window_days)
-                sample = sql_source.read_sample(conn, bound, cfg.infer_sample_rows,
-                                                timeout_seconds=cfg.source_statement_timeout_seconds)  # kinds
-            spec = spec_from_config(cfg, sample=sample)
-            train = sql_source.extract_query_snapshot(conn, query, train_date, run_dir / "train_raw.parquet", spec,
-                                                      labelled=True, label_window_days=cfg.label_window_days,
-                                                      timeout_seconds=cfg.source_statement_timeout_seconds)
-            score = sql_source.extract_query_snapshot(conn, query, as_of, run_dir / "score_raw.parquet", spec,
-                                                      labelled=False, label_window_days=cfg.label_window_days,
-                                                      timeout_seconds=cfg.source_statement_timeout_seconds)
+    got = source_for(cfg, res).nightly(as_of, run_dir)
+    train, score, spec = got.train, got.score, got.spec
     out = {"train": dict(train.__dict__), "score": dict(score.__dict__)}
     fraction = float(run.get("params", {}).get("sample_fraction") or 1.0)
     if fraction < 1.0:
@@ -84,8 +50,8 @@ def ingest(cfg: ChurnConfig, res: Resources, run: dict) -> dict:
             out[dataset]["sample_fraction"] = fraction
         log.info("sampled %s of the population: %s", fraction, {k: v["rows"] for k, v in out.items()})
     out["dataset"] = spec.name
-    if cfg.source == "file" and fmt.detected:
-        out["detected_format"] = fmt.detected
+    if got.detected_format:
+        out["detected_format"] = got.detected_format
     if spec.inference:
         out["inferred_kinds"] = {k: spec.inference[k] for k in ("numeric", "boolean", "categorical", "ignored")}
     out["spec_path"] = str(spec.write(run_dir))  # a reference: split/train/validate read the spec from here

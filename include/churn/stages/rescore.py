@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, Callable
 
 from churn.config import ChurnConfig
@@ -52,12 +51,7 @@ def rescore(cfg: ChurnConfig, res: Resources, run: dict, hook: Callable[[str], N
             if not _already_enqueued(src, kind):  # a retry of the run does not ask twice
                 outbox.enqueue(src, manual, kind=kind)
         context = _Context(cfg, res, run)
-        if cfg.source == "file" and cfg.rescore_delta_dir:
-            spec = context.spec()
-            totals["delta_files"] = outbox.ingest_delta_files(
-                src, delta_dir(cfg), spec.id_column, spec.required_columns(labelled=False),
-                delimiter=cfg.file_delimiter, encoding=cfg.file_encoding,
-                require_ready=cfg.rescore_delta_require_ready, chunk_rows=cfg.ingest_chunk_rows)
+        totals.update(context.source.prepare_events(src, context.spec()))
         while time.monotonic() - started < MAX_RUN_SECONDS:
             t0 = time.monotonic()
             events = outbox.claim(src, run["claimer"], cfg.rescore_batch_rows, cfg.rescore_claim_lease_seconds)
@@ -108,7 +102,10 @@ class _Context:
     """What every batch of a run shares: the served batch, its spec, the verified champion, the decile cuts."""
 
     def __init__(self, cfg: ChurnConfig, res: Resources, run: dict) -> None:
+        from churn.data.ingest import source_for
+
         self.cfg, self.res, self.run = cfg, res, run
+        self.source = source_for(cfg, res)
         self.run_dir = cfg.state_dir / "rescore" / run["run_key"]
         self.last_seconds: dict[str, float] = {}
         self._served: tuple[str, str] | None | bool = False  # (run_key, table) once looked up; False: not yet
@@ -127,13 +124,13 @@ class _Context:
     def spec(self):
         """The dataset spec of the served batch's run (what the champion was trained and validated on)."""
         if self._spec is None:
-            from churn.data.spec import SPEC_FILE, load_run_spec, spec_from_config
+            from churn.data.spec import SPEC_FILE, load_run_spec
 
             served = self.served()
             if served and (self.cfg.runs_dir / served[0] / SPEC_FILE).exists():
                 self._spec = load_run_spec(self.cfg.runs_dir / served[0])
             else:
-                self._spec = spec_from_config(self.cfg)
+                self._spec = self.source.configured_spec()
         return self._spec
 
     def model(self):
@@ -167,7 +164,6 @@ def _rescore_batch(ctx: _Context, src, events: list, index: int, hook: Callable[
     """One claimed batch through features, validation, scoring and both stores; the outcome of each event."""
     import pandas as pd
 
-    from churn.data import sql_source
     from churn.data.validate import validate_snapshot
     from churn.model.score import deciles_from_cuts, predict, risk_bands
     from churn.publish import refresh
@@ -196,13 +192,8 @@ def _rescore_batch(ctx: _Context, src, events: list, index: int, hook: Callable[
         t0 = time.monotonic()
         data_at = datetime.now(timezone.utc)  # every event committed before this moment is in the features
         as_of = (data_at + timedelta(days=1)).date()
-        if cfg.source == "file":  # the delta rows are the features, read by the file source's own conversion
-            snapshot = _delta_snapshot(ctx, src, events, ids, spec, batch_dir / "score_raw.parquet", as_of)
-        else:
-            query = sql_source.load_query(sql_source.query_path(cfg))
-            snapshot = sql_source.extract_query_snapshot(src, query, as_of, batch_dir / "score_raw.parquet", spec,
-                                                         labelled=False, label_window_days=cfg.label_window_days,
-                                                         ids=ids, timeout_seconds=cfg.source_statement_timeout_seconds)
+        # The nightly's extraction: a SQL source's query filtered to the ids, a file source's delta rows.
+        snapshot = ctx.source.event_snapshot(src, events, ids, spec, batch_dir / "score_raw.parquet", as_of)
         seconds["features"] = time.monotonic() - t0
         if snapshot.rows:  # else every id was unknown: nothing to validate or score
             t0 = time.monotonic()
@@ -241,8 +232,7 @@ def _rescore_batch(ctx: _Context, src, events: list, index: int, hook: Callable[
                 seconds["write_redis"] = time.monotonic() - t0
                 hook("written_redis")
         returned = set(pd.read_parquet(snapshot.path, columns=[spec.id_column])[spec.id_column].astype("str"))
-        missing = ("no delta row for this customer (a file source re-scores from delta files)" if cfg.source == "file"
-                   else "unknown customer: not in the source's population as of now")
+        missing = ctx.source.unknown_customer
         for cid in ids:
             if cid not in returned:
                 quarantine.extend((e.event_id, cid, missing) for e in events if e.customer_id == cid)
@@ -258,46 +248,6 @@ def _rescore_batch(ctx: _Context, src, events: list, index: int, hook: Callable[
     if quarantine:
         _quarantine_events(ctx.res, batch_key, quarantine)
     return outcome
-
-
-def delta_dir(cfg: ChurnConfig) -> Path:
-    """The delta-file folder (``CHURN_RESCORE_DELTA_DIR``; relative paths are from the project root)."""
-    from churn.config import PROJECT_ROOT
-
-    return PROJECT_ROOT / Path(cfg.rescore_delta_dir).expanduser()  # an absolute setting stays as it is
-
-
-def _delta_snapshot(ctx: _Context, src, events: list, ids: list[str], spec, out_path: Path, as_of):
-    """A typed snapshot of the claimed customers' newest delta rows, converted like the file source's ingest."""
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from churn.data.ingest import Snapshot
-    from churn.data.outbox import delta_records
-    from churn.data.sources import coerce_chunk, snapshot_schema
-
-    records = delta_records(src, [e.event_id for e in events])
-    stamp = spec.timestamp_column
-
-    def data_time(event) -> tuple:
-        # A customer's newest row wins by its data time (CHURN_FILE_TIMESTAMP_COLUMN) when the file has one,
-        # then by event id (file name order, then row order): never by when the file happened to arrive.
-        when = pd.to_datetime(records[event.event_id].get(stamp), errors="coerce", utc=True) if stamp else pd.NaT
-        return (pd.Timestamp.min.tz_localize("UTC") if pd.isna(when) else when, event.event_id)
-
-    newest: dict[str, dict] = {}
-    known = [e for e in events if e.event_id in records and e.customer_id in ids]
-    for event in sorted(known, key=data_time):
-        newest[event.customer_id] = records[event.event_id]
-    frame = pd.DataFrame(list(newest.values()), columns=spec.required_columns(labelled=False), dtype=object)
-    cfg = ctx.cfg
-    typed = coerce_chunk(frame, spec, labelled=False, decimal=cfg.file_decimal, thousands=cfg.file_thousands,
-                         dayfirst=cfg.file_dayfirst)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(typed, schema=snapshot_schema(spec, labelled=False), preserve_index=False),
-                   out_path)
-    return Snapshot(str(out_path), len(typed), as_of.isoformat(), False)
 
 
 def _quarantine_events(res: Resources, batch_key: str, rows: list[tuple[int, str | None, str]]) -> None:
