@@ -38,14 +38,19 @@ def markdown_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI: ``--markdown`` prints the README table; ``--check`` validates the current environment's settings."""
+def build_parser() -> "argparse.ArgumentParser":
+    """The CLI's parser (also read by the docs' CLI reference)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m churn.config_docs")
     parser.add_argument("--markdown", action="store_true", help="print the README configuration table")
     parser.add_argument("--check", action="store_true", help="validate the CHURN_* variables of this environment")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``--markdown`` prints the README table; ``--check`` validates the current environment's settings."""
+    args = build_parser().parse_args(argv)
     if args.markdown:
         print(markdown_table(), end="")
     if args.check:

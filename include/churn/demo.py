@@ -72,8 +72,8 @@ def report(cfg: ChurnConfig, run_key: str) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point."""
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's parser (also read by the docs' CLI reference)."""
     parser = argparse.ArgumentParser(prog="python -m churn.demo")
     sub = parser.add_subparsers(dest="action", required=True)
     load_cmd = sub.add_parser("load")
@@ -81,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     load_cmd.add_argument("--customers", type=int, default=None)
     report_cmd = sub.add_parser("report")
     report_cmd.add_argument("--run-key", required=True)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = ChurnConfig.from_env()
     if args.action == "load":

@@ -94,16 +94,21 @@ def migration_url() -> str:
                          f"'{OWNER_CONN_ID}') to the URL of the role that owns schema churn")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m churn.migrate [--publisher ROLE] [--reader ROLE]``."""
-    from churn.connections import pg_connect
-
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's parser (also read by the docs' CLI reference)."""
     parser = argparse.ArgumentParser(prog="python -m churn.migrate", description=__doc__.splitlines()[0])
     parser.add_argument("--publisher", default=os.environ.get("CHURN_PG_PUBLISHER_ROLE", ""),
                         help="role the pipeline connects as (default CHURN_PG_PUBLISHER_ROLE)")
     parser.add_argument("--reader", default=os.environ.get("CHURN_PG_READER_ROLE", "churn_reader"),
                         help="read-only consumer role (default CHURN_PG_READER_ROLE)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``python -m churn.migrate [--publisher ROLE] [--reader ROLE]``."""
+    from churn.connections import pg_connect
+
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         conn = pg_connect(migration_url())

@@ -637,13 +637,18 @@ def stop_redis(redis_dir: Path) -> None:
     pid_file.unlink(missing_ok=True)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's parser (also read by the docs' CLI reference)."""
+    parser = argparse.ArgumentParser(prog="python -m churn.dev.services")
+    parser.add_argument("action", choices=["start", "stop", "env", "clean"])
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: start / stop / env for the embedded services."""
     from churn.config import ChurnConfig
 
-    parser = argparse.ArgumentParser(prog="python -m churn.dev.services")
-    parser.add_argument("action", choices=["start", "stop", "env", "clean"])
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     os.umask(0o077)  # the servers' files and anything written here are private
     cfg = ChurnConfig.from_env()
     services = EmbeddedServices(cfg.state_dir, cfg.postgres_port, cfg.redis_port)

@@ -430,10 +430,8 @@ def stack_from_config(executor: str | None = None) -> AirflowStack:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI: start / stop / status / run."""
-    from churn.config import ChurnConfig
-
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's parser (also read by the docs' CLI reference)."""
     parser = argparse.ArgumentParser(prog="python -m churn.dev.stack")
     sub = parser.add_subparsers(dest="action", required=True)
     start_cmd = sub.add_parser("start", help="start the embedded servers and Airflow's components")
@@ -445,7 +443,14 @@ def main(argv: list[str] | None = None) -> int:
     run_cmd.add_argument("--as-of", type=date.fromisoformat, required=True)
     run_cmd.add_argument("--conf", default="{}", help="JSON trigger parameters, e.g. '{\"retrain\": true}'")
     run_cmd.add_argument("--timeout-minutes", type=float, default=30)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: start / stop / status / run."""
+    from churn.config import ChurnConfig
+
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     os.umask(0o077)  # what this launcher and the servers and components it starts write is private
     cfg = ChurnConfig.from_env()

@@ -422,12 +422,8 @@ def history(conn, limit: int = 50) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI: ``list`` versions, ``show VERSION``, ``history`` of champion changes, or ``rollback VERSION``."""
-    import json
-
-    from churn.connections import Resources
-
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's parser (also read by the docs' CLI reference)."""
     parser = argparse.ArgumentParser(prog="python -m churn.model.registry",
                                      description="Model registry (Postgres churn.model_registry / model_champion).")
     sub = parser.add_subparsers(dest="action", required=True)
@@ -444,6 +440,16 @@ def main(argv: list[str] | None = None) -> int:
     rollback.add_argument("--actor", default=None,
                           help="who, for the history (default: your OS user name)")
     sub.add_parser("history", help="champion changes, newest first (churn.promotions)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``list`` versions, ``show VERSION``, ``history`` of champion changes, or ``rollback VERSION``."""
+    import json
+
+    from churn.connections import Resources
+
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.action == "promote":
         args.action = "rollback"
