@@ -37,7 +37,7 @@ sys.path.insert(0, {root!r})
 from churn.config import ChurnConfig
 from churn.data.spec import spec_from_config
 from churn.data.sources import coerce_chunk, read_file_snapshot, snapshot_schema
-from tests.bad_inputs.corpus import TELCO_ENV
+from tests.support.bad_inputs.corpus import TELCO_ENV
 mode, src, out, chunk = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 spec = spec_from_config(ChurnConfig.from_env({{**TELCO_ENV, "CHURN_FILE_PATH": str(src)}}))
 start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "include"))
-    from tests.bad_inputs.corpus import write_big
+    from tests.support.bad_inputs.corpus import write_big
 
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "big.csv"

@@ -1,139 +1,36 @@
-"""Shared fixtures: real PostgreSQL and Redis servers started once per test session on loopback.
+"""The test tiers are folders; each test is marked with its folder's tier (markers are registered in pyproject.toml).
 
-The servers are the same embedded ones ``make demo`` uses (PyPI wheels, no Docker,
-no root), but on free ports with their data in a temporary folder, so a test run
-never touches the demo's state. Each test that wants a clean database gets its
-own (``fresh_pg_url``); Redis is flushed for tests that ask for ``redis_client``.
+tests/unit         no server, no Airflow metadata database: pure Python, pandas, scikit-learn
+tests/integration  real Postgres/Redis/SFTP/SMTP started by fixtures; no DAG run
+tests/e2e          a DAG run through Airflow (``airflow dags test``)
+tests/scheduler    real Airflow components (scheduler, dag-processor, api-server, workers) as processes
+tests/browser      the Airflow UI in headless Chromium
+
+Shared helpers live in ``tests/support``; the server fixtures only in the server tiers' conftest files.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import uuid
 from pathlib import Path
-from typing import Iterator
 
-import psycopg2
 import pytest
-import redis
 
-from churn.dev.services import EmbeddedServices
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "integration", "e2e", "scheduler", "browser")
 
 
-def pytest_configure(config) -> None:
-    """Register the slowest tier: real Airflow + headless Chromium (deselect with ``-m 'not browser'``)."""
-    config.addinivalue_line("markers", "browser: drives the Airflow UI in headless Chromium (slowest tier)")
-    config.addinivalue_line("markers", "scheduler: runs churn_nightly under real Airflow components (LocalExecutor "
-                            "or CeleryExecutor + Dask), triggered through the REST API")
+def tier_of(path: Path) -> str | None:
+    """The tier folder ``path`` is in (None outside tests/<tier>/)."""
+    try:
+        first = Path(path).resolve().relative_to(TESTS).parts[0]
+    except (ValueError, IndexError):
+        return None
+    return first if first in TIERS else None
 
 
-def free_port() -> int:
-    """A TCP port on loopback that nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def services(tmp_path_factory) -> Iterator[EmbeddedServices]:
-    """Real PostgreSQL 16 + Valkey 9 (Redis protocol, ACL users with passwords) for the whole session."""
-    state = tmp_path_factory.mktemp("services")
-    embedded = EmbeddedServices(state, free_port(), free_port())
-    embedded.start()
-    yield embedded
-    embedded.clean()  # run as root, the data directory lives outside the temporary folder
-
-
-@pytest.fixture(scope="session")
-def pg_admin_url(services) -> str:
-    """URL of the server's maintenance database (for CREATE DATABASE)."""
-    return services.pg_url("postgres")
-
-
-@pytest.fixture
-def fresh_pg_url(pg_admin_url, services) -> Iterator[str]:
-    """A brand-new empty database for one test, dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(pg_admin_url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    yield services.pg_url(name)
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
-
-
-@pytest.fixture
-def pg_conn(fresh_pg_url):
-    """psycopg2 connection to a fresh database."""
-    conn = psycopg2.connect(fresh_pg_url)
-    yield conn
-    conn.close()
-
-
-def fresh_databases(pg_admin_url: str, *names: str) -> None:
-    """Drop (if present) and create the named databases."""
-    admin = psycopg2.connect(pg_admin_url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        for name in names:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            cur.execute(f"CREATE DATABASE {name}")
-    admin.close()
-
-
-def fresh_stores(services, pg_admin_url: str, name: str, redis_db: int, customers: int = 0,
-                 as_of=None, seed: int = 21) -> tuple[str, str]:
-    """A re-created database ``name`` (with ``customers`` synthetic customers as of ``as_of`` loaded) and an
-    emptied Redis database ``redis_db`` on the session servers; returns their URLs."""
-    import redis
-
-    fresh_databases(pg_admin_url, name)
-    pg_url, redis_url = services.pg_url(name), services.redis_url_db(redis_db)
-    redis.Redis.from_url(services.redis_admin_url(redis_db)).flushdb()  # the platform's user may not flush
-    if customers:
-        from churn.data.generate import generate, load_source_tables
-
-        conn = psycopg2.connect(pg_url)
-        load_source_tables(conn, generate(customers, as_of, seed=seed))
-        conn.close()
-    return pg_url, redis_url
-
-
-def url_as(url: str, user: str, password: str | None = None) -> str:
-    """``url`` with its credentials replaced by ``user`` (and ``password``)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    host = parts.hostname + (f":{parts.port}" if parts.port else "")
-    auth = user + (f":{password}" if password is not None else "")
-    return urlunsplit(parts._replace(netloc=f"{auth}@{host}"))
-
-
-def require_dataset(path: Path) -> None:
-    """Skip a test whose shared dataset is missing, except in CI (``CI=true``), where it is a failure."""
-    if path.exists():
-        return
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{path} is missing and CI=true: a missing dataset fails the run in CI instead of "
-                    "skipping; put ../shared/datasets next to the checkout")
-    pytest.skip(f"{path} not present (outside CI the Telco tests are skipped)")
-
-
-@pytest.fixture
-def redis_url(services) -> str:
-    """URL of the session Redis as the platform's user (what the pipeline gets: no KEYS, INFO, FLUSH, CONFIG)."""
-    return services.redis_url
-
-
-@pytest.fixture
-def redis_client(services) -> Iterator[redis.Redis]:
-    """Admin client on a flushed Redis (tests inspect with KEYS, INFO, SAVE; the pipeline's user may not)."""
-    client = redis.Redis.from_url(services.redis_admin_url())
-    client.flushall()
-    yield client
-    client.close()
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark every test with its folder's tier, so ``-m unit`` (or ``-m 'not browser'``) selects by tier."""
+    for item in items:
+        tier = tier_of(item.path)
+        if tier:
+            item.add_marker(getattr(pytest.mark, tier))

@@ -1,0 +1,6 @@
+"""E2e tier: DAG runs through Airflow (``airflow dags test``) against the session's real Postgres/Redis."""
+
+from tests.support.servers import fresh_pg_url, pg_admin_url, pg_conn, redis_client, redis_url, services
+
+# Server fixtures of this tier (one embedded Postgres + Valkey per session).
+__all__ = ["fresh_pg_url", "pg_admin_url", "pg_conn", "redis_client", "redis_url", "services"]

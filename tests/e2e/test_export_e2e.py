@@ -1,0 +1,79 @@
+"""End to end: ``airflow dags test churn_nightly`` delivers the configured exports to a real SFTP server.
+
+Real Airflow (subprocess), real Postgres/Redis, and an asyncssh SFTP server on loopback
+reached through ``AIRFLOW_CONN_CHURN_SFTP`` (key file auth, pinned host key).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+from datetime import date
+
+import psycopg2
+import pytest
+
+from tests.support.airflow_env import airflow_env, run_airflow
+from tests.support.servers import fresh_stores
+from tests.support.sftp_server import SftpTestServer, SshKeys
+
+pytestmark = pytest.mark.e2e
+RUN_DATE = date(2026, 11, 21)
+EXPORTS = [
+    {"name": "high_risk", "band": "high"},
+    {"name": "top_decile", "min_decile": 10, "gzip": True,
+     "columns": ["customer_id", "churn_probability", "risk_decile", "run_date", "model_version", "email", "plan"]},
+]
+
+
+@pytest.fixture(scope="module")
+def nightly_with_sftp(services, tmp_path_factory, pg_admin_url):
+    tmp = tmp_path_factory.mktemp("e2e_export")
+    pg_url, redis_url = fresh_stores(services, pg_admin_url, "e2e_export", 5, customers=3000, as_of=RUN_DATE,
+                                     seed=33)
+    (tmp / "keys").mkdir()
+    host, user = SshKeys.generate(tmp / "keys", "host"), SshKeys.generate(tmp / "keys", "user")
+    (tmp / "sftp_root").mkdir()
+    server = SftpTestServer(tmp / "sftp_root", host.private_path, user.public_line).start()
+    # Baseline only (no TPOT search): this test is about the export and its delivery, and stays fast.
+    env = airflow_env(tmp, pg_url, redis_url, train_tpot="false", min_roc_auc="0.5", exports=json.dumps(EXPORTS),
+                      export_remote_dir="outbound/churn", export_retry_seconds="0.5")
+    env["AIRFLOW_CONN_CHURN_SFTP"] = server.connection_json(user, host.public_line)
+    try:
+        migrate = run_airflow(["db", "migrate"], env, tmp / "migrate.log")
+        assert migrate.returncode == 0, (tmp / "migrate.log").read_text()[-3000:]
+        proc = run_airflow(["dags", "test", "churn_nightly", RUN_DATE.isoformat()], env, tmp / "dags-test.log")
+    finally:
+        server.stop()
+    log = (tmp / "dags-test.log").read_text()
+    assert proc.returncode == 0 and "state=success" in log, log[-5000:]
+    return {"pg_url": pg_url, "state": tmp / "state", "root": tmp / "sftp_root", "server": server}
+
+
+def test_nightly_run_delivers_the_configured_exports_over_sftp(nightly_with_sftp):
+    run_key = RUN_DATE.isoformat()
+    summary = json.loads((nightly_with_sftp["state"] / "runs" / run_key / "summary.json").read_text())
+    port = nightly_with_sftp["server"].port
+    assert summary["export_delivered_to"] == f"sftp://journeys@127.0.0.1:{port}/~/outbound/churn"
+    remote = nightly_with_sftp["root"] / "outbound" / "churn"
+    names = [f"churn_high_risk_{run_key}.csv", f"churn_top_decile_{run_key}.csv.gz"]
+    assert sorted(p.name for p in remote.iterdir()) == sorted(names + [n + ".manifest.json" for n in names])
+    conn = psycopg2.connect(nightly_with_sftp["pg_url"])
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FILTER (WHERE risk_band = 'high'), count(*) FILTER (WHERE risk_decile = 10) "
+                    "FROM churn.scores_current")
+        high, top = cur.fetchone()
+    conn.close()
+    for name, expected in zip(names, (high, top)):
+        raw = (remote / name).read_bytes()
+        assert raw == (nightly_with_sftp["state"] / "exports" / name).read_bytes()
+        manifest = json.loads((remote / f"{name}.manifest.json").read_text())
+        assert manifest["sha256"] == hashlib.sha256(raw).hexdigest() and manifest["rows"] == expected
+        assert manifest["run_id"] == run_key and manifest["model_version"] == summary["champion"]
+        text = (gzip.decompress(raw) if name.endswith(".gz") else raw).decode("utf-8")
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+        assert len(rows) == expected + 1
+    assert top > 0 and high > 0 and summary["export_rows"] == high

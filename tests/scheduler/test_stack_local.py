@@ -1,0 +1,118 @@
+"""Scheduler tier: churn_nightly under a real scheduler with LocalExecutor, triggered through the REST API.
+
+The components ``airflow standalone`` runs (scheduler, dag-processor, api-server, triggerer) are
+started as separate processes by ``churn.dev.stack`` (what ``make demo`` uses), with Airflow's
+metadata in Postgres. A "Retrain now" run with the default TPOT search (a local Dask cluster of
+worker processes, started from inside a LocalExecutor task) must succeed, register a TPOT
+candidate, score in mapped partitions and publish to both stores. After the run, the state folder
+is private (0700, no file readable by others), its ancestors kept their modes, the admin password
+is in no log, and the platform's Redis user was refused no command.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import date
+
+import psycopg2
+import pytest
+import redis
+
+from churn.publish.redis_store import lookup_score
+from tests.support.stack_support import (NO_SCHEDULED_RUN, SHORT_SEARCH, complaint_reaches_both_stores, failure_details,
+                                 running_stack, scores_by_customer)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.scheduler]
+AS_OF = date(2026, 11, 20)
+
+
+@pytest.fixture(scope="module")
+def local_run(services, pg_admin_url, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stack-local")
+    ancestors = {p: p.stat().st_mode for p in [tmp, *tmp.parents]}
+    started_ms = time.time() * 1000
+    with running_stack(services, pg_admin_url, tmp, "stack_local", "local", redis_db=6, as_of=AS_OF,
+                       score_partitions="2", schedule_cron=NO_SCHEDULED_RUN,
+                       **SHORT_SEARCH) as stack:
+        run_id = stack.trigger(f"{AS_OF.isoformat()}T02:00:00Z", {"retrain": True, "note": "scheduler test"})
+        lines: list[str] = []
+        state = stack.wait_run(run_id, timeout=900, progress=lines.append)
+        assert state == "success", failure_details(stack, run_id)
+        yield {"stack": stack, "run_id": run_id, "progress": lines,
+               "tis": stack.task_instances(run_id), "score_xcom": stack.xcom(run_id, "score"),
+               "pg_url": stack.churn_pg_url, "redis_url": stack.redis_url, "ancestors": ancestors,
+               "admin_url": services.pg_url("stack_local"),
+               "started_ms": started_ms}
+
+
+def test_retrain_registers_a_tpot_candidate_under_local_executor(local_run):
+    conn = psycopg2.connect(local_run["pg_url"])
+    with conn.cursor() as cur:
+        cur.execute("SELECT model_name, status, params->>'pipelines_scored', params->>'n_jobs' "
+                    "FROM churn.model_registry WHERE run_key = %s", (AS_OF.isoformat(),))
+        models = {row[0]: row[1:] for row in cur.fetchall()}
+    conn.close()
+    assert "tpot" in models, models
+    status, pipelines_scored, n_jobs = models["tpot"]
+    assert int(pipelines_scored) >= 1 and n_jobs == "2"  # the default local Dask cluster of 2 processes
+    assert any(s == "champion" for s, *_ in models.values())
+    train = next(t for t in local_run["tis"] if t["task_id"] == "train")
+    assert train["try_number"] == 1  # succeeded at the first try: no "Nanny failed to start"
+
+
+def test_scoring_ran_as_mapped_partitions_and_merged(local_run):
+    parts = [t for t in local_run["tis"] if t["task_id"] == "score_partition"]
+    assert sorted(t["map_index"] for t in parts) == [0, 1]
+    assert all(t["state"] == "success" for t in parts)
+    scored = local_run["score_xcom"]
+    assert scored["partitions"] == 2
+    # the progress printed while the run went on named every stage as it finished
+    assert any("score_partition[1]" in line and "success" in line for line in local_run["progress"])
+    assert any(line.split()[0] == "report" and "success" in line for line in local_run["progress"])
+
+
+def test_scores_are_readable_in_postgres_and_redis(local_run):
+    rows = scores_by_customer(local_run["pg_url"])
+    assert len(rows) == local_run["score_xcom"]["rows"] > 1000
+    # global deciles over the merged partitions: ten equal-sized groups (ties aside)
+    counts = {}
+    for _, _, decile, _, _ in rows.values():
+        counts[decile] = counts.get(decile, 0) + 1
+    assert sorted(counts) == list(range(1, 11)) and max(counts.values()) - min(counts.values()) <= 0.02 * len(rows)
+    client = redis.Redis.from_url(local_run["redis_url"])
+    for customer in list(rows)[:200]:
+        record = lookup_score(client, customer)
+        assert record is not None and record["run_id"] == AS_OF.isoformat()
+        assert abs(record["churn_probability"] - rows[customer][0]) < 1e-6
+        assert record["risk_decile"] == rows[customer][2]
+    assert client.hget("churn:meta", "run_id") == AS_OF.isoformat().encode()
+
+
+def test_a_complaint_is_rescored_by_the_scheduler_within_seconds(local_run):
+    """Triggerer (AssetWatcher on the outbox) -> asset event -> churn_rescore run under LocalExecutor -> stores."""
+    # the source application's writes (and the DBA's trigger install) are not the pipeline's role
+    lag = complaint_reaches_both_stores(local_run["stack"], local_run["admin_url"], local_run["redis_url"])
+    print(f"complaint committed -> event score in Redis: {lag:.1f} s")
+
+
+def test_state_files_are_private_and_the_admin_password_is_in_no_log(local_run):
+    """Item 13: 0700 folders, nothing readable by others after a run, ancestors untouched, no password in a log."""
+    stack = local_run["stack"]
+    for folder in (stack.state_dir, stack.home, stack.run_dir):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
+    assert stack.password_file.stat().st_mode & 0o777 == 0o600
+    readable = [str(p) for p in stack.state_dir.rglob("*") if not p.is_symlink() and p.stat().st_mode & 0o077]
+    assert not readable, readable[:20]
+    assert {p: p.stat().st_mode for p in local_run["ancestors"]} == local_run["ancestors"]
+    assert any((stack.state_dir / "runs").rglob("*")), "the run wrote nothing into the state folder"
+    password = stack.password()
+    logs = [p for p in stack.state_dir.rglob("*.log") if p.is_file()]
+    assert logs and not [str(p) for p in logs if password in p.read_text(errors="replace")]
+
+
+def test_the_platform_redis_user_was_refused_nothing(local_run, services):
+    """The whole run (publish, lookups, event re-score) needed no command the ACL keeps from the platform."""
+    admin = redis.Redis.from_url(services.redis_admin_url())
+    denied = [e for e in admin.acl_log(count=1000) if e.get("username") == "churn"
+              and float(e.get("timestamp-last-updated", 0)) >= local_run["started_ms"]]
+    assert not denied, denied

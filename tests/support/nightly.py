@@ -1,0 +1,28 @@
+"""Every stage of churn_nightly in this process, in DAG order (the re-score tests' served batch)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from churn.config import ChurnConfig
+from churn.connections import Resources
+from churn.stages import data, model, publish, scoring
+from churn.stages.common import start_run
+
+RUN_DATE = date(2026, 11, 20)
+
+
+def run_nightly(cfg: ChurnConfig, res: Resources, as_of: date) -> dict:
+    """Every stage of churn_nightly in this process, in DAG order; returns the scored reference."""
+    run = start_run(cfg, res, as_of, f"test-{as_of}")
+    ingested = data.ingest(cfg, res, run)
+    validated = data.profile_and_validate(cfg, res, run, ingested)
+    drifted = data.drift(cfg, res, run, validated)
+    splits = data.split(cfg, res, run, validated)
+    trained = model.train(cfg, res, run, splits, drifted)
+    evaluation = model.evaluate_and_gate(cfg, res, run, splits, trained)
+    registered = model.register(cfg, res, run, splits, evaluation)
+    scored = scoring.score(cfg, res, run, validated, registered)
+    pg_published = publish.publish_postgres(cfg, res, run, scored)
+    publish.publish_redis(cfg, res, run, scored, pg_published)
+    return {"run": run, "scored": scored, "pg_published": pg_published}

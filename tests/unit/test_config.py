@@ -1,0 +1,66 @@
+"""Unit tests for the typed config."""
+
+from pathlib import Path
+
+import pytest
+
+from churn.config import ChurnConfig, ConfigError
+
+
+def test_defaults_work_without_environment():
+    cfg = ChurnConfig.from_env({})
+    assert cfg.postgres_conn_id == "churn_postgres"
+    assert cfg.band_cuts == (0.1, 0.2)
+    assert cfg.splits == (0.8, 0.1, 0.1)
+
+
+def test_environment_overrides_are_typed(tmp_path):
+    cfg = ChurnConfig.from_env({
+        "CHURN_TRAIN_BUDGET_MINUTES": "0.5", "CHURN_DEMO_CUSTOMERS": "1234", "CHURN_CATCHUP": "yes",
+        "CHURN_STATE_DIR": str(tmp_path),
+    })
+    assert cfg.train_budget_minutes == 0.5 and cfg.demo_customers == 1234 and cfg.catchup is True
+    assert cfg.state_dir == Path(tmp_path).resolve()
+    assert cfg.runs_dir == Path(tmp_path).resolve() / "runs"
+
+
+def test_bad_value_names_the_variable():
+    with pytest.raises(ConfigError, match="CHURN_DEMO_CUSTOMERS"):
+        ChurnConfig.from_env({"CHURN_DEMO_CUSTOMERS": "many"})
+    with pytest.raises(ConfigError, match="CHURN_RISK_BAND_CUTS"):
+        _ = ChurnConfig.from_env({"CHURN_RISK_BAND_CUTS": "0.7,0.2"}).band_cuts
+    with pytest.raises(ConfigError, match="CHURN_SPLIT_FRACTIONS"):
+        _ = ChurnConfig.from_env({"CHURN_SPLIT_FRACTIONS": "0.5,0.1"}).splits
+
+
+@pytest.mark.parametrize("var, raw, message", [
+    ("CHURN_REDIS_LAYOUT", "xml", "CHURN_REDIS_LAYOUT='xml' is not allowed; use one of json, hash"),
+    ("CHURN_SOURCE", "s3", "use one of postgres, file"),
+    ("CHURN_RISK_BAND_CUTS", "high,low", "CHURN_RISK_BAND_CUTS='high,low' must be ascending numbers in (0, 1)"),
+    ("CHURN_RISK_BAND_CUTS", "0.6,0.3", "must be ascending"),
+    ("CHURN_SPLIT_FRACTIONS", "0.5,0.5", "CHURN_SPLIT_FRACTIONS='0.5,0.5' must be three positive fractions"),
+    ("CHURN_SCORE_PARTITIONS", "0", "CHURN_SCORE_PARTITIONS=0 is out of range: it must be between 1 and 256"),
+    ("CHURN_MAX_BAD_ROW_FRACTION", "1.5", "CHURN_MAX_BAD_ROW_FRACTION=1.5 is out of range"),
+    ("CHURN_POSTGRES_PORT", "70000", "between 1 and 65535"),
+    ("CHURN_INGEST_CHUNK_ROWS", "-5", "at least 1"),
+])
+def test_bad_choices_and_ranges_name_the_variable_and_the_allowed_values(var, raw, message):
+    with pytest.raises(ConfigError) as caught:
+        ChurnConfig.from_env({var: raw})
+    assert message in str(caught.value)
+
+
+def test_per_run_overrides_are_checked_too():
+    with pytest.raises(ConfigError, match="CHURN_SCORE_PARTITIONS=0"):
+        ChurnConfig().replace(score_partitions=0)
+
+
+def test_readme_configuration_table_is_the_generated_one():
+    from churn.config_docs import markdown_table
+    from tests.support import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    table = markdown_table()
+    assert table in readme, "README's configuration table is stale: paste `python -m churn.config_docs --markdown`"
+    assert table.count("\n| CHURN_") == len(ChurnConfig.model_fields)  # every field, with its doc
+    assert "|  |" not in table  # no field without documentation
