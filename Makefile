@@ -66,8 +66,36 @@ demo-cluster: cluster
 airflow-ui: venv
 	$(PRIVATE) $(BIN)/python -m churn.dev.stack start --executor local
 
+# Tests by tier (docs/development/testing.md); `make test` runs every tier and fails if any failed.
+# Each tier has its own --basetemp: pytest keeps only the 3 newest basetemp folders, and a run that clears
+# another's folder takes its embedded Postgres with it. -n 2 (pytest-xdist) only where the tier allows it.
+.PHONY: test-unit test-integration test-e2e test-scheduler test-browser
+TEST_TIERS := unit integration e2e scheduler browser
+PYTEST := $(BIN)/python -m pytest -ra
+PYTEST_TMP := $(CHURN_STATE_DIR)/pytest
+
 test: venv
-	$(BIN)/python -m pytest -ra
+	@status=0; for tier in $(TEST_TIERS); do $(MAKE) --no-print-directory test-$$tier || status=1; done; exit $$status
+
+test-unit: venv
+	@mkdir -p -m 700 $(CHURN_STATE_DIR)
+	$(PYTEST) tests/unit -n 2 --basetemp=$(PYTEST_TMP)-unit
+
+test-integration: venv
+	@mkdir -p -m 700 $(CHURN_STATE_DIR)
+	$(PYTEST) tests/integration --basetemp=$(PYTEST_TMP)-integration
+
+test-e2e: venv
+	@mkdir -p -m 700 $(CHURN_STATE_DIR)
+	$(PYTEST) tests/e2e --basetemp=$(PYTEST_TMP)-e2e
+
+test-scheduler: venv
+	@mkdir -p -m 700 $(CHURN_STATE_DIR)
+	$(PYTEST) tests/scheduler --basetemp=$(PYTEST_TMP)-scheduler
+
+test-browser: venv
+	@mkdir -p -m 700 $(CHURN_STATE_DIR)
+	$(PYTEST) tests/browser --basetemp=$(PYTEST_TMP)-browser
 
 # Starts its own Postgres/Redis on free ports in a temp dir (never the demo's); writes bench/results/publish.json.
 bench: venv

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from churn.data.sources import parse_missing
+
 # Cells replaced by '?' in the bank file: (column, how many), as issue 26 reproduced them.
 BANK_DIRT = (("CreditScore", 1), ("EstimatedSalary", 2), ("NumOfProducts", 3), ("Tenure", 1), ("HasCrCard", 1),
              ("Exited", 1))
@@ -78,3 +80,14 @@ def spreadsheet_churn(rows: int = 3_000, seed: int = 0) -> pd.DataFrame:
         "2nd line": rng.choice(["yes", "no"], rows),
         "Churn?": churn,
     }).astype(str)
+
+
+# The missing-value markers the field files use ("?" in the bank file).
+MISSING = parse_missing("?,NA,N/A,-,null,NaN,#N/A")
+
+
+def bank_env(path: Path, state: Path, **extra: str) -> dict[str, str]:
+    """The four settings a new user sets for the bank file (plus test-speed ones)."""
+    return {"CHURN_SOURCE": "file", "CHURN_FILE_PATH": str(path), "CHURN_FILE_ID_COLUMN": "CustomerId",
+            "CHURN_FILE_LABEL_COLUMN": "Exited", "CHURN_STATE_DIR": str(state), "CHURN_TRAIN_TPOT": "false",
+            "CHURN_EXPORT_PMML": "false", **extra}
