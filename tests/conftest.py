@@ -28,6 +28,14 @@ def tier_of(path: Path) -> str | None:
     return first if first in TIERS else None
 
 
+@pytest.fixture(scope="module")
+def churn_ui():
+    """plugins/churn_ui.py as a module (no server: the unit and integration tiers both use it)."""
+    from tests.support.churn_ui import load_plugin
+
+    return load_plugin("churn_ui_under_test")
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """Mark every test with its folder's tier, so ``-m unit`` (or ``-m 'not browser'``) selects by tier."""
     for item in items:

@@ -1,19 +1,18 @@
-"""SQL source (CHURN_SOURCE=sql): your own database and feature query, the leakage check, and a nightly run on it.
+"""SQL source (CHURN_SOURCE=sql): your own database and feature query, and the leakage check.
 
 The "team's database" is a second Postgres database whose schema is nothing like the demo's: accounts
 (``acct_no``, ``opened_on``, ``tier`` ...), support tickets with serial numbers, and a status history in
-which the label is a status change to ``closed``.
+which the label is a status change to ``closed``. The nightly run on it is in tests/e2e/test_data_sql_source.py.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import date, timedelta
+from datetime import timedelta
 
 import pandas as pd
 import psycopg2
 import pytest
-from psycopg2.extras import execute_values
 
 from churn.config import ChurnConfig
 from churn.data.generate import generate, load_source_tables
@@ -22,12 +21,10 @@ from churn.data.spec import DatasetSpec, spec_from_config
 from churn.data.leakage import check_leakage
 from churn.data.sql_source import (DEMO_QUERY, SqlSourceError, bind, extract_query_snapshot,
                                    load_query, read_sample)
-from tests.support.airflow_env import airflow_env, run_airflow
-from tests.support.crm import CORRECT_QUERY, CRM_DDL, RUN_DATE, crm_tables
-from tests.support.servers import fresh_databases, fresh_stores
+from tests.support.crm import CORRECT_QUERY, RUN_DATE, WINDOW, crm_tables, load_team_database, write_query
+from tests.support.servers import fresh_databases
 
 pytestmark = pytest.mark.integration
-WINDOW = 30
 TRAIN_AS_OF = RUN_DATE - timedelta(days=WINDOW)
 
 # Reads the future: tickets are counted up to today, not up to as_of.
@@ -41,16 +38,7 @@ def crm_url(services, pg_admin_url) -> str:
     """A database of its own with the crm schema and data (the team's database, not the platform's)."""
     fresh_databases(pg_admin_url, "team_crm")
     url = services.pg_url("team_crm")
-    tables = crm_tables()
-    conn = psycopg2.connect(url)
-    with conn.cursor() as cur:
-        cur.execute(CRM_DDL)
-        execute_values(cur, "INSERT INTO crm.accounts VALUES %s", tables["accounts"])
-        execute_values(cur, "INSERT INTO crm.tickets (acct_no, opened_at, severity) VALUES %s", tables["tickets"])
-        execute_values(cur, "INSERT INTO crm.status_changes (acct_no, new_status, changed_at) VALUES %s",
-                       tables["status_changes"])
-    conn.commit()
-    conn.close()
+    load_team_database(url)
     return url
 
 
@@ -61,29 +49,13 @@ def crm(crm_url):
     conn.close()
 
 
-def _query_file(tmp_path, text: str, name: str = "features.sql"):
-    path = tmp_path / name
-    path.write_text(text)
-    return path
-
-
 CRM_SPEC = DatasetSpec("crm", "sql", "acct_no", "closed", numeric=["monthly_fee", "tenure_days", "tickets_60d",
                                                                  "worst_severity"],
                        boolean=["autopay"], categorical=["tier", "region_code"], suite="crm")
 
 
-def test_a_query_file_must_use_as_of_and_only_the_known_parameters(tmp_path):
-    with pytest.raises(SqlSourceError, match="does not use %\\(as_of\\)s"):
-        load_query(_query_file(tmp_path, "SELECT 1 AS acct_no"))
-    with pytest.raises(SqlSourceError, match=r"unknown parameter\(s\) \['region'\]"):
-        load_query(_query_file(tmp_path, "SELECT 1 WHERE %(as_of)s < now() AND %(region)s = 'x'"))
-    with pytest.raises(SqlSourceError, match="cannot read the feature query"):
-        load_query(tmp_path / "missing.sql")
-    assert load_query(_query_file(tmp_path, CORRECT_QUERY)).endswith("< %(as_of)s::date)")  # trailing ; dropped
-
-
 def test_extraction_is_point_in_time_with_the_label_from_the_window_only(crm, tmp_path):
-    query = load_query(_query_file(tmp_path, CORRECT_QUERY))
+    query = load_query(write_query(tmp_path, CORRECT_QUERY))
     train = extract_query_snapshot(crm, query, TRAIN_AS_OF, tmp_path / "train.parquet", CRM_SPEC, labelled=True,
                                    label_window_days=WINDOW)
     frame = pd.read_parquet(train.path)
@@ -105,7 +77,7 @@ def test_extraction_is_point_in_time_with_the_label_from_the_window_only(crm, tm
 
 
 def test_a_query_that_does_not_fit_the_spec_says_what_to_fix(crm, tmp_path):
-    query = load_query(_query_file(tmp_path, CORRECT_QUERY))
+    query = load_query(write_query(tmp_path, CORRECT_QUERY))
     renamed = DatasetSpec(**{**CRM_SPEC.as_dict(), "numeric": ["monthly_fee", "fee_per_line"]})
     with pytest.raises(SqlSourceError, match=r"returns no column\(s\) \['fee_per_line'\]"):
         extract_query_snapshot(crm, query, RUN_DATE, tmp_path / "s.parquet", renamed, labelled=False)
@@ -114,11 +86,11 @@ def test_a_query_that_does_not_fit_the_spec_says_what_to_fix(crm, tmp_path):
     with pytest.raises(SqlSourceError, match="does not match the dataset spec's types.*Cast the column"):
         extract_query_snapshot(crm, query, RUN_DATE, tmp_path / "s.parquet", wrong_kind, labelled=False)
     assert not (tmp_path / "s.parquet").exists() and not (tmp_path / "s.parquet.tmp").exists()
-    broken = load_query(_query_file(tmp_path, CORRECT_QUERY.replace("crm.tickets", "crm.ticket"), "broken.sql"))
+    broken = load_query(write_query(tmp_path, CORRECT_QUERY.replace("crm.tickets", "crm.ticket"), "broken.sql"))
     with pytest.raises(SqlSourceError, match='(?s)relation "crm.ticket" does not exist.*Is CHURN_SOURCE_CONN_ID'):
         extract_query_snapshot(crm, broken, RUN_DATE, tmp_path / "s.parquet", CRM_SPEC, labelled=False)
     # an error while rows stream (planning succeeded): surfaces from the COPY thread, no file, usable connection
-    failing = load_query(_query_file(tmp_path, CORRECT_QUERY.replace(
+    failing = load_query(write_query(tmp_path, CORRECT_QUERY.replace(
         "a.monthly_fee::float8 AS monthly_fee", "(1 / (a.monthly_fee::int - a.monthly_fee::int))::float8 AS monthly_fee"),
         "failing.sql"))
     with pytest.raises(SqlSourceError, match="(?s)could not read the feature query's result.*division by zero"):
@@ -130,7 +102,7 @@ def test_a_query_that_does_not_fit_the_spec_says_what_to_fix(crm, tmp_path):
 
 
 def test_kinds_of_a_sql_source_are_inferred_from_the_query_result(crm, tmp_path):
-    query_file = _query_file(tmp_path, CORRECT_QUERY)
+    query_file = write_query(tmp_path, CORRECT_QUERY)
     cfg = ChurnConfig.from_env({"CHURN_SOURCE": "sql", "CHURN_SOURCE_QUERY": str(query_file),
                                 "CHURN_FILE_ID_COLUMN": "acct_no", "CHURN_FILE_LABEL_COLUMN": "closed"})
     sample = read_sample(crm, bind(crm, load_query(query_file), TRAIN_AS_OF, WINDOW), cfg.infer_sample_rows)
@@ -144,7 +116,7 @@ def test_kinds_of_a_sql_source_are_inferred_from_the_query_result(crm, tmp_path)
 
 def test_leakage_check_passes_the_point_in_time_query_and_refuses_reads_of_the_future(crm, tmp_path):
     def check(text: str):
-        return check_leakage(crm, load_query(_query_file(tmp_path, text, "q.sql")), TRAIN_AS_OF, WINDOW,
+        return check_leakage(crm, load_query(write_query(tmp_path, text, "q.sql")), TRAIN_AS_OF, WINDOW,
                              id_column="acct_no", label_column="closed")
 
     good = check(CORRECT_QUERY)
@@ -181,41 +153,6 @@ def test_the_demo_source_is_one_such_query_and_passes_the_leakage_check(pg_conn,
     assert direct.rows == report.rows
 
 
-def test_nightly_dag_runs_on_a_team_database_with_a_query_file_and_the_connection_only(
-        services, pg_admin_url, crm_url, tmp_path):
-    pg_url, redis_url = fresh_stores(services, pg_admin_url, "e2e_sql_source", 5)
-    query_file = _query_file(tmp_path, CORRECT_QUERY)
-    env = airflow_env(tmp_path, pg_url, redis_url, train_tpot="false", source="sql", source_query=str(query_file),
-                      file_id_column="acct_no", file_label_column="closed", label_window_days=str(WINDOW),
-                      file_suite="crm_accounts")
-    env["AIRFLOW_CONN_CHURN_SOURCE"] = crm_url
-    assert run_airflow(["db", "migrate"], env, tmp_path / "migrate.log").returncode == 0
-    proc = run_airflow(["dags", "test", "churn_nightly", RUN_DATE.isoformat()], env, tmp_path / "dags-test.log")
-    log = (tmp_path / "dags-test.log").read_text()
-    assert proc.returncode == 0 and "state=success" in log, log[-5000:]
-    crm = psycopg2.connect(crm_url)
-    with crm.cursor() as cur:
-        cur.execute("SELECT count(*) FROM crm.accounts a WHERE opened_on < %s AND NOT EXISTS (SELECT 1 FROM "
-                    "crm.status_changes s WHERE s.acct_no = a.acct_no AND new_status = 'closed' AND changed_at < %s)",
-                    (RUN_DATE, RUN_DATE))
-        open_accounts = cur.fetchone()[0]
-    crm.close()
-    platform = psycopg2.connect(pg_url)
-    with platform.cursor() as cur:
-        cur.execute("SELECT count(*), count(DISTINCT customer_id) FROM churn.scores_current")
-        assert cur.fetchone() == (open_accounts, open_accounts)
-        cur.execute("SELECT signature->>'id_column' FROM churn.model_registry")
-        assert {row[0] for row in cur.fetchall()} == {"acct_no"}
-        cur.execute("SELECT name, version, suite->'meta'->>'auto_from_run' IS NOT NULL FROM churn.suites")
-        assert cur.fetchall() == [("crm_accounts", 1, True)]  # proposed by the first good run, enforced from the next
-        cur.execute("SELECT to_regclass('src.customers')")
-        assert cur.fetchone()[0] is None  # nothing was read from (or created as) the demo's tables
-    platform.close()
-    spec = json.loads((tmp_path / "state" / "runs" / RUN_DATE.isoformat() / "dataset_spec.json").read_text())
-    assert spec["source"] == "sql" and spec["boolean"] == ["autopay"]
-    assert sorted(spec["categorical"]) == ["region_code", "tier"] and "email" in spec["inference"]["ignored"]
-
-
 def test_leakage_check_command_exits_by_its_verdict(crm_url, tmp_path):
     import os
     import subprocess
@@ -226,7 +163,7 @@ def test_leakage_check_command_exits_by_its_verdict(crm_url, tmp_path):
                CHURN_FILE_LABEL_COLUMN="closed", CHURN_STATE_DIR=str(tmp_path / "state"))
     outcomes = {}
     for name, text in (("good", CORRECT_QUERY), ("leaky", LEAKY_FEATURE_QUERY)):
-        env["CHURN_SOURCE_QUERY"] = str(_query_file(tmp_path, text, f"{name}.sql"))
+        env["CHURN_SOURCE_QUERY"] = str(write_query(tmp_path, text, f"{name}.sql"))
         proc = subprocess.run([sys.executable, "-m", "churn.data.leakage", "check-leakage", "--as-of",
                                TRAIN_AS_OF.isoformat()], env=env, capture_output=True, text=True, timeout=120)
         outcomes[name] = (proc.returncode, json.loads(proc.stdout)["status"], proc.stderr.strip().splitlines()[-1])

@@ -4,11 +4,15 @@ point-in-time feature query that reads it."""
 from __future__ import annotations
 
 from datetime import date, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psycopg2
+from psycopg2.extras import execute_values
 
 RUN_DATE = date(2026, 11, 20)
+WINDOW = 30  # label window (days) of the team's query
 
 CRM_DDL = """
 CREATE SCHEMA crm;
@@ -69,3 +73,24 @@ def crm_tables(accounts: int = 4000, seed: int = 5) -> dict[str, list[tuple]]:
                 rows_tickets.append((acct, when.tz_localize("UTC").to_pydatetime(), int(rng.integers(2, 5))))
             rows_status.append((acct, "closed", pd.Timestamp(close_on[i]).to_pydatetime()))
     return {"accounts": rows_accounts, "tickets": rows_tickets, "status_changes": rows_status}
+
+
+def load_team_database(url: str) -> None:
+    """The crm schema and its data in the (empty) database at ``url``: the team's database, not the platform's."""
+    tables = crm_tables()
+    conn = psycopg2.connect(url)
+    with conn.cursor() as cur:
+        cur.execute(CRM_DDL)
+        execute_values(cur, "INSERT INTO crm.accounts VALUES %s", tables["accounts"])
+        execute_values(cur, "INSERT INTO crm.tickets (acct_no, opened_at, severity) VALUES %s", tables["tickets"])
+        execute_values(cur, "INSERT INTO crm.status_changes (acct_no, new_status, changed_at) VALUES %s",
+                       tables["status_changes"])
+    conn.commit()
+    conn.close()
+
+
+def write_query(folder: Path, text: str, name: str = "features.sql") -> Path:
+    """A query file as the team would keep it."""
+    path = folder / name
+    path.write_text(text)
+    return path
