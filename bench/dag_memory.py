@@ -2,7 +2,7 @@
 
 For each size (default 1M and 4M customers) the synthetic population is generated into a fresh
 database of embedded Postgres, then every task of ``churn_nightly`` runs the way LocalExecutor runs
-it: one fresh process per task (``pipeline.<stage>`` with the previous tasks' XCom-like outputs as
+it: one fresh process per task (``churn.stages.<part>.<stage>`` with the previous tasks' XCom-like outputs as
 JSON), each reporting its peak RSS (``ru_maxrss``, itself and its children). Side by side, the naive
 alternative of the heaviest stage, validating the whole snapshot in one GX batch after one
 ``pandas.read_parquet`` (what the validate stage did before it streamed), runs in its own process
@@ -34,7 +34,7 @@ AS_OF = date(2026, 11, 20)
 _CHILD = r"""
 import json, resource, sys, time
 from datetime import date
-from churn import pipeline
+from churn.stages import common as common_stages
 from churn.config import ChurnConfig
 from churn.connections import Resources
 stage, args_path, out_path, pg_url, redis_url = sys.argv[1:6]
@@ -43,7 +43,7 @@ cfg = ChurnConfig.from_env()
 res = Resources.from_urls(pg_url, redis_url)
 started = time.perf_counter()
 if stage == "start_run":
-    out = pipeline.start_run(cfg, res, date.fromisoformat(args[0]), "bench_dag_memory", {"retrain": True})
+    out = common_stages.start_run(cfg, res, date.fromisoformat(args[0]), "bench_dag_memory", {"retrain": True})
 elif stage == "naive_validate":
     import pandas as pd
     from churn.data.validate import load_suite_definition
@@ -59,7 +59,10 @@ elif stage == "naive_validate":
     result = batch.validate(suite, result_format={"result_format": "COMPLETE"})
     out = {"rows": len(frame), "success": bool(result.success)}
 else:
-    out = getattr(pipeline, stage)(pipeline._cfg_for(cfg, args[0]), res, *args)
+    import importlib
+    module = next(m for m in ("data", "model", "scoring", "publish", "reporting")
+                  if hasattr(importlib.import_module(f"churn.stages.{m}"), stage))
+    out = getattr(importlib.import_module(f"churn.stages.{module}"), stage)(common_stages.cfg_for(cfg, args[0]), res, *args)
 usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 open(out_path, "w").write(json.dumps({"out": out, "peak_rss_mb": usage, "children_peak_rss_mb": children,

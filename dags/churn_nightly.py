@@ -195,7 +195,7 @@ def churn_nightly():
     exported = export(run, scored, pg_published, validated)
     exported.set_upstream(redis_published)
     stages = {
-        "ingested": ingested, "validated": validated, "splits": splits, "trained": trained,
+        "ingested": ingested, "validated": validated, "drift": drifted, "splits": splits, "trained": trained,
         "evaluation": evaluation, "registered": registered, "scored": scored, "pg_published": pg_published,
         "redis_published": redis_published, "exported": exported,
     }

@@ -21,6 +21,7 @@ import numpy as np
 from churn.config import ChurnConfig
 from churn.data.drift import psi_from_shares
 from churn.db import ensure_schema, to_jsonb
+from churn.report import stage_timings
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def build_run_metrics(conn, run_key: str, summary: dict, scores_path: str | None
         dry_run=dry_run, rows_in=sum(v for v in ingested.values() if isinstance(v, int)) if ingested else None,
         rows_quarantined=sum(v for v in quarantined.values() if isinstance(v, int)) if quarantined else None,
         rows_scored=summary.get("scored"), rows_published=summary.get("published_postgres"),
-        stage_seconds={k: v for k, v in (summary.get("stage_seconds") or {}).items() if v is not None},
+        stage_seconds={k: v for k, v in stage_timings(summary).items() if v is not None},
         score_summary=scores, prediction_psi=drift, previous_run_key=prev[0] if prev else None,
     )
 

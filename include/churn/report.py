@@ -112,6 +112,14 @@ def plot_score_distribution(current: dict, previous: dict | None, previous_key: 
     return _svg(fig)
 
 
+def stage_timings(summary: dict) -> dict:
+    """Seconds per stage of a run summary (``stage_timings``; summaries stored before it named them ``stage_seconds``)."""
+    timings = summary.get("stage_timings")
+    if timings is None and isinstance(summary.get("stage_seconds"), dict):
+        timings = summary["stage_seconds"]
+    return dict(timings or {})
+
+
 def plot_stage_timings(stage_seconds: dict[str, float]) -> str:
     """Horizontal bars of seconds per stage, as SVG."""
     fig, ax = _figure(6.0, 0.35 * max(len(stage_seconds), 3) + 0.8)
@@ -221,7 +229,7 @@ def build_report(run: dict, summary: dict, stages: dict, monitoring: dict | None
 
     monitoring = monitoring or {}
     params = run.get("params") or {}
-    stage_seconds = {k: v for k, v in (summary.get("stage_seconds") or {}).items() if isinstance(v, (int, float))}
+    stage_seconds = {k: v for k, v in stage_timings(summary).items() if isinstance(v, (int, float))}
     ordered = {k: stage_seconds[k] for k in STAGE_ORDER if k in stage_seconds}
     ordered.update({k: v for k, v in stage_seconds.items() if k not in ordered})
     kpis = [("customers scored", summary.get("scored")), ("published", summary.get("published_postgres")),

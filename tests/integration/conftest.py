@@ -31,7 +31,8 @@ def scores(tmp_path):
 def model_data(services, pg_admin_url, tmp_path_factory):
     """Source tables in their own database, then the real start_run -> ingest -> split stages (registry and gate
     tests)."""
-    from churn import pipeline
+    from churn.stages import common as common_stages, data as data_stages
+    from tests.support.stage_refs import validated_ref
     from churn.data.generate import generate, load_source_tables
     from churn.model.features import ModelSignature
     from churn.model.train import fit_baseline
@@ -48,9 +49,9 @@ def model_data(services, pg_admin_url, tmp_path_factory):
     state = tmp_path_factory.mktemp("model_state")
     cfg = ChurnConfig(state_dir=state)
     res = Resources.from_urls(url, services.redis_url)
-    run = pipeline.start_run(cfg, res, MODEL_AS_OF, "test-run")
-    ingested = pipeline.ingest(cfg, res, run)
-    splits = pipeline.split(cfg, res, run, {"train": {"clean_path": ingested["train"]["path"]}})
+    run = common_stages.start_run(cfg, res, MODEL_AS_OF, "test-run")
+    ingested = data_stages.ingest(cfg, res, run)
+    splits = data_stages.split(cfg, res, run, validated_ref(train_clean=ingested["train"]["path"]))
     train = pd.read_parquet(splits["paths"]["train"])
     valid = pd.read_parquet(splits["paths"]["valid"])
     test = pd.read_parquet(splits["paths"]["test"])

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from churn import pipeline
+from churn.stages import common as common_stages, data as data_stages
 from churn.config import ChurnConfig
 from churn.connections import Resources
 from churn.data import sources
@@ -43,9 +43,9 @@ def make_cfg(tmp_path: Path, path: Path, **extra: str) -> ChurnConfig:
 def run_data_stages(cfg: ChurnConfig, pg_url: str, redis_url: str, as_of: date = RUN_DATE) -> tuple[dict, dict]:
     """start_run -> ingest -> profile_and_validate, as the DAG calls them."""
     res = Resources.from_urls(pg_url, redis_url)
-    run = pipeline.start_run(cfg, res, as_of, f"test-{as_of}")
-    ingested = pipeline.ingest(cfg, res, run)
-    return run, pipeline.profile_and_validate(cfg, res, run, ingested)
+    run = common_stages.start_run(cfg, res, as_of, f"test-{as_of}")
+    ingested = data_stages.ingest(cfg, res, run)
+    return run, data_stages.profile_and_validate(cfg, res, run, ingested)
 
 
 def quarantined(pg_conn, dataset: str = "train") -> dict[str | None, list[str]]:
@@ -81,11 +81,11 @@ def test_missing_required_column_names_it(corpus, tmp_path, fresh_pg_url, redis_
 def test_extra_columns_are_ignored_and_reported(corpus, tmp_path, fresh_pg_url, redis_url, pg_conn):
     cfg = make_cfg(tmp_path, corpus["extra_columns"])
     res = Resources.from_urls(fresh_pg_url, redis_url)
-    run = pipeline.start_run(cfg, res, RUN_DATE, "t")
-    ingested = pipeline.ingest(cfg, res, run)
+    run = common_stages.start_run(cfg, res, RUN_DATE, "t")
+    ingested = data_stages.ingest(cfg, res, run)
     assert ingested["train"]["ignored_columns"] == ["loyalty_tier", "notes"]
     assert "loyalty_tier" not in pd.read_parquet(ingested["train"]["path"]).columns
-    validated = pipeline.profile_and_validate(cfg, res, run, ingested)
+    validated = data_stages.profile_and_validate(cfg, res, run, ingested)
     assert validated["train"]["success"] and validated["train"]["rows_quarantined"] == 0
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churn import pipeline
+from churn.stages import common as common_stages, data as data_stages, model as model_stages
 from churn.config import ChurnConfig
 from churn.connections import Resources
 from churn.data.drift import compute_drift, ks_numeric, psi_categorical, psi_numeric
@@ -60,10 +60,10 @@ def test_synthetic_source_validates_and_drift_feeds_the_retrain_decision(pg_conn
     load_source_tables(pg_conn, generate(3000, RUN_DATE, seed=5))
     cfg = ChurnConfig.from_env({"CHURN_STATE_DIR": str(tmp_path / "state")})
     res = Resources.from_urls(fresh_pg_url, redis_url)
-    run = pipeline.start_run(cfg, res, RUN_DATE, "test-drift")
-    ingested = pipeline.ingest(cfg, res, run)
+    run = common_stages.start_run(cfg, res, RUN_DATE, "test-drift")
+    ingested = data_stages.ingest(cfg, res, run)
     assert ingested["dataset"] == "churn_synthetic" and Path(ingested["spec_path"]).exists()
-    validated = pipeline.profile_and_validate(cfg, res, run, ingested)
+    validated = data_stages.profile_and_validate(cfg, res, run, ingested)
     assert validated["train"]["success"] and validated["score"]["success"]
     assert Path(validated["data_docs_path"]).exists() and Path(validated["score"]["data_docs_path"]).exists()
     with pg_conn.cursor() as cur:
@@ -86,11 +86,11 @@ def test_synthetic_source_validates_and_drift_feeds_the_retrain_decision(pg_conn
                       artifact_path=artifact, artifact_sha256=sha, data_fingerprint="test")
     registry.promote(pg_conn, version_dir.name, "test")
 
-    missing = pipeline.drift(cfg, res, run, validated)
+    missing = data_stages.drift(cfg, res, run, validated)
     assert missing["computed"] is False and "reference.parquet" in missing["reason"]
 
     train_clean[[spec.id_column, *signature.feature_columns]].to_parquet(version_dir / "reference.parquet")
-    steady = pipeline.drift(cfg, res, run, validated)
+    steady = data_stages.drift(cfg, res, run, validated)
     assert steady["computed"] and set(steady["features"]) == set(signature.feature_columns)
     assert steady["features"]["monthly_charge"]["psi"] < cfg.drift_psi_threshold
     assert steady["features"]["monthly_charge"]["ks"] is not None and steady["features"]["contract"]["ks"] is None
@@ -104,9 +104,9 @@ def test_synthetic_source_validates_and_drift_feeds_the_retrain_decision(pg_conn
     shifted_path = tmp_path / "score_shifted.parquet"
     score = pd.read_parquet(validated["score"]["clean_path"])
     score.assign(monthly_charge=score["monthly_charge"] * 3).to_parquet(shifted_path)
-    shifted = pipeline.drift(cfg, res, run, {**validated, "score": {**validated["score"], "clean_path": str(shifted_path)}})
+    shifted = data_stages.drift(cfg, res, run, {**validated, "score": {**validated["score"], "clean_path": str(shifted_path)}})
     assert "monthly_charge" in shifted["drifted"] and shifted["max_psi_feature"] == "monthly_charge"
-    retrain, why = pipeline.retrain_decision(cfg, res, run, shifted)
+    retrain, why = model_stages.retrain_decision(cfg, res, run, shifted)
     assert retrain and "drift" in why and "monthly_charge" in why
     with pg_conn.cursor() as cur:  # re-running the stage replaced the run's rows, no duplicates
         cur.execute("SELECT count(*) FROM churn.drift_metrics WHERE run_key = %s", (run["run_key"],))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from churn import pipeline
+from churn.stages import common as common_stages, data as data_stages, model as model_stages, scoring as scoring_stages
 from churn.config import ChurnConfig
 from churn.connections import Resources
 from churn.data.spec import SPEC_FILE
@@ -36,15 +36,15 @@ def telco_cfg(tmp_path) -> ChurnConfig:
 
 def test_telco_file_ingests_validates_trains_and_scores(telco_cfg, fresh_pg_url, redis_url, pg_conn):
     res = Resources.from_urls(fresh_pg_url, redis_url)
-    run = pipeline.start_run(telco_cfg, res, RUN_DATE, "test-telco")
-    ingested = pipeline.ingest(telco_cfg, res, run)
+    run = common_stages.start_run(telco_cfg, res, RUN_DATE, "test-telco")
+    ingested = data_stages.ingest(telco_cfg, res, run)
     assert ingested["train"]["rows"] == ingested["score"]["rows"] == 7043
     assert ingested["train"]["max_chunk_rows"] <= 1000  # read in bounded chunks
     spec = json.loads(Path(ingested["spec_path"]).read_text())
     assert Path(ingested["spec_path"]).name == SPEC_FILE
     assert (spec["id_column"], spec["label_column"], spec["suite"]) == ("customerID", "Churn", "telco_churn")
 
-    validated = pipeline.profile_and_validate(telco_cfg, res, run, ingested)
+    validated = data_stages.profile_and_validate(telco_cfg, res, run, ingested)
     # The 11 blank TotalCharges are missing values (imputed later), not bad rows.
     assert validated["train"]["rows_quarantined"] == 0 and validated["score"]["rows_quarantined"] == 0
     clean = pd.read_parquet(validated["train"]["clean_path"])
@@ -62,17 +62,17 @@ def test_telco_file_ingests_validates_trains_and_scores(telco_cfg, fresh_pg_url,
         profile = cur.fetchone()[0]
         assert profile["min"] == 0 and profile["max"] == 72
 
-    drifted = pipeline.drift(telco_cfg, res, run, validated)
+    drifted = data_stages.drift(telco_cfg, res, run, validated)
     assert drifted["computed"] is False and "no champion" in drifted["reason"]
 
-    splits = pipeline.split(telco_cfg, res, run, validated)
-    trained = pipeline.train(telco_cfg, res, run, splits, drifted)
+    splits = data_stages.split(telco_cfg, res, run, validated)
+    trained = model_stages.train(telco_cfg, res, run, splits, drifted)
     assert trained["retrained"] and [c["name"] for c in trained["candidates"]] == ["logistic_baseline",
                                                                                 "hist_gradient_boosting"]
-    evaluation = pipeline.evaluate_and_gate(telco_cfg, res, run, splits, trained)
-    registered = pipeline.register(telco_cfg, res, run, splits, evaluation)
+    evaluation = model_stages.evaluate_and_gate(telco_cfg, res, run, splits, trained)
+    registered = model_stages.register(telco_cfg, res, run, splits, evaluation)
     assert registered["champion"] is not None, registered
-    scored = pipeline.score(telco_cfg, res, run, validated, registered)
+    scored = scoring_stages.score(telco_cfg, res, run, validated, registered)
     assert scored["rows"] == 7043
     scores = pd.read_parquet(scored["path"])
     assert scores["customer_id"].is_unique and scores["customer_id"].iloc[0] in set(clean["customerID"])

@@ -23,10 +23,11 @@ from churn.config import ChurnConfig, ConfigError
 from churn.connections import Resources
 from churn.data.generate import generate, load_source_tables
 from churn.db import ensure_schema
-from churn.pipeline import export
+from churn.stages.publish import export
 from churn.publish.files import ExportRefused
 from churn.publish.postgres import publish_scores
 from tests.support.sftp_server import SftpTestServer, SshKeys
+from tests.support.stage_refs import validated_ref
 
 RUN_DATE = date(2026, 11, 20)
 RUN_KEY = RUN_DATE.isoformat()
@@ -263,7 +264,7 @@ def file_published(fresh_pg_url, tmp_path):
     conn.close()
     return {"url": fresh_pg_url, "scores": scores, "snapshot": snapshot, "pg_published": dict(result.__dict__),
             "scored": {"path": str(path), "rows": n, "model_version": "2026-11-20-logistic_baseline"},
-            "validated": {"score": {"clean_path": str(clean)}},
+            "validated": validated_ref(score_clean=clean),
             "run": {"run_key": RUN_KEY, "as_of": RUN_KEY, "run_dir": str(run_dir), "airflow_run_id": "manual__f",
                     "params": {}}}
 

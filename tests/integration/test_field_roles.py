@@ -9,7 +9,7 @@ from datetime import date
 import psycopg2
 import pytest
 
-from churn import pipeline
+from churn.stages import common as common_stages, data as data_stages, model as model_stages, publish as publish_stages, scoring as scoring_stages
 from churn.config import ChurnConfig
 from churn.connections import Resources
 from churn.db import SchemaNotMigrated, ensure_schema
@@ -60,16 +60,16 @@ def test_the_pipeline_runs_as_a_publisher_that_can_alter_nothing_it_does_not_own
                                 "CHURN_STATE_DIR": str(tmp_path / "state"), "CHURN_TRAIN_TPOT": "false",
                                 "CHURN_EXPORT_PMML": "false", "CHURN_PG_READER_ROLE": roles["reader"]})
     res = Resources.from_urls(roles["urls"]["publisher"], redis_url)
-    run = pipeline.start_run(cfg, res, RUN_DATE, "roles")
-    ingested = pipeline.ingest(cfg, res, run)
-    validated = pipeline.profile_and_validate(cfg, res, run, ingested)
-    drifted = pipeline.drift(cfg, res, run, validated)
-    splits = pipeline.split(cfg, res, run, validated)
-    trained = pipeline.train(cfg, res, run, splits, drifted)
-    evaluation = pipeline.evaluate_and_gate(cfg, res, run, splits, trained)
-    registered = pipeline.register(cfg, res, run, splits, evaluation)
-    scored = pipeline.score(cfg, res, run, validated, registered)
-    published = pipeline.publish_postgres(cfg, res, run, scored)
+    run = common_stages.start_run(cfg, res, RUN_DATE, "roles")
+    ingested = data_stages.ingest(cfg, res, run)
+    validated = data_stages.profile_and_validate(cfg, res, run, ingested)
+    drifted = data_stages.drift(cfg, res, run, validated)
+    splits = data_stages.split(cfg, res, run, validated)
+    trained = model_stages.train(cfg, res, run, splits, drifted)
+    evaluation = model_stages.evaluate_and_gate(cfg, res, run, splits, trained)
+    registered = model_stages.register(cfg, res, run, splits, evaluation)
+    scored = scoring_stages.score(cfg, res, run, validated, registered)
+    published = publish_stages.publish_postgres(cfg, res, run, scored)
     assert published["is_current"] and published["rows"] == 2_000
     assert published["reader_role"] == roles["reader"]  # the publisher granted its new views to the reader
 

@@ -17,9 +17,10 @@ import psycopg2
 import pytest
 from distributed import LocalCluster
 
-from churn import pipeline
+from churn.stages import common as common_stages, model as model_stages, scoring as scoring_stages
 from churn.model import registry
 from churn.model.train import fit_baseline
+from tests.support.stage_refs import validated_ref
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +55,7 @@ def _repeated_train_split(data: dict, folder: Path, rows: int) -> dict:
 
 
 def _baseline_only(data: dict, splits: dict, run: dict) -> dict:
-    """What ``pipeline.train`` returns, for a real logistic baseline fitted on ``splits`` (no TPOT)."""
+    """What ``model_stages.train`` returns, for a real logistic baseline fitted on ``splits`` (no TPOT)."""
     train, valid = (pd.read_parquet(splits["paths"][n]) for n in ("train", "valid"))
     cand = fit_baseline(train, valid, data["signature"], random_state=0)
     out = Path(run["run_dir"]) / "candidates"
@@ -94,14 +95,14 @@ def test_first_model_trained_on_shuffled_labels_is_refused(model_data, tmp_path)
     run = _run(data, "2026-10-01", {"retrain": True, "train_budget_minutes": 0.15, "max_eval_minutes": 0.1})
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp",
                       dashboard_address=":0") as cluster:
-        trained = pipeline.train(cfg.replace(dask_scheduler_address=cluster.scheduler_address), data["res"], run,
+        trained = model_stages.train(cfg.replace(dask_scheduler_address=cluster.scheduler_address), data["res"], run,
                                  splits)
     assert {c["name"] for c in trained["candidates"]} == {"logistic_baseline", "hist_gradient_boosting", "tpot"}
     for cand in trained["candidates"]:  # every candidate carries the same k-fold estimate with its spread
         assert 0 <= cand["cv_roc_auc_std"] < 0.2 and cand["cv_folds"] == 5 and cand["cv_rows"] > 0
-    evaluation = pipeline.evaluate_and_gate(cfg, data["res"], run, splits, trained)
+    evaluation = model_stages.evaluate_and_gate(cfg, data["res"], run, splits, trained)
     assert evaluation["promote"] is False
-    registered = pipeline.register(cfg, data["res"], run, splits, evaluation)
+    registered = model_stages.register(cfg, data["res"], run, splits, evaluation)
     assert registered["champion"] is None
     state = _registry_rows(data["url"])
     assert state["champion"] is None
@@ -125,8 +126,8 @@ def test_first_model_trained_on_shuffled_labels_is_refused(model_data, tmp_path)
         assert ("pmml" in row["formats"]) == pmml["exported"]
         assert pmml["parity_max_abs_diff"] < 1e-6 if pmml["exported"] else pmml["error"]
     # nothing to score with: the score stage says so instead of using a refused model
-    with pytest.raises(pipeline.NoChampionError, match="refused by the gate"):
-        pipeline.score(cfg, data["res"], run, {"score": {"clean_path": splits["paths"]["test"]}}, registered)
+    with pytest.raises(common_stages.NoChampionError, match="refused by the gate"):
+        scoring_stages.score(cfg, data["res"], run, validated_ref(score_clean=splits["paths"]["test"]), registered)
 
 
 def test_shuffled_challenger_never_replaces_a_champion_even_with_a_permissive_floor(model_data, tmp_path):  # noqa: F811
@@ -135,9 +136,9 @@ def test_shuffled_challenger_never_replaces_a_champion_even_with_a_permissive_fl
     good_run = _run(data, "2026-10-02")
     cfg = data["cfg"]
     good = _baseline_only(data, data["splits"], good_run)
-    evaluation = pipeline.evaluate_and_gate(cfg, data["res"], good_run, data["splits"], good)
+    evaluation = model_stages.evaluate_and_gate(cfg, data["res"], good_run, data["splits"], good)
     assert evaluation["promote"], evaluation["reason"]
-    done = pipeline.register(cfg, data["res"], good_run, data["splits"], evaluation)
+    done = model_stages.register(cfg, data["res"], good_run, data["splits"], evaluation)
     champion = _registry_rows(data["url"])["champion"]
     assert champion == done["champion"] and champion.startswith("2026-10-02-logistic_baseline-")
 
@@ -148,9 +149,9 @@ def test_shuffled_challenger_never_replaces_a_champion_even_with_a_permissive_fl
         splits = _shuffled_splits(data, tmp_path / f"s{seed}", seed=seed)
         run = _run(data, f"2026-10-1{seed}")
         trained = _baseline_only(data, splits, run)
-        evaluation = pipeline.evaluate_and_gate(permissive, data["res"], run, splits, trained)
+        evaluation = model_stages.evaluate_and_gate(permissive, data["res"], run, splits, trained)
         assert evaluation["promote"] is False, evaluation["reason"]
-        done = pipeline.register(permissive, data["res"], run, splits, evaluation)
+        done = model_stages.register(permissive, data["res"], run, splits, evaluation)
         row = _registry_rows(data["url"])["rows"][done["registered"][0]["version"]]
         assert row["status"] == "refused"
         assert "champion" in row["reason"] or "random" in row["reason"]
@@ -158,8 +159,8 @@ def test_shuffled_challenger_never_replaces_a_champion_even_with_a_permissive_fl
     assert registry.champion(psycopg2.connect(data["url"])).version == champion
 
     # 3) scoring still uses the champion
-    scored = pipeline.score(cfg, data["res"], _run(data, "2026-10-20"),
-                            {"score": {"clean_path": data["splits"]["paths"]["test"]}}, {"registered": []})
+    scored = scoring_stages.score(cfg, data["res"], _run(data, "2026-10-20"),
+                                  validated_ref(score_clean=data["splits"]["paths"]["test"]), {"registered": []})
     assert scored["model_version"] == champion
     assert json.dumps(scored)  # a reference dict, JSON-able for XCom
 
@@ -173,11 +174,11 @@ def test_empty_tpot_search_falls_back_to_the_baseline_candidate(model_data, tmp_
     cfg = data["cfg"].replace(tpot_population_size=2, tpot_cv=2, search_rows_per_minute=10**9)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
                       dashboard_address=":0") as cluster:
-        trained = pipeline.train(cfg.replace(dask_scheduler_address=cluster.scheduler_address), data["res"], run,
+        trained = model_stages.train(cfg.replace(dask_scheduler_address=cluster.scheduler_address), data["res"], run,
                                  big)
     assert [c["name"] for c in trained["candidates"]] == ["logistic_baseline", "hist_gradient_boosting"]
     assert "CHURN_TRAIN_BUDGET_MINUTES" in trained["tpot_error"]
-    evaluation = pipeline.evaluate_and_gate(cfg, data["res"], run, big, trained)
+    evaluation = model_stages.evaluate_and_gate(cfg, data["res"], run, big, trained)
     # the defaults still compete, and the cross-validated estimate (not one validation split) picks
     assert evaluation["challenger"] == max(trained["candidates"], key=lambda c: c["cv_roc_auc"])["name"]
 
@@ -190,7 +191,7 @@ def test_a_candidate_swapped_after_training_is_never_unpickled(model_data, tmp_p
     # another pickle, valid and loadable, put in the candidate's place after the train task hashed it
     joblib.dump({"model": "not the trained model", "signature": data["signature"].as_dict()}, path)
     with pytest.raises(registry.ArtifactIntegrityError, match="does not match its recorded hash"):
-        pipeline.evaluate_and_gate(data["cfg"], data["res"], run, data["splits"], trained)
+        model_stages.evaluate_and_gate(data["cfg"], data["res"], run, data["splits"], trained)
 
 
 def test_a_refused_retrain_of_the_same_date_never_touches_the_champion(model_data, tmp_path):  # noqa: F811
@@ -198,10 +199,10 @@ def test_a_refused_retrain_of_the_same_date_never_touches_the_champion(model_dat
     data = model_data
     cfg = data["cfg"].replace(train_tpot=False)
     run = _run(data, "2026-10-05", {"retrain": True})
-    first = pipeline.train(cfg, data["res"], run, data["splits"])
-    evaluation = pipeline.evaluate_and_gate(cfg, data["res"], run, data["splits"], first)
+    first = model_stages.train(cfg, data["res"], run, data["splits"])
+    evaluation = model_stages.evaluate_and_gate(cfg, data["res"], run, data["splits"], first)
     assert evaluation["promote"], evaluation["reason"]
-    pipeline.register(cfg, data["res"], run, data["splits"], evaluation)
+    model_stages.register(cfg, data["res"], run, data["splits"], evaluation)
     conn = psycopg2.connect(data["url"])
     champion = registry.champion(conn)
     champion_bytes = Path(champion.artifact_path).read_bytes()
@@ -209,11 +210,11 @@ def test_a_refused_retrain_of_the_same_date_never_touches_the_champion(model_dat
     # the same date again, trained on labels without signal and judged on the real test labels: refused
     # (a shuffled test split too would make both models' test AUC a coin toss on a few positives)
     shuffled = _shuffled_splits(data, tmp_path / "shuffled", seed=5, keep_test=True)
-    second = pipeline.train(cfg, data["res"], run, shuffled)
+    second = model_stages.train(cfg, data["res"], run, shuffled)
     assert second["attempt"] != first["attempt"]
-    evaluation2 = pipeline.evaluate_and_gate(cfg, data["res"], run, shuffled, second)
+    evaluation2 = model_stages.evaluate_and_gate(cfg, data["res"], run, shuffled, second)
     assert evaluation2["promote"] is False, evaluation2["reason"]
-    done = pipeline.register(cfg, data["res"], run, shuffled, evaluation2)
+    done = model_stages.register(cfg, data["res"], run, shuffled, evaluation2)
     refused_version = done["registered"][0]["version"]
     assert refused_version != champion.version and refused_version.startswith("2026-10-05-")
 
@@ -228,7 +229,7 @@ def test_a_refused_retrain_of_the_same_date_never_touches_the_champion(model_dat
 
     # re-running the second attempt's register (a cleared task) is idempotent: no new row, nothing rewritten
     refused_bytes = Path(refused.artifact_path).read_bytes()
-    again = pipeline.register(cfg, data["res"], run, shuffled, evaluation2)
+    again = model_stages.register(cfg, data["res"], run, shuffled, evaluation2)
     assert [r["version"] for r in again["registered"]] == [r["version"] for r in done["registered"]]
     assert registry.get(conn, refused_version) == refused
     assert Path(refused.artifact_path).read_bytes() == refused_bytes
@@ -264,7 +265,7 @@ def test_a_search_that_finds_nothing_better_leaves_the_best_default_as_challenge
                           "valid_roc_auc": cand.valid_roc_auc, "fit_seconds": 0.0, "params": cand.params,
                           **selection_estimate(cand.pipeline, train, valid, signature)})
     trained = {"retrained": True, "reason": "test", "attempt": "seed01", "candidates": described}
-    evaluation = pipeline.evaluate_and_gate(data["cfg"], data["res"], run, data["splits"], trained)
+    evaluation = model_stages.evaluate_and_gate(data["cfg"], data["res"], run, data["splits"], trained)
     scores = {c["name"]: c["cv_roc_auc"] for c in described}
     assert scores["tpot"] < max(scores["logistic_baseline"], scores["hist_gradient_boosting"])
     assert evaluation["challenger"] in ("logistic_baseline", "hist_gradient_boosting")

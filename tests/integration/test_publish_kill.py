@@ -25,6 +25,7 @@ from churn.connections import Resources
 from churn.publish import postgres as pgpub
 from churn.publish import redis_store as rs
 from tests.support.scores import RUN_A, RUN_B, write_scores
+from tests.support.stage_refs import scored_ref
 
 BUCKETS = 64
 A_N, B_FIRST, B_N = 3000, 500, 3500  # run A: C1..C3000; run B: C501..C4000
@@ -168,12 +169,12 @@ def test_sigkill_at_any_point_keeps_the_previous_batch_and_the_retry_completes(
             assert redis_after_kill["overlap"] <= {RUN_A, RUN_B} and None not in redis_after_kill["overlap"]
 
         # the Airflow retry: the real pipeline stages, from scratch
-        from churn.pipeline import publish_postgres, publish_redis
+        from churn.stages.publish import publish_postgres, publish_redis
 
         cfg = ChurnConfig(state_dir=tmp_path, redis_layout=layout, redis_hash_buckets=BUCKETS, pg_reader_role="")
         res = Resources.from_urls(fresh_pg_url, redis_url)
         run = {"run_key": RUN_B, "run_dir": str(tmp_path), "params": {}}
-        scored = {"path": str(path_b), "model_version": f"{RUN_B}-logreg"}
+        scored = scored_ref(path_b, f"{RUN_B}-logreg")
         pg_out = publish_postgres(cfg, res, run, scored)
         redis_out = publish_redis(cfg, res, run, scored, pg_out)
         checks = reader.checks

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from churn import pipeline
+from churn.stages import publish as publish_stages
 from churn.config import ChurnConfig
 from churn.connections import Resources
 from churn.publish import redis_store as rs
 from churn.publish.postgres import current_run
 from tests.support.scores import write_scores
+from tests.support.stage_refs import scored_ref
 
 pytestmark = pytest.mark.integration
 OLD, NEW = "2026-11-20", "2026-11-21"
@@ -22,10 +23,10 @@ def _run(tmp: Path, key: str) -> dict:
 
 
 def _publish_both(cfg, res, tmp, key, first, count):
-    scored = {"path": str(write_scores(tmp / f"{key}.parquet", key, first, count, seed=len(key) + first)),
-              "model_version": f"{key}-logreg"}
-    pg = pipeline.publish_postgres(cfg, res, _run(tmp, key), scored)
-    return scored, pg, pipeline.publish_redis(cfg, res, _run(tmp, key), scored, pg)
+    scored = scored_ref(write_scores(tmp / f"{key}.parquet", key, first, count, seed=len(key) + first),
+                        f"{key}-logreg")
+    pg = publish_stages.publish_postgres(cfg, res, _run(tmp, key), scored)
+    return scored, pg, publish_stages.publish_redis(cfg, res, _run(tmp, key), scored, pg)
 
 
 @pytest.mark.parametrize("order", [(OLD, NEW), (NEW, OLD)], ids=["old-then-new", "new-then-old"])
@@ -50,7 +51,7 @@ def test_a_cleared_old_publish_redis_keeps_the_newer_batch(fresh_pg_url, redis_c
     assert old_pg["is_current"] is True  # what the old run's XCom still says
     before = {k: redis_client.dump(k) for k in redis_client.keys() if k != b"churn:meta"}
     # clearing yesterday's publish_redis replays it with yesterday's XCom
-    again = pipeline.publish_redis(cfg, res, _run(tmp_path, OLD), old_scored, old_pg)
+    again = publish_stages.publish_redis(cfg, res, _run(tmp_path, OLD), old_scored, old_pg)
     assert again["skipped"] is True and NEW in again["reason"]
     assert rs.served_run(redis_client) == NEW
     assert {k: redis_client.dump(k) for k in redis_client.keys() if k != b"churn:meta"} == before

@@ -11,6 +11,7 @@ import pytest
 from churn.publish import postgres as pgpub
 from tests.support.scores import RUN_A, RUN_B, write_scores
 from tests.support.servers import url_as
+from tests.support.stage_refs import scored_ref
 
 
 def current_state(url: str) -> tuple[int, set[str]]:
@@ -139,13 +140,13 @@ def test_a_file_of_another_run_is_refused_before_anything_switches(pg_conn, scor
 def test_unreachable_postgres_fails_the_stage_with_a_clear_error(tmp_path, scores, redis_url):
     from churn.config import ChurnConfig
     from churn.connections import Resources
-    from churn.pipeline import publish_postgres
+    from churn.stages.publish import publish_postgres
     from tests.support.servers import free_port
 
     res = Resources.from_urls(f"postgresql://postgres@127.0.0.1:{free_port()}/churn?connect_timeout=2", redis_url)
     run = {"run_key": RUN_A, "run_dir": str(tmp_path), "params": {}}
     with pytest.raises(pgpub.PublishError, match="cannot reach Postgres.*CHURN_POSTGRES_URL"):
-        publish_postgres(ChurnConfig(state_dir=tmp_path), res, run, {"path": str(scores[RUN_A]), "model_version": "m"})
+        publish_postgres(ChurnConfig(state_dir=tmp_path), res, run, scored_ref(scores[RUN_A], "m"))
 
 
 def test_connection_lost_before_the_switch_leaves_the_old_batch_served(pg_conn, fresh_pg_url, pg_admin_url, scores):
@@ -251,7 +252,7 @@ def test_publisher_without_createrole_still_publishes_and_reports_the_role_fix(f
                                                                                tmp_path, redis_url):
     from churn.config import ChurnConfig
     from churn.connections import Resources
-    from churn.pipeline import publish_postgres
+    from churn.stages.publish import publish_postgres
 
     db = fresh_pg_url.rsplit("/", 1)[1]
     publisher = f"pub_{db}"
@@ -264,7 +265,7 @@ def test_publisher_without_createrole_still_publishes_and_reports_the_role_fix(f
         res = Resources.from_urls(url_as(fresh_pg_url, publisher, "pub-secret"), redis_url)
         cfg = ChurnConfig(state_dir=tmp_path, pg_reader_role="churn_reader_nopriv")
         out = publish_postgres(cfg, res, {"run_key": RUN_A, "run_dir": str(tmp_path), "params": {}},
-                               {"path": str(scores[RUN_A]), "model_version": "m1"})
+                               scored_ref(scores[RUN_A], "m1"))
         assert out["rows"] == 6000 and out["is_current"]
         assert out["reader_role"].startswith("not updated") and "have a DBA run" in out["reader_role"]
         assert current_state(fresh_pg_url) == (6000, {RUN_A})

@@ -28,6 +28,7 @@ from churn.publish.redis_store import lookup_score
 from churn.stages import publish
 from churn.stages.rescore import rescore, start_rescore
 from tests.support import REPO_ROOT
+from tests.support.stage_refs import scored_ref
 from tests.support.nightly import RUN_DATE, run_nightly
 from tests.support.servers import fresh_stores
 
@@ -318,8 +319,9 @@ def _republish(platform, run_key: str) -> None:
 
     pq.write_table(pa.Table.from_pandas(frame, schema=pq.read_schema(scored["path"]), preserve_index=False), path)
     run = {"run_key": run_key, "run_dir": str(platform["tmp"]), "params": {}}
-    pg_published = publish.publish_postgres(cfg, res, run, {"path": str(path), "model_version": scored["model_version"]})
-    publish.publish_redis(cfg, res, run, {"path": str(path), "model_version": scored["model_version"]}, pg_published)
+    ref = scored_ref(path, scored["model_version"])
+    pg_published = publish.publish_postgres(cfg, res, run, ref)
+    publish.publish_redis(cfg, res, run, ref, pg_published)
 
 
 def test_the_batch_keeps_newer_refreshes_and_the_next_nightly_batch_supersedes_them(platform):

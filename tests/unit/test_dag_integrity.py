@@ -20,6 +20,7 @@ for dag_id, dag in bag.dags.items():
     out["dags"][dag_id] = {"tags": sorted(dag.tags), "retries": [t.retries for t in dag.tasks],
                            "schedule": str(dag.schedule), "catchup": dag.catchup,
                            "tasks": [t.task_id for t in dag.tasks],
+                           "upstream": {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks},
                            "deadline": [{"reference": type(d.reference).__name__,
                                          "interval_s": d.interval.total_seconds(),
                                          "callback": getattr(d.callback, "path", str(d.callback))}
@@ -57,6 +58,13 @@ def test_nightly_is_cron_scheduled_without_catchup(dagbag):
     assert dag["tasks"][:5] == ["start_run", "ingest", "profile_and_validate", "drift", "split"]
     for stage in ("train", "evaluate_and_gate", "register", "score", "publish_postgres", "publish_redis", "export"):
         assert stage in dag["tasks"]
+
+
+def test_report_gets_every_stage_result_from_the_stage_graph(dagbag):
+    upstream = dagbag["dags"]["churn_nightly"]["upstream"]
+    # drift included: the report reads it from the task's XCom, not back from the database
+    assert {"drift", "ingest", "profile_and_validate", "score", "export", "summarize"} <= set(upstream["report"])
+    assert "report" in upstream["purge"]  # retention after the report
 
 
 def test_scheduled_runs_carry_the_deadline_alert(dagbag):

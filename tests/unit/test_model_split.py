@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churn import pipeline
+from churn.stages import data as data_stages
 from churn.config import ChurnConfig
 from churn.model.train import split_ids
+from tests.support.stage_refs import validated_ref
 
 
 def population(n: int, start: int = 0, seed: int = 0) -> pd.DataFrame:
@@ -62,7 +63,7 @@ def test_split_stage_writes_disjoint_deterministic_parts(tmp_path):
     for attempt in ("a", "b"):
         run = {"run_key": "2026-11-20", "run_dir": str(tmp_path / attempt)}
         (tmp_path / attempt).mkdir()
-        outs.append(pipeline.split(cfg, None, run, {"train": {"clean_path": str(clean)}}))
+        outs.append(data_stages.split(cfg, None, run, validated_ref(train_clean=clean)))
     parts = {name: pd.read_parquet(outs[0]["paths"][name]) for name in ("train", "valid", "test")}
     ids = [set(p["customer_id"]) for p in parts.values()]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
@@ -78,4 +79,4 @@ def test_split_stage_refuses_a_split_without_both_classes(tmp_path):
     population(30, seed=1).assign(churned=0).to_parquet(clean, index=False)
     run = {"run_key": "2026-11-20", "run_dir": str(tmp_path)}
     with pytest.raises(ValueError, match="only one class"):
-        pipeline.split(ChurnConfig(state_dir=tmp_path), None, run, {"train": {"clean_path": str(clean)}})
+        data_stages.split(ChurnConfig(state_dir=tmp_path), None, run, validated_ref(train_clean=clean))

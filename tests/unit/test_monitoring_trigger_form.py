@@ -64,7 +64,7 @@ def test_form_accepts_good_and_rejects_bad_values(resolved, index):
 def test_dry_run_publishes_nothing_and_sampling_is_deterministic(tmp_path):
     import pandas as pd
 
-    from churn import pipeline
+    from churn.stages import data as data_stages, publish as publish_stages
     from churn.config import ChurnConfig
     from churn.connections import Resources
 
@@ -75,15 +75,15 @@ def test_dry_run_publishes_nothing_and_sampling_is_deterministic(tmp_path):
     run = {"run_key": "2026-11-20", "run_dir": str(tmp_path), "params": {"dry_run": True}}
     cfg = ChurnConfig(state_dir=tmp_path)
     scored = {"path": "unused.parquet", "model_version": "v", "rows": 10}
-    pg = pipeline.publish_postgres(cfg, res, run, scored)
+    pg = publish_stages.publish_postgres(cfg, res, run, scored)
     assert pg["skipped"] and pg["rows"] == 0 and "dry run" in pg["reason"]
-    assert pipeline.publish_redis(cfg, res, run, scored, pg)["skipped"]
-    assert pipeline.export(cfg, res, run, scored, pg)["path"] is None
+    assert publish_stages.publish_redis(cfg, res, run, scored, pg)["skipped"]
+    assert publish_stages.export(cfg, res, run, scored, pg)["path"] is None
 
     frame = pd.DataFrame({"customer_id": [f"C{i:08d}" for i in range(4000)], "x": range(4000)})
     first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
     frame.to_parquet(first, index=False)
     frame.iloc[::-1].to_parquet(second, index=False)
-    kept = pipeline._sample_snapshot(str(first), 0.25, 42)
-    assert 850 < kept < 1150 and pipeline._sample_snapshot(str(second), 0.25, 42) == kept
+    kept = data_stages.sample_snapshot(str(first), 0.25, 42)
+    assert 850 < kept < 1150 and data_stages.sample_snapshot(str(second), 0.25, 42) == kept
     assert set(pd.read_parquet(first)["customer_id"]) == set(pd.read_parquet(second)["customer_id"])

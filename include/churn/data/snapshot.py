@@ -23,3 +23,5 @@ class Snapshot:
     """Columns the files or the query return that are not in the dataset spec (not read, logged)."""
     max_chunk_rows: int | None = None
     """Largest number of rows held in memory at once while reading (file sources)."""
+    sample_fraction: float | None = None
+    """Share of the population kept when the run sampled it (trigger parameter ``sample_fraction``)."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from datetime import date
+from typing import Any
 
 from churn.config import ChurnConfig
 from churn.connections import Resources
 from churn.db import ensure_schema
+from churn.stages.results import RunRef
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +24,7 @@ class NoChampionError(RuntimeError):
 
 
 def cfg_for(cfg: ChurnConfig, run: dict) -> ChurnConfig:
+    """The configuration with the run's trigger-form overrides applied."""
     overrides = {field: run["params"][param] for param, field in PARAM_FIELDS.items()
                  if run.get("params", {}).get(param) is not None}
     return cfg.replace(**overrides) if overrides else cfg
@@ -32,10 +35,15 @@ def is_dry_run(run: dict) -> bool:
     return bool(run.get("params", {}).get("dry_run"))
 
 
-def timed(run: dict, stage: str, started: float, result: dict) -> dict:
-    result["stage_seconds"] = round(time.monotonic() - started, 3)
-    log.info("stage %s of run %s took %.2f s", stage, run["run_key"], result["stage_seconds"])
-    return result
+def timed(run: dict, stage: str, started: float, result: Any) -> dict:
+    """Set the stage's own ``stage_seconds`` on its typed result and return the serialized form (XCom)."""
+    seconds = round(time.monotonic() - started, 3)
+    log.info("stage %s of run %s took %.2f s", stage, run["run_key"], seconds)
+    if isinstance(result, dict):  # the re-score's totals: a free-form dict
+        result["stage_seconds"] = seconds
+        return result
+    result.stage_seconds = seconds
+    return result.as_dict()
 
 
 def start_run(cfg: ChurnConfig, res: Resources, as_of: date, airflow_run_id: str, params: dict | None = None) -> dict:
@@ -53,5 +61,5 @@ def start_run(cfg: ChurnConfig, res: Resources, as_of: date, airflow_run_id: str
                 (run_key, airflow_run_id),
             )
         conn.commit()
-    return {"run_key": run_key, "as_of": run_key, "run_dir": str(run_dir), "airflow_run_id": airflow_run_id,
-            "params": dict(params or {})}
+    return RunRef(run_key=run_key, as_of=run_key, run_dir=str(run_dir), airflow_run_id=airflow_run_id,
+                  params=dict(params or {})).as_dict()

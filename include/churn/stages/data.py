@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 from churn.config import ChurnConfig
 from churn.connections import Resources
 from churn.stages.common import is_dry_run, timed
+from churn.stages.results import DriftResult, IngestResult, SplitResult, ValidationResult, parse
 
 log = logging.getLogger(__name__)
 
@@ -38,24 +39,22 @@ def ingest(cfg: ChurnConfig, res: Resources, run: dict) -> dict:
     as_of = date.fromisoformat(run["as_of"])
     run_dir = Path(run["run_dir"])
     got = source_for(cfg, res).nightly(as_of, run_dir)
-    train, score, spec = got.train, got.score, got.spec
-    out = {"train": dict(train.__dict__), "score": dict(score.__dict__)}
+    snapshots, spec = {"train": got.train, "score": got.score}, got.spec
     fraction = float(run.get("params", {}).get("sample_fraction") or 1.0)
     if fraction < 1.0:
         # A published batch must cover everyone (publish_redis deletes customers not scored), so the
         # scored population is sampled only in a dry run; training rows are sampled in every run.
         for dataset in ("train", "score") if is_dry_run(run) else ("train",):
-            out[dataset]["rows"] = sample_snapshot(out[dataset]["path"], fraction, cfg.random_state,
-                                                    spec.id_column, cfg.ingest_chunk_rows)
-            out[dataset]["sample_fraction"] = fraction
-        log.info("sampled %s of the population: %s", fraction, {k: v["rows"] for k, v in out.items()})
-    out["dataset"] = spec.name
-    if got.detected_format:
-        out["detected_format"] = got.detected_format
-    if spec.inference:
-        out["inferred_kinds"] = {k: spec.inference[k] for k in ("numeric", "boolean", "categorical", "ignored")}
-    out["spec_path"] = str(spec.write(run_dir))  # a reference: split/train/validate read the spec from here
-    return timed(run, "ingest", started, out)
+            kept = sample_snapshot(snapshots[dataset].path, fraction, cfg.random_state, spec.id_column,
+                                   cfg.ingest_chunk_rows)
+            snapshots[dataset] = dataclasses.replace(snapshots[dataset], rows=kept, sample_fraction=fraction)
+        log.info("sampled %s of the population: %s", fraction, {k: v.rows for k, v in snapshots.items()})
+    inferred = ({k: spec.inference[k] for k in ("numeric", "boolean", "categorical", "ignored")}
+                if spec.inference else None)
+    return timed(run, "ingest", started, IngestResult(
+        train=snapshots["train"], score=snapshots["score"], dataset=spec.name,
+        detected_format=got.detected_format or None, inferred_kinds=inferred,
+        spec_path=str(spec.write(run_dir))))  # a reference: split/train/validate read the spec from here
 
 
 def profile_and_validate(cfg: ChurnConfig, res: Resources, run: dict, ingested: dict) -> dict:
@@ -67,10 +66,11 @@ def profile_and_validate(cfg: ChurnConfig, res: Resources, run: dict, ingested: 
     started = time.monotonic()
     spec = load_run_spec(run["run_dir"])
     docs_dir = Path(run["run_dir"]) / "data_docs"
-    out: dict[str, Any] = {}
+    snapshots = parse(IngestResult, ingested)
+    outcomes = {}
     with res.pg_session() as conn:
         for dataset in ("train", "score"):
-            path = ingested[dataset]["path"]
+            path = getattr(snapshots, dataset).path
             profile_snapshot(conn, path, run["run_key"], dataset, id_column=spec.id_column,
                              chunk_rows=cfg.ingest_chunk_rows,
                              sample_rows=cfg.profile_sample_rows, seed=cfg.random_state)
@@ -80,9 +80,9 @@ def profile_and_validate(cfg: ChurnConfig, res: Resources, run: dict, ingested: 
                 max_row_count_change=cfg.max_row_count_change, max_data_age_days=cfg.max_data_age_days,
                 docs_dir=docs_dir, chunk_rows=cfg.ingest_chunk_rows,
             )
-            out[dataset] = outcome.as_dict()
-    out["data_docs_path"] = str(docs_dir / "index.html")  # HTML per dataset, linked from this index
-    return timed(run, "profile_and_validate", started, out)
+            outcomes[dataset] = outcome
+    return timed(run, "profile_and_validate", started, ValidationResult(
+        **outcomes, data_docs_path=str(docs_dir / "index.html")))  # HTML per dataset, linked from this index
 
 
 def drift(cfg: ChurnConfig, res: Resources, run: dict, validated: dict) -> dict:
@@ -95,9 +95,9 @@ def drift(cfg: ChurnConfig, res: Resources, run: dict, validated: dict) -> dict:
     with res.pg_session() as conn:
         champ = registry.champion(conn)
         signature = ModelSignature.from_dict(champ.signature) if champ is not None else None
-        report = drift_against_champion(conn, champ, signature, validated["score"]["clean_path"], run["run_key"],
-                                        cfg.drift_psi_threshold, cfg.drift_sample_rows)
-    return timed(run, "drift", started, report.as_dict())
+        report = drift_against_champion(conn, champ, signature, parse(ValidationResult, validated).score.clean_path,
+                                        run["run_key"], cfg.drift_psi_threshold, cfg.drift_sample_rows)
+    return timed(run, "drift", started, DriftResult(**dataclasses.asdict(report)))
 
 
 def split(cfg: ChurnConfig, res: Resources, run: dict, validated: dict) -> dict:
@@ -112,7 +112,8 @@ def split(cfg: ChurnConfig, res: Resources, run: dict, validated: dict) -> dict:
     LABEL_COLUMN = spec.label_column  # noqa: N806 - the dataset's label column (from its spec)
     # At most about max_train_rows rows, chosen by id hash while streaming (each class keeps its share in
     # expectation): the split's memory does not grow with the population.
-    frame, available = sample_frame(validated["train"]["clean_path"], cfg.max_train_rows, spec.id_column,
+    clean_train = parse(ValidationResult, validated).train.clean_path
+    frame, available = sample_frame(clean_train, cfg.max_train_rows, spec.id_column,
                                     cfg.random_state, chunk_rows=cfg.ingest_chunk_rows)
     assignment = split_ids(frame[spec.id_column], cfg.splits)
     paths: dict[str, str] = {}
@@ -128,6 +129,6 @@ def split(cfg: ChurnConfig, res: Resources, run: dict, validated: dict) -> dict:
         part.to_parquet(path, index=False)
         paths[name] = str(path)
         counts[name] = {"rows": len(part), "positives": int(part[LABEL_COLUMN].sum())}
-    fingerprint = file_sha256(validated["train"]["clean_path"])  # read in blocks, not whole
-    return timed(run, "split", started, {"paths": paths, "counts": counts, "data_fingerprint": fingerprint,
-                                          "rows_available": available, "rows_used": len(frame)})
+    fingerprint = file_sha256(clean_train)  # read in blocks, not whole
+    return timed(run, "split", started, SplitResult(paths=paths, counts=counts, data_fingerprint=fingerprint,
+                                                    rows_available=available, rows_used=len(frame)))

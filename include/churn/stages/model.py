@@ -13,7 +13,7 @@ import pandas as pd
 from churn.config import ChurnConfig
 from churn.connections import Resources
 from churn.stages.common import cfg_for, timed
-from churn.stages.results import Candidate, GateResult, RegisterResult, TrainResult
+from churn.stages.results import Candidate, DriftResult, GateResult, RegisterResult, SplitResult, TrainResult, parse
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,11 @@ def retrain_decision(cfg: ChurnConfig, res: Resources, run: dict, drift: dict | 
         champ = registry.champion(conn)
         if champ is None:
             return True, "no champion yet"
-        if drift and drift.get("computed") and drift.get("drifted"):
-            return True, (f"feature drift vs {drift.get('reference_version')}: PSI of {drift['max_psi_feature']} is "
-                          f"{drift['max_psi']} > CHURN_DRIFT_PSI_THRESHOLD={cfg.drift_psi_threshold} "
-                          f"({len(drift['drifted'])} feature(s) drifted)")
+        report = parse(DriftResult, drift) if drift else None
+        if report is not None and report.computed and report.drifted:
+            return True, (f"feature drift vs {report.reference_version}: PSI of {report.max_psi_feature} is "
+                          f"{report.max_psi} > CHURN_DRIFT_PSI_THRESHOLD={cfg.drift_psi_threshold} "
+                          f"({len(report.drifted)} feature(s) drifted)")
         with conn.cursor() as cur:
             cur.execute("SELECT created_at FROM churn.model_registry WHERE version = %s", (champ.version,))
             created = cur.fetchone()[0]
@@ -70,8 +71,9 @@ def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict
     if not retrain:
         log.info("not retraining: %s", why)
         return timed(run, "train", started, TrainResult(retrained=False, reason=why).as_dict())
-    train_df = pd.read_parquet(splits["paths"]["train"])
-    valid_df = pd.read_parquet(splits["paths"]["valid"])
+    split_files = parse(SplitResult, splits).paths
+    train_df = pd.read_parquet(split_files["train"])
+    valid_df = pd.read_parquet(split_files["valid"])
     spec = load_run_spec(run["run_dir"])  # the dataset's columns and kinds, whatever the source
     signature = ModelSignature.infer(train_df, spec.id_column, spec.label_column, spec.numeric, spec.boolean,
                                      spec.categorical)
@@ -86,7 +88,7 @@ def train(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, drift: dict
         try:
             # In a child interpreter: TPOT's Dask processes cannot start inside an executor's task process.
             candidates.append(run_search({
-                "train_path": splits["paths"]["train"], "valid_path": splits["paths"]["valid"],
+                "train_path": split_files["train"], "valid_path": split_files["valid"],
                 "signature": signature.as_dict(), "fit": options,
             }, Path(run["run_dir"]) / "search"))
         except SearchFoundNothing as exc:
@@ -128,7 +130,7 @@ def evaluate_and_gate(cfg: ChurnConfig, res: Resources, run: dict, splits: dict,
     if not training.retrained:
         return timed(run, "evaluate_and_gate", started,
                      GateResult(evaluated=False, promote=False, reason=training.reason).as_dict())
-    test_df = pd.read_parquet(splits["paths"]["test"])
+    test_df = pd.read_parquet(parse(SplitResult, splits).paths["test"])
     results = []
     for cand in map(Candidate.from_dict, training.candidates):
         payload = registry.read_verified(cand.path, cand.sha256)  # as the train task wrote it
@@ -175,8 +177,9 @@ def register(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, evaluati
 
     started = time.monotonic()
     decision = GateResult.from_dict(evaluation)
-    train_df = pd.read_parquet(splits["paths"]["train"]) if decision.candidates else None
-    test_df = pd.read_parquet(splits["paths"]["test"]) if decision.candidates else None
+    split = parse(SplitResult, splits)
+    train_df = pd.read_parquet(split.paths["train"]) if decision.candidates else None
+    test_df = pd.read_parquet(split.paths["test"]) if decision.candidates else None
     with res.pg_session() as conn:
         registered = []
         for cand in map(Candidate.from_dict, decision.candidates):
@@ -211,7 +214,7 @@ def register(cfg: ChurnConfig, res: Resources, run: dict, splits: dict, evaluati
                             "reference_rows": pkg.reference_rows, "onnx": pkg.onnx, "pmml": pkg.pmml,
                             "split_counts": splits.get("counts")},
                     signature=signature, artifact_path=pkg.artifact_path, artifact_sha256=pkg.artifact_sha256,
-                    data_fingerprint=splits["data_fingerprint"], formats=pkg.formats,
+                    data_fingerprint=split.data_fingerprint, formats=pkg.formats,
                 )
                 formats, reference_path = pkg.formats, pkg.reference_path
             # Promote only a challenger that was never champion: a re-run must not bring back a version a

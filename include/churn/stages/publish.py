@@ -9,6 +9,8 @@ import time
 from churn.config import ChurnConfig
 from churn.connections import Resources
 from churn.stages.common import is_dry_run, timed
+from churn.stages.results import (ExportResult, PostgresPublishResult, RedisPublishResult, ScoredResult,
+                                  ValidationResult, parse)
 
 log = logging.getLogger(__name__)
 
@@ -19,18 +21,19 @@ def publish_postgres(cfg: ChurnConfig, res: Resources, run: dict, scored: dict) 
 
     started = time.monotonic()
     if is_dry_run(run):
-        return timed(run, "publish_postgres", started, {"skipped": True, "rows": 0, "is_current": False,
-                                                         "table": None, "reason": "dry run: nothing published"})
+        return timed(run, "publish_postgres", started, PostgresPublishResult(
+            skipped=True, rows=0, is_current=False, table=None, reason="dry run: nothing published"))
+    scores = parse(ScoredResult, scored)
     conn = connect_for_publish(res.pg, run["run_key"])
     try:
-        published = publish_scores(conn, scored["path"], run["run_key"], scored["model_version"],
+        published = publish_scores(conn, scores.path, run["run_key"], scores.model_version,
                                    cfg.score_history_runs, lock_wait_seconds=cfg.publish_lock_wait_seconds,
                                    switch_lock_timeout_seconds=cfg.publish_switch_lock_timeout_seconds,
                                    switch_deadline_seconds=cfg.publish_switch_deadline_seconds)
         reader_role = _reader_role(conn, cfg)
     finally:
         conn.close()
-    return timed(run, "publish_postgres", started, {**published.__dict__, "reader_role": reader_role})
+    return timed(run, "publish_postgres", started, PostgresPublishResult(**published.__dict__, reader_role=reader_role))
 
 
 def _reader_role(conn, cfg: ChurnConfig) -> str:
@@ -58,12 +61,14 @@ def publish_redis(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_
 
     started = time.monotonic()
     if is_dry_run(run):
-        return timed(run, "publish_redis", started, {"skipped": True, "rows": 0,
-                                                      "reason": "dry run: nothing published"})
-    if not pg_published["is_current"]:
-        return timed(run, "publish_redis", started, {
-            "skipped": True, "rows": 0,
-            "reason": "a newer run is already served; this (back-filled) run stays in Postgres history only"})
+        return timed(run, "publish_redis", started, RedisPublishResult(skipped=True, rows=0,
+                                                                       reason="dry run: nothing published"))
+    in_postgres = parse(PostgresPublishResult, pg_published)
+    if not in_postgres.is_current:
+        return timed(run, "publish_redis", started, RedisPublishResult(
+            skipped=True, rows=0,
+            reason="a newer run is already served; this (back-filled) run stays in Postgres history only"))
+    scores = parse(ScoredResult, scored)
     client = res.redis()
     conn = connect_for_publish(res.pg, run["run_key"])
     try:
@@ -71,12 +76,12 @@ def publish_redis(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_
         # must not put yesterday's scores in Redis while Postgres serves today's.
         served_pg = current_run(conn)
         if served_pg != run["run_key"]:
-            return timed(run, "publish_redis", started, {
-                "skipped": True, "rows": 0,
-                "reason": f"Postgres serves run {served_pg}, not {run['run_key']}: Redis keeps the newer batch"})
+            return timed(run, "publish_redis", started, RedisPublishResult(
+                skipped=True, rows=0,
+                reason=f"Postgres serves run {served_pg}, not {run['run_key']}: Redis keeps the newer batch"))
         try:
-            published = publish_scores(client, scored["path"], run["run_key"], scored["model_version"],
-                                       lambda sources: stale_customers(conn, sources, pg_published["table"]),
+            published = publish_scores(client, scores.path, run["run_key"], scores.model_version,
+                                       lambda sources: stale_customers(conn, sources, in_postgres.table),
                                        prefix=cfg.redis_key_prefix, layout=cfg.redis_layout,
                                        buckets=cfg.redis_hash_buckets,
                                        lock_wait_seconds=cfg.publish_lock_wait_seconds,
@@ -84,11 +89,11 @@ def publish_redis(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_
                                        exclude_ids=lambda: newer_than_batch(conn, run["run_key"]))
         except OlderRunRefused as exc:
             log.warning("%s", exc)
-            return timed(run, "publish_redis", started, {"skipped": True, "rows": 0, "reason": str(exc)})
+            return timed(run, "publish_redis", started, RedisPublishResult(skipped=True, rows=0, reason=str(exc)))
     finally:
         conn.close()
         client.close()
-    return timed(run, "publish_redis", started, dict(published.__dict__))
+    return timed(run, "publish_redis", started, RedisPublishResult(**published.__dict__))
 
 
 def export(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_published: dict,
@@ -105,28 +110,30 @@ def export(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_publish
 
     started = time.monotonic()
     if is_dry_run(run):
-        return timed(run, "export", started, {"skipped": True, "rows": 0, "path": None,
-                                               "reason": "dry run: nothing exported"})
+        return timed(run, "export", started, ExportResult(skipped=True, rows=0, path=None,
+                                                          reason="dry run: nothing exported"))
     spec = load_run_spec(run["run_dir"])
     from_file = spec.source != "postgres"
     # a config mistake fails before anything is written; only the demo source has src.customers to default to
     specs = parse_exports(cfg.exports, cfg.export_band, default_attributes=not from_file)
-    if pg_published.get("skipped") or not pg_published.get("table"):
+    in_postgres = parse(PostgresPublishResult, pg_published)
+    if in_postgres.skipped or not in_postgres.table:
         # Skipped, not emptied: yesterday's complete files stay where the consumer picks them up.
         raise ExportRefused(f"run {run['run_key']}: publish_postgres published nothing "
-                            f"({pg_published.get('reason')}); no export is written or delivered")
-    table = pg_published["table"].split(".", 1)[1]
+                            f"({in_postgres.reason}); no export is written or delivered")
+    table = in_postgres.table.split(".", 1)[1]
+    model_version = parse(ScoredResult, scored).model_version
     attributes = sorted({c for s in specs for c in s.attributes})
     with res.pg_session() as conn:
-        check_published(conn, run["run_key"], table, pg_published["rows"])
+        check_published(conn, run["run_key"], table, in_postgres.rows)
         attributes_table = SOURCE_ATTRIBUTES_TABLE
         if from_file and attributes:
             if not validated:
                 raise ExportRefused(f"run {run['run_key']}: exports select file columns {attributes} but the "
                                     "export task was given no validated scoring snapshot to read them from")
-            attributes_table = load_file_attributes(conn, validated["score"]["clean_path"], spec.id_column,
-                                                    attributes, batch_rows=cfg.export_chunk_rows)
-        written = [export_spec(conn, export_def, table, cfg.exports_dir, run["run_key"], scored["model_version"],
+            attributes_table = load_file_attributes(conn, parse(ValidationResult, validated).score.clean_path,
+                                                    spec.id_column, attributes, batch_rows=cfg.export_chunk_rows)
+        written = [export_spec(conn, export_def, table, cfg.exports_dir, run["run_key"], model_version,
                                airflow_run_id=run.get("airflow_run_id", ""), chunk_rows=cfg.export_chunk_rows,
                                attributes_table=attributes_table)
                    for export_def in specs]
@@ -139,7 +146,6 @@ def export(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_publish
     else:
         delivered_to = str(cfg.exports_dir)
         log.info("no Airflow connection '%s': exports stay in %s", cfg.sftp_conn_id, delivered_to)
-    return timed(run, "export", started, {
-        **written[0].__dict__, "exports": [w.__dict__ for w in written], "delivered_to": delivered_to,
-        "delivery": "sftp" if remote else "local", "remote_paths": remote,
-    })
+    return timed(run, "export", started, ExportResult(
+        **written[0].__dict__, exports=written, delivered_to=delivered_to,
+        delivery="sftp" if remote else "local", remote_paths=remote))

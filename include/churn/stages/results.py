@@ -1,18 +1,65 @@
-"""Typed results of the model stages, serialized to XCom as plain JSON dicts.
+"""Typed results of every stage, passed between tasks as their serialized form (plain JSON dicts).
 
-Each stage builds one of these and returns ``as_dict()``; a stage that reads another's output parses it
-with ``from_dict`` and reads fields, so a renamed or missing field fails where it is read, with its
-name. (The data and publish stages already return dataclasses of their modules: ``Snapshot``,
-``ValidationOutcome``, ``DriftReport``, ``PostgresPublish``, ``RedisPublish``, ``ExportFile``.)
+Each stage builds one of these and returns ``as_dict()`` (what XCom stores); a stage that reads another's
+output parses it with ``from_dict`` (:func:`parse` for the domain records) and reads fields, so a renamed
+or missing field fails where it is read, with its name. Nested records (a snapshot inside the ingest
+result, the validation outcome of each dataset, the files of an export) are parsed into their types.
+The domain modules own their records (``Snapshot``, ``ValidationOutcome``, ``DriftReport``,
+``PartitionScores``, ``PostgresPublish``, ``RedisPublish``, ``ExportFile``, ``PurgeResult``); the stage
+results here add what the stage itself knows. Every stage result carries its own duration in
+``stage_seconds``; the run's per-stage timings are the summary's ``stage_timings``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-T = TypeVar("T", bound="JsonRecord")
+from churn.data.drift import DriftReport
+from churn.data.snapshot import Snapshot
+from churn.data.validate import ValidationOutcome
+from churn.model.score import PartitionScores
+from churn.publish.files import ExportFile
+from churn.publish.postgres import PostgresPublish
+from churn.publish.redis_keys import RedisPublish
+from churn.retention import PurgeResult
+
+T = TypeVar("T")
+__all__ = ["parse", "JsonRecord", "StageResult", "RunRef", "IngestResult", "ValidationResult", "DriftResult",
+           "SplitResult", "PartitionPlan", "PartitionResult", "ScoredResult", "PostgresPublishResult",
+           "RedisPublishResult", "ExportResult", "SummaryResult", "ReportResult", "PurgeStageResult",
+           "Candidate", "TrainResult", "GateResult", "RegisterResult", "Snapshot", "ValidationOutcome",
+           "DriftReport", "PartitionScores", "PostgresPublish", "RedisPublish", "ExportFile", "PurgeResult"]
+
+
+def _parse_value(kind: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(kind) if a is not type(None)]
+        return _parse_value(options[0], value) if len(options) == 1 else value
+    if origin is list and isinstance(value, (list, tuple)):
+        (item,) = typing.get_args(kind) or (Any,)
+        return [_parse_value(item, v) for v in value]
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind) and isinstance(value, dict):
+        return parse(kind, value)
+    return value
+
+
+def parse(cls: type[T], data: dict[str, Any] | T) -> T:
+    """A record of type ``cls`` from its serialized dict (nested records too); unknown keys are ignored,
+    a missing required field raises TypeError naming it. A value already of type ``cls`` is returned as is."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__}: expected a dict (a stage's XCom value), got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    return cls(**{k: _parse_value(hints.get(k, Any), v) for k, v in data.items() if k in names})
 
 
 @dataclass(kw_only=True)
@@ -26,14 +73,217 @@ class JsonRecord:
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         """Parse an XCom value; unknown keys are ignored, a missing required field raises TypeError."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return parse(cls, data)
 
 
 @dataclass(kw_only=True)
 class StageResult(JsonRecord):
     """A stage's output; ``stage_seconds`` is set by ``timed``."""
 
+    stage_seconds: float | None = None
+
+
+@dataclass(kw_only=True)
+class RunRef(JsonRecord):
+    """The run every nightly task receives: its key (the logical date), folder and trigger parameters."""
+
+    run_key: str
+    as_of: str
+    run_dir: str
+    airflow_run_id: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class IngestResult(StageResult):
+    """Output of ``ingest``: the two snapshots and the dataset spec's file."""
+
+    train: Snapshot
+    score: Snapshot
+    dataset: str
+    """The dataset spec's name (its GX suite)."""
+    spec_path: str
+    """``<run_dir>/dataset_spec.json``: split, train and validate read the spec from here."""
+    detected_format: dict[str, str] | None = None
+    """CSV settings detected from a file delivery (left at their defaults)."""
+    inferred_kinds: dict[str, Any] | None = None
+    """Column kinds inferred from the first rows (no kinds configured)."""
+
+
+@dataclass(kw_only=True)
+class ValidationResult(StageResult):
+    """Output of ``profile_and_validate``: each dataset's outcome and the Data Docs index."""
+
+    train: ValidationOutcome
+    score: ValidationOutcome
+    data_docs_path: str | None = None
+
+
+@dataclass(kw_only=True)
+class DriftResult(DriftReport):
+    """Output of ``drift``: the drift report of the scoring snapshot against the champion's reference."""
+
+    stage_seconds: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The XCom value."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(kw_only=True)
+class SplitResult(StageResult):
+    """Output of ``split``: the train/valid/test files of the clean training rows."""
+
+    paths: dict[str, str]
+    counts: dict[str, dict[str, int]]
+    data_fingerprint: str
+    """sha256 of the clean training snapshot (the registry records what a model was trained on)."""
+    rows_available: int
+    rows_used: int
+
+
+@dataclass(kw_only=True)
+class PartitionPlan(JsonRecord):
+    """One mapped ``score_partition`` task's input: its hash partition and the pinned champion."""
+
+    partition: int
+    partitions: int
+    features_path: str
+    model_version: str
+    artifact_path: str
+    artifact_sha256: str
+    scored_at: str
+
+
+@dataclass(kw_only=True)
+class PartitionResult(StageResult):
+    """Output of ``score_partition``: the partition's raw scores and who scored them."""
+
+    path: str
+    histogram_path: str
+    partition: int
+    partitions: int
+    rows: int
+    inference_seconds: float
+    model_version: str
+    scored_at: str
+    worker: str = ""
+    load_seconds: float = 0.0
+    rows_per_second: float = 0.0
+
+    def scores(self) -> PartitionScores:
+        """The domain record ``merge_partitions`` reads."""
+        return PartitionScores(self.path, self.histogram_path, self.partition, self.partitions, self.rows,
+                               self.inference_seconds)
+
+
+@dataclass(kw_only=True)
+class ScoredResult(StageResult):
+    """Output of ``score`` (the merge): the run's one score file, what publish and export read."""
+
+    path: str
+    rows: int
+    model_version: str
+    inference_seconds: float = 0.0
+    other_seconds: float = 0.0
+    rows_per_second: float = 0.0
+    partitions: int = 1
+    workers: list[str] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class PostgresPublishResult(StageResult):
+    """Output of ``publish_postgres``: the run's table and whether it is the one served."""
+
+    table: str | None
+    rows: int
+    is_current: bool
+    load_seconds: float | None = None
+    reader_role: str | None = None
+    skipped: bool = False
+    reason: str | None = None
+
+
+@dataclass(kw_only=True)
+class RedisPublishResult(StageResult):
+    """Output of ``publish_redis``."""
+
+    rows: int
+    stale_deleted: int = 0
+    seconds: float | None = None
+    layout: str | None = None
+    previous_run: str | None = None
+    skipped: bool = False
+    reason: str | None = None
+
+
+@dataclass(kw_only=True)
+class ExportResult(StageResult):
+    """Output of ``export``: the first file's fields (for readers of one export), every file, and where they went."""
+
+    path: str | None
+    rows: int
+    manifest_path: str | None = None
+    sha256: str | None = None
+    name: str = ""
+    bytes: int = 0
+    columns: list[str] = field(default_factory=list)
+    exports: list[ExportFile] = field(default_factory=list)
+    delivered_to: str | None = None
+    delivery: str | None = None
+    """``sftp`` or ``local``."""
+    remote_paths: list[str] = field(default_factory=list)
+    skipped: bool = False
+    reason: str | None = None
+
+
+@dataclass(kw_only=True)
+class SummaryResult(StageResult):
+    """Output of ``summarize`` (also stored in ``churn.pipeline_runs.summary`` and ``summary.json``)."""
+
+    run_key: str
+    airflow_run_id: str = ""
+    rows_ingested: dict[str, int] = field(default_factory=dict)
+    rows_validated: dict[str, int] = field(default_factory=dict)
+    rows_quarantined: dict[str, int] = field(default_factory=dict)
+    retrained: bool = False
+    retrain_reason: str = ""
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    gate: dict[str, Any] = field(default_factory=dict)
+    champion: str | None = None
+    champion_test_roc_auc: float | None = None
+    scored: int = 0
+    inference_seconds: float | None = None
+    published_postgres: int = 0
+    published_redis: int = 0
+    export_path: str | None = None
+    export_rows: int = 0
+    export_delivered_to: str | None = None
+    stage_timings: dict[str, float | None] = field(default_factory=dict)
+    """Seconds per stage of the run (the stages' own ``stage_seconds``)."""
+    sample_lookup: dict[str, Any] | None = None
+    """One customer read back from Redis, timed."""
+    summary_path: str | None = None
+
+
+@dataclass(kw_only=True)
+class ReportResult(StageResult):
+    """Output of ``report``."""
+
+    report_path: str
+    report_url: str
+    prediction_psi: float | None = None
+    realized: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[str] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class PurgeStageResult(PurgeResult):
+    """Output of ``purge``: what retention removed; ``skipped`` says why nothing was (a dry run)."""
+
+    cutoff: str | None = None
+    keep_days: int | None = None
+    skipped: str | None = None
     stage_seconds: float | None = None
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from churn.config import ChurnConfig, ConfigError
 from churn.connections import Resources
-from churn.stages.common import timed, NoChampionError
+from churn.stages.common import NoChampionError, timed
+from churn.stages.results import PartitionPlan, PartitionResult, ScoredResult, ValidationResult, parse
 
 
 def plan_scoring(cfg: ChurnConfig, res: Resources, run: dict, validated: dict, registered: dict) -> list[dict]:
@@ -26,9 +27,11 @@ def plan_scoring(cfg: ChurnConfig, res: Resources, run: dict, validated: dict, r
     if cfg.score_partitions < 1:
         raise ConfigError(f"CHURN_SCORE_PARTITIONS={cfg.score_partitions} must be at least 1")
     # The plan pins one model version: a promotion while partitions run cannot mix two models in one batch.
-    return [{"partition": p, "partitions": cfg.score_partitions, "features_path": validated["score"]["clean_path"],
-             "model_version": champ.version, "artifact_path": champ.artifact_path,
-             "artifact_sha256": champ.artifact_sha256, "scored_at": datetime.now(timezone.utc).isoformat()}
+    features = parse(ValidationResult, validated).score.clean_path
+    scored_at = datetime.now(timezone.utc).isoformat()
+    return [PartitionPlan(partition=p, partitions=cfg.score_partitions, features_path=features,
+                          model_version=champ.version, artifact_path=champ.artifact_path,
+                          artifact_sha256=champ.artifact_sha256, scored_at=scored_at).as_dict()
             for p in range(cfg.score_partitions)]
 
 
@@ -40,40 +43,39 @@ def score_partition(cfg: ChurnConfig, res: Resources, run: dict, part: dict) -> 
     from churn.model.score import score_partition as score_one_partition
 
     started = time.monotonic()
-    model, signature = registry.load_verified(part["artifact_path"], part["artifact_sha256"])
+    part = parse(PartitionPlan, part)
+    model, signature = registry.load_verified(part.artifact_path, part.artifact_sha256)
     load_seconds = time.monotonic() - started  # imports, hash check and unpickle: a fixed cost per partition
-    result = score_one_partition(model, signature, part["features_path"], Path(run["run_dir"]) / "score_parts",
-                                 partition=part["partition"], partitions=part["partitions"],
+    result = score_one_partition(model, signature, part.features_path, Path(run["run_dir"]) / "score_parts",
+                                 partition=part.partition, partitions=part.partitions,
                                  chunk_rows=cfg.score_chunk_rows)
     # Which worker scored it: shown in the run's XCom, and how the Celery test sees both workers at work.
     worker = f"{socket.gethostname()}:{os.environ.get('CHURN_WORKER_NAME') or os.getpid()}"
-    return timed(run, f"score_partition[{part['partition']}]", started, {
-        **result.as_dict(), "model_version": part["model_version"], "scored_at": part["scored_at"],
-        "worker": worker, "load_seconds": round(load_seconds, 3),
-        "rows_per_second": round(result.rows / max(result.inference_seconds, 1e-9), 1)})
+    return timed(run, f"score_partition[{part.partition}]", started, PartitionResult(
+        **result.as_dict(), model_version=part.model_version, scored_at=part.scored_at,
+        worker=worker, load_seconds=round(load_seconds, 3),
+        rows_per_second=round(result.rows / max(result.inference_seconds, 1e-9), 1)))
 
 
 def merge_scores(cfg: ChurnConfig, res: Resources, run: dict, parts: list[dict]) -> dict:
     """Global exact deciles over every partition and the run's one score file (what publish reads)."""
-    from churn.model.score import PartitionScores, merge_partitions
+    from churn.model.score import merge_partitions
 
     started = time.monotonic()
-    parts = list(parts)  # Airflow hands a reduce step a lazy sequence
-    versions = {p["model_version"] for p in parts}
+    parts = [parse(PartitionResult, p) for p in parts]  # Airflow hands a reduce step a lazy sequence
+    versions = {p.model_version for p in parts}
     if len(versions) != 1:
         raise RuntimeError(f"partitions were scored by different models {sorted(versions)}: clear the run's "
                            "plan_scoring task so every partition is re-scored with one plan")
-    fields = PartitionScores.__dataclass_fields__
-    result = merge_partitions([PartitionScores(**{k: v for k, v in p.items() if k in fields}) for p in parts],
-                              Path(run["run_dir"]) / "scores.parquet", model_version=versions.pop(),
-                              run_id=run["run_key"], scored_at=datetime.fromisoformat(parts[0]["scored_at"]),
+    result = merge_partitions([p.scores() for p in parts], Path(run["run_dir"]) / "scores.parquet",
+                              model_version=versions.pop(), run_id=run["run_key"],
+                              scored_at=datetime.fromisoformat(parts[0].scored_at),
                               band_cuts=cfg.band_cuts, chunk_rows=cfg.score_chunk_rows)
-    return timed(run, "score", started, {
-        "path": result.path, "rows": result.rows, "model_version": parts[0]["model_version"],
-        "inference_seconds": round(result.inference_seconds, 3), "other_seconds": round(result.other_seconds, 3),
-        "rows_per_second": round(result.rows_per_second, 1), "partitions": len(parts),
-        "workers": sorted({p.get("worker", "") for p in parts}),
-    })
+    return timed(run, "score", started, ScoredResult(
+        path=result.path, rows=result.rows, model_version=parts[0].model_version,
+        inference_seconds=round(result.inference_seconds, 3), other_seconds=round(result.other_seconds, 3),
+        rows_per_second=round(result.rows_per_second, 1), partitions=len(parts),
+        workers=sorted({p.worker for p in parts})))
 
 
 def score(cfg: ChurnConfig, res: Resources, run: dict, validated: dict, registered: dict) -> dict:
