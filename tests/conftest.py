@@ -36,6 +36,26 @@ def churn_ui():
     return load_plugin("churn_ui_under_test")
 
 
+@pytest.fixture
+def snapshot(tmp_path):
+    """A 5,000-row snapshot parquet (two missing tenures) and its frame, for the streamed-access tests."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n = 5000
+    frame = pd.DataFrame({
+        "customer_id": [f"C{i:07d}" for i in range(n)],
+        "tenure": rng.integers(0, 100, n).astype(float),
+        "plan": rng.choice(["basic", "plus", "pro"], n),
+        "churned": rng.integers(0, 2, n).astype("int8"),
+    })
+    frame.loc[[3, 4000], "tenure"] = np.nan
+    path = tmp_path / "snap.parquet"
+    frame.to_parquet(path, index=False)
+    return path, frame
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """Mark every test with its folder's tier, so ``-m unit`` (or ``-m 'not browser'``) selects by tier."""
     for item in items:

