@@ -27,7 +27,6 @@ from churn.data.generate import generate, load_source_tables
 from tests.support.airflow_env import AIRFLOW_BIN, REPO_ROOT, airflow_env
 from tests.support.net import free_port
 
-pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "browser"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -13,14 +13,12 @@ import json
 from datetime import date
 
 import psycopg2
-import pytest
 import redis
 
 from tests.support.airflow_env import airflow_env, run_airflow
 from tests.support.datasets import TELCO, TELCO_ENV, require_dataset
 from tests.support.servers import fresh_stores
 
-pytestmark = [pytest.mark.e2e]
 RUN_DATE = date(2026, 11, 20)
 # Customer attributes of a file source come from the scored file itself (there is no src.customers).
 TELCO_EXPORTS = ('[{"name": "high_risk", "band": "high", "columns": ["customer_id", "churn_probability", '

@@ -17,7 +17,6 @@ from churn.publish.redis_store import lookup_score
 from tests.support.airflow_env import airflow_env, run_airflow
 from tests.support.servers import fresh_stores
 
-pytestmark = pytest.mark.e2e
 RUN_DATE = date(2026, 11, 20)
 
 

@@ -20,7 +20,6 @@ from tests.support.airflow_env import airflow_env, run_airflow
 from tests.support.servers import fresh_stores
 from tests.support.sftp_server import SftpTestServer, SshKeys
 
-pytestmark = pytest.mark.e2e
 RUN_DATE = date(2026, 11, 21)
 EXPORTS = [
     {"name": "high_risk", "band": "high"},

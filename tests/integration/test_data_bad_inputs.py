@@ -26,7 +26,6 @@ from churn.data.sources import FileSourceError
 from churn.data.validate import ValidationFailed
 from tests.support.bad_inputs.corpus import TELCO_ENV, USUAL_ROWS, clean_frame, write_big, write_corpus
 
-pytestmark = pytest.mark.integration
 RUN_DATE = date(2026, 11, 20)
 
 

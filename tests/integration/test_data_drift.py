@@ -7,7 +7,6 @@ from datetime import date
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from churn.stages import common as common_stages, data as data_stages, model as model_stages
 from churn.config import ChurnConfig
@@ -23,7 +22,6 @@ RUN_DATE = date(2026, 11, 20)
 # --- integration: synthetic source, stored results, Data Docs, drift vs a champion's reference ----------
 
 
-@pytest.mark.integration
 def test_synthetic_source_validates_and_drift_feeds_the_retrain_decision(pg_conn, fresh_pg_url, redis_url, tmp_path):
     load_source_tables(pg_conn, generate(3000, RUN_DATE, seed=5))
     cfg = ChurnConfig.from_env({"CHURN_STATE_DIR": str(tmp_path / "state")})

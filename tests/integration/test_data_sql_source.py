@@ -24,7 +24,6 @@ from churn.data.sql_source import (DEMO_QUERY, SqlSourceError, bind, extract_que
 from tests.support.crm import CORRECT_QUERY, RUN_DATE, WINDOW, crm_tables, load_team_database, write_query
 from tests.support.servers import fresh_databases
 
-pytestmark = pytest.mark.integration
 TRAIN_AS_OF = RUN_DATE - timedelta(days=WINDOW)
 
 # Reads the future: tickets are counted up to today, not up to as_of.

@@ -19,7 +19,6 @@ from churn.connections import Resources
 from churn.data.spec import SPEC_FILE
 from tests.support.datasets import TELCO, TELCO_ENV, require_dataset
 
-pytestmark = pytest.mark.integration
 
 RUN_DATE = date(2026, 11, 20)
 

@@ -13,8 +13,6 @@ import redis
 from churn.dev import services as sv
 from tests.support.net import free_port
 
-pytestmark = pytest.mark.integration
-
 
 def test_a_trust_data_dir_is_closed_on_start_and_the_password_is_required(tmp_path):
     pg_dir = sv.private_dir(tmp_path / "postgres")

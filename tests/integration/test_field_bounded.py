@@ -10,7 +10,6 @@ import pytest
 from churn.connections import Resources, pg_connect
 
 
-@pytest.mark.integration
 def test_platform_connections_cancel_a_hung_statement(fresh_pg_url, redis_url):
     res = Resources.from_urls(fresh_pg_url, redis_url, statement_timeout_s=1)
     with res.pg_session() as conn, conn.cursor() as cur:

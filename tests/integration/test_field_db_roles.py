@@ -21,8 +21,6 @@ import pytest
 from churn.data import outbox
 from tests.support.servers import url_as
 
-pytestmark = pytest.mark.integration
-
 
 @contextmanager
 def login_role(admin_url: str, grants: str = "") -> Iterator[tuple[str, str]]:

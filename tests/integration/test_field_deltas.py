@@ -7,11 +7,9 @@ import os
 import time
 
 import pandas as pd
-import pytest
 
 from churn.data.outbox import delta_files, ingest_delta_files
 
-pytestmark = pytest.mark.integration
 COLUMNS = ["customer_id", "tenure", "plan"]
 
 

@@ -249,7 +249,6 @@ def test_the_cli_names_the_flags_and_records_the_override(pg_conn, fresh_pg_url,
     assert listing.returncode == 0 and "override\tTrue\tincident 42" in listing.stdout
 
 
-@pytest.mark.integration
 def test_an_event_refresh_stalled_past_its_lease_writes_nothing(pg_conn, redis_client, monkeypatch):
     """The re-score path's Redis write is fenced like the nightly publish's (issue 26 item 17)."""
     from datetime import datetime, timezone

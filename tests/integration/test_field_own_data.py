@@ -12,7 +12,6 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 
 from churn.stages import common as common_stages, data as data_stages, model as model_stages, scoring as scoring_stages
 from churn.config import ChurnConfig
@@ -36,7 +35,6 @@ def run_until_scored(cfg: ChurnConfig, res: Resources, as_of: date, key: str) ->
     return out
 
 
-@pytest.mark.integration
 def test_dirty_bank_file_with_four_settings_runs_two_nights(tmp_path, fresh_pg_url, redis_url, pg_conn):
     frame = bank_churn(10_000)
     frame.loc[7, "CreditScore"] = "abc"  # not a missing marker: that row is quarantined with the reason
@@ -63,7 +61,6 @@ def test_dirty_bank_file_with_four_settings_runs_two_nights(tmp_path, fresh_pg_u
     assert second["scored"]["rows"] == first["scored"]["rows"]
 
 
-@pytest.mark.integration
 def test_hostile_ids_are_quarantined_at_validation(tmp_path, fresh_pg_url, redis_url):
     frame = bank_churn(2_000, dirty=False)
     frame["CustomerId"] = "C" + frame["CustomerId"]
@@ -82,7 +79,6 @@ def test_hostile_ids_are_quarantined_at_validation(tmp_path, fresh_pg_url, redis
         assert not {'C"1', "C\\2", "C\x073"} & set(clean) and len(clean) == 1_997
 
 
-@pytest.mark.integration
 def test_spreadsheet_headers_and_yes_no_label_are_scored_and_exported(tmp_path, fresh_pg_url, redis_url):
     path = write_csv(spreadsheet_churn(3_000), tmp_path / "export.csv")
     cfg = ChurnConfig.from_env({"CHURN_SOURCE": "file", "CHURN_FILE_PATH": str(path),

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from datetime import date, datetime, timedelta, timezone
 
-import pytest
-
 from churn.config import ChurnConfig
 from churn.data.outbox import ensure_outbox
 from churn.db import ensure_schema
@@ -15,7 +13,6 @@ from churn.retention import purge
 AS_OF = date(2026, 11, 20)
 
 
-@pytest.mark.integration
 def test_purge_removes_old_rows_and_files_and_keeps_the_served_batch(tmp_path, pg_conn):
     cfg = ChurnConfig.from_env({"CHURN_STATE_DIR": str(tmp_path / "state"), "CHURN_RETENTION_DAYS": "10",
                                 "CHURN_REALIZED_LAG_DAYS": "5", "CHURN_RESCORE_DELTA_DIR": str(tmp_path / "delta")})

@@ -17,7 +17,6 @@ from churn.migrate import migrate
 from tests.support.servers import url_as
 from tests.support.field_data import bank_churn, write_csv
 
-pytestmark = pytest.mark.integration
 RUN_DATE = date(2026, 11, 20)
 
 

@@ -20,7 +20,6 @@ from tests.support.net import free_port
 from tests.support.offline_stack import SECRETS, offline_stack
 
 
-@pytest.mark.integration
 def test_dask_of_make_cluster_is_on_loopback_and_takes_only_the_stacks_certificate(tmp_path):
     """A Dask worker runs what any client sends: only holders of the state folder's key may connect."""
     from distributed import Client, Security

@@ -10,7 +10,6 @@ from sklearn.metrics import roc_auc_score
 from churn.data.generate import generate, load_source_tables
 from churn.data.ingest import NUMERIC_FEATURES, extract_snapshot
 
-pytestmark = pytest.mark.integration
 AS_OF = date(2026, 11, 20)
 
 

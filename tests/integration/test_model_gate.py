@@ -22,8 +22,6 @@ from churn.model import registry
 from churn.model.train import fit_baseline
 from tests.support.stage_refs import validated_ref
 
-pytestmark = pytest.mark.integration
-
 
 def _shuffled_splits(data: dict, folder: Path, seed: int, keep_test: bool = False) -> dict:
     """The same split files with the label permuted within each split (all but test with ``keep_test``)."""

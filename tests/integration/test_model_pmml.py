@@ -19,8 +19,6 @@ from churn.model.features import ModelSignature, build_preprocessor, labels, to_
 from churn.model.pmml import PMML_FILE, PmmlExportError, export_pmml, pmml_probabilities, without_tpot_no_ops
 from churn.model.train import fit_baseline, fit_hist_gradient_boosting
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def frame() -> pd.DataFrame:

@@ -25,7 +25,6 @@ from churn.model.pmml import PMML_FILE, pmml_probabilities
 from churn.model.features import to_model_input
 from tests.support import REPO_ROOT
 
-pytestmark = pytest.mark.integration
 AS_OF = date(2026, 11, 20)
 
 

@@ -14,7 +14,6 @@ from churn.publish.postgres import current_run
 from tests.support.scores import write_scores
 from tests.support.stage_refs import scored_ref
 
-pytestmark = pytest.mark.integration
 OLD, NEW = "2026-11-20", "2026-11-21"
 
 

@@ -32,7 +32,6 @@ from tests.support.stage_refs import scored_ref
 from tests.support.nightly import RUN_DATE, run_nightly
 from tests.support.servers import fresh_stores
 
-pytestmark = pytest.mark.integration
 REPO = str(REPO_ROOT)
 
 

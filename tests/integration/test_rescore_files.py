@@ -21,8 +21,6 @@ from tests.support.datasets import TELCO, TELCO_ENV, require_dataset
 from tests.support.nightly import RUN_DATE, run_nightly
 from tests.support.servers import fresh_stores
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def telco_platform(services, pg_admin_url, tmp_path_factory):

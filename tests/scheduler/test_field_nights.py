@@ -24,7 +24,6 @@ from tests.support.servers import fresh_databases, url_as
 from tests.support.field_data import bank_churn, spreadsheet_churn, write_csv
 from tests.support.stack_support import NO_SCHEDULED_RUN, failure_details, running_stack
 
-pytestmark = [pytest.mark.e2e, pytest.mark.scheduler]
 NIGHTS = 7
 FIRST = date(2026, 11, 14)
 DATES = [FIRST + timedelta(days=i) for i in range(NIGHTS)]

@@ -25,7 +25,6 @@ from churn.publish.redis_store import lookup_score
 from tests.support.stack_support import (NO_SCHEDULED_RUN, SHORT_SEARCH, complaint_reaches_both_stores, failure_details,
                                  running_stack, scores_by_customer)
 
-pytestmark = [pytest.mark.e2e, pytest.mark.scheduler]
 AS_OF = date(2026, 11, 20)
 NEXT_DAY = date(2026, 11, 21)
 

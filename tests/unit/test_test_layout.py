@@ -87,3 +87,12 @@ def test_the_unit_tier_imports_no_server_fixture():
     offenders = [f"{path.relative_to(REPO_ROOT)}:{line}" for path in sorted((TESTS / "unit").rglob("*.py"))
                  for line, module in _imports_of(path) if module.startswith("tests.support.servers")]
     assert not offenders, offenders
+
+
+def test_no_module_marks_its_own_tier():
+    """The folder is the tier (tests/conftest.py marks by folder); a module-level tier mark would disagree with it."""
+    marked = [f"{p.relative_to(REPO_ROOT)}:{node.lineno}" for p in sorted(TESTS.rglob("test_*.py"))
+              for node in ast.walk(ast.parse(p.read_text()))
+              if isinstance(node, ast.Attribute) and node.attr in TIERS and isinstance(node.value, ast.Attribute)
+              and node.value.attr == "mark"]
+    assert not marked, marked
