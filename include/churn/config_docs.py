@@ -1,8 +1,9 @@
 """The configuration's documentation and checks from the command line: ``python -m churn.config_docs``.
 
-``--markdown`` prints the README's configuration table (generated from the fields' docstrings, so the
-README cannot drift: ``tests/test_config.py`` compares them); ``--check`` validates this environment's
-``CHURN_*`` variables and prints the error that names the variable to fix.
+``--markdown`` prints the configuration table (generated from the fields' docstrings; the docs site's
+configuration reference is built from the same rows by ``docs/hooks/generate.py``, so it cannot drift:
+``tests/unit/test_config.py`` checks it); ``--check`` validates this environment's ``CHURN_*`` variables and
+prints the error that names the variable to fix.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def _default_text(name: str, value: typing.Any) -> str:
 
 
 def markdown_table() -> str:
-    """The README's configuration table, generated from the fields, their defaults and their docs."""
+    """The configuration table, generated from the fields, their defaults and their docs."""
     docs = field_docs()
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for name, info in ChurnConfig.model_fields.items():
@@ -43,13 +44,13 @@ def build_parser() -> "argparse.ArgumentParser":
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m churn.config_docs")
-    parser.add_argument("--markdown", action="store_true", help="print the README configuration table")
+    parser.add_argument("--markdown", action="store_true", help="print the configuration table (markdown)")
     parser.add_argument("--check", action="store_true", help="validate the CHURN_* variables of this environment")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``--markdown`` prints the README table; ``--check`` validates the current environment's settings."""
+    """CLI: ``--markdown`` prints the configuration table; ``--check`` validates the current environment's settings."""
     args = build_parser().parse_args(argv)
     if args.markdown:
         print(markdown_table(), end="")
