@@ -1,4 +1,4 @@
-"""Alerts: always logged; POSTed to a webhook and/or e-mailed when the matching Airflow connection exists.
+"""Alerts: always logged, then delivered to the deployment's channels (webhook, e-mail: ``churn.systems``).
 
 Used by the DAG's failure notifier (:class:`ChurnAlertNotifier`), its deadline callback
 (:func:`deadline_missed`) and the pipeline's threshold checks (prediction drift,
@@ -9,109 +9,23 @@ from __future__ import annotations
 
 import json
 import logging
-import smtplib
-import ssl
-import urllib.error
-import urllib.parse
-import urllib.request
 from datetime import datetime, timezone
-from email.message import EmailMessage
 from typing import Any
 
-from churn.connections import airflow_connection
+from churn.alert_sinks import (AlertChannelError, AlertSink, EmailSink, WebhookSink,  # noqa: F401 - the
+                               redact_url, smtp_security, webhook_url)  # alert channels' API, re-exported
 
 log = logging.getLogger(__name__)
 
 
-def webhook_url(conn: Any) -> str:
-    """URL of an http(s) connection: ``extra.url`` if given, else scheme://host[:port][/schema]."""
-    extra = conn.extra_dejson or {}
-    if extra.get("url"):
-        return str(extra["url"])
-    host = conn.host or ""
-    if host.startswith(("http://", "https://")):
-        base = host
-    else:
-        scheme = "https" if conn.conn_type == "https" or extra.get("scheme") == "https" else "http"
-        base = f"{scheme}://{host}" + (f":{conn.port}" if conn.port else "")
-    return base + (f"/{conn.schema.lstrip('/')}" if conn.schema else "")
-
-
-def redact_url(url: str) -> str:
-    """scheme://host[:port] of a URL, without credentials, path or query (a webhook's path is its secret)."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    tail = "/***" if (parts.path not in ("", "/") or parts.query) else ""
-    return f"{parts.scheme}://{netloc}{tail}"
-
-
-class AlertChannelError(RuntimeError):
-    """An alert channel is configured in a way that would leak or cannot deliver."""
-
-
-SMTP_SECURITY = ("ssl", "starttls", "none")
-
-
-def smtp_security(conn: Any) -> str:
-    """How to secure an SMTP connection: extra ``security`` (ssl | starttls | none), else by port.
-
-    Port 465 means implicit TLS (``ssl``), any other port ``starttls``; ``none`` (plain text, for a
-    relay on the same host) must be asked for explicitly. The Airflow SMTP provider's extras
-    ``disable_ssl`` / ``disable_tls`` are understood too.
-    """
-    extra = conn.extra_dejson or {}
-    security = extra.get("security")
-    if security is None:
-        if str(extra.get("disable_ssl", "")).lower() == "false" or conn.port == 465:
-            security = "ssl"
-        elif str(extra.get("disable_tls", "")).lower() == "true":
-            security = "none"
-        else:
-            security = "starttls"
-    security = str(security).lower()
-    if security not in SMTP_SECURITY:
-        raise AlertChannelError(f"alert e-mail connection: extra security={security!r} is not one of "
-                                f"{', '.join(SMTP_SECURITY)}")
-    return security
-
-
-def _smtp(conn: Any, timeout: float) -> smtplib.SMTP:
-    """An SMTP session secured as the connection says (the password is only ever sent over TLS or on ``none``)."""
-    security = smtp_security(conn)
-    extra = conn.extra_dejson or {}
-    context = ssl.create_default_context(cafile=extra.get("ca_file"))
-    host, port = conn.host, conn.port or (465 if security == "ssl" else 25)
-    if security == "ssl":
-        smtp: smtplib.SMTP = smtplib.SMTP_SSL(host, port, timeout=timeout, context=context)
-    else:
-        smtp = smtplib.SMTP(host, port, timeout=timeout)
-    try:
-        if security == "starttls":
-            smtp.ehlo()
-            if not smtp.has_extn("starttls"):
-                raise AlertChannelError(f"SMTP server {host}:{port} does not offer STARTTLS; use a TLS port "
-                                        "(extra security=ssl) or, for a relay on this host only, security=none")
-            smtp.starttls(context=context)
-            smtp.ehlo()
-        if conn.login:
-            smtp.login(conn.login, conn.password or "")
-    except BaseException:
-        smtp.close()
-        raise
-    return smtp
-
-
 def send_alert(title: str, details: dict[str, Any] | None = None, severity: str = "warning",
                webhook_conn_id: str | None = None, email_conn_id: str | None = None,
-               timeout: float = 10.0) -> dict[str, Any]:
-    """Log the alert, then deliver it to each configured channel; returns what was delivered where."""
-    if webhook_conn_id is None or email_conn_id is None:
-        from churn.config import ChurnConfig
+               timeout: float = 10.0, sinks: list[AlertSink] | None = None) -> dict[str, Any]:
+    """Log the alert, then deliver it to each channel the deployment has (``churn.systems``); returns what was
+    delivered where. ``sinks`` replaces the configured channels (tests, callers with their own)."""
+    from churn.config import ChurnConfig
 
-        cfg = ChurnConfig.from_env()
-        webhook_conn_id = webhook_conn_id or cfg.alert_webhook_conn_id
-        email_conn_id = email_conn_id or cfg.alert_email_conn_id
+    cfg = ChurnConfig.from_env()
     payload = {"source": "churn-platform", "severity": severity, "title": title, "details": details or {},
                "sent_at": datetime.now(timezone.utc).isoformat()}
     body = json.dumps(payload, default=str)
@@ -119,42 +33,12 @@ def send_alert(title: str, details: dict[str, Any] | None = None, severity: str 
             severity, title, body)
     outcome: dict[str, Any] = {"logged": True, "webhook": None, "email": None}
 
-    hook_conn = airflow_connection(webhook_conn_id)
-    if hook_conn is not None:
-        url = webhook_url(hook_conn)
-        request = urllib.request.Request(url, data=body.encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (configured URL)
-                outcome["webhook"] = response.status
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            # An unreachable alert channel must not fail the pipeline; the log line above still carries it.
-            # A webhook's URL is a credential (Slack-style hooks): only scheme, host and port are logged.
-            reason = str(exc).replace(url, redact_url(url))
-            log.error("alert webhook %s (connection %s) failed: %s; check the connection", redact_url(url),
-                      webhook_conn_id, reason)
-            outcome["webhook"] = f"failed: {reason}"
+    if sinks is None:
+        from churn.systems import systems_for
 
-    mail_conn = airflow_connection(email_conn_id)
-    if mail_conn is not None:
-        recipients = (mail_conn.extra_dejson or {}).get("to")
-        if not recipients:
-            log.error("alert e-mail connection %s has no extra 'to' address; add {\"to\": \"team@example.com\"}",
-                      email_conn_id)
-            outcome["email"] = "failed: no recipient"
-        else:
-            message = EmailMessage()
-            message["Subject"] = f"[churn {severity}] {title}"
-            message["From"] = (mail_conn.extra_dejson or {}).get("from", mail_conn.login or "churn-platform@localhost")
-            message["To"] = recipients
-            message.set_content(json.dumps(payload, indent=2, default=str))
-            try:
-                with _smtp(mail_conn, timeout) as smtp:
-                    smtp.send_message(message)
-                outcome["email"] = recipients
-            except (smtplib.SMTPException, OSError, AlertChannelError) as exc:
-                log.error("alert e-mail via %s failed: %s; check the connection", email_conn_id, exc)
-                outcome["email"] = f"failed: {exc}"
+        sinks = systems_for(cfg).alert_sinks(webhook_conn_id, email_conn_id)
+    for sink in sinks:
+        outcome[sink.name] = sink.send(payload, timeout)
     return outcome
 
 

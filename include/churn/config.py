@@ -48,12 +48,16 @@ class ChurnConfig(BaseSettings):
     """Project-local folder for embedded servers' data, run folders, models and exports."""
 
     # --- connections (ids only: the secrets stay in Airflow / the environment) --
+    systems: typing.Literal["local", "production"] = "local"
+    """Which set of external systems (``churn.systems``): ``local`` may use the embedded servers of ``make services`` and keeps exports in a folder without an SFTP connection; ``production`` never does."""
+    export_sink: typing.Literal["auto", "local", "sftp"] = "auto"
+    """Where exports go: ``auto`` = the systems' default (production: SFTP; local: SFTP when its connection exists), ``local`` = the exports folder, ``sftp``."""
     postgres_conn_id: str = "churn_postgres"
     """Airflow connection id of the Postgres that holds source tables, scores and the registry."""
     redis_conn_id: str = "churn_redis"
     """Airflow connection id of the Redis that serves scores to front-end apps."""
     sftp_conn_id: str = "churn_sftp"
-    """Airflow connection id of the SFTP server receiving exports (absent = keep files local)."""
+    """Airflow connection id of the SFTP server receiving exports (see ``export_sink``)."""
     pg_statement_timeout_s: Count = 3600
     """Every platform Postgres statement is cancelled after this many seconds (0 = no limit): a hung one fails its task."""
     postgres_port: Port = 54329

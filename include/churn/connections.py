@@ -6,7 +6,8 @@ Order of precedence, so that one code path serves the demo and production alike:
 1. ``CHURN_POSTGRES_URL`` / ``CHURN_REDIS_URL`` environment variables;
 2. the Airflow connections ``churn_postgres`` / ``churn_redis``, looked up the way Airflow's hooks do
    (``BaseHook.get_connection``: ``AIRFLOW_CONN_*`` variables, secrets backends, the metadata database);
-3. the embedded servers recorded in ``<state_dir>/services.json`` by ``make services``.
+3. the embedded servers recorded in ``<state_dir>/services.json`` by ``make services``, only when
+   ``CHURN_SYSTEMS=local`` (the default; ``churn.systems`` lists what each set uses).
 
 A SQL source (``CHURN_SOURCE=sql``) reads its own database: ``CHURN_SOURCE_URL``, else the Airflow
 connection ``CHURN_SOURCE_CONN_ID`` (default ``churn_source``), else the platform's Postgres.
@@ -60,6 +61,9 @@ class ConnectionNotConfigured(RuntimeError):
 
 
 def _embedded(cfg: ChurnConfig, key: str) -> str | None:
+    """The dev launcher's server URL (``make services``); only the ``local`` systems read it."""
+    if cfg.systems != "local":
+        return None
     path = cfg.state_dir / "services.json"
     if path.exists():
         return json.loads(path.read_text()).get(key)
@@ -69,10 +73,11 @@ def _embedded(cfg: ChurnConfig, key: str) -> str | None:
 def _url(store: str, env_var: str, conn_id: str, embedded_key: str, cfg: ChurnConfig) -> str:
     url = os.environ.get(env_var) or os.environ.get(f"AIRFLOW_CONN_{conn_id.upper()}") or _embedded(cfg, embedded_key)
     if not url:
-        raise ConnectionNotConfigured(
-            f"no {store} configured: set {env_var}, create the Airflow connection '{conn_id}', or start the "
-            "embedded servers with 'make services'"
-        )
+        fix = (f"set {env_var} or create the Airflow connection '{conn_id}' (CHURN_SYSTEMS=production never "
+               "uses the embedded servers)" if cfg.systems != "local" else
+               f"set {env_var}, create the Airflow connection '{conn_id}', or start the embedded servers with "
+               "'make services'")
+        raise ConnectionNotConfigured(f"no {store} configured: {fix}")
     return url
 
 

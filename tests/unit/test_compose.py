@@ -120,6 +120,7 @@ def test_connections_and_churn_variables_match_the_code():
     assert not unknown, f"compose sets CHURN_* variables ChurnConfig does not read: {unknown}"
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert env["CHURN_DASK_SCHEDULER_ADDRESS"] == "tcp://dask-scheduler:8786"
+    assert env["CHURN_SYSTEMS"] == "production"  # connections only: never the dev launcher's state
 
 
 def test_dask_workers_can_import_the_package():
@@ -148,6 +149,7 @@ def test_compose_runs_the_topology_the_celery_tests_run():
     assert SERVICES["airflow-worker"]["deploy"]["replicas"] >= 2
     assert SERVICES["dask-worker"]["deploy"]["replicas"] >= 2
     assert env["CHURN_DASK_SCHEDULER_ADDRESS"] == "tcp://dask-scheduler:8786"
+    assert env["CHURN_SYSTEMS"] == "production"  # connections only: never the dev launcher's state
     assert "8786" in " ".join(SERVICES["dask-scheduler"]["command"])
     assert int(env["CHURN_SCORE_PARTITIONS"]) >= 2
     # the provider the executor comes from is pinned, as the local `make cluster` uses it

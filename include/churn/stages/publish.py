@@ -98,7 +98,7 @@ def publish_redis(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_
 
 def export(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_published: dict,
            validated: dict | None = None) -> dict:
-    """Write the configured exports (CSV + manifest each); deliver them over SFTP when the connection exists.
+    """Write the configured exports (CSV + manifest each) and hand them to the export sink (folder or SFTP).
 
     Customer attributes come from ``src.customers`` for the Postgres source and from the run's clean
     scoring snapshot (``validated['score']['clean_path']``) for a file source.
@@ -106,7 +106,7 @@ def export(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_publish
     from churn.data.spec import load_run_spec
     from churn.publish.files import (SOURCE_ATTRIBUTES_TABLE, ExportRefused, check_published, export_spec,
                                      load_file_attributes, parse_exports)
-    from churn.publish.sftp import deliver_files, hook_sftp_factory, sftp_connection_configured, sftp_location
+    from churn.systems import systems_for
 
     started = time.monotonic()
     if is_dry_run(run):
@@ -116,6 +116,7 @@ def export(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_publish
     from_file = spec.source != "postgres"
     # a config mistake fails before anything is written; only the demo source has src.customers to default to
     specs = parse_exports(cfg.exports, cfg.export_band, default_attributes=not from_file)
+    sink = systems_for(cfg).export_sink()  # where the files go (a missing SFTP connection fails before writing)
     in_postgres = parse(PostgresPublishResult, pg_published)
     if in_postgres.skipped or not in_postgres.table:
         # Skipped, not emptied: yesterday's complete files stay where the consumer picks them up.
@@ -137,15 +138,8 @@ def export(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_publish
                                airflow_run_id=run.get("airflow_run_id", ""), chunk_rows=cfg.export_chunk_rows,
                                attributes_table=attributes_table)
                    for export_def in specs]
-    remote: list[str] = []
-    if sftp_connection_configured(cfg.sftp_conn_id):
-        files = [path for w in written for path in (w.path, w.manifest_path)]  # each manifest after its file
-        remote = deliver_files(files, cfg.export_remote_dir, hook_sftp_factory(cfg.sftp_conn_id),
-                               attempts=cfg.export_upload_attempts, backoff_seconds=cfg.export_retry_seconds)
-        delivered_to = sftp_location(cfg.sftp_conn_id, cfg.export_remote_dir)
-    else:
-        delivered_to = str(cfg.exports_dir)
-        log.info("no Airflow connection '%s': exports stay in %s", cfg.sftp_conn_id, delivered_to)
+    files = [path for w in written for path in (w.path, w.manifest_path)]  # each manifest after its file
+    delivered = sink.deliver(files)
     return timed(run, "export", started, ExportResult(
-        **written[0].__dict__, exports=written, delivered_to=delivered_to,
-        delivery="sftp" if remote else "local", remote_paths=remote))
+        **written[0].__dict__, exports=written, delivered_to=delivered.delivered_to, delivery=delivered.delivery,
+        remote_paths=delivered.remote_paths))
