@@ -25,9 +25,14 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from churn.config import ChurnConfig
+
+if TYPE_CHECKING:
+    from redis import Redis as RedisClient
+
+    from churn.db import PgConnection
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +102,13 @@ def redis_url(cfg: ChurnConfig | None = None) -> str:
 class Resources:
     """Factories for the clients a stage needs; each call opens a fresh client."""
 
-    pg: Callable[[], object]
-    redis: Callable[[], object]
-    source: Callable[[], object] | None = None
+    pg: Callable[[], PgConnection]
+    redis: Callable[[], RedisClient]
+    source: Callable[[], PgConnection] | None = None
     """Connection to the database holding the source tables (None = the platform's Postgres: the demo, files)."""
 
     @contextlib.contextmanager
-    def pg_session(self) -> Iterator[Any]:
+    def pg_session(self) -> Iterator[PgConnection]:
         """A fresh Postgres connection for one block, closed when the block ends (uncommitted work is rolled back)."""
         conn = self.pg()
         try:
@@ -112,7 +117,7 @@ class Resources:
             conn.close()
 
     @contextlib.contextmanager
-    def source_session(self) -> Iterator[Any]:
+    def source_session(self) -> Iterator[PgConnection]:
         """A fresh connection to the source tables' database for one block (the platform's unless a SQL source)."""
         conn = (self.source or self.pg)()
         try:

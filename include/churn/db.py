@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the types of the psycopg2 objects every store function takes
+    from psycopg2.extensions import connection as PgConnection
+    from psycopg2.extensions import cursor as PgCursor
 
 # Bump when PLATFORM_DDL changes: tasks that find the schema at this version run no DDL (the publisher role
 # they run as may not), and ``python -m churn.migrate`` (the owner role) brings an older one up to it.
@@ -212,7 +216,7 @@ class SchemaNotMigrated(RuntimeError):
     """Schema ``churn`` is missing or older than this code, and the connected role may not create it."""
 
 
-def schema_version(conn) -> int | None:
+def schema_version(conn: PgConnection) -> int | None:
     """The version ``churn.schema_version`` records, or None when the schema was never migrated."""
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass('churn.schema_version') IS NOT NULL")
@@ -225,7 +229,7 @@ def schema_version(conn) -> int | None:
     return row[0] if row else None
 
 
-def ensure_schema(conn, *, migrate: bool = False) -> None:
+def ensure_schema(conn: PgConnection, *, migrate: bool = False) -> None:
     """Create or upgrade the platform tables if they are not at ``SCHEMA_VERSION`` (safe to call on every task).
 
     At the current version nothing is executed but one lookup, so a publisher role without DDL rights
@@ -253,7 +257,7 @@ def ensure_schema(conn, *, migrate: bool = False) -> None:
             "as the schema's owner (CHURN_POSTGRES_MIGRATION_URL)") from exc
 
 
-def tables_present(conn, *tables: str) -> bool:
+def tables_present(conn: PgConnection, *tables: str) -> bool:
     """True if every ``schema.table`` exists: read-only paths check instead of running DDL."""
     with conn.cursor() as cur:
         cur.execute("SELECT bool_and(to_regclass(t) IS NOT NULL) FROM unnest(%s::text[]) AS t", (list(tables),))

@@ -13,6 +13,8 @@ with the command above instead of trying to alter what it does not own.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import argparse
 import logging
 import os
@@ -20,6 +22,9 @@ import re
 import sys
 
 from psycopg2 import sql
+
+if TYPE_CHECKING:
+    from churn.db import PgConnection
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +42,7 @@ def _role(name: str, what: str) -> sql.Identifier:
     return sql.Identifier(name)
 
 
-def migrate(conn, publisher: str | None = None, reader: str | None = None) -> dict:
+def migrate(conn: PgConnection, publisher: str | None = None, reader: str | None = None) -> dict:
     """Create or upgrade schema ``churn`` as the connected (owner) role and grant the publisher and reader."""
     from churn.data.outbox import ensure_outbox
     from churn.db import SCHEMA_VERSION, ensure_schema

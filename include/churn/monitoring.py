@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from churn.config import ChurnConfig
 from churn.data.drift import psi_from_shares
 from churn.db import ensure_schema, to_jsonb
 from churn.report import stage_timings
+
+if TYPE_CHECKING:
+    from churn.db import PgConnection
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +98,7 @@ def psi(expected_counts: list[int] | np.ndarray, actual_counts: list[int] | np.n
     return psi_from_shares(expected / expected.sum(), actual / actual.sum(), eps)
 
 
-def previous_run(conn, run_key: str) -> tuple[str, dict] | None:
+def previous_run(conn: PgConnection, run_key: str) -> tuple[str, dict] | None:
     """The latest earlier non-dry run with a score summary: (run_key, score_summary)."""
     with conn.cursor() as cur:
         cur.execute(
@@ -125,7 +128,7 @@ class RunMetrics:
     report_path: str | None = None
 
 
-def build_run_metrics(conn, run_key: str, summary: dict, scores_path: str | None, model_version: str | None,
+def build_run_metrics(conn: PgConnection, run_key: str, summary: dict, scores_path: str | None, model_version: str | None,
                       band_cuts: tuple[float, ...], dry_run: bool, sample_rows: int = 200_000) -> RunMetrics:
     """Figures of one run from its summary and scores file, with PSI against the previous run."""
     scores = None
@@ -145,7 +148,7 @@ def build_run_metrics(conn, run_key: str, summary: dict, scores_path: str | None
     )
 
 
-def record_run(conn, metrics: RunMetrics) -> None:
+def record_run(conn: PgConnection, metrics: RunMetrics) -> None:
     """Insert or replace the run's row in ``churn.run_metrics`` (idempotent per run key)."""
     ensure_schema(conn)
     with conn.cursor() as cur:
@@ -168,7 +171,7 @@ def record_run(conn, metrics: RunMetrics) -> None:
     conn.commit()
 
 
-def _sampled_outcomes(conn, cfg: ChurnConfig, scored_on: date, as_of: date):
+def _sampled_outcomes(conn: PgConnection, cfg: ChurnConfig, scored_on: date, as_of: date):
     """Per model version: customers scored on ``scored_on``, how many churned by ``as_of``, and an id-hash
     sample (about ``cfg.metrics_sample_rows``) of (probability, churned) pairs; None when the scores are gone.
 
@@ -226,7 +229,7 @@ def _sampled_outcomes(conn, cfg: ChurnConfig, scored_on: date, as_of: date):
                                                                        "churned"])
 
 
-def evaluate_realized(conn, cfg: ChurnConfig, as_of: date) -> list[dict]:
+def evaluate_realized(conn: PgConnection, cfg: ChurnConfig, as_of: date) -> list[dict]:
     """ROC AUC achieved by the scores of ``as_of - realized_lag_days``, per model version; stored and returned.
 
     Customers and churners are counted over every scored customer; the AUC is computed on an id-hash
@@ -298,7 +301,7 @@ def realized_drop(record: dict, max_drop: float) -> str | None:
             f"(allowed drop {max_drop:.4f})")
 
 
-def realized_retrain_trigger(conn, cfg: ChurnConfig, champion_version: str | None) -> tuple[bool, str]:
+def realized_retrain_trigger(conn: PgConnection, cfg: ChurnConfig, champion_version: str | None) -> tuple[bool, str]:
     """Retrain when the champion's latest realized ROC AUC dropped more than ``max_realized_auc_drop``."""
     if champion_version is None:
         return False, "no champion"

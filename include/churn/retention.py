@@ -17,6 +17,8 @@ suites, promotions. Realized-performance monitoring reads the scores of ``CHURN_
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import logging
 import re
 import shutil
@@ -24,6 +26,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+
+if TYPE_CHECKING:
+    from churn.db import PgConnection, PgCursor
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +60,12 @@ def keep_days(retention_days: int, realized_lag_days: int) -> int:
     return max(int(retention_days), int(realized_lag_days) + 1)
 
 
-def _exists(cur, table: str) -> bool:
+def _exists(cur: PgCursor, table: str) -> bool:
     cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
     return bool(cur.fetchone()[0])
 
 
-def purge_rows(conn, cutoff: date, served_run: str | None, batch_rows: int = 50_000) -> dict[str, int]:
+def purge_rows(conn: PgConnection, cutoff: date, served_run: str | None, batch_rows: int = 50_000) -> dict[str, int]:
     """Delete rows older than ``cutoff`` in bounded batches (short transactions, no long lock on the outbox)."""
     counts: dict[str, int] = {}
     stamp = datetime.combine(cutoff, datetime.min.time(), tzinfo=timezone.utc)
@@ -116,7 +121,7 @@ def purge_paths(folder: Path, cutoff: date, keep: set[str] = frozenset(), *, dir
     return removed
 
 
-def purge(conn, cfg, as_of: date) -> PurgeResult:
+def purge(conn: PgConnection, cfg, as_of: date) -> PurgeResult:
     """Purge database rows and files older than the retention cutoff for ``as_of`` (see the module doc)."""
     from churn.publish.refresh import current_batch
 

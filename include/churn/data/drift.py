@@ -13,6 +13,8 @@ with a logged reason, never failing the run.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from churn.db import ensure_schema
+
+if TYPE_CHECKING:
+    from churn.db import PgConnection
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +154,7 @@ def read_sample(path: str | Path, columns: list[str], max_rows: int, seed: int =
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=present)
 
 
-def store_drift(conn, run_key: str, report: DriftReport, results: list[FeatureDrift]) -> None:
+def store_drift(conn: PgConnection, run_key: str, report: DriftReport, results: list[FeatureDrift]) -> None:
     """Replace this run's rows in ``churn.drift_metrics`` (idempotent)."""
     ensure_schema(conn)
     with conn.cursor() as cur:
@@ -164,7 +169,7 @@ def store_drift(conn, run_key: str, report: DriftReport, results: list[FeatureDr
     conn.commit()
 
 
-def drift_against_champion(conn, champion, signature, current_path: str | Path, run_key: str, threshold: float,
+def drift_against_champion(conn: PgConnection, champion, signature, current_path: str | Path, run_key: str, threshold: float,
                            sample_rows: int = 200_000) -> DriftReport:
     """Compare the scoring snapshot with ``reference.parquet`` next to the champion's artifact and store it."""
     if champion is None:

@@ -24,6 +24,8 @@ pass. Everything is numpy-vectorized: no Python loop runs per customer.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import io
 import logging
 from dataclasses import dataclass
@@ -33,6 +35,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
+if TYPE_CHECKING:
+    from churn.db import PgConnection, PgCursor
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +308,7 @@ CREATE INDEX IF NOT EXISTS support_contacts_customer_ts ON src.support_contacts 
 TABLE_ORDER = ("customers", "churn_events", "usage_monthly", "support_contacts")
 
 
-def copy_frame(cur, table: str, frame: pd.DataFrame, chunk_rows: int = 500_000) -> int:
+def copy_frame(cur: PgCursor, table: str, frame: pd.DataFrame, chunk_rows: int = 500_000) -> int:
     """COPY a data frame into an existing table in chunks (CSV over the wire); returns rows copied."""
     columns = ", ".join(frame.columns)
     for begin in range(0, len(frame), chunk_rows):
@@ -314,7 +319,7 @@ def copy_frame(cur, table: str, frame: pd.DataFrame, chunk_rows: int = 500_000) 
     return len(frame)
 
 
-def load_source_tables(conn, tables: SourceTables) -> dict[str, int]:
+def load_source_tables(conn: PgConnection, tables: SourceTables) -> dict[str, int]:
     """Replace the src.* tables with ``tables`` in one transaction (readers see old or new).
 
     A bulk replacement is no event: the re-score outbox triggers (``churn.data.outbox``) stay silent for it.

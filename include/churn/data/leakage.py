@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import pandas as pd
 import psycopg2
@@ -23,6 +23,9 @@ import psycopg2
 from churn.config import ChurnConfig
 from churn.data.sql_source import (SqlSourceError, bind, confine, load_query, query_failed, query_path, quote_ident,
                                    statement_timeout_seconds)
+
+if TYPE_CHECKING:
+    from churn.db import PgConnection, PgCursor
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,7 @@ class LeakageReport:
         return asdict(self)
 
 
-def _relations(conn, bound_sql: str) -> list[tuple[str, str]]:
+def _relations(conn: PgConnection, bound_sql: str) -> list[tuple[str, str]]:
     """(schema, table) of every table the plan of the query reads."""
     with conn.cursor() as cur:
         cur.execute(f"EXPLAIN (VERBOSE, FORMAT JSON) {bound_sql}")
@@ -84,14 +87,14 @@ def _relations(conn, bound_sql: str) -> list[tuple[str, str]]:
     return found
 
 
-def _columns(cur, table: str) -> list[tuple[str, str]]:
+def _columns(cur: PgCursor, table: str) -> list[tuple[str, str]]:
     """(name, data type) of a temporary table's columns, in order."""
     cur.execute("SELECT attname, format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = %s::regclass "
                 "AND attnum > 0 AND NOT attisdropped ORDER BY attnum", (f"pg_temp.{quote_ident(table)}",))
     return [(name, kind) for name, kind in cur.fetchall()]  # no typmod: "character varying", not "...(20)"
 
 
-def _unique_keys(cur, table: str) -> list[list[str]]:
+def _unique_keys(cur: PgCursor, table: str) -> list[list[str]]:
     """Column lists of the temporary table's unique indexes (its primary key included)."""
     cur.execute("SELECT array_agg(a.attname ORDER BY a.attnum) FROM pg_index i JOIN pg_attribute a "
                 "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass "
@@ -99,7 +102,7 @@ def _unique_keys(cur, table: str) -> list[list[str]]:
     return [list(row[0]) for row in cur.fetchall()]
 
 
-def _entity_columns(cur, schema: str, table: str, id_column: str) -> list[str]:
+def _entity_columns(cur: PgCursor, schema: str, table: str, id_column: str) -> list[str]:
     """Columns naming another row's entity: declared foreign keys of the source table, or the id column's name."""
     cur.execute("SELECT DISTINCT a.attname FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid "
                 "AND a.attnum = ANY(c.conkey) WHERE c.contype = 'f' AND c.conrelid = %s::regclass",
@@ -108,7 +111,7 @@ def _entity_columns(cur, schema: str, table: str, id_column: str) -> list[str]:
     return [name for name, _ in _columns(cur, table) if name in declared or name == id_column]
 
 
-def _future_copy_sql(cur, schema: str, table: str, when: date, id_column: str
+def _future_copy_sql(cur: PgCursor, schema: str, table: str, when: date, id_column: str
                      ) -> tuple[list[str], list[str], str]:
     """INSERTs adding copies of each row with every date moved to ``when`` (none, and why, when impossible).
 
@@ -172,7 +175,7 @@ def _redirect(query: str, relations: list[tuple[str, str]]) -> str:
     return query
 
 
-def _result(conn, bound_sql: str, id_column: str) -> pd.DataFrame:
+def _result(conn: PgConnection, bound_sql: str, id_column: str) -> pd.DataFrame:
     with conn.cursor() as cur:
         cur.execute(bound_sql)
         names = [d.name for d in cur.description]
@@ -200,7 +203,7 @@ def _difference(before: pd.DataFrame, after: pd.DataFrame, columns: list[str], i
     return ("changed " + ", ".join(changed)) if changed else ""
 
 
-def check_leakage(conn, query: str, as_of: date, label_window_days: int, *, id_column: str, label_column: str,
+def check_leakage(conn: PgConnection, query: str, as_of: date, label_window_days: int, *, id_column: str, label_column: str,
                   max_rows_per_table: int = 100_000, timeout_seconds: float | None = None) -> LeakageReport:
     """Refuse a training query whose result changes when rows dated after ``as_of`` are added.
 

@@ -20,7 +20,10 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from churn.db import PgConnection
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +111,7 @@ class ClaimedEvent:
     """How many times it has been claimed, this claim included."""
 
 
-def ensure_outbox(conn, *, strict: bool = False) -> None:
+def ensure_outbox(conn: PgConnection, *, strict: bool = False) -> None:
     """Create the outbox tables and the secured trigger function (idempotent, no lock on the source tables).
 
     ``strict`` (installing triggers): a trigger function that cannot be secured is an :class:`OutboxError`
@@ -148,7 +151,7 @@ _DBA_FIX = (f"CREATE ROLE {OUTBOX_WRITER_ROLE} NOLOGIN; GRANT USAGE ON SCHEMA ch
             f"ALTER FUNCTION {TRIGGER_FUNCTION} OWNER TO {OUTBOX_WRITER_ROLE}")
 
 
-def trigger_function_problems(conn) -> list[str]:
+def trigger_function_problems(conn: PgConnection) -> list[str]:
     """What keeps the trigger function from being safe for any writer (empty when it is): owner, security, path."""
     with conn.cursor() as cur:
         cur.execute(
@@ -190,7 +193,7 @@ def trigger_function_problems(conn) -> list[str]:
     return problems
 
 
-def _secure_trigger_function(conn) -> list[str]:
+def _secure_trigger_function(conn: PgConnection) -> list[str]:
     """(Re)create the trigger function as SECURITY DEFINER owned by the writer role; why not, when refused."""
     import psycopg2
     from psycopg2 import sql
@@ -241,7 +244,7 @@ def _secure_trigger_function(conn) -> list[str]:
     return []
 
 
-def install_triggers(conn, tables: Iterable[str], id_column: str) -> list[str]:
+def install_triggers(conn: PgConnection, tables: Iterable[str], id_column: str) -> list[str]:
     """Statement-level INSERT and UPDATE triggers on each ``schema.table`` writing the outbox; returns those added.
 
     The trigger function is checked first (SECURITY DEFINER, pinned search_path, owned by the writer role):
@@ -276,7 +279,7 @@ def install_triggers(conn, tables: Iterable[str], id_column: str) -> list[str]:
     return added
 
 
-def enqueue(conn, customer_ids: Iterable[str], kind: str = "manual") -> int:
+def enqueue(conn: PgConnection, customer_ids: Iterable[str], kind: str = "manual") -> int:
     """Record a re-score request for each id (the manual trigger's path into the same outbox)."""
     ensure_outbox(conn)
     ids = sorted({str(i) for i in customer_ids})
@@ -327,7 +330,7 @@ def _delta_chunks(path: Path, chunk_rows: int, delimiter: str, encoding: str):
                            compression="infer", chunksize=chunk_rows)
 
 
-def ingest_delta_files(conn, folder: str | Path, id_column: str, required_columns: list[str], *,
+def ingest_delta_files(conn: PgConnection, folder: str | Path, id_column: str, required_columns: list[str], *,
                        delimiter: str = ",", encoding: str = "utf-8", require_ready: bool = False,
                        chunk_rows: int = 50_000) -> dict:
     """Record each delta file's rows as events (one per row, with the row) and move the file to ``done/``.
@@ -405,7 +408,7 @@ def ingest_delta_files(conn, folder: str | Path, id_column: str, required_column
     return done
 
 
-def delta_records(conn, event_ids: list[int]) -> dict[int, dict]:
+def delta_records(conn: PgConnection, event_ids: list[int]) -> dict[int, dict]:
     """The delta rows recorded with these events."""
     with conn.cursor() as cur:
         cur.execute("SELECT event_id, record FROM churn.rescore_delta_rows WHERE event_id = ANY(%s)",
@@ -415,7 +418,7 @@ def delta_records(conn, event_ids: list[int]) -> dict[int, dict]:
     return rows
 
 
-def claim(conn, claimer: str, limit: int, lease_seconds: float) -> list[ClaimedEvent]:
+def claim(conn: PgConnection, claimer: str, limit: int, lease_seconds: float) -> list[ClaimedEvent]:
     """Claim up to ``limit`` pending events for ``claimer`` (its own unfinished claims first, then expired ones)."""
     ensure_outbox(conn)
     with conn.cursor() as cur:
@@ -436,7 +439,7 @@ def claim(conn, claimer: str, limit: int, lease_seconds: float) -> list[ClaimedE
     return sorted((ClaimedEvent(r[0], r[1], r[2], r[3].isoformat(), r[4]) for r in rows), key=lambda e: e.event_id)
 
 
-def complete(conn, claimer: str, outcomes: dict[int, str]) -> int:
+def complete(conn: PgConnection, claimer: str, outcomes: dict[int, str]) -> int:
     """Mark claimed events done with their outcome; only this claimer's claims (a lost claim changes nothing)."""
     if not outcomes:
         return 0
@@ -453,7 +456,7 @@ def complete(conn, claimer: str, outcomes: dict[int, str]) -> int:
     return done
 
 
-def pending(conn) -> tuple[int, int | None]:
+def pending(conn: PgConnection) -> tuple[int, int | None]:
     """(number of events not yet done, the highest pending event id)."""
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass('churn.rescore_outbox')")
@@ -466,7 +469,7 @@ def pending(conn) -> tuple[int, int | None]:
     return int(count), highest
 
 
-def activity(conn, window_minutes: int = 60) -> dict:
+def activity(conn: PgConnection, window_minutes: int = 60) -> dict:
     """What the Churn page and the alerts show: backlog, oldest waiting, refreshed recently, lag p50/p95."""
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass('churn.rescore_outbox')")

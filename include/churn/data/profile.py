@@ -8,6 +8,8 @@ memory does not grow with the population.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import logging
 from pathlib import Path
 
@@ -16,6 +18,9 @@ import pandas as pd
 
 from churn.data.stream import DEFAULT_CHUNK_ROWS, iter_frames, keep_mask, parquet_rows
 from churn.db import ensure_schema, to_jsonb
+
+if TYPE_CHECKING:
+    from churn.db import PgConnection
 
 log = logging.getLogger(__name__)
 QUANTILES = {"p01": 0.01, "p05": 0.05, "p25": 0.25, "p50": 0.5, "p75": 0.75, "p95": 0.95, "p99": 0.99}
@@ -73,7 +78,7 @@ def _finish(acc: dict[str, dict], sample: pd.DataFrame, top_k: int, sample_rows:
     return profiles
 
 
-def profile_snapshot(conn, snapshot_path: str | Path, run_key: str, dataset: str, *, id_column: str | None = None,
+def profile_snapshot(conn: PgConnection, snapshot_path: str | Path, run_key: str, dataset: str, *, id_column: str | None = None,
                      chunk_rows: int = DEFAULT_CHUNK_ROWS, sample_rows: int = 100_000, seed: int = 0,
                      top_k: int = 10) -> dict[str, dict]:
     """Profile a Parquet snapshot chunk by chunk and replace this run's stored profile rows."""

@@ -31,7 +31,7 @@ import re
 import threading
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import pandas as pd
 import psycopg2
@@ -43,6 +43,9 @@ import pyarrow.parquet as pq
 from churn.config import PROJECT_ROOT, ChurnConfig
 from churn.data.snapshot import IngestError, Snapshot
 from churn.data.spec import DatasetSpec
+
+if TYPE_CHECKING:
+    from churn.db import PgConnection, PgCursor
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,7 @@ def statement_timeout_seconds() -> float:
     return ChurnConfig.from_env().source_statement_timeout_seconds
 
 
-def confine(cur, bound_sql: str, timeout_seconds: float | None = None) -> None:
+def confine(cur: PgCursor, bound_sql: str, timeout_seconds: float | None = None) -> None:
     """Make the cursor's transaction READ ONLY with a statement timeout, then refuse ``bound_sql`` unless it is one statement.
 
     Call before running anything of the query in this transaction (the check plans it: planning can run functions).
@@ -84,7 +87,7 @@ def confine(cur, bound_sql: str, timeout_seconds: float | None = None) -> None:
     check_one_statement(cur, bound_sql)
 
 
-def check_one_statement(cur, bound_sql: str) -> None:
+def check_one_statement(cur: PgCursor, bound_sql: str) -> None:
     """Refuse text that the server parses as more than one statement (or as a statement returning no rows).
 
     The server's parser decides, not a client-side guess at quotes and comments: PL/pgSQL opens a cursor on
@@ -108,7 +111,7 @@ def check_one_statement(cur, bound_sql: str) -> None:
         raise query_failed(exc, "the feature query fails on the source database", primary_only=True) from exc
 
 
-def _warn_if_role_can_write(cur) -> None:
+def _warn_if_role_can_write(cur: PgCursor) -> None:
     """Warn (once per role and database) when the query runs as a superuser or a role that may write tables."""
     cur.execute("SELECT current_database(), current_user, rolsuper FROM pg_roles WHERE rolname = current_user")
     database, user, superuser = cur.fetchone()
@@ -163,7 +166,7 @@ def load_query(path: str | Path) -> str:
     return body
 
 
-def bind(conn, query: str, as_of: date, label_window_days: int, **extra: Any) -> str:
+def bind(conn: PgConnection, query: str, as_of: date, label_window_days: int, **extra: Any) -> str:
     """The query with its parameters bound as literals (one statement, usable inside COPY)."""
     with conn.cursor() as cur:
         try:
@@ -195,7 +198,7 @@ def wrapped(bound_sql: str, columns: str = "*") -> str:
     return f"SELECT {columns} FROM ({bound_sql}\n) AS feature_query"
 
 
-def result_columns(conn, bound_sql: str, timeout_seconds: float | None = None) -> list[str]:
+def result_columns(conn: PgConnection, bound_sql: str, timeout_seconds: float | None = None) -> list[str]:
     """Column names the bound query returns (planned, not run; confined like every run of it)."""
     try:
         with conn.cursor() as cur:
@@ -215,7 +218,7 @@ def result_columns(conn, bound_sql: str, timeout_seconds: float | None = None) -
     return names
 
 
-def read_sample(conn, bound_sql: str, rows: int, timeout_seconds: float | None = None) -> pd.DataFrame:
+def read_sample(conn: PgConnection, bound_sql: str, rows: int, timeout_seconds: float | None = None) -> pd.DataFrame:
     """The first ``rows`` rows of the bound query, every cell as text (what kind inference reads)."""
     try:
         with conn.cursor() as cur:
@@ -255,7 +258,7 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def extract_query_snapshot(conn, query: str, as_of: date, out_path: str | Path, spec: DatasetSpec, *,
+def extract_query_snapshot(conn: PgConnection, query: str, as_of: date, out_path: str | Path, spec: DatasetSpec, *,
                            labelled: bool, label_window_days: int = 0, ids: list[str] | None = None,
                            timeout_seconds: float | None = None) -> Snapshot:
     """Stream the query's result as of ``as_of`` into a typed Parquet snapshot (label only when ``labelled``).

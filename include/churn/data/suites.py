@@ -27,13 +27,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import pandas as pd
 
 from churn.data.spec import DatasetSpec
 from churn.data.stream import sample_frame
 from churn.db import ensure_schema, to_jsonb
+
+if TYPE_CHECKING:
+    from churn.db import PgConnection
 
 EXPECTATIONS_DIR = Path(__file__).resolve().parents[1] / "expectations"
 RANGE_MARGIN = 0.1  # numeric ranges widen by 10 % of the observed width on each side
@@ -106,7 +109,7 @@ def hand_written(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def active_suite(conn, name: str, run_key: str | None = None) -> tuple[int, dict] | None:
+def active_suite(conn: PgConnection, name: str, run_key: str | None = None) -> tuple[int, dict] | None:
     """(version, suite) of the latest active version of ``name`` in churn.suites.
 
     With ``run_key``, a version that run proposed itself is skipped: a proposal applies from the *next* run
@@ -122,7 +125,7 @@ def active_suite(conn, name: str, run_key: str | None = None) -> tuple[int, dict
     return (row[0], row[1]) if row else None
 
 
-def auto_proposal(conn, name: str, run_key: str) -> int | None:
+def auto_proposal(conn: PgConnection, name: str, run_key: str) -> int | None:
     """The version a run already proposed for ``name`` (a re-run stores no second copy), or None."""
     ensure_schema(conn)
     with conn.cursor() as cur:
@@ -133,7 +136,7 @@ def auto_proposal(conn, name: str, run_key: str) -> int | None:
     return row[0]
 
 
-def store(conn, suite: dict, run_key: str) -> int:
+def store(conn: PgConnection, suite: dict, run_key: str) -> int:
     """Store ``suite`` as the next version of its name, active; returns the version."""
     ensure_schema(conn)
     with conn.cursor() as cur:
@@ -146,7 +149,7 @@ def store(conn, suite: dict, run_key: str) -> int:
     return version
 
 
-def resolve(conn, spec: DatasetSpec, suite_name: str | None = None, run_key: str | None = None) -> tuple[str, dict]:
+def resolve(conn: PgConnection, spec: DatasetSpec, suite_name: str | None = None, run_key: str | None = None) -> tuple[str, dict]:
     """(version, suite) that validates ``spec``: the file, else the active stored version, else the baseline."""
     name = suite_name or spec.suite
     written = hand_written(name)

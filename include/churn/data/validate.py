@@ -26,6 +26,8 @@ figures streamed over all chunks. Clean rows and quarantine rows are written chu
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import json
 import logging
 import os
@@ -42,6 +44,9 @@ from churn.data.spec import PARSE_ERRORS_COLUMN, DatasetSpec, synthetic_spec
 from churn.data.stream import DEFAULT_CHUNK_ROWS, duplicated_ids, iter_frames
 from churn.db import ensure_schema, to_jsonb
 from churn.fileio import write_text_atomic
+
+if TYPE_CHECKING:
+    from churn.db import PgConnection, PgCursor
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +86,7 @@ def load_suite_definition(name: str = "churn_features") -> dict:
     return suite
 
 
-def _previous_rows(conn, run_key: str, dataset: str, suite_name: str) -> int | None:
+def _previous_rows(conn: PgConnection, run_key: str, dataset: str, suite_name: str) -> int | None:
     """Rows checked by the latest earlier successful run of the same suite and dataset."""
     ensure_schema(conn)
     with conn.cursor() as cur:
@@ -384,7 +389,7 @@ def _describe(result: dict) -> str:
     return ", ".join(f"{k}={result[k]}" for k in keys if result.get(k) is not None)[:300] or "failed"
 
 
-def _quarantine(cur, run_key: str, dataset: str, frame: pd.DataFrame, bad_rows: dict[int, list[str]],
+def _quarantine(cur: PgCursor, run_key: str, dataset: str, frame: pd.DataFrame, bad_rows: dict[int, list[str]],
                 id_column: str = "customer_id") -> None:
     """Insert one chunk's bad rows (row number, id, reasons, the whole record) into churn.quarantine."""
     if not bad_rows:

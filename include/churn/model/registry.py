@@ -24,6 +24,9 @@ from churn.db import SchemaNotMigrated, ensure_schema, tables_present, to_jsonb
 from churn.model.features import ModelSignature
 from churn.fileio import atomic_path, file_sha256  # noqa: F401 - file_sha256 is part of this module's API
 
+if TYPE_CHECKING:
+    from churn.db import PgConnection, PgCursor
+
 if TYPE_CHECKING:  # pandas/joblib are imported where used: `python -m churn.model.registry` starts fast
     import pandas as pd
 
@@ -240,7 +243,7 @@ class VersionConflict(RegistryError):
     """A version is already registered with other bytes: registered artifacts are immutable."""
 
 
-def register(conn, *, version: str, run_key: str, model_name: str, status: str, reason: str, metrics: dict,
+def register(conn: PgConnection, *, version: str, run_key: str, model_name: str, status: str, reason: str, metrics: dict,
              params: dict, signature: ModelSignature, artifact_path: str, artifact_sha256: str,
              data_fingerprint: str, formats: list[str] | None = None) -> bool:
     """Insert one registry row; True if inserted, False if this exact artifact was already registered.
@@ -277,7 +280,7 @@ def register(conn, *, version: str, run_key: str, model_name: str, status: str, 
     return inserted
 
 
-def find(conn, version: str) -> ModelRecord | None:
+def find(conn: PgConnection, version: str) -> ModelRecord | None:
     """One version's record, or None if it was never registered."""
     try:
         return get(conn, version)
@@ -285,7 +288,7 @@ def find(conn, version: str) -> ModelRecord | None:
         return None
 
 
-def champion(conn) -> ModelRecord | None:
+def champion(conn: PgConnection) -> ModelRecord | None:
     """The current champion's record, or None before the first promotion (read-only: no DDL)."""
     if not tables_present(conn, "churn.model_registry", "churn.model_champion"):
         return None
@@ -299,7 +302,7 @@ def champion(conn) -> ModelRecord | None:
     return ModelRecord(*row) if row else None
 
 
-def get(conn, version: str) -> ModelRecord:
+def get(conn: PgConnection, version: str) -> ModelRecord:
     """One version's record; RegistryError if unknown (read-only: no DDL)."""
     if not tables_present(conn, "churn.model_registry"):
         raise RegistryError(f"model version {version!r} is not in churn.model_registry (no model registered yet)")
@@ -315,7 +318,7 @@ def get(conn, version: str) -> ModelRecord:
     return ModelRecord(*row)
 
 
-def promote(conn, version: str, reason: str, *, kind: str | None = None, actor: str | None = None,
+def promote(conn: PgConnection, version: str, reason: str, *, kind: str | None = None, actor: str | None = None,
             force: bool = False) -> bool:
     """Move the champion pointer to ``version`` and record it in ``churn.promotions``, in one transaction.
 
@@ -385,7 +388,7 @@ def promote(conn, version: str, reason: str, *, kind: str | None = None, actor: 
     return True
 
 
-def override_needed(conn, version: str) -> str | None:
+def override_needed(conn: PgConnection, version: str) -> str | None:
     """Why making ``version`` champion by hand would override the gate (None: a plain rollback); read-only."""
     record = get(conn, version)
     if record.status == "champion" or (record.status == "retired" and not tables_present(conn, "churn.promotions")):
@@ -396,7 +399,7 @@ def override_needed(conn, version: str) -> str | None:
     return why
 
 
-def _override_needed(cur, version: str, status: str) -> str | None:
+def _override_needed(cur: PgCursor, version: str, status: str) -> str | None:
     """Why making ``version`` champion by hand overrides the gate, or None when it is a plain rollback."""
     if status == "refused":
         return "was refused by the gate"
@@ -409,7 +412,7 @@ def _override_needed(cur, version: str, status: str) -> str | None:
     return None  # a former champion (rows from before the history count: it was 'retired', so it was champion)
 
 
-def history(conn, limit: int = 50) -> list[dict]:
+def history(conn: PgConnection, limit: int = 50) -> list[dict]:
     """The newest ``limit`` champion changes from ``churn.promotions`` (read-only: no DDL)."""
     if not tables_present(conn, "churn.promotions"):
         return []

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, TYPE_CHECKING
 
 from churn.config import ConfigError
 from churn.fileio import file_sha256
@@ -27,6 +27,9 @@ from churn.publish.export_specs import (  # re-exported: this module is the expo
     DEFAULT_COLUMNS, DEFAULT_FILE_PATTERN, FILE_ATTRIBUTES_TABLE, RISK_BANDS, SCORE_COLUMNS,
     SOURCE_ATTRIBUTES_TABLE, ExportRefused, ExportSpec, default_exports, parse_exports,
 )
+
+if TYPE_CHECKING:
+    from churn.db import PgConnection
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +161,7 @@ def write_export(frame, out_dir: str | Path, file_name: str, *, run_id: str, mod
 # --------------------------------------------------------------------------- from Postgres
 
 
-def check_published(conn, run_key: str, table: str, rows: int) -> None:
+def check_published(conn: PgConnection, run_key: str, table: str, rows: int) -> None:
     """Raise ExportRefused unless validation passed and ``table`` is the complete published batch of the run."""
     with conn.cursor() as cur:
         cur.execute("SELECT dataset FROM churn.validation_results WHERE run_key = %s AND NOT success", (run_key,))
@@ -182,7 +185,7 @@ def _table_sql(table: str):
     return sql.Identifier(*table.split(".", 1))
 
 
-def attribute_columns(conn, table: str = SOURCE_ATTRIBUTES_TABLE) -> list[str]:
+def attribute_columns(conn: PgConnection, table: str = SOURCE_ATTRIBUTES_TABLE) -> list[str]:
     """Columns of the attributes table an export may select; ConfigError when the table does not exist."""
     import psycopg2
     from psycopg2 import sql
@@ -200,7 +203,7 @@ def attribute_columns(conn, table: str = SOURCE_ATTRIBUTES_TABLE) -> list[str]:
     return names
 
 
-def load_file_attributes(conn, snapshot_path: str | Path, id_column: str, columns: Sequence[str],
+def load_file_attributes(conn: PgConnection, snapshot_path: str | Path, id_column: str, columns: Sequence[str],
                          *, batch_rows: int = 50_000) -> str:
     """Load a file source's attribute columns into a session TEMP table keyed by customer id; returns its name.
 
@@ -267,7 +270,7 @@ def segment_query(spec: ExportSpec, table: str, attributes_table: str = SOURCE_A
     return query, params
 
 
-def export_spec(conn, spec: ExportSpec, table: str, out_dir: str | Path, run_key: str, model_version: str,
+def export_spec(conn: PgConnection, spec: ExportSpec, table: str, out_dir: str | Path, run_key: str, model_version: str,
                 *, airflow_run_id: str = "", chunk_rows: int = 50_000,
                 attributes_table: str = SOURCE_ATTRIBUTES_TABLE) -> ExportFile:
     """Stream one export from the run's table (server-side cursor, ``chunk_rows`` at a time) to its file."""
@@ -302,7 +305,7 @@ def export_spec(conn, spec: ExportSpec, table: str, out_dir: str | Path, run_key
     return written
 
 
-def export_segment(conn, table: str, band: str, out_dir: str | Path, run_id: str, model_version: str,
+def export_segment(conn: PgConnection, table: str, band: str, out_dir: str | Path, run_id: str, model_version: str,
                    gzip_output: bool = False) -> ExportFile:
     """Export one risk band of a published run with the default columns (kept for callers of the first version)."""
     spec = ExportSpec(name=f"{band}_risk", bands=(band,), gzip=gzip_output)

@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TYPE_CHECKING
 
 import psycopg2
 import pyarrow as pa
@@ -35,6 +35,9 @@ from psycopg2.extensions import encrypt_password
 
 from churn.db import ensure_schema
 from churn.publish.refresh import batch_cutoff
+
+if TYPE_CHECKING:
+    from churn.db import PgConnection, PgCursor
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +124,7 @@ def _check_constants(batch, constants: dict[str, object], scores_path: str | Pat
                                "one run of one model; re-run the score task (nothing was switched)")
 
 
-def copy_parquet(cur, parquet_path: str | Path, table: str, columns: str = SCORES_COLUMNS,
+def copy_parquet(cur: PgCursor, parquet_path: str | Path, table: str, columns: str = SCORES_COLUMNS,
                  batch_rows: int = 250_000, freeze: bool = False, on_batch: Callable[[], None] | None = None,
                  check: Callable[[pa.RecordBatch], None] | None = None) -> int:
     """COPY a Parquet file into ``table`` batch by batch (CSV over the wire, bounded memory).
@@ -160,7 +163,7 @@ def copy_parquet(cur, parquet_path: str | Path, table: str, columns: str = SCORE
     return rows
 
 
-def publish_scores(conn, scores_path: str | Path, run_key: str, model_version: str, retention_runs: int = 7,
+def publish_scores(conn: PgConnection, scores_path: str | Path, run_key: str, model_version: str, retention_runs: int = 7,
                    hook: Callable[[str], None] | None = None, copy_batch_rows: int = 250_000,
                    lock_wait_seconds: float = 900.0, switch_lock_timeout_seconds: float | None = None,
                    switch_deadline_seconds: float | None = None) -> PostgresPublish:
@@ -205,7 +208,7 @@ def publish_scores(conn, scores_path: str | Path, run_key: str, model_version: s
         ) from exc
 
 
-def _lock_run(conn, run_key: str, wait_seconds: float) -> None:
+def _lock_run(conn: PgConnection, run_key: str, wait_seconds: float) -> None:
     """Take the session advisory lock of ``run_key``'s publish, waiting up to ``wait_seconds``."""
     deadline = time.monotonic() + wait_seconds
     while True:
@@ -265,7 +268,7 @@ class _LockBudget:
         return getattr(self._cur, name)
 
 
-def _lock_holders(conn) -> str:
+def _lock_holders(conn: PgConnection) -> str:
     """Who holds locks on the churn schema's relations now, for the error message (pid, user, state, age)."""
     try:
         with conn.cursor() as cur:
@@ -282,7 +285,7 @@ def _lock_holders(conn) -> str:
     return ", ".join(f"pid {pid} ({user}, {state}, transaction open {age})" for pid, user, state, age in rows) or "none now"
 
 
-def _publish(conn, scores_path: str | Path, run_key: str, model_version: str, retention_runs: int,
+def _publish(conn: PgConnection, scores_path: str | Path, run_key: str, model_version: str, retention_runs: int,
              hook: Callable[[str], None], copy_batch_rows: int, limits: _SwitchLimits) -> PostgresPublish:
     ensure_schema(conn)
     final = run_table(run_key)
@@ -342,7 +345,7 @@ def _publish(conn, scores_path: str | Path, run_key: str, model_version: str, re
     return PostgresPublish(f"churn.{final}", rows, is_current, load_seconds)
 
 
-def _switch(cur, run_key: str, final: str, staging: str, model_version: str, rows: int, retention_runs: int) -> bool:
+def _switch(cur: PgCursor, run_key: str, final: str, staging: str, model_version: str, rows: int, retention_runs: int) -> bool:
     """Point the views at the run's table and apply retention (one attempt, in the caller's transaction)."""
     cur.execute(
         """INSERT INTO churn.score_runs (run_key, table_name, model_version, rows)
@@ -370,7 +373,7 @@ def _switch(cur, run_key: str, final: str, staging: str, model_version: str, row
     return is_current
 
 
-def _retained(cur, retention_runs: int) -> list[tuple[str, str]]:
+def _retained(cur: PgCursor, retention_runs: int) -> list[tuple[str, str]]:
     cur.execute(
         "SELECT run_key, table_name FROM churn.score_runs ORDER BY run_key DESC LIMIT %s", (max(retention_runs, 2),)
     )
@@ -388,14 +391,14 @@ def current_view_sql(table: str, run_key: str) -> str:
             f"ON r.customer_id = b.customer_id AND r.data_at > '{batch_cutoff(run_key)}'::timestamptz")
 
 
-def _rebuild_history_view(cur, retention_runs: int, replace: dict[str, str]) -> None:
+def _rebuild_history_view(cur: PgCursor, retention_runs: int, replace: dict[str, str]) -> None:
     tables = [replace.get(table, table) for _, table in _retained(cur, retention_runs)]
     selects = [f"SELECT {SCORES_COLUMNS} FROM churn.{t}" for t in tables]
     selects.append(f"SELECT {SCORES_COLUMNS} FROM churn.score_refresh_log")  # the event scores between nights
     cur.execute(f"CREATE OR REPLACE VIEW churn.scores_history AS {' UNION ALL '.join(selects)}")  # keeps grants
 
 
-def _apply_retention(cur, retention_runs: int) -> None:
+def _apply_retention(cur: PgCursor, retention_runs: int) -> None:
     keep = {run for run, _ in _retained(cur, retention_runs)}
     cur.execute("SELECT run_key, table_name FROM churn.score_runs")
     for run, table in cur.fetchall():
@@ -408,7 +411,7 @@ def _apply_retention(cur, retention_runs: int) -> None:
                     (batch_cutoff(min(keep)),))
 
 
-def stale_customers(conn, runs: list[str], current_table: str, fetch_rows: int = 50_000) -> Iterator[str]:
+def stale_customers(conn: PgConnection, runs: list[str], current_table: str, fetch_rows: int = 50_000) -> Iterator[str]:
     """Ids scored by any of ``runs`` (whose tables still exist) but absent from ``current_table``, streamed."""
     tables = []
     with conn.cursor() as cur:
@@ -432,7 +435,7 @@ def stale_customers(conn, runs: list[str], current_table: str, fetch_rows: int =
     conn.commit()
 
 
-def current_run(conn) -> str | None:
+def current_run(conn: PgConnection) -> str | None:
     """run_key of the batch readers currently see, or None before the first publish."""
     ensure_schema(conn)
     with conn.cursor() as cur:
@@ -442,7 +445,7 @@ def current_run(conn) -> str | None:
     return row[0] if row else None
 
 
-def ensure_reader_role(conn, role: str = "churn_reader", password: str | None = None,
+def ensure_reader_role(conn: PgConnection, role: str = "churn_reader", password: str | None = None,
                        idle_in_transaction_seconds: float | None = None) -> None:
     """Create (or update) the read-only consumer role: SELECT on the score views, nothing else.
 
@@ -470,7 +473,7 @@ def ensure_reader_role(conn, role: str = "churn_reader", password: str | None = 
                 raise
 
 
-def _grant_reader(conn, role: str, password: str | None, idle_in_transaction_seconds: float) -> None:
+def _grant_reader(conn: PgConnection, role: str, password: str | None, idle_in_transaction_seconds: float) -> None:
     ident = sql.Identifier(role)
     try:
         with conn.cursor() as cur:

@@ -21,12 +21,15 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable
+from typing import Iterable, TYPE_CHECKING
 
 import pandas as pd
 
 from churn.publish.redis_encoding import Fence, run_fenced
 from churn.publish.redis_keys import RedisPublishError, bucket_key, lock_key, score_key, served_meta
+
+if TYPE_CHECKING:
+    from churn.db import PgConnection, PgCursor
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +55,14 @@ class RefreshOutcome:
     batch_run: str | None
 
 
-def current_batch(cur) -> tuple[str, str] | None:
+def current_batch(cur: PgCursor) -> tuple[str, str] | None:
     """(run_key, table name) of the batch ``churn.scores_current`` serves, or None."""
     cur.execute("SELECT run_key, table_name FROM churn.score_runs WHERE is_current")
     row = cur.fetchone()
     return (row[0], row[1]) if row else None
 
 
-def apply_postgres(conn, scores: pd.DataFrame, *, model_version: str, run_id: str, scored_at: datetime,
+def apply_postgres(conn: PgConnection, scores: pd.DataFrame, *, model_version: str, run_id: str, scored_at: datetime,
                    data_at: datetime) -> RefreshOutcome:
     """Store the refreshed scores (columns id, probability, band, decile, ``event_at``) where they are newest."""
     from psycopg2.extras import execute_values
@@ -102,7 +105,7 @@ def apply_postgres(conn, scores: pd.DataFrame, *, model_version: str, run_id: st
                           not_served=sorted(set(ids) - served), batch_run=run_key)
 
 
-def newer_than_batch(conn, run_key: str) -> list[str]:
+def newer_than_batch(conn: PgConnection, run_key: str) -> list[str]:
     """Customers whose refresh is newer than batch ``run_key`` (the nightly Redis publish leaves them alone)."""
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass('churn.score_refreshes')")
@@ -120,7 +123,7 @@ def _time_text(value) -> str | None:
     return None if value is None else pd.Timestamp(value).tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def write_redis(client, conn, customer_ids: Iterable[str], *, prefix: str = "churn", lock_wait_seconds: float = 900.0,
+def write_redis(client, conn: PgConnection, customer_ids: Iterable[str], *, prefix: str = "churn", lock_wait_seconds: float = 900.0,
                 lock_lease_seconds: float = 60.0) -> int:
     """Copy the customers' newest refreshes from Postgres to Redis where they are newer than the served batch.
 
