@@ -94,21 +94,46 @@ def on_page_markdown(markdown, page, config, files):
 
 # --- configuration -------------------------------------------------------------------------------------------
 
-def config_sections() -> dict[str, str]:
-    """Each field's section: the ``# --- title ---`` comment above it in the class body (else "Other")."""
+def config_sections() -> dict[str, tuple[str, str]]:
+    """Each field's section: (title, what it covers), in the order of the class's fields.
+
+    The config class is built from section classes (a ``section`` class variable and a docstring each); a
+    flat class marks its sections with ``# --- title ---`` comments instead. Anything else is "Other".
+    """
     from churn.config import ChurnConfig
 
-    section, found = "Other", {}
+    found: dict[str, tuple[str, str]] = {}
+    for cls in ChurnConfig.__mro__[1:]:  # the section classes, in the order ChurnConfig lists them
+        name = cls.__dict__.get("section")
+        if not isinstance(name, str):
+            continue
+        doc = " ".join((cls.__doc__ or "").split())
+        for field in cls.__dict__.get("__annotations__", {}):
+            if field in ChurnConfig.model_fields:
+                found.setdefault(field, (name[:1].upper() + name[1:], doc))
+    if found:
+        return found
+    section = ("Other", "")
     for line in inspect.getsource(ChurnConfig).splitlines():
         header = re.match(r"\s+# -{3,} (.+?) -*$", line)
         if header:
-            section = header.group(1).strip()
-            section = section[:1].upper() + section[1:]
+            title, _, note = header.group(1).strip().partition(" (")
+            section = (title[:1].upper() + title[1:], note.removesuffix(")"))
             continue
         field = re.match(r"    (\w+)\s*:", line)
         if field and field.group(1) in ChurnConfig.model_fields:
             found[field.group(1)] = section
     return found
+
+
+def former_names(name: str) -> list[str]:
+    """Other ``CHURN_*`` names a field is still read from (renamed settings keep working)."""
+    from churn.config import ChurnConfig
+
+    alias = ChurnConfig.model_fields[name].validation_alias
+    choices = getattr(alias, "choices", [alias] if isinstance(alias, str) else [])
+    return [c for c in choices if isinstance(c, str) and c.upper().startswith("CHURN_")
+            and c.upper() != f"CHURN_{name.upper()}"]
 
 
 def allowed_values(name: str) -> str:
@@ -141,24 +166,31 @@ def _link_readme_sections(text: str) -> str:
 
 
 def configuration_reference() -> str:
-    """Every ``CHURN_*`` setting, by section, from ``churn.config_docs.markdown_table``."""
+    """Every ``CHURN_*`` setting, by section, from the rows of ``churn.config_docs.markdown_table``."""
     from churn.config_docs import markdown_table
 
-    sections = config_sections()
-    grouped: dict[str, list[str]] = {}
-    for row in markdown_table().splitlines()[2:]:
+    rows: dict[str, str] = {}
+    for row in markdown_table().splitlines():
+        if not row.startswith("| CHURN_"):
+            continue
         match = re.fullmatch(r"\| (CHURN_\w+) \| (.*?) \| (.*) \|", row)
         if not match:
             raise ValueError(f"unexpected row in churn.config_docs.markdown_table(): {row!r}")
         var, default, meaning = match.groups()
         name = var[len("CHURN_"):].lower()
-        grouped.setdefault(sections.get(name, "Other"), []).append(
-            f"| `{var}` | {default} | {allowed_values(name)} | {_link_readme_sections(meaning)} |")
+        meaning = _link_readme_sections(meaning)
+        former = [f for f in former_names(name) if f.upper() not in meaning]
+        if former:
+            meaning += " Also read as " + ", ".join(f"`{f.upper()}`" for f in former) + " (former name)."
+        rows[name] = f"| `{var}` | {default} | {allowed_values(name)} | {meaning} |"
+    sections = config_sections()
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for name in [*(n for n in sections if n in rows), *(n for n in rows if n not in sections)]:
+        grouped.setdefault(sections.get(name, ("Other", "")), []).append(rows[name])
     parts = []
-    for section, rows in grouped.items():
-        title, _, note = section.partition(" (")
-        parts += [f"### {title}", ""] + ([f"*{note.removesuffix(')')}*", ""] if note else [])
-        parts += ["| variable | default | allowed | meaning |", "| --- | --- | --- | --- |", *rows, ""]
+    for (title, note), lines in grouped.items():
+        parts += [f"### {title}", ""] + ([f"*{note}*", ""] if note else [])
+        parts += ["| variable | default | allowed | meaning |", "| --- | --- | --- | --- |", *lines, ""]
     return "\n".join(parts)
 
 
