@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typing
 
-from churn.config import ChurnConfig, ConfigError
+from churn.config import RENAMED, ChurnConfig, ConfigError
 
 
 def field_docs() -> dict[str, str]:
@@ -32,8 +32,12 @@ def markdown_table() -> str:
     """The configuration table, generated from the fields, their defaults and their docs."""
     docs = field_docs()
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
-    for name, info in ChurnConfig.model_fields.items():
+    formerly = {new: old for new, old in RENAMED.items()}
+    for name in (n for names in ChurnConfig.sections().values() for n in names):
+        info = ChurnConfig.model_fields[name]
         meaning = docs.get(name, "").replace("|", "\\|")
+        if name in formerly:  # the old name still works
+            meaning += f" (formerly `CHURN_{formerly[name].upper()}`, still accepted)"
         default = info.get_default(call_default_factory=True)
         rows.append(f"| CHURN_{name.upper()} | {_default_text(name, default)} | {meaning} |")
     return "\n".join(rows) + "\n"

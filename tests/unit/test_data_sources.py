@@ -68,10 +68,10 @@ def test_spec_from_configuration_is_checked_and_round_trips(tmp_path):
     spec = telco_spec()
     assert spec.label_values == {"Yes": 1, "No": 0} and spec.suite == "telco_churn"
     assert load_run_spec(spec.write(tmp_path).parent) == spec
-    with pytest.raises(SpecError, match="CHURN_FILE_LABEL_VALUES"):
+    with pytest.raises(SpecError, match="CHURN_LABEL_VALUES"):
         parse_label_values("Yes=1")
     with pytest.raises(SpecError, match=r"\['tenure'\] are listed twice"):
-        telco_spec(CHURN_FILE_CATEGORICAL_COLUMNS="tenure,gender")
+        telco_spec(CHURN_CATEGORICAL_COLUMNS="tenure,gender")
     with pytest.raises(SpecError, match="CHURN_FILE_PATH"):
         spec_from_config(ChurnConfig.from_env({"CHURN_SOURCE": "file"}))
     with pytest.raises(ConfigError, match="CHURN_SOURCE='s3' is not allowed; use one of postgres, file, sql"):
@@ -116,10 +116,10 @@ def test_regional_spreadsheet_export_reads_like_the_plain_one(tmp_path):
     assert regional.loc[7, "TotalCharges"] == "1.234,50"
     frame.to_csv(tmp_path / "plain.csv", index=False)
     regional.to_csv(tmp_path / "regional.csv", index=False, sep=";", encoding="cp1252")
-    plain_spec = telco_spec(CHURN_FILE_TIMESTAMP_COLUMN="updated_at")
+    plain_spec = telco_spec(CHURN_TIMESTAMP_COLUMN="updated_at")
     plain = pd.read_parquet(read_file_snapshot(plain_spec, [tmp_path / "plain.csv"], tmp_path / "p.parquet",
                                                RUN_DATE, labelled=True).path)
-    regional_cfg = ChurnConfig.from_env({**TELCO_ENV, "CHURN_FILE_PATH": "x.csv", "CHURN_FILE_TIMESTAMP_COLUMN":
+    regional_cfg = ChurnConfig.from_env({**TELCO_ENV, "CHURN_FILE_PATH": "x.csv", "CHURN_TIMESTAMP_COLUMN":
                                          "updated_at", "CHURN_FILE_DELIMITER": ";", "CHURN_FILE_DECIMAL": ",",
                                          "CHURN_FILE_THOUSANDS": ".", "CHURN_FILE_ENCODING": "cp1252",
                                          "CHURN_FILE_DAYFIRST": "true"})
@@ -148,7 +148,7 @@ def test_regional_settings_that_contradict_each_other_are_refused():
         ChurnConfig.from_env({"CHURN_FILE_DELIMITER": ",", "CHURN_FILE_DECIMAL": ","})
 
 
-NO_KINDS = {"CHURN_FILE_NUMERIC_COLUMNS": "", "CHURN_FILE_BOOLEAN_COLUMNS": "", "CHURN_FILE_CATEGORICAL_COLUMNS": ""}
+NO_KINDS = {"CHURN_NUMERIC_COLUMNS": "", "CHURN_BOOLEAN_COLUMNS": "", "CHURN_CATEGORICAL_COLUMNS": ""}
 
 
 def test_kinds_are_inferred_by_the_documented_rules_when_none_are_configured(tmp_path):
@@ -185,7 +185,7 @@ def test_telco_kinds_inferred_from_path_id_and_label_match_the_readme_configurat
 
     require_dataset(TELCO)
     cfg = ChurnConfig.from_env({"CHURN_SOURCE": "file", "CHURN_FILE_PATH": str(TELCO),
-                                "CHURN_FILE_ID_COLUMN": "customerID", "CHURN_FILE_LABEL_COLUMN": "Churn"})
+                                "CHURN_ID_COLUMN": "customerID", "CHURN_LABEL_COLUMN": "Churn"})
     spec = spec_from_config(cfg, [TELCO])
     for kind in ("numeric", "boolean", "categorical"):
         configured = TELCO_ENV[f"CHURN_FILE_{kind.upper()}_COLUMNS"].split(",")

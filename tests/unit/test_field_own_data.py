@@ -56,7 +56,7 @@ def test_ambiguous_labels_are_refused_with_the_setting_to_pin(values):
     with pytest.raises(LabelValuesError) as caught:
         infer_label_values(pd.Series(values), "label", MISSING)
     message = str(caught.value)
-    assert "CHURN_FILE_LABEL_VALUES=" in message and repr(values[-1]) in message
+    assert "CHURN_LABEL_VALUES=" in message and repr(values[-1]) in message
 
 
 def test_a_label_of_0_7_stops_ingest_with_the_values_seen(tmp_path):
@@ -64,7 +64,7 @@ def test_a_label_of_0_7_stops_ingest_with_the_values_seen(tmp_path):
     frame.loc[3, "Exited"] = "0.7"
     path = write_csv(frame, tmp_path / "bank.csv")
     cfg = ChurnConfig.from_env(bank_env(path, tmp_path / "state"))
-    with pytest.raises(SpecError, match=r"'0\.7'.*CHURN_FILE_LABEL_VALUES="):
+    with pytest.raises(SpecError, match=r"'0\.7'.*CHURN_LABEL_VALUES="):
         spec_from_config(cfg, [path])
 
 

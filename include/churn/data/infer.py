@@ -12,15 +12,15 @@ the first ``sample_rows`` rows (every cell as stripped text; blanks and the miss
    ``row number``, others ``id-like`` when the column is named like an id or the sample has at least
    1,000 rows (both ignored). The few cells that are not numbers are quarantined at ingest with the reason;
 4. every value is a date or date-time (``2026-11-20``, ``20.11.2026``, ``11/20/2026 08:30`` ...) ->
-   ignored (``timestamp``; name it in ``CHURN_FILE_TIMESTAMP_COLUMN`` to enable the freshness check);
+   ignored (``timestamp``; name it in ``CHURN_TIMESTAMP_COLUMN`` to enable the freshness check);
 5. text with at most ``max_categories`` distinct values -> **categorical**;
 6. other text -> ignored: ``id-like`` when more than half of the values are distinct (names, e-mails,
    free text), else ``high cardinality``.
 
-The label's mapping to 0/1 is inferred too when ``CHURN_FILE_LABEL_VALUES`` is empty
+The label's mapping to 0/1 is inferred too when ``CHURN_LABEL_VALUES`` is empty
 (:func:`infer_label_values`), and a CSV's delimiter and decimal mark are detected when they are not
 set (:func:`detect_csv_format`). Configured lists always win: kind inference runs only when
-``CHURN_FILE_NUMERIC_COLUMNS``, ``CHURN_FILE_BOOLEAN_COLUMNS`` and ``CHURN_FILE_CATEGORICAL_COLUMNS``
+``CHURN_NUMERIC_COLUMNS``, ``CHURN_BOOLEAN_COLUMNS`` and ``CHURN_CATEGORICAL_COLUMNS``
 are all empty. The result is written into the run's dataset spec (``inference``) and logged with the
 settings that pin it.
 """
@@ -128,13 +128,13 @@ def pin_settings(inferred: dict[str, Any]) -> str:
 
 
 class LabelValuesError(ValueError):
-    """The label's values cannot be mapped to 0/1 without CHURN_FILE_LABEL_VALUES; the message gives the line."""
+    """The label's values cannot be mapped to 0/1 without CHURN_LABEL_VALUES; the message gives the line."""
 
 
 def infer_label_values(values: pd.Series, column: str, missing: frozenset[str] = frozenset()) -> dict[str, int]:
     """The raw label text -> 0/1 mapping when it is unambiguous: 0/1 numbers, or one yes-word and one no-word.
 
-    Raises :class:`LabelValuesError` listing the values seen and the ``CHURN_FILE_LABEL_VALUES`` line to set
+    Raises :class:`LabelValuesError` listing the values seen and the ``CHURN_LABEL_VALUES`` line to set
     otherwise (``0.7``, three values, two words that are not yes/no): a label is never guessed or truncated.
     """
     text = values.dropna().astype("str").str.strip()
@@ -154,7 +154,7 @@ def infer_label_values(values: pd.Series, column: str, missing: frozenset[str] =
     raise LabelValuesError(
         f"the label column {column!r} holds {len(seen)} distinct value(s) ({shown or 'none'}) that are not "
         f"unambiguously 0/1: say which value means 'churned' (1) and which does not (0) with "
-        f"CHURN_FILE_LABEL_VALUES='{example}' (adjust to your values); values outside the mapping are quarantined")
+        f"CHURN_LABEL_VALUES='{example}' (adjust to your values); values outside the mapping are quarantined")
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ class SqlSource:
 
     def _infer_kinds(self) -> bool:
         c = self.cfg
-        return not (c.file_numeric_columns or c.file_boolean_columns or c.file_categorical_columns)
+        return not (c.numeric_columns or c.boolean_columns or c.categorical_columns)
 
     def spec_for(self, conn, query: str, train_date: date) -> DatasetSpec:
         """The spec: configured kinds, or kinds inferred from the first rows of the query's result."""
@@ -242,7 +242,7 @@ class FileSource:
         stamp = spec.timestamp_column
 
         def data_time(event) -> tuple:
-            # A customer's newest row wins by its data time (CHURN_FILE_TIMESTAMP_COLUMN) when the file has one,
+            # A customer's newest row wins by its data time (CHURN_TIMESTAMP_COLUMN) when the file has one,
             # then by event id (file name order, then row order): never by when the file happened to arrive.
             when = pd.to_datetime(records[event.event_id].get(stamp), errors="coerce", utc=True) if stamp else pd.NaT
             return (pd.Timestamp.min.tz_localize("UTC") if pd.isna(when) else when, event.event_id)

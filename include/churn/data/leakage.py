@@ -300,7 +300,7 @@ def _main(argv: list[str] | None = None) -> int:
     path = Path(args.query) if args.query else query_path(cfg)
     as_of = args.as_of or date.today() - timedelta(days=cfg.label_window_days)
     spec_id, spec_label = (("customer_id", "churned") if cfg.source == "postgres" and not args.query
-                           else (cfg.file_id_column, cfg.file_label_column))
+                           else (cfg.id_column, cfg.label_column))
     with Resources.from_airflow(cfg).source_session() as conn:
         report = check_leakage(conn, load_query(path), as_of, cfg.label_window_days, id_column=spec_id,
                                label_column=spec_label, max_rows_per_table=args.max_rows_per_table)

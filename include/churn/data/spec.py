@@ -83,11 +83,11 @@ class DatasetSpec:
     def check(self) -> "DatasetSpec":
         """Raise SpecError when the spec cannot work (no features, a column listed twice)."""
         if not self.id_column or not self.label_column:
-            raise SpecError("the dataset spec needs an id column and a label column (CHURN_FILE_ID_COLUMN / "
-                            "CHURN_FILE_LABEL_COLUMN)")
+            raise SpecError("the dataset spec needs an id column and a label column (CHURN_ID_COLUMN / "
+                            "CHURN_LABEL_COLUMN)")
         if not self.feature_columns:
-            raise SpecError("the dataset spec has no feature columns: set CHURN_FILE_NUMERIC_COLUMNS, "
-                            "CHURN_FILE_BOOLEAN_COLUMNS and/or CHURN_FILE_CATEGORICAL_COLUMNS, or leave all three "
+            raise SpecError("the dataset spec has no feature columns: set CHURN_NUMERIC_COLUMNS, "
+                            "CHURN_BOOLEAN_COLUMNS and/or CHURN_CATEGORICAL_COLUMNS, or leave all three "
                             "empty and let ingest infer them from the delivered file")
         names = [self.id_column, self.label_column, *self.feature_columns]
         dupes = sorted({c for c in names if names.count(c) > 1})
@@ -133,16 +133,16 @@ def _split(value: str) -> list[str]:
 
 
 def parse_label_values(value: str) -> dict[str, int]:
-    """``"Yes:1,No:0"`` -> ``{"Yes": 1, "No": 0}``; raises SpecError naming CHURN_FILE_LABEL_VALUES."""
+    """``"Yes:1,No:0"`` -> ``{"Yes": 1, "No": 0}``; raises SpecError naming CHURN_LABEL_VALUES."""
     mapping: dict[str, int] = {}
     for part in _split(value):
         raw, sep, target = part.rpartition(":")
         if not sep or target.strip() not in {"0", "1"}:
-            raise SpecError(f"CHURN_FILE_LABEL_VALUES={value!r}: each item must be '<raw value>:<0 or 1>', "
+            raise SpecError(f"CHURN_LABEL_VALUES={value!r}: each item must be '<raw value>:<0 or 1>', "
                             "e.g. 'Yes:1,No:0'")
         mapping[raw.strip()] = int(target)
     if mapping and set(mapping.values()) != {0, 1}:
-        raise SpecError(f"CHURN_FILE_LABEL_VALUES={value!r} must map at least one value to 1 and one to 0")
+        raise SpecError(f"CHURN_LABEL_VALUES={value!r} must map at least one value to 1 and one to 0")
     return mapping
 
 
@@ -153,7 +153,7 @@ def spec_from_config(cfg, files: list[Path] | None = None, sample=None, csv_form
     (``churn.data.infer``; configured lists always win) from the first rows of ``files`` (read with
     ``csv_format``, the delivery's detected delimiter and decimal mark) or from ``sample``, the first rows
     of the feature query's result as text. A file's label mapping is inferred from the same rows when
-    ``CHURN_FILE_LABEL_VALUES`` is empty, so the label is checked as the text the file holds every night.
+    ``CHURN_LABEL_VALUES`` is empty, so the label is checked as the text the file holds every night.
     """
     if cfg.source == "postgres":
         return synthetic_spec()
@@ -162,10 +162,10 @@ def spec_from_config(cfg, files: list[Path] | None = None, sample=None, csv_form
     if cfg.source == "sql" and not cfg.source_query:
         raise SpecError("CHURN_SOURCE=sql needs CHURN_SOURCE_QUERY (your .sql feature query, see README "
                         "'Bring your own data')")
-    kinds = {"numeric": _split(cfg.file_numeric_columns), "boolean": _split(cfg.file_boolean_columns),
-             "categorical": _split(cfg.file_categorical_columns)}
+    kinds = {"numeric": _split(cfg.numeric_columns), "boolean": _split(cfg.boolean_columns),
+             "categorical": _split(cfg.categorical_columns)}
     inference: dict = {}
-    label_values = parse_label_values(cfg.file_label_values)
+    label_values = parse_label_values(cfg.label_values)
     infer_labels = cfg.source == "file" and not label_values and bool(files)
     if (files or sample is not None) and (infer_labels or not any(kinds.values())):
         from churn.data.infer import CsvFormat, LabelValuesError, infer_kinds, infer_label_values, pin_settings, \
@@ -179,8 +179,8 @@ def spec_from_config(cfg, files: list[Path] | None = None, sample=None, csv_form
             sample = read_sample(files[0], cfg.infer_sample_rows, delimiter=fmt.delimiter,
                                  encoding=cfg.file_encoding)
         if not any(kinds.values()):
-            inference = infer_kinds(sample, id_column=cfg.file_id_column, label_column=cfg.file_label_column,
-                                    timestamp_column=cfg.file_timestamp_column or None, decimal=fmt.decimal,
+            inference = infer_kinds(sample, id_column=cfg.id_column, label_column=cfg.label_column,
+                                    timestamp_column=cfg.timestamp_column or None, decimal=fmt.decimal,
                                     thousands=fmt.thousands, max_categories=cfg.infer_max_categories,
                                     missing=missing)
             inference.update(origin)
@@ -188,20 +188,20 @@ def spec_from_config(cfg, files: list[Path] | None = None, sample=None, csv_form
             log.warning("column kinds inferred from %s (%s rows): %s; ignored %s. Pin them with: %s",
                         next(iter(origin.values())), inference["sample_rows"], kinds, inference["ignored"],
                         pin_settings(inference))
-        if infer_labels and cfg.file_label_column in sample.columns:
+        if infer_labels and cfg.label_column in sample.columns:
             try:
-                label_values = infer_label_values(sample[cfg.file_label_column], cfg.file_label_column, missing)
+                label_values = infer_label_values(sample[cfg.label_column], cfg.label_column, missing)
             except LabelValuesError as exc:
                 raise SpecError(str(exc)) from exc
             inference = {**inference, "label_values": label_values}
-            log.warning("label mapping inferred from %s: %s; pin it with CHURN_FILE_LABEL_VALUES='%s'",
+            log.warning("label mapping inferred from %s: %s; pin it with CHURN_LABEL_VALUES='%s'",
                         next(iter(origin.values())), label_values,
                         ",".join(f"{raw}:{target}" for raw, target in label_values.items()))
     return DatasetSpec(
-        name=cfg.file_suite, source=cfg.source, id_column=cfg.file_id_column, label_column=cfg.file_label_column,
-        numeric=kinds["numeric"], boolean=kinds["boolean"], categorical=kinds["categorical"], suite=cfg.file_suite,
+        name=cfg.suite, source=cfg.source, id_column=cfg.id_column, label_column=cfg.label_column,
+        numeric=kinds["numeric"], boolean=kinds["boolean"], categorical=kinds["categorical"], suite=cfg.suite,
         label_values=label_values,
-        timestamp_column=cfg.file_timestamp_column or None, inference=inference,
+        timestamp_column=cfg.timestamp_column or None, inference=inference,
     ).check()
 
 

@@ -248,7 +248,7 @@ def arrow_schema(spec: DatasetSpec, labelled: bool) -> pa.Schema:
     """Arrow types of a SQL snapshot: text id and categoricals, float numerics, booleans, the label."""
     fields = spec.arrow_fields()
     if labelled:
-        # raw text when CHURN_FILE_LABEL_VALUES maps it (validation checks the values), else 0/1
+        # raw text when CHURN_LABEL_VALUES maps it (validation checks the values), else 0/1
         fields.append((spec.label_column, pa.string() if spec.label_values else pa.int8()))
     return pa.schema(fields)
 
@@ -336,7 +336,7 @@ def extract_query_snapshot(conn: PgConnection, query: str, as_of: date, out_path
             raise SqlSourceError(
                 f"the feature query's result for {as_of} does not match the dataset spec's types: "
                 f"{conversion_error}. Cast the column in the query (::float8 for numbers, ::int for a boolean "
-                "label), map a text label with CHURN_FILE_LABEL_VALUES, or pin the column's kind with "
+                "label), map a text label with CHURN_LABEL_VALUES, or pin the column's kind with "
                 "CHURN_FILE_*_COLUMNS") from conversion_error
         os.replace(tmp_parquet, out_path)  # readers never see a half-written snapshot
     finally:

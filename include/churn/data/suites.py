@@ -1,6 +1,6 @@
 """Expectation suites for datasets nobody wrote one for: proposed from data, versioned, enforced, reviewed.
 
-Which suite validates a dataset (``DatasetSpec.suite``, e.g. ``CHURN_FILE_SUITE``):
+Which suite validates a dataset (``DatasetSpec.suite``, e.g. ``CHURN_SUITE``):
 
 1. a hand-written file ``include/churn/expectations/<name>.json`` always wins (version ``file``);
 2. else the latest *active* version in ``churn.suites`` (a proposal accepted automatically on the first

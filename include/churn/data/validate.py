@@ -82,7 +82,7 @@ def load_suite_definition(name: str = "churn_features") -> dict:
     suite = hand_written(name)
     if suite is None:
         raise ValidationFailed(f"expectation suite file for {name!r} is missing: add it (see the existing suites) "
-                               "or set CHURN_FILE_SUITE")
+                               "or set CHURN_SUITE")
     return suite
 
 
@@ -236,7 +236,7 @@ def validate_snapshot(
                     unknown = labels.isna() | ~labels.astype("str").isin(list(spec.label_values))
                     for index in frame.index[unknown]:
                         bad_rows.setdefault(int(index), []).append(
-                            f"label {spec.label_column}={labels[index]!r} not in CHURN_FILE_LABEL_VALUES "
+                            f"label {spec.label_column}={labels[index]!r} not in CHURN_LABEL_VALUES "
                             f"{list(spec.label_values)}")
                     _count(row_failures, f"label outside {list(spec.label_values)}", int(unknown.sum()))
                 for item in validator.validate(frame, first=rows == 0):
