@@ -9,13 +9,13 @@ from datetime import date
 import psycopg2
 import pytest
 
-from churn.stages import common as common_stages, data as data_stages, model as model_stages, publish as publish_stages, scoring as scoring_stages
 from churn.config import ChurnConfig
 from churn.connections import Resources
 from churn.db import SchemaNotMigrated, ensure_schema
 from churn.migrate import migrate
 from tests.support.servers import url_as
 from tests.support.field_data import bank_churn, write_csv
+from tests.support.nightly import run_nightly
 
 RUN_DATE = date(2026, 11, 20)
 
@@ -59,16 +59,7 @@ def test_the_pipeline_runs_as_a_publisher_that_can_alter_nothing_it_does_not_own
                                 "CHURN_STATE_DIR": str(tmp_path / "state"), "CHURN_TRAIN_TPOT": "false",
                                 "CHURN_EXPORT_PMML": "false", "CHURN_PG_READER_ROLE": roles["reader"]})
     res = Resources.from_urls(roles["urls"]["publisher"], redis_url)
-    run = common_stages.start_run(cfg, res, RUN_DATE, "roles")
-    ingested = data_stages.ingest(cfg, res, run)
-    validated = data_stages.profile_and_validate(cfg, res, run, ingested)
-    drifted = data_stages.drift(cfg, res, run, validated)
-    splits = data_stages.split(cfg, res, run, validated)
-    trained = model_stages.train(cfg, res, run, splits, drifted)
-    evaluation = model_stages.evaluate_and_gate(cfg, res, run, splits, trained)
-    registered = model_stages.register(cfg, res, run, splits, evaluation)
-    scored = scoring_stages.score(cfg, res, run, validated, registered)
-    published = publish_stages.publish_postgres(cfg, res, run, scored)
+    published = run_nightly(cfg, res, RUN_DATE)["pg_published"]  # every stage, as the publisher
     assert published["is_current"] and published["rows"] == 2_000
     assert published["reader_role"] == roles["reader"]  # the publisher granted its new views to the reader
 

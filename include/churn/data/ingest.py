@@ -76,11 +76,23 @@ class Source(Protocol):
 
 
 @dataclass
-class SqlSource:
-    """Your feature query (``CHURN_SOURCE_QUERY``) on your database (``CHURN_SOURCE_URL`` / connection)."""
+class _ConfiguredSource:
+    """What every source holds: the configuration, and the run's connections (None where none are needed)."""
 
     cfg: ChurnConfig
     res: Resources | None = None
+
+    def configured_spec(self) -> DatasetSpec:
+        """The spec from configuration alone."""
+        from churn.data.spec import spec_from_config
+
+        return spec_from_config(self.cfg)
+
+
+@dataclass
+class SqlSource(_ConfiguredSource):
+    """Your feature query (``CHURN_SOURCE_QUERY``) on your database (``CHURN_SOURCE_URL`` / connection)."""
+
     kind: str = "sql"
     unknown_customer: str = "unknown customer: not in the source's population as of now"
 
@@ -105,12 +117,6 @@ class SqlSource:
             sample = sql_source.read_sample(conn, bound, self.cfg.infer_sample_rows,
                                             timeout_seconds=self.cfg.source_statement_timeout_seconds)
         return spec_from_config(self.cfg, sample=sample)
-
-    def configured_spec(self) -> DatasetSpec:
-        """The spec from configuration alone."""
-        from churn.data.spec import spec_from_config
-
-        return spec_from_config(self.cfg)
 
     def extract(self, conn, as_of: date, out_path: Path, spec: DatasetSpec, *, labelled: bool,
                 ids: list[str] | None = None, query: str | None = None) -> Snapshot:
@@ -170,19 +176,11 @@ class DemoSource(SqlSource):
 
 
 @dataclass
-class FileSource:
+class FileSource(_ConfiguredSource):
     """CSV or Parquet deliveries (``CHURN_FILE_PATH``, may contain ``{ds}``); delta files between nights."""
 
-    cfg: ChurnConfig
-    res: Resources | None = None
     kind: str = "file"
     unknown_customer: str = "no delta row for this customer (a file source re-scores from delta files)"
-
-    def configured_spec(self) -> DatasetSpec:
-        """The spec from configuration alone."""
-        from churn.data.spec import spec_from_config
-
-        return spec_from_config(self.cfg)
 
     def nightly(self, as_of: date, run_dir: Path) -> NightlySnapshots:
         """The delivery for ``as_of`` is that date's snapshot: labelled rows train, the same rows (or

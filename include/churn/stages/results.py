@@ -156,25 +156,20 @@ class PartitionPlan(JsonRecord):
 
 
 @dataclass(kw_only=True)
-class PartitionResult(StageResult):
-    """Output of ``score_partition``: the partition's raw scores and who scored them."""
+class PartitionResult(PartitionScores):
+    """Output of ``score_partition``: the partition's raw scores (what ``merge_partitions`` reads) and who
+    scored them."""
 
-    path: str
-    histogram_path: str
-    partition: int
-    partitions: int
-    rows: int
-    inference_seconds: float
     model_version: str
     scored_at: str
     worker: str = ""
     load_seconds: float = 0.0
     rows_per_second: float = 0.0
+    stage_seconds: float | None = None
 
-    def scores(self) -> PartitionScores:
-        """The domain record ``merge_partitions`` reads."""
-        return PartitionScores(self.path, self.histogram_path, self.partition, self.partitions, self.rows,
-                               self.inference_seconds)
+    def as_dict(self) -> dict[str, Any]:
+        """The XCom value."""
+        return dataclasses.asdict(self)
 
 
 @dataclass(kw_only=True)

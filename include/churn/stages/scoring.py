@@ -67,7 +67,7 @@ def merge_scores(cfg: ChurnConfig, res: Resources, run: dict, parts: list[dict])
     if len(versions) != 1:
         raise RuntimeError(f"partitions were scored by different models {sorted(versions)}: clear the run's "
                            "plan_scoring task so every partition is re-scored with one plan")
-    result = merge_partitions([p.scores() for p in parts], Path(run["run_dir"]) / "scores.parquet",
+    result = merge_partitions(parts, Path(run["run_dir"]) / "scores.parquet",
                               model_version=versions.pop(), run_id=run["run_key"],
                               scored_at=datetime.fromisoformat(parts[0].scored_at),
                               band_cuts=cfg.band_cuts, chunk_rows=cfg.score_chunk_rows)
