@@ -3,8 +3,8 @@
 Registered in ``mkdocs.yml`` (``hooks:``). At build time it replaces, in any page:
 
 - ``<!-- generated: configuration -->`` with the configuration reference: every ``CHURN_*`` setting of
-  ``churn.config.ChurnConfig`` (rows from ``churn.config_docs.markdown_table``), grouped by the class's
-  sections, with the values each one allows;
+  ``churn.config.ChurnConfig`` (rows from ``churn.config_docs.markdown_table``), grouped by its sections
+  (``ChurnConfig.sections()``), with the values each one allows and the former names still read;
 - ``<!-- generated: cli -->`` with the CLI reference: the ``--help`` of every project CLI and of each of its
   sub-commands, read from the argparse parsers (``build_parser()``, else the parser ``main()`` builds);
 - ``<!-- generated: benchmarks -->`` with tables of every ``bench/results/*.json`` file and its date;
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import inspect
 import json
 import os
 import re
@@ -95,35 +94,14 @@ def on_page_markdown(markdown, page, config, files):
 # --- configuration -------------------------------------------------------------------------------------------
 
 def config_sections() -> dict[str, tuple[str, str]]:
-    """Each field's section: (title, what it covers), in the order of the class's fields.
-
-    The config class is built from section classes (a ``section`` class variable and a docstring each); a
-    flat class marks its sections with ``# --- title ---`` comments instead. Anything else is "Other".
-    """
+    """Each field's section as (title, what it covers), in declaration order: ``ChurnConfig.sections()`` and
+    the docstring of each section class. A field in no section is listed under "Other"."""
     from churn.config import ChurnConfig
 
-    found: dict[str, tuple[str, str]] = {}
-    for cls in ChurnConfig.__mro__[1:]:  # the section classes, in the order ChurnConfig lists them
-        name = cls.__dict__.get("section")
-        if not isinstance(name, str):
-            continue
-        doc = " ".join((cls.__doc__ or "").split())
-        for field in cls.__dict__.get("__annotations__", {}):
-            if field in ChurnConfig.model_fields:
-                found.setdefault(field, (name[:1].upper() + name[1:], doc))
-    if found:
-        return found
-    section = ("Other", "")
-    for line in inspect.getsource(ChurnConfig).splitlines():
-        header = re.match(r"\s+# -{3,} (.+?) -*$", line)
-        if header:
-            title, _, note = header.group(1).strip().partition(" (")
-            section = (title[:1].upper() + title[1:], note.removesuffix(")"))
-            continue
-        field = re.match(r"    (\w+)\s*:", line)
-        if field and field.group(1) in ChurnConfig.model_fields:
-            found[field.group(1)] = section
-    return found
+    notes = {base.__dict__["section"]: " ".join((base.__doc__ or "").split()) for base in ChurnConfig.__mro__
+             if isinstance(base.__dict__.get("section"), str)}
+    return {field: (section[:1].upper() + section[1:], notes.get(section, ""))
+            for section, fields in ChurnConfig.sections().items() for field in fields}
 
 
 def former_names(name: str) -> list[str]:
