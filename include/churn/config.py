@@ -593,6 +593,6 @@ def _config_error(exc: ValidationError, given: typing.Mapping[str, typing.Any]) 
     if error["type"] in ("greater_than_equal", "less_than_equal"):
         return ConfigError(f"{var}={shown} is out of range: it must be {_bounds(name)}")
     if error["type"] == "extra_forbidden":
-        return ConfigError(f"{name!r} is not a setting of ChurnConfig; see README \"Configuration\"")
+        return ConfigError(f"{name!r} is not a setting of ChurnConfig; see docs/reference/configuration.md")
     base = typing.get_args(kind)[0] if typing.get_origin(kind) is Annotated else kind
     return ConfigError(f"{var}={shown} is not a valid {getattr(base, '__name__', base)} ({error['msg']})")

@@ -4,7 +4,7 @@ The world runs forward: behaviour is generated first, churn follows from it, and
 drawn from their future. Each customer has static attributes, a latent baseline satisfaction (it shapes usage
 and how often they call, never the hazard directly) and, for about a third, a service incident ("shock") in
 the last year after which usage drops and complaints triple. The monthly churn hazard is non-linear in what
-the data shows, the way real churn data is (documented in README "Demo data"):
+the data shows, the way real churn data is (documented in docs/concepts/nightly-dag.md):
 
 - month-to-month customers churn early and their hazard falls with tenure (``1.8 * exp(-tenure_months / 6)``);
   one- and two-year contracts are flat and low;

@@ -2,7 +2,7 @@
 
 :func:`check_leakage` (CLI ``python -m churn.data.leakage check-leakage``) runs the query on temporary copies
 of the tables it reads, adds copies of their rows dated after ``as_of``, and refuses the query when that
-changes its result (see the function's docstring and the README "Bring your own data").
+changes its result (see the function's docstring and docs/guides/bring-your-own-data.md).
 """
 
 from __future__ import annotations

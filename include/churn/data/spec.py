@@ -160,8 +160,8 @@ def spec_from_config(cfg, files: list[Path] | None = None, sample=None, csv_form
     if cfg.source == "file" and not cfg.file_path:
         raise SpecError("CHURN_SOURCE=file needs CHURN_FILE_PATH (a path or glob, may contain {ds})")
     if cfg.source == "sql" and not cfg.source_query:
-        raise SpecError("CHURN_SOURCE=sql needs CHURN_SOURCE_QUERY (your .sql feature query, see README "
-                        "'Bring your own data')")
+        raise SpecError("CHURN_SOURCE=sql needs CHURN_SOURCE_QUERY (your .sql feature query, see "
+                        "docs/guides/bring-your-own-data.md)")
     kinds = {"numeric": _split(cfg.numeric_columns), "boolean": _split(cfg.boolean_columns),
              "categorical": _split(cfg.categorical_columns)}
     inference: dict = {}

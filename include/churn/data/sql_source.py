@@ -119,7 +119,7 @@ def _warn_if_role_can_write(cur: PgCursor) -> None:
         return
     _checked_roles.add((database, user))
     fix = ("create a role that may only SELECT the tables the query reads and point the Airflow connection "
-           "CHURN_SOURCE_CONN_ID (default churn_source), or CHURN_SOURCE_URL, at it (README 'Bring your own data')")
+           "CHURN_SOURCE_CONN_ID (default churn_source), or CHURN_SOURCE_URL, at it (docs/guides/bring-your-own-data.md)")
     if superuser:
         log.warning("the feature query runs as %s, a superuser of database %s: it is confined to one READ ONLY "
                     "statement, but a superuser's query can still read server files or end sessions; %s",
@@ -141,8 +141,8 @@ def query_path(cfg: ChurnConfig) -> Path:
     if cfg.source == "postgres":
         return DEMO_QUERY
     if not cfg.source_query:
-        raise SqlSourceError("CHURN_SOURCE=sql needs CHURN_SOURCE_QUERY: your .sql feature query (README 'Bring your "
-                             "own data'); the demo's is include/churn/sql/demo_features.sql")
+        raise SqlSourceError("CHURN_SOURCE=sql needs CHURN_SOURCE_QUERY: your .sql feature query "
+                             "(docs/guides/bring-your-own-data.md); the demo's is include/churn/sql/demo_features.sql")
     path = Path(cfg.source_query).expanduser()
     return path if path.is_absolute() else PROJECT_ROOT / path
 
@@ -158,7 +158,7 @@ def load_query(path: str | Path) -> str:
     body = re.sub(r"[\s;]+$", "", text)
     if "%(as_of)s" not in body:
         raise SqlSourceError(f"{path} does not use %(as_of)s: a feature query must compute each customer's "
-                             "features as of the snapshot date it is given (see README 'Bring your own data')")
+                             "features as of the snapshot date it is given (see docs/guides/bring-your-own-data.md)")
     unknown = sorted(set(re.findall(r"%\((\w+)\)s", body)) - set(PARAMETERS))
     if unknown:
         raise SqlSourceError(f"{path} uses unknown parameter(s) {unknown}; the platform binds only "

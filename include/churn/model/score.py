@@ -3,7 +3,7 @@
 Deciles need the whole population's ranks, which is what usually forces a
 scorer to keep every probability in memory. Here they come from exact cut
 points found with two bounded histograms instead (the "two-pass" choice,
-README "Batch scoring"):
+docs/concepts/nightly-dag.md):
 
 1. **score pass** -- read the feature snapshot chunk by chunk, run the model,
    append ``(customer_id, probability)`` to a temporary Parquet file and count
