@@ -85,7 +85,7 @@ def _run(data: dict, run_key: str, params: dict | None = None) -> dict:
             "params": params or {}}
 
 
-def test_first_model_trained_on_shuffled_labels_is_refused(model_data, tmp_path):  # noqa: F811
+def test_first_model_trained_on_shuffled_labels_is_refused(model_data, tmp_path):
     data = model_data
     splits = _shuffled_splits(data, tmp_path / "shuffled", seed=1)
     cfg = data["cfg"].replace(tpot_population_size=4, tpot_cv=2, train_progress_seconds=5, min_roc_auc=0.6)
@@ -128,7 +128,7 @@ def test_first_model_trained_on_shuffled_labels_is_refused(model_data, tmp_path)
         scoring_stages.score(cfg, data["res"], run, validated_ref(score_clean=splits["paths"]["test"]), registered)
 
 
-def test_shuffled_challenger_never_replaces_a_champion_even_with_a_permissive_floor(model_data, tmp_path):  # noqa: F811
+def test_shuffled_challenger_never_replaces_a_champion_even_with_a_permissive_floor(model_data, tmp_path):
     data = model_data
     # 1) a real model on the real labels becomes champion
     good_run = _run(data, "2026-10-02")
@@ -163,7 +163,7 @@ def test_shuffled_challenger_never_replaces_a_champion_even_with_a_permissive_fl
     assert json.dumps(scored)  # a reference dict, JSON-able for XCom
 
 
-def test_empty_tpot_search_falls_back_to_the_baseline_candidate(model_data, tmp_path):  # noqa: F811
+def test_empty_tpot_search_falls_back_to_the_baseline_candidate(model_data, tmp_path):
     data = model_data
     run = _run(data, "2026-10-05", {"retrain": True, "train_budget_minutes": 0.001, "max_eval_minutes": 0.001})
     # 200k training rows, all searched (a huge rows-per-minute): no pipeline can be scored in 0.06 s, even on
@@ -181,7 +181,7 @@ def test_empty_tpot_search_falls_back_to_the_baseline_candidate(model_data, tmp_
     assert evaluation["challenger"] == max(trained["candidates"], key=lambda c: c["cv_roc_auc"])["name"]
 
 
-def test_a_candidate_swapped_after_training_is_never_unpickled(model_data, tmp_path):  # noqa: F811
+def test_a_candidate_swapped_after_training_is_never_unpickled(model_data, tmp_path):
     data = model_data
     run = _run(data, "2026-10-05")
     trained = _baseline_only(data, data["splits"], run)
@@ -192,7 +192,7 @@ def test_a_candidate_swapped_after_training_is_never_unpickled(model_data, tmp_p
         model_stages.evaluate_and_gate(data["cfg"], data["res"], run, data["splits"], trained)
 
 
-def test_a_refused_retrain_of_the_same_date_never_touches_the_champion(model_data, tmp_path):  # noqa: F811
+def test_a_refused_retrain_of_the_same_date_never_touches_the_champion(model_data, tmp_path):
     """Two retrains of one logical date (a UI 'Retrain now' after the nightly run), the second refused."""
     data = model_data
     cfg = data["cfg"].replace(train_tpot=False)
@@ -237,7 +237,7 @@ def test_a_refused_retrain_of_the_same_date_never_touches_the_champion(model_dat
     conn.close()
 
 
-def test_a_search_that_finds_nothing_better_leaves_the_best_default_as_challenger(model_data, tmp_path):  # noqa: F811
+def test_a_search_that_finds_nothing_better_leaves_the_best_default_as_challenger(model_data, tmp_path):
     """Seeding/bounding: a TPOT candidate below the defaults on the selection figure never becomes the challenger."""
     from sklearn.dummy import DummyClassifier
     from sklearn.pipeline import Pipeline
