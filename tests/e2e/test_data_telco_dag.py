@@ -3,7 +3,8 @@
 Same DAG as the synthetic e2e test; only ``CHURN_*`` variables differ, and only the "bring your own data"
 ones: the file, its id and its label (with the label's values). Column kinds are inferred, a suite is proposed
 on this first run, and scores are published (``CHURN_TRAIN_TPOT=false`` keeps the run short: TPOT itself is
-covered by tests/e2e/test_e2e_nightly.py). The hand-written Telco configuration runs in tests/integration/test_data_telco.py.
+covered by tests/e2e/test_e2e_nightly.py). The hand-written Telco configuration runs in
+tests/integration/test_data_telco.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Nothing built from data becomes active content on the Airflow origin (plugins/churn_ui.py, issue 26 item 11).
 
 The plugin's own pages, filled from a real Postgres, carry a strict Content-Security-Policy that allows only their
-own inline code (by hash) and nothing from other hosts; run files served sandboxed are in tests/unit/test_ui_security.py.
+own inline code (by hash) and nothing from other hosts; run files served sandboxed are in
+tests/unit/test_ui_security.py.
 """
 
 from __future__ import annotations

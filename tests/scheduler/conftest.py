@@ -1,4 +1,5 @@
-"""Scheduler tier: real Airflow components as processes (LocalExecutor, CeleryExecutor + Dask) on the session's servers."""
+"""Scheduler tier: real Airflow components as processes (LocalExecutor, CeleryExecutor + Dask) on the session's
+servers."""
 
 from tests.support.servers import fresh_pg_url, pg_admin_url, pg_conn, redis_client, redis_url, services
 

@@ -1,5 +1,6 @@
 """The Churn page (plugins/churn_ui.py) without a database: file serving is confined, rollback tokens are bound
-to the session, values are escaped. Its data against a real Postgres: tests/integration/test_monitoring_churn_page.py."""
+to the session, values are escaped. Its data against a real Postgres:
+tests/integration/test_monitoring_churn_page.py."""
 
 from __future__ import annotations
 

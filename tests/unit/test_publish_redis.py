@@ -1,4 +1,5 @@
-"""The hash layout's bucket function without a server (publish on the real server: tests/integration/test_publish_redis.py)."""
+"""The hash layout's bucket function without a server (publish on the real server:
+tests/integration/test_publish_redis.py)."""
 
 from __future__ import annotations
 
