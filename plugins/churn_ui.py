@@ -233,7 +233,7 @@ def _build_app():
             if not schema_ready(conn):
                 return own_page(_page("Churn", "Churn scoring", "Nothing yet: churn_nightly creates the platform's "
                                                                 "tables on its first run.", element_id="empty"))
-            if _cfg().source != "sql":
+            if not _cfg().source_in_other_database:
                 return own_page(render_overview(load_overview(conn), msg, err))
             from churn.connections import Resources
 

@@ -34,10 +34,16 @@ def churn_scale_bench():
 
     @task
     def plan_scoring(run: dict) -> list[dict]:
+        from churn.data.validate import ValidationOutcome
         from churn.stages import run_task, scoring
+        from churn.stages.results import ValidationResult
 
-        return run_task(scoring.plan_scoring, run, {"score": {"clean_path": run["params"]["features_path"]}},
-                         {"registered": []})
+        # The scoring snapshot the benchmark prepared, as profile_and_validate would hand it on.
+        features = run["params"]["features_path"]
+        clean = ValidationOutcome(dataset="score", success=True, rows_checked=0, rows_quarantined=0,
+                                  clean_path=features, result_path="")
+        return run_task(scoring.plan_scoring, run, ValidationResult(train=clean, score=clean).as_dict(),
+                        {"registered": []})
 
     @task
     def score_partition(run: dict, part: dict) -> dict:

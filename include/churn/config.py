@@ -49,6 +49,15 @@ RENAMED = {"id_column": "file_id_column", "label_column": "file_label_column", "
            "suite": "file_suite"}
 
 
+def _refuse_both_names(values: typing.Mapping[str, typing.Any], prefix: str = "") -> None:
+    """A renamed setting given under its new and its old name with different values is an error, not a guess."""
+    for new, old in RENAMED.items():
+        if new in values and old in values and values[new] != values[old]:
+            raise ConfigError(f"{prefix}{new.upper() if prefix else new}={values[new]!r} and its former name "
+                              f"{prefix}{old.upper() if prefix else old}={values[old]!r} disagree: keep only "
+                              f"{prefix}{new.upper() if prefix else new}")
+
+
 def _renamed(new: str, old: str) -> AliasChoices:
     """Accept the new and the old name, as keywords and as environment variables."""
     return AliasChoices(new, old, f"CHURN_{new.upper()}", f"CHURN_{old.upper()}")
@@ -477,6 +486,7 @@ class ChurnConfig(PlatformSettings, SourceSettings, TrainSettings, PublishSettin
         return self
 
     def __init__(self, **values: typing.Any) -> None:
+        _refuse_both_names(values)
         try:
             super().__init__(**values)
         except ValidationError as exc:
@@ -527,9 +537,11 @@ class ChurnConfig(PlatformSettings, SourceSettings, TrainSettings, PublishSettin
 
     def replace(self, **changes: typing.Any) -> "ChurnConfig":
         """Return a copy with some fields changed (per-run overrides), validated like the environment."""
+        _refuse_both_names(changes)
         formerly = {old: new for new, old in RENAMED.items()}
         changes = {formerly.get(name, name): value for name, value in changes.items()}  # an old name still works
-        return type(self)(**{**{name: getattr(self, name) for name in type(self).model_fields}, **changes})
+        # Only what was set stays set: detection of settings left at their defaults (CSV format) still works.
+        return type(self)(**{**{name: getattr(self, name) for name in self.model_fields_set}, **changes})
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
@@ -558,7 +570,10 @@ class _EnvironSource(EnvSettingsSource):
         super().__init__(settings_cls)
 
     def _load_env_vars(self) -> typing.Mapping[str, str | None]:
-        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+        # Only CHURN_* variables: a renamed setting's aliases must not pick up an unprefixed ID_COLUMN or SUITE.
+        ours = {k: v for k, v in self._environ.items() if k.upper().startswith("CHURN_")}
+        _refuse_both_names({k.upper()[len("CHURN_"):].lower(): v for k, v in ours.items()}, "CHURN_")
+        return parse_env_vars(ours, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
 
 
 def _floats(text: str) -> tuple[float, ...]:

@@ -47,6 +47,8 @@ def load(cfg: ChurnConfig, as_of: date, customers: int) -> dict[str, int]:
 
 def report(cfg: ChurnConfig, run_key: str) -> dict:
     """Print the summary a finished run stored in its run folder."""
+    from churn.report import stage_timings
+
     path = cfg.runs_dir / run_key / "summary.json"
     if not path.exists():
         raise SystemExit(f"no summary at {path}: did the churn_nightly run for {run_key} finish? "
@@ -66,7 +68,7 @@ def report(cfg: ChurnConfig, run_key: str) -> dict:
         f"  sample from Redis: GET {cfg.redis_key_prefix}:score:{lookup.get('customer_id')} -> "
         f"{json.dumps(lookup.get('record'))} in {lookup.get('lookup_ms')} ms",
         f"  export:            {summary['export_path']} ({summary['export_rows']} rows)",
-        f"  stage seconds:     {summary['stage_seconds']}",
+        f"  stage seconds:     {stage_timings(summary)}",
     ]
     print("\n".join(lines))
     return summary

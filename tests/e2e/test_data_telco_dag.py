@@ -30,8 +30,8 @@ def test_telco_file_runs_through_the_nightly_dag(services, tmp_path, pg_admin_ur
     require_dataset(TELCO)
     pg_url, redis_url = fresh_stores(services, pg_admin_url, "e2e_telco", 4)
     env = airflow_env(tmp_path, pg_url, redis_url, train_tpot="false")
-    env.update({key: TELCO_ENV[key] for key in ("CHURN_SOURCE", "CHURN_FILE_PATH", "CHURN_FILE_ID_COLUMN",
-                                                "CHURN_FILE_LABEL_COLUMN", "CHURN_FILE_LABEL_VALUES",
+    env.update({key: TELCO_ENV[key] for key in ("CHURN_SOURCE", "CHURN_FILE_PATH", "CHURN_ID_COLUMN",
+                                                "CHURN_LABEL_COLUMN", "CHURN_LABEL_VALUES",
                                                 "CHURN_RISK_BAND_CUTS")})
     env["CHURN_EXPORTS"] = TELCO_EXPORTS
     assert run_airflow(["db", "migrate"], env, tmp_path / "migrate.log").returncode == 0
@@ -70,8 +70,8 @@ def test_telco_file_runs_through_the_nightly_dag(services, tmp_path, pg_admin_ur
     assert (run_dir / "data_docs" / "index.html").exists()
     spec = json.loads((run_dir / "dataset_spec.json").read_text())
     # kinds inferred from the file equal the README's hand-written Telco configuration
-    for kind, variable in (("numeric", "CHURN_FILE_NUMERIC_COLUMNS"), ("boolean", "CHURN_FILE_BOOLEAN_COLUMNS"),
-                           ("categorical", "CHURN_FILE_CATEGORICAL_COLUMNS")):
+    for kind, variable in (("numeric", "CHURN_NUMERIC_COLUMNS"), ("boolean", "CHURN_BOOLEAN_COLUMNS"),
+                           ("categorical", "CHURN_CATEGORICAL_COLUMNS")):
         assert set(spec[kind]) == set(TELCO_ENV[variable].split(",")), kind
     assert spec["inference"]["sample_rows"] == 7043
     conn = psycopg2.connect(pg_url)

@@ -196,8 +196,8 @@ def test_stale_data_stops_the_run_when_a_timestamp_exists(tmp_path, fresh_pg_url
     frame.assign(updated_at=(datetime(2026, 11, 1, tzinfo=timezone.utc)).isoformat()).to_csv(stale, index=False)
     frame.assign(updated_at=(datetime(2026, 11, 19, 23, tzinfo=timezone.utc)).isoformat()).to_csv(fresh, index=False)
     with pytest.raises(ValidationFailed, match=r"expect_column_max_to_be_between\(updated_at\)"):
-        run_data_stages(make_cfg(tmp_path, stale, CHURN_FILE_TIMESTAMP_COLUMN="updated_at"), fresh_pg_url, redis_url)
-    _, ok = run_data_stages(make_cfg(tmp_path, fresh, CHURN_FILE_TIMESTAMP_COLUMN="updated_at"), fresh_pg_url,
+        run_data_stages(make_cfg(tmp_path, stale, CHURN_TIMESTAMP_COLUMN="updated_at"), fresh_pg_url, redis_url)
+    _, ok = run_data_stages(make_cfg(tmp_path, fresh, CHURN_TIMESTAMP_COLUMN="updated_at"), fresh_pg_url,
                             redis_url)
     assert ok["train"]["success"]
 
@@ -346,8 +346,8 @@ def test_inferred_kinds_flow_through_ingest_into_the_run_spec_and_validation(cor
                                                                              redis_url):
     from churn.data.spec import load_run_spec
 
-    cfg = make_cfg(tmp_path, corpus["clean"], CHURN_FILE_NUMERIC_COLUMNS="", CHURN_FILE_BOOLEAN_COLUMNS="",
-                   CHURN_FILE_CATEGORICAL_COLUMNS="")
+    cfg = make_cfg(tmp_path, corpus["clean"], CHURN_NUMERIC_COLUMNS="", CHURN_BOOLEAN_COLUMNS="",
+                   CHURN_CATEGORICAL_COLUMNS="")
     run, validated = run_data_stages(cfg, fresh_pg_url, redis_url)
     spec = load_run_spec(run["run_dir"])  # what split and train read
     assert set(spec.boolean) == {"SeniorCitizen", "Partner", "Dependents", "PhoneService", "PaperlessBilling"}
@@ -369,8 +369,8 @@ def test_a_dataset_without_a_suite_gets_one_proposed_then_enforced_and_reviewed(
     second.loc[17, "Contract"] = "Lifetime"  # a value the first delivery never had
     second.to_csv(drop / "2026-11-21" / "export.csv", index=False)
     env = {"CHURN_SOURCE": "file", "CHURN_FILE_PATH": str(drop / "{ds}" / "export.csv"),
-           "CHURN_FILE_ID_COLUMN": "customerID", "CHURN_FILE_LABEL_COLUMN": "Churn",
-           "CHURN_FILE_LABEL_VALUES": "Yes:1,No:0", "CHURN_FILE_SUITE": "crm_export",
+           "CHURN_ID_COLUMN": "customerID", "CHURN_LABEL_COLUMN": "Churn",
+           "CHURN_LABEL_VALUES": "Yes:1,No:0", "CHURN_SUITE": "crm_export",
            "CHURN_STATE_DIR": str(tmp_path / "state")}
     cfg = ChurnConfig.from_env(env)
     assert suites.hand_written("crm_export") is None

@@ -103,7 +103,7 @@ def test_a_query_that_does_not_fit_the_spec_says_what_to_fix(crm, tmp_path):
 def test_kinds_of_a_sql_source_are_inferred_from_the_query_result(crm, tmp_path):
     query_file = write_query(tmp_path, CORRECT_QUERY)
     cfg = ChurnConfig.from_env({"CHURN_SOURCE": "sql", "CHURN_SOURCE_QUERY": str(query_file),
-                                "CHURN_FILE_ID_COLUMN": "acct_no", "CHURN_FILE_LABEL_COLUMN": "closed"})
+                                "CHURN_ID_COLUMN": "acct_no", "CHURN_LABEL_COLUMN": "closed"})
     sample = read_sample(crm, bind(crm, load_query(query_file), TRAIN_AS_OF, WINDOW), cfg.infer_sample_rows)
     spec = spec_from_config(cfg, sample=sample)
     assert spec.source == "sql"
@@ -158,8 +158,8 @@ def test_leakage_check_command_exits_by_its_verdict(crm_url, tmp_path):
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHURN_", "AIRFLOW"))}
-    env.update(CHURN_SOURCE="sql", CHURN_SOURCE_URL=crm_url, CHURN_FILE_ID_COLUMN="acct_no",
-               CHURN_FILE_LABEL_COLUMN="closed", CHURN_STATE_DIR=str(tmp_path / "state"))
+    env.update(CHURN_SOURCE="sql", CHURN_SOURCE_URL=crm_url, CHURN_ID_COLUMN="acct_no",
+               CHURN_LABEL_COLUMN="closed", CHURN_STATE_DIR=str(tmp_path / "state"))
     outcomes = {}
     for name, text in (("good", CORRECT_QUERY), ("leaky", LEAKY_FEATURE_QUERY)):
         env["CHURN_SOURCE_QUERY"] = str(write_query(tmp_path, text, f"{name}.sql"))

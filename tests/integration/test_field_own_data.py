@@ -82,7 +82,7 @@ def test_hostile_ids_are_quarantined_at_validation(tmp_path, fresh_pg_url, redis
 def test_spreadsheet_headers_and_yes_no_label_are_scored_and_exported(tmp_path, fresh_pg_url, redis_url):
     path = write_csv(spreadsheet_churn(3_000), tmp_path / "export.csv")
     cfg = ChurnConfig.from_env({"CHURN_SOURCE": "file", "CHURN_FILE_PATH": str(path),
-                                "CHURN_FILE_ID_COLUMN": "Phone number", "CHURN_FILE_LABEL_COLUMN": "Churn?",
+                                "CHURN_ID_COLUMN": "Phone number", "CHURN_LABEL_COLUMN": "Churn?",
                                 "CHURN_STATE_DIR": str(tmp_path / "state"), "CHURN_TRAIN_TPOT": "false",
                                 "CHURN_EXPORT_PMML": "false"})
     res = Resources.from_urls(fresh_pg_url, redis_url)

@@ -55,7 +55,7 @@ def test_the_pipeline_runs_as_a_publisher_that_can_alter_nothing_it_does_not_own
     assert result["granted"] == [roles["publisher"], roles["reader"]]
     path = write_csv(bank_churn(2_000, dirty=False), tmp_path / "bank.csv")
     cfg = ChurnConfig.from_env({"CHURN_SOURCE": "file", "CHURN_FILE_PATH": str(path),
-                                "CHURN_FILE_ID_COLUMN": "CustomerId", "CHURN_FILE_LABEL_COLUMN": "Exited",
+                                "CHURN_ID_COLUMN": "CustomerId", "CHURN_LABEL_COLUMN": "Exited",
                                 "CHURN_STATE_DIR": str(tmp_path / "state"), "CHURN_TRAIN_TPOT": "false",
                                 "CHURN_EXPORT_PMML": "false", "CHURN_PG_READER_ROLE": roles["reader"]})
     res = Resources.from_urls(roles["urls"]["publisher"], redis_url)

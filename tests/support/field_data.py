@@ -88,6 +88,6 @@ MISSING = parse_missing("?,NA,N/A,-,null,NaN,#N/A")
 
 def bank_env(path: Path, state: Path, **extra: str) -> dict[str, str]:
     """The four settings a new user sets for the bank file (plus test-speed ones)."""
-    return {"CHURN_SOURCE": "file", "CHURN_FILE_PATH": str(path), "CHURN_FILE_ID_COLUMN": "CustomerId",
-            "CHURN_FILE_LABEL_COLUMN": "Exited", "CHURN_STATE_DIR": str(state), "CHURN_TRAIN_TPOT": "false",
+    return {"CHURN_SOURCE": "file", "CHURN_FILE_PATH": str(path), "CHURN_ID_COLUMN": "CustomerId",
+            "CHURN_LABEL_COLUMN": "Exited", "CHURN_STATE_DIR": str(state), "CHURN_TRAIN_TPOT": "false",
             "CHURN_EXPORT_PMML": "false", **extra}

@@ -36,3 +36,24 @@ def test_a_bad_old_name_is_reported_under_the_name_used():
 def test_per_run_overrides_take_old_names_too():
     cfg = ChurnConfig(id_column="cust").replace(file_label_column="Exited")
     assert (cfg.id_column, cfg.label_column) == ("cust", "Exited")
+
+
+def test_only_churn_variables_are_read():
+    cfg = ChurnConfig.from_env({"SUITE": "ci", "ID_COLUMN": "x", "FILE_ID_COLUMN": "y", "CHURN_ID_COLUMN": "acct"})
+    assert (cfg.id_column, cfg.suite) == ("acct", ChurnConfig().suite)
+
+
+def test_old_and_new_names_that_disagree_are_refused():
+    with pytest.raises(ConfigError, match="CHURN_NUMERIC_COLUMNS=''.*CHURN_FILE_NUMERIC_COLUMNS='a,b' disagree"):
+        ChurnConfig.from_env({"CHURN_NUMERIC_COLUMNS": "", "CHURN_FILE_NUMERIC_COLUMNS": "a,b"})
+    with pytest.raises(ConfigError, match="disagree"):
+        ChurnConfig().replace(label_column="a", file_label_column="b")
+    assert ChurnConfig.from_env({"CHURN_SUITE": "s", "CHURN_FILE_SUITE": "s"}).suite == "s"  # agreeing is fine
+
+
+def test_a_per_run_override_leaves_the_other_settings_unset():
+    """Settings left at their defaults stay so after a trigger-form override (the CSV format is then detected)."""
+    cfg = ChurnConfig.from_env({"CHURN_SOURCE": "file", "CHURN_FILE_PATH": "x.csv"})
+    again = cfg.replace(train_budget_minutes=1.0)
+    assert again.model_fields_set == {"source", "file_path", "train_budget_minutes"}
+    assert "file_delimiter" not in again.model_fields_set and again.file_delimiter == ","

@@ -188,6 +188,6 @@ def test_telco_kinds_inferred_from_path_id_and_label_match_the_readme_configurat
                                 "CHURN_ID_COLUMN": "customerID", "CHURN_LABEL_COLUMN": "Churn"})
     spec = spec_from_config(cfg, [TELCO])
     for kind in ("numeric", "boolean", "categorical"):
-        configured = TELCO_ENV[f"CHURN_FILE_{kind.upper()}_COLUMNS"].split(",")
+        configured = TELCO_ENV[f"CHURN_{kind.upper()}_COLUMNS"].split(",")
         assert sorted(getattr(spec, kind)) == sorted(configured), kind
     assert spec.inference["ignored"] == {}

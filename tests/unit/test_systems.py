@@ -93,3 +93,14 @@ def test_send_alert_hands_the_payload_to_each_sink(tmp_path, no_connections, mon
     outcome = send_alert("churn threshold breached", {"run_key": "2026-11-20"}, sinks=[Recorder()])
     assert outcome == {"logged": True, "webhook": 200, "email": None}
     assert got[0]["title"] == "churn threshold breached" and got[0]["details"] == {"run_key": "2026-11-20"}
+
+
+def test_a_source_without_delta_files_does_not_need_a_spec_before_claiming(tmp_path):
+    from churn.data.ingest import source_for
+
+    def no_spec():
+        raise AssertionError("the spec was built although nothing needs it")
+
+    for fields in ({"source": "sql", "source_query": "q.sql"}, {"source": "file", "file_path": "f.csv"},
+                   {"source": "postgres"}):
+        assert source_for(ChurnConfig(state_dir=tmp_path, **fields)).prepare_events(None, no_spec) == {}

@@ -122,8 +122,8 @@ def infer_kinds(sample: pd.DataFrame, *, id_column: str, label_column: str, time
 
 
 def pin_settings(inferred: dict[str, Any]) -> str:
-    """The CHURN_FILE_* settings that fix the inferred kinds (printed so the user can pin them)."""
-    return " ".join(f"CHURN_FILE_{kind.upper()}_COLUMNS='{','.join(inferred[kind])}'"
+    """The CHURN_*_COLUMNS settings that fix the inferred kinds (printed so the user can pin them)."""
+    return " ".join(f"CHURN_{kind.upper()}_COLUMNS='{','.join(inferred[kind])}'"
                     for kind in ("numeric", "boolean", "categorical") if inferred[kind])
 
 

@@ -23,7 +23,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from churn.data.snapshot import IngestError, Snapshot
 from churn.data.spec import (BOOLEAN_FEATURES, CATEGORICAL_FEATURES, ID_COLUMN,  # noqa: F401 - the demo's columns
@@ -65,8 +65,9 @@ class Source(Protocol):
         """The spec from configuration alone, for re-scores before any nightly run wrote one."""
         ...
 
-    def prepare_events(self, conn, spec: DatasetSpec) -> dict[str, Any]:
-        """Work due before claiming events (a file source loads new delta files into the outbox)."""
+    def prepare_events(self, conn, spec: Callable[[], DatasetSpec]) -> dict[str, Any]:
+        """Work due before claiming events (a file source loads new delta files into the outbox); ``spec``
+        gives the served batch's spec, asked only when the work needs it."""
         ...
 
     def event_snapshot(self, conn, events: list, ids: list[str], spec: DatasetSpec, out_path: Path,
@@ -140,7 +141,7 @@ class SqlSource(_ConfiguredSource):
             score = self.extract(conn, as_of, run_dir / "score_raw.parquet", spec, labelled=False, query=query)
         return NightlySnapshots(train, score, spec)
 
-    def prepare_events(self, conn, spec: DatasetSpec) -> dict[str, Any]:
+    def prepare_events(self, conn, spec: Callable[[], DatasetSpec]) -> dict[str, Any]:
         """Nothing: source-table triggers fill the outbox."""
         return {}
 
@@ -213,14 +214,14 @@ class FileSource(_ConfiguredSource):
             return None
         return PROJECT_ROOT / Path(self.cfg.rescore_delta_dir).expanduser()  # an absolute setting stays as it is
 
-    def prepare_events(self, conn, spec: DatasetSpec) -> dict[str, Any]:
+    def prepare_events(self, conn, spec: Callable[[], DatasetSpec]) -> dict[str, Any]:
         """Load delta files that arrived since the last run into the outbox (one event per row)."""
         from churn.data import outbox
 
         folder = self.delta_dir()
         if folder is None:
             return {}
-        cfg = self.cfg
+        cfg, spec = self.cfg, spec()
         return {"delta_files": outbox.ingest_delta_files(
             conn, folder, spec.id_column, spec.required_columns(labelled=False), delimiter=cfg.file_delimiter,
             encoding=cfg.file_encoding, require_ready=cfg.rescore_delta_require_ready,

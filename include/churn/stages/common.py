@@ -10,7 +10,7 @@ from typing import Any
 from churn.config import ChurnConfig
 from churn.connections import Resources
 from churn.db import ensure_schema
-from churn.stages.results import RunRef
+from churn.stages.records import RunRef
 
 log = logging.getLogger(__name__)
 

@@ -51,7 +51,7 @@ def rescore(cfg: ChurnConfig, res: Resources, run: dict, hook: Callable[[str], N
             if not _already_enqueued(src, kind):  # a retry of the run does not ask twice
                 outbox.enqueue(src, manual, kind=kind)
         context = _Context(cfg, res, run)
-        totals.update(context.source.prepare_events(src, context.spec()))
+        totals.update(context.source.prepare_events(src, context.spec))  # the spec only when needed
         while time.monotonic() - started < MAX_RUN_SECONDS:
             t0 = time.monotonic()
             events = outbox.claim(src, run["claimer"], cfg.rescore_batch_rows, cfg.rescore_claim_lease_seconds)

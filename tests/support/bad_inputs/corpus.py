@@ -21,14 +21,14 @@ USUAL_ROWS = 200
 # Configuration (CHURN_* variables) for the corpus: the Telco file-source settings.
 TELCO_ENV = {
     "CHURN_SOURCE": "file",
-    "CHURN_FILE_ID_COLUMN": "customerID",
-    "CHURN_FILE_LABEL_COLUMN": "Churn",
-    "CHURN_FILE_LABEL_VALUES": "Yes:1,No:0",
-    "CHURN_FILE_NUMERIC_COLUMNS": "tenure,MonthlyCharges,TotalCharges",
-    "CHURN_FILE_BOOLEAN_COLUMNS": "SeniorCitizen,Partner,Dependents,PhoneService,PaperlessBilling",
-    "CHURN_FILE_CATEGORICAL_COLUMNS": "gender,MultipleLines,InternetService,OnlineSecurity,OnlineBackup,"
+    "CHURN_ID_COLUMN": "customerID",
+    "CHURN_LABEL_COLUMN": "Churn",
+    "CHURN_LABEL_VALUES": "Yes:1,No:0",
+    "CHURN_NUMERIC_COLUMNS": "tenure,MonthlyCharges,TotalCharges",
+    "CHURN_BOOLEAN_COLUMNS": "SeniorCitizen,Partner,Dependents,PhoneService,PaperlessBilling",
+    "CHURN_CATEGORICAL_COLUMNS": "gender,MultipleLines,InternetService,OnlineSecurity,OnlineBackup,"
                                       "DeviceProtection,TechSupport,StreamingTV,StreamingMovies,Contract,PaymentMethod",
-    "CHURN_FILE_SUITE": "telco_churn",
+    "CHURN_SUITE": "telco_churn",
     "CHURN_RISK_BAND_CUTS": "0.3,0.6",  # 26 % churn: the defaults (0.1,0.2) fit a ~5 % rate
 }
 
