@@ -193,7 +193,7 @@ def test_the_gate_promotion_of_the_register_stage_writes_a_gate_row(pg_conn, fre
     from churn.model import registry
     from churn.model.features import ModelSignature
     from churn.stages import model as model_stages
-    from churn.stages.results import Candidate, GateResult
+    from churn.stages.results import Candidate, GateResult, SplitResult
 
     signature = ModelSignature("customer_id", "churned", ["x"], [])
     path, sha = registry.save_artifact({"stand-in": "model"}, signature, tmp_path / "candidates", "stand_in")
@@ -209,7 +209,9 @@ def test_the_gate_promotion_of_the_register_stage_writes_a_gate_row(pg_conn, fre
     cfg = ChurnConfig(state_dir=tmp_path / "state", export_pmml=False)
     res = Resources.from_urls(fresh_pg_url, services.redis_url)
     run = {"run_key": "2026-11-20", "run_dir": str(tmp_path / "run")}
-    done = model_stages.register(cfg, res, run, {"paths": paths, "data_fingerprint": "fp"}, evaluation)
+    splits = SplitResult(paths=paths, counts={name: {"rows": 3, "positives": 1} for name in paths},
+                         data_fingerprint="fp", rows_available=3, rows_used=3).as_dict()
+    done = model_stages.register(cfg, res, run, splits, evaluation)
     assert done["champion"] == version
     assert _promotions(pg_conn) == [(version, None, "churn_nightly gate (run 2026-11-20)",
                                      "first model: test ROC AUC 0.800 >= 0.6", "gate", False)]
