@@ -68,7 +68,9 @@ airflow-ui: venv
 
 # Tests by tier (docs/development/testing.md); `make test` runs every tier and fails if any failed.
 # Each tier has its own --basetemp: pytest keeps only the 3 newest basetemp folders, and a run that clears
-# another's folder takes its embedded Postgres with it. -n 2 (pytest-xdist) only where the tier allows it.
+# another's folder takes its embedded Postgres with it. -n 2 (pytest-xdist, one embedded Postgres/Valkey per
+# worker, --dist loadfile keeps a module's fixtures on one worker) where measured safe; the scheduler and browser
+# tiers run whole Airflow stacks and stay serial (docs/development/testing.md has the measurements).
 .PHONY: test-unit test-integration test-e2e test-scheduler test-browser
 TEST_TIERS := unit integration e2e scheduler browser
 PYTEST := $(BIN)/python -m pytest -ra
@@ -79,15 +81,15 @@ test: venv
 
 test-unit: venv
 	@mkdir -p -m 700 $(CHURN_STATE_DIR)
-	$(PYTEST) tests/unit -n 2 --basetemp=$(PYTEST_TMP)-unit
+	$(PYTEST) tests/unit -n 2 --dist loadfile --basetemp=$(PYTEST_TMP)-unit
 
 test-integration: venv
 	@mkdir -p -m 700 $(CHURN_STATE_DIR)
-	$(PYTEST) tests/integration --basetemp=$(PYTEST_TMP)-integration
+	$(PYTEST) tests/integration -n 2 --dist loadfile --basetemp=$(PYTEST_TMP)-integration
 
 test-e2e: venv
 	@mkdir -p -m 700 $(CHURN_STATE_DIR)
-	$(PYTEST) tests/e2e --basetemp=$(PYTEST_TMP)-e2e
+	$(PYTEST) tests/e2e -n 2 --dist loadfile --basetemp=$(PYTEST_TMP)-e2e
 
 test-scheduler: venv
 	@mkdir -p -m 700 $(CHURN_STATE_DIR)
