@@ -372,23 +372,35 @@ def _root_pg_install(create: bool) -> Path:
     key = hashlib.sha256(f"{install.resolve()}|{importlib.metadata.version('pgserver')}".encode()).hexdigest()[:12]
     copy = PG_ROOT_BASE / f"pginstall-{key}"
     if create and not (copy / ".complete").exists():
-        staging = copy.with_name(copy.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(install, staging / "pgserver" / "pginstall", symlinks=True)
-        if (site / "pgserver.libs").is_dir():
-            shutil.copytree(site / "pgserver.libs", staging / "pgserver.libs", symlinks=True)
-        for root, dirs, files in os.walk(staging):
-            for name in dirs:
-                Path(root, name).chmod(0o755)
-            for name in files:
-                file = Path(root, name)
-                if not file.is_symlink():
-                    file.chmod(0o755 if file.stat().st_mode & 0o100 else 0o644)
-        staging.chmod(0o755)
-        (staging / ".complete").write_text("")
-        shutil.rmtree(copy, ignore_errors=True)
-        staging.rename(copy)
+        import fcntl
+
+        # Two processes starting servers at once (pytest-xdist workers, a demo beside a test) must not copy
+        # into one staging folder: the lock lets one copy while the others wait, then find it complete.
+        with open(PG_ROOT_BASE / f"pginstall-{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (copy / ".complete").exists():
+                _copy_pg_install(install, site, copy)
     return copy / "pgserver" / "pginstall"
+
+
+def _copy_pg_install(install: Path, site: Path, copy: Path) -> None:
+    """Copy the wheel's PostgreSQL build to ``copy`` through a staging folder of this process, then rename."""
+    staging = copy.with_name(f"{copy.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(install, staging / "pgserver" / "pginstall", symlinks=True)
+    if (site / "pgserver.libs").is_dir():
+        shutil.copytree(site / "pgserver.libs", staging / "pgserver.libs", symlinks=True)
+    for root, dirs, files in os.walk(staging):
+        for name in dirs:
+            Path(root, name).chmod(0o755)
+        for name in files:
+            file = Path(root, name)
+            if not file.is_symlink():
+                file.chmod(0o755 if file.stat().st_mode & 0o100 else 0o644)
+    staging.chmod(0o755)
+    (staging / ".complete").write_text("")
+    shutil.rmtree(copy, ignore_errors=True)
+    staging.rename(copy)
 
 
 def _adopt_legacy_data_dir(pg_dir: Path, data: Path) -> None:
