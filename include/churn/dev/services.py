@@ -350,13 +350,25 @@ def pg_paths(pg_dir: Path, create: bool = True) -> PgPaths:
 
 
 def _remove_orphans() -> None:
-    """Remove data directories under /var/lib/churn-pg whose state folder is gone (temporary ones: tests, benches)."""
-    for home in PG_ROOT_BASE.iterdir():
-        owner = home / OWNER_FILE
-        if not owner.is_file() or Path(owner.read_text()).exists() or (home / "data" / "postmaster.pid").exists():
-            continue
-        log.info("removing %s: its state folder %s no longer exists", home, owner.read_text())
-        shutil.rmtree(home, ignore_errors=True)
+    """Remove data directories under /var/lib/churn-pg whose state folder is gone (temporary ones: tests, benches).
+
+    One process at a time (a lock): two servers starting at once (pytest-xdist workers) would otherwise remove
+    the same orphan together, and one of them would fail reading a file the other just deleted.
+    """
+    import fcntl
+
+    with open(PG_ROOT_BASE / "orphans.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for home in PG_ROOT_BASE.iterdir():
+            owner = home / OWNER_FILE
+            try:
+                if not owner.is_file() or Path(owner.read_text()).exists() \
+                        or (home / "data" / "postmaster.pid").exists():
+                    continue
+                log.info("removing %s: its state folder %s no longer exists", home, owner.read_text())
+            except OSError:  # removed meanwhile by a process that does not take the lock (an older checkout)
+                continue
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def _root_pg_install(create: bool) -> Path:
