@@ -104,7 +104,14 @@ def url_as(url: str, user: str, password: str | None = None) -> str:
 
 @pytest.fixture
 def redis_url(services) -> str:
-    """URL of the session Redis as the platform's user (what the pipeline gets: no KEYS, INFO, FLUSH, CONFIG)."""
+    """URL of the session Redis, flushed, as the platform's user (what the pipeline gets: no KEYS, INFO, FLUSH, CONFIG).
+
+    Flushed like ``redis_client``'s: a lease or marker another test left on the same worker's server would
+    otherwise make this test wait out ``publish_lock_wait_seconds`` (CI stop 29 waited 900 s on one).
+    """
+    admin = redis.Redis.from_url(services.redis_admin_url())
+    admin.flushall()
+    admin.close()
     return services.redis_url
 
 
