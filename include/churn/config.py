@@ -284,6 +284,9 @@ class PublishSettings(_Section):
     score_partitions: Annotated[int, Field(ge=1, le=256)] = 2
     """Hash partitions of the id space scored as separate (mapped) tasks; deciles stay global."""
 
+    score_runtime: typing.Literal["auto", "sklearn"] = "auto"
+    """``auto``: ONNX Runtime on the champion's registered ONNX export once it matches scikit-learn on each partition's first rows (scikit-learn otherwise); ``sklearn``: always scikit-learn."""
+
     risk_band_cuts: str = "0.1,0.2"
     """Probability cut points between the ``low``, ``medium`` and ``high`` risk bands (fit a ~5 % window churn rate)."""
 

@@ -40,6 +40,7 @@ import pandas as pd
 from churn.data.gx_chunks import (ChunkValidator, ValidationFailed, jsonable,  # noqa: F401 - validate's API
                                    merge_chunk_result, merged_result, within_bounds)
 from churn.data.ids import id_violations
+from churn.data.partitions import PartitionedWriter
 from churn.data.spec import PARSE_ERRORS_COLUMN, DatasetSpec, synthetic_spec
 from churn.data.stream import DEFAULT_CHUNK_ROWS, duplicated_ids, iter_frames
 from churn.db import ensure_schema, to_jsonb
@@ -160,8 +161,12 @@ def validate_snapshot(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     population_checks: bool = True,
     render_docs: bool = True,
+    partitions: int = 1,
 ) -> ValidationOutcome:
     """Validate a Parquet snapshot chunk by chunk, quarantine bad rows, write the clean rows (labels as 0/1).
+
+    ``partitions > 1`` writes the clean file in hash partitions (:mod:`churn.data.partitions`): every row
+    group holds one partition's rows, so each mapped scoring task reads only its share.
 
     ``population_checks=False`` (an event re-score's handful of customers) leaves out the suite's row-count
     expectations, which are about the whole population; every column and row check still applies.
@@ -276,12 +281,13 @@ def validate_snapshot(
                 table = pa.Table.from_pandas(clean, preserve_index=False,
                                              schema=writer.schema if writer is not None else None)
                 if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table)
+                    writer = PartitionedWriter(pq.ParquetWriter(tmp, table.schema), spec.id_column, partitions)
+                writer.write(table)
             if writer is None:  # an empty snapshot still gets an (empty) clean file with its columns
                 empty = _normalize(pq.ParquetFile(snapshot_path).schema_arrow.empty_table().to_pandas()
                                    .drop(columns=[PARSE_ERRORS_COLUMN], errors="ignore"), spec, training)
-                writer = pq.ParquetWriter(tmp, pa.Table.from_pandas(empty, preserve_index=False).schema)
+                writer = PartitionedWriter(pq.ParquetWriter(tmp, pa.Table.from_pandas(
+                    empty, preserve_index=False).schema), spec.id_column, partitions)
             writer.close()
             writer = None
             # Table-level checks on the whole batch, judged on the streamed figures.
@@ -330,7 +336,7 @@ def validate_snapshot(
         raise
     finally:
         if writer is not None:
-            writer.close()
+            writer.writer.close()
         tmp.unlink(missing_ok=True)
     proposed = None
     if success and training and suite_version == "baseline":

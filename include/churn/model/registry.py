@@ -208,16 +208,8 @@ def _package_pmml(model: Any, signature: ModelSignature, staging: Path, final: P
             "parity_tolerance": tolerance, "seconds": round(time.monotonic() - started, 1)}
 
 
-def read_verified(path: str | Path, expected_sha256: str) -> Any:
-    """Unpickle ``path`` only if its bytes hash to ``expected_sha256``, hashing and loading the same bytes.
-
-    Reading the file once closes the window in which a file swapped between the check and the load
-    would be unpickled unverified.
-    """
-    import io
-
-    import joblib
-
+def verified_bytes(path: str | Path, expected_sha256: str) -> bytes:
+    """The bytes of ``path`` if they hash to ``expected_sha256``; ArtifactIntegrityError (with the fix) otherwise."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError as exc:
@@ -230,7 +222,20 @@ def read_verified(path: str | Path, expected_sha256: str) -> Any:
             "the file was changed or truncated; it is refused (it does not match its recorded hash). "
             "Roll back to another version or retrain."
         )
-    return joblib.load(io.BytesIO(data))
+    return data
+
+
+def read_verified(path: str | Path, expected_sha256: str) -> Any:
+    """Unpickle ``path`` only if its bytes hash to ``expected_sha256``, hashing and loading the same bytes.
+
+    Reading the file once closes the window in which a file swapped between the check and the load
+    would be unpickled unverified.
+    """
+    import io
+
+    import joblib
+
+    return joblib.load(io.BytesIO(verified_bytes(path, expected_sha256)))
 
 
 def load_verified(path: str | Path, expected_sha256: str) -> tuple[Any, ModelSignature]:
@@ -300,6 +305,21 @@ def champion(conn: PgConnection) -> ModelRecord | None:
         row = cur.fetchone()
     conn.commit()
     return ModelRecord(*row) if row else None
+
+
+def onnx_export(conn: PgConnection, version: str) -> dict | None:
+    """The version's ONNX export (``path``, ``sha256``, parity figures) if registration listed it, else None.
+
+    A version lists ``onnx`` among its formats only when the export ran in onnxruntime and matched
+    scikit-learn within the parity tolerance on the test rows.
+    """
+    with conn.cursor() as cur:
+        cur.execute("SELECT params->'onnx' FROM churn.model_registry WHERE version = %s AND 'onnx' = ANY(formats)",
+                    (version,))
+        row = cur.fetchone()
+    conn.commit()
+    exported = row[0] if row else None
+    return exported if isinstance(exported, dict) and exported.get("path") and exported.get("sha256") else None
 
 
 def get(conn: PgConnection, version: str) -> ModelRecord:

@@ -29,13 +29,16 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from churn.data.partitions import partition_of, row_groups_of
+from churn.model.runtime import Scorer, ScoringError, SklearnScorer  # noqa: F401 - ScoringError: this module's API
 
 if TYPE_CHECKING:  # scikit-learn stays out of processes that only publish
     from churn.model.features import ModelSignature
@@ -60,10 +63,6 @@ SCORE_SCHEMA = pa.schema(
     ]
 )
 _RAW_SCHEMA = pa.schema([("customer_id", pa.string()), ("churn_probability", pa.float32())])
-
-
-class ScoringError(RuntimeError):
-    """The model produced unusable output; the message says what to check."""
 
 
 @dataclass
@@ -171,29 +170,22 @@ def partition_mask(ids: pa.Array | pa.ChunkedArray, partition: int, partitions: 
         raise ValueError(f"partition {partition} is outside 0..{partitions - 1}")
     if partitions == 1:
         return np.ones(len(ids), dtype=bool)
-    from churn.publish.redis_store import crc32_array
-
-    return (crc32_array(ids) % np.uint32(partitions)) == np.uint32(partition)
-
-
-def _check_probabilities(proba: np.ndarray) -> None:
-    if len(proba) and (not np.isfinite(proba).all() or proba.min() < 0.0 or proba.max() > 1.0):
-        raise ScoringError(
-            "the model returned probabilities outside [0, 1] or NaN; check the artifact's predict_proba "
-            "(was it trained as a classifier?) before publishing anything"
-        )
+    return partition_of(ids, partitions) == np.uint32(partition)
 
 
 def predict(model, signature: ModelSignature, frame) -> np.ndarray:
     """Churn probabilities (float32) of an enforced frame, checked to be finite and within [0, 1]."""
-    proba = model.predict_proba(frame[signature.feature_columns])[:, 1].astype(np.float32)
-    _check_probabilities(proba)
-    return proba
+    return SklearnScorer(model, signature).predict(frame)
 
 
 @dataclass
 class PartitionScores:
-    """One hash partition's raw scores (id, probability) and its coarse histogram, ready to merge."""
+    """One hash partition's raw scores (id, probability) and its coarse histogram, ready to merge.
+
+    ``rows_read`` is how many snapshot rows the partition decoded (its own share when the snapshot is
+    written in partitions, every row otherwise); ``runtime`` is what scored it (``sklearn`` or
+    ``onnxruntime``) and ``runtime_reason`` why.
+    """
 
     path: str
     histogram_path: str
@@ -201,10 +193,37 @@ class PartitionScores:
     partitions: int
     rows: int
     inference_seconds: float
+    rows_read: int = 0
+    runtime: str = "sklearn"
+    runtime_reason: str = ""
 
     def as_dict(self) -> dict:
         """JSON-able reference (what a mapped task returns through XCom)."""
         return dict(self.__dict__)
+
+
+def partition_batches(features_path: str | Path, columns: list[str], id_column: str, partition: int,
+                      partitions: int, chunk_rows: int) -> Iterator[tuple[pa.RecordBatch, int]]:
+    """The snapshot rows of one hash partition, in batches of at most ``chunk_rows``, each with the rows decoded.
+
+    A snapshot written in the same partitions (:class:`churn.data.partitions.PartitionedWriter`) is read
+    row group by row group, only this partition's; any other file is read whole and filtered by hash.
+    """
+    parquet = pq.ParquetFile(features_path)
+    groups = row_groups_of(parquet, partition, partitions) if partitions > 1 else None
+    if groups is not None:
+        if groups:  # iter_batches(row_groups=[]) would mean "every row group"
+            for batch in parquet.iter_batches(batch_size=chunk_rows, columns=columns, row_groups=groups):
+                yield batch, batch.num_rows
+        return
+    if partitions > 1:
+        log.info("%s is not written in %s partitions: partition %s reads every row and keeps its share",
+                 features_path, partitions, partition)
+    for batch in parquet.iter_batches(batch_size=chunk_rows, columns=columns):
+        decoded = batch.num_rows
+        if partitions > 1:
+            batch = batch.filter(pa.array(partition_mask(batch.column(id_column), partition, partitions)))
+        yield batch, decoded
 
 
 def score_partition(
@@ -219,31 +238,30 @@ def score_partition(
 ) -> PartitionScores:
     """Pass 1 for one hash partition: probabilities to ``part-NNNN.raw.parquet`` plus its coarse histogram.
 
+    ``model`` is a :class:`churn.model.runtime.Scorer` (or a scikit-learn estimator, scored as such).
     Files are written under temporary names and renamed, so a retried partition replaces
     its own files whole and the merge never reads a half-written one.
     """
+    scorer: Scorer = model if hasattr(model, "runtime") else SklearnScorer(model, signature)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     raw_path = out_dir / f"part-{partition:04d}-of-{partitions:04d}.raw.parquet"
     hist_path = raw_path.with_suffix("").with_suffix(".coarse.npy")
     tmp_raw = raw_path.with_name(raw_path.name + ".tmp")
-    parquet = pq.ParquetFile(features_path)
     sketch = DecileSketch()
     inference = 0.0
-    done = 0
+    done = read = 0
     last_progress = time.monotonic()
     try:
         with pq.ParquetWriter(tmp_raw, _RAW_SCHEMA) as raw_writer:
-            for batch in parquet.iter_batches(batch_size=chunk_rows,
-                                              columns=[signature.id_column, *signature.feature_columns]):
-                if partitions > 1:
-                    ids = pc.cast(batch.column(signature.id_column), pa.string())
-                    batch = batch.filter(pa.array(partition_mask(ids, partition, partitions)))
+            for batch, decoded in partition_batches(features_path, [signature.id_column, *signature.feature_columns],
+                                                    signature.id_column, partition, partitions, chunk_rows):
+                read += decoded
                 frame = signature.enforce(batch.to_pandas(), max_unknown_fraction=0.0)
                 if frame.empty:
                     continue
                 t0 = time.monotonic()
-                proba = predict(model, signature, frame)
+                proba = scorer.predict(frame)
                 inference += time.monotonic() - t0
                 sketch.add(proba)
                 raw_writer.write_batch(pa.record_batch(
@@ -260,8 +278,11 @@ def score_partition(
         os.replace(tmp_hist, hist_path)
     finally:
         tmp_raw.unlink(missing_ok=True)
-    log.info("partition %s of %s: scored %s customers, inference %.2f s", partition, partitions, done, inference)
-    return PartitionScores(str(raw_path), str(hist_path), partition, partitions, done, inference)
+    runtime = scorer.runtime if done else "none"
+    log.info("partition %s of %s: scored %s customers (%s rows read) with %s, inference %.2f s", partition,
+             partitions, done, read, runtime, inference)
+    return PartitionScores(str(raw_path), str(hist_path), partition, partitions, done, inference, read, runtime,
+                           getattr(scorer, "reason", ""))
 
 
 def merge_partitions(

@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from churn.data.partitions import NullIdError
+from churn.data.partitions import crc32_array as _crc32_array
 from churn.publish.redis_keys import LeaseLost, RedisPublishError, as_text
 
 
@@ -100,39 +102,12 @@ def encode_json(batch: pa.RecordBatch, prefix: str) -> Encoded:
     return Encoded(batch.num_rows, [b"*%d\r\n" % (count + 1) + _bulk("MSET"), body], 1)
 
 
-def _crc32_table() -> np.ndarray:
-    table = np.arange(256, dtype=np.uint32)
-    for _ in range(8):
-        table = np.where(table & 1, (table >> 1) ^ np.uint32(0xEDB88320), table >> 1).astype(np.uint32)
-    return table
-
-
-_CRC32_TABLE = _crc32_table()
-
-
 def crc32_array(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """``zlib.crc32`` of every string's UTF-8 bytes, vectorized over the array (uint32).
-
-    The table-driven CRC-32 (IEEE) runs one byte position at a time across all strings, so the cost is
-    (longest id) numpy steps per batch instead of one Python call per customer.
-    """
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    values = pc.cast(values, pa.string())
-    if values.null_count:
-        raise RedisPublishError("customer ids must not be null (validation quarantines them)")
-    n = len(values)
-    offsets = np.frombuffer(values.buffers()[1], dtype=np.int32, count=n + 1, offset=values.offset * 4)
-    data = np.frombuffer(values.buffers()[2], dtype=np.uint8) if n and offsets[-1] > offsets[0] \
-        else np.zeros(0, dtype=np.uint8)
-    starts, lengths = offsets[:-1].astype(np.int64), np.diff(offsets).astype(np.int64)
-    crc = np.full(n, 0xFFFFFFFF, dtype=np.uint32)
-    for position in range(int(lengths.max()) if n else 0):
-        live = lengths > position
-        rows = np.flatnonzero(live) if not live.all() else slice(None)
-        byte = data[starts[rows] + position].astype(np.uint32)
-        crc[rows] = _CRC32_TABLE[(crc[rows] ^ byte) & 0xFF] ^ (crc[rows] >> 8)
-    return crc ^ np.uint32(0xFFFFFFFF)
+    """``zlib.crc32`` of every id's UTF-8 bytes (:func:`churn.data.partitions.crc32_array`); null ids refused."""
+    try:
+        return _crc32_array(values)
+    except NullIdError as exc:
+        raise RedisPublishError(str(exc)) from exc
 
 
 def _grouped_hset_chunks(table: pa.Table, prefix: str, chunk_rows: int) -> Iterator[Encoded]:

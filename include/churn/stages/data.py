@@ -79,6 +79,8 @@ def profile_and_validate(cfg: ChurnConfig, res: Resources, run: dict, ingested: 
                 training=dataset == "train", spec=spec, as_of=date.fromisoformat(run["as_of"]),
                 max_row_count_change=cfg.max_row_count_change, max_data_age_days=cfg.max_data_age_days,
                 docs_dir=docs_dir, chunk_rows=cfg.ingest_chunk_rows,
+                # the scoring rows in the plan's hash partitions: each score_partition task reads only its own
+                partitions=max(cfg.score_partitions, 1) if dataset == "score" else 1,
             )
             outcomes[dataset] = outcome
     return timed(run, "profile_and_validate", started, ValidationResult(

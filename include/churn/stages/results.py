@@ -91,6 +91,10 @@ class PartitionPlan(JsonRecord):
     artifact_path: str
     artifact_sha256: str
     scored_at: str
+    onnx_path: str | None = None
+    onnx_sha256: str | None = None
+    runtime: str = "auto"
+    onnx_tolerance: float = 1e-5
 
 
 @dataclass(kw_only=True)
@@ -122,6 +126,7 @@ class ScoredResult(StageResult):
     rows_per_second: float = 0.0
     partitions: int = 1
     workers: list[str] = field(default_factory=list)
+    runtimes: list[str] = field(default_factory=list)  # what scored the partitions: sklearn, onnxruntime
 
 
 @dataclass(kw_only=True)

@@ -19,6 +19,7 @@ def plan_scoring(cfg: ChurnConfig, res: Resources, run: dict, validated: dict, r
 
     with res.pg_session() as conn:
         champ = registry.champion(conn)
+        onnx = registry.onnx_export(conn, champ.version) if champ is not None else None
     if champ is None:
         raise NoChampionError(
             "no champion model to score with: the first challenger was refused by the gate "
@@ -31,7 +32,9 @@ def plan_scoring(cfg: ChurnConfig, res: Resources, run: dict, validated: dict, r
     scored_at = datetime.now(timezone.utc).isoformat()
     return [PartitionPlan(partition=p, partitions=cfg.score_partitions, features_path=features,
                           model_version=champ.version, artifact_path=champ.artifact_path,
-                          artifact_sha256=champ.artifact_sha256, scored_at=scored_at).as_dict()
+                          artifact_sha256=champ.artifact_sha256, scored_at=scored_at,
+                          onnx_path=(onnx or {}).get("path"), onnx_sha256=(onnx or {}).get("sha256"),
+                          runtime=cfg.score_runtime, onnx_tolerance=cfg.onnx_parity_tolerance).as_dict()
             for p in range(cfg.score_partitions)]
 
 
@@ -39,14 +42,16 @@ def score_partition(cfg: ChurnConfig, res: Resources, run: dict, part: dict) -> 
     """Score one hash partition of the scoring snapshot with the planned (verified) champion."""
     import socket
 
-    from churn.model import registry
+    from churn.model.runtime import scorer_for
     from churn.model.score import score_partition as score_one_partition
 
     started = time.monotonic()
     part = parse(PartitionPlan, part)
-    model, signature = registry.load_verified(part.artifact_path, part.artifact_sha256)
+    # verified by sha256 and deserialized once per process (a worker scoring several partitions loads once)
+    scorer, signature = scorer_for(part.artifact_path, part.artifact_sha256, onnx_path=part.onnx_path,
+                                   onnx_sha256=part.onnx_sha256, runtime=part.runtime, tolerance=part.onnx_tolerance)
     load_seconds = time.monotonic() - started  # imports, hash check and unpickle: a fixed cost per partition
-    result = score_one_partition(model, signature, part.features_path, Path(run["run_dir"]) / "score_parts",
+    result = score_one_partition(scorer, signature, part.features_path, Path(run["run_dir"]) / "score_parts",
                                  partition=part.partition, partitions=part.partitions,
                                  chunk_rows=cfg.score_chunk_rows)
     # Which worker scored it: shown in the run's XCom, and how the Celery test sees both workers at work.
@@ -75,7 +80,7 @@ def merge_scores(cfg: ChurnConfig, res: Resources, run: dict, parts: list[dict])
         path=result.path, rows=result.rows, model_version=parts[0].model_version,
         inference_seconds=round(result.inference_seconds, 3), other_seconds=round(result.other_seconds, 3),
         rows_per_second=round(result.rows_per_second, 1), partitions=len(parts),
-        workers=sorted({p.worker for p in parts})))
+        workers=sorted({p.worker for p in parts}), runtimes=sorted({p.runtime for p in parts if p.rows})))
 
 
 def score(cfg: ChurnConfig, res: Resources, run: dict, validated: dict, registered: dict) -> dict:
