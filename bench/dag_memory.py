@@ -63,10 +63,11 @@ else:
     module = next(m for m in ("data", "model", "scoring", "publish", "reporting")
                   if hasattr(importlib.import_module(f"churn.stages.{m}"), stage))
     out = getattr(importlib.import_module(f"churn.stages.{module}"), stage)(common_stages.cfg_for(cfg, args[0]), res, *args)
-usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-open(out_path, "w").write(json.dumps({"out": out, "peak_rss_mb": usage, "children_peak_rss_mb": children,
-                                      "seconds": time.perf_counter() - started}, default=str))
+self_usage, child_usage = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+cpu = self_usage.ru_utime + self_usage.ru_stime + child_usage.ru_utime + child_usage.ru_stime
+open(out_path, "w").write(json.dumps({"out": out, "peak_rss_mb": self_usage.ru_maxrss / 1024,
+                                      "children_peak_rss_mb": child_usage.ru_maxrss / 1024,
+                                      "seconds": time.perf_counter() - started, "cpu_seconds": cpu}, default=str))
 """
 
 

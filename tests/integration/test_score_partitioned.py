@@ -33,7 +33,7 @@ def test_partitions_read_their_share_and_the_onnx_export_scores_like_scikit_lear
                                 "CHURN_ID_COLUMN": "CustomerId", "CHURN_LABEL_COLUMN": "Exited",
                                 "CHURN_STATE_DIR": str(tmp_path / "state"), "CHURN_TRAIN_TPOT": "false",
                                 "CHURN_EXPORT_PMML": "false", "CHURN_SCORE_PARTITIONS": "3",
-                                "CHURN_SCORE_CHUNK_ROWS": "500"})
+                                "CHURN_SCORE_CHUNK_ROWS": "500", "CHURN_INGEST_CHUNK_ROWS": "1000"})
     res = Resources.from_urls(fresh_pg_url, redis_url)
     run = start_run(cfg, res, RUN_DATE, "test-partitioned")
     validated = data.profile_and_validate(cfg, res, run, data.ingest(cfg, res, run))
@@ -43,7 +43,8 @@ def test_partitions_read_their_share_and_the_onnx_export_scores_like_scikit_lear
 
     clean = parse(ValidationResult, validated).score.clean_path
     parquet = pq.ParquetFile(clean)
-    assert all(row_groups_of(parquet, p, 3) for p in range(3))  # written in the plan's partitions
+    assert all(row_groups_of(parquet, p, 3) for p in range(3))  # written in the plan's partitions ...
+    assert parquet.metadata.num_row_groups == 12  # ... chunk by chunk (4 validation chunks x 3 partitions)
     parts, scored = _scored(cfg, res, run, validated, registered)
     assert [p.rows_read for p in parts] == [p.rows for p in parts]  # each decoded only its own rows
     assert sum(p.rows for p in parts) == scored.rows == parquet.metadata.num_rows

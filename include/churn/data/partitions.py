@@ -84,6 +84,11 @@ class PartitionedWriter:
     def __post_init__(self) -> None:
         self.row_groups: list[int] = []
 
+    @property
+    def schema(self) -> pa.Schema:
+        """The file's Arrow schema (every chunk is written with it)."""
+        return self.writer.schema
+
     def write(self, table: pa.Table) -> None:
         """Write one chunk: a row group per partition present in it (one group when unpartitioned)."""
         if self.partitions == 1 or table.num_rows == 0:

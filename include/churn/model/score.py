@@ -196,6 +196,7 @@ class PartitionScores:
     rows_read: int = 0
     runtime: str = "sklearn"
     runtime_reason: str = ""
+    cpu_seconds: float = 0.0  # this process's CPU for the partition (read, enforce, infer, write), load excluded
 
     def as_dict(self) -> dict:
         """JSON-able reference (what a mapped task returns through XCom)."""
@@ -251,6 +252,7 @@ def score_partition(
     sketch = DecileSketch()
     inference = 0.0
     done = read = 0
+    cpu_started = time.process_time()
     last_progress = time.monotonic()
     try:
         with pq.ParquetWriter(tmp_raw, _RAW_SCHEMA) as raw_writer:
@@ -282,7 +284,7 @@ def score_partition(
     log.info("partition %s of %s: scored %s customers (%s rows read) with %s, inference %.2f s", partition,
              partitions, done, read, runtime, inference)
     return PartitionScores(str(raw_path), str(hist_path), partition, partitions, done, inference, read, runtime,
-                           getattr(scorer, "reason", ""))
+                           getattr(scorer, "reason", ""), round(time.process_time() - cpu_started, 3))
 
 
 def merge_partitions(
