@@ -17,7 +17,7 @@ DEMO_DATE ?= $(shell date -u +%F)
 PRIVATE := umask 077 &&
 DEMO_CONF ?= {}
 
-.PHONY: venv services stop demo cluster demo-cluster test lock airflow-ui bench bench-scale bench-rescore bench-automl clean
+.PHONY: venv services stop demo cluster demo-cluster test lock airflow-ui bench bench-scale bench-nightly bench-rescore bench-automl clean
 
 venv: $(VENV)/.installed
 
@@ -103,10 +103,15 @@ test-browser: venv
 bench: venv
 	$(BIN)/python -m bench.run
 
-# Scale-out: a 4M-customer population's scoring under LocalExecutor and two Celery workers with 1/2/4 partitions;
-# writes bench/results/scale_out.json (docs/benchmarks.md, docs/guides/scaling.md).
-bench-scale: venv
+# Scale: the whole nightly DAG (one process per task, 4 partitions) at 1M and 10M customers against its floors
+# measured in the same run (psql COPY, psql \copy, redis-cli --pipe), ~25 min, writes
+# bench/results/nightly_floor.json; then a 4M-customer population's scoring under LocalExecutor and two Celery
+# workers with 1/2/4 partitions, writes bench/results/scale_out.json (docs/benchmarks.md, docs/guides/scaling.md).
+bench-scale: bench-nightly
 	$(BIN)/python -m bench.scale_out
+
+bench-nightly: venv
+	$(BIN)/python -m bench.nightly_floor --sizes 1000000,10000000
 
 # Event re-score latency (single events, bursts of 100 and 10,000) under LocalExecutor; writes
 # bench/results/rescore.json (docs/benchmarks.md).

@@ -5,8 +5,8 @@ database, then every task runs the way LocalExecutor runs it (one fresh interpre
 ``bench.dag_memory``) with ``CHURN_SCORE_PARTITIONS=4``; each task reports wall seconds, CPU seconds
 (user + system, itself and its children) and peak RSS. Then, on the same data and servers:
 
-- **ingest floor**: ``COPY (feature query) TO STDOUT`` of both snapshots (training as of
-  ``as_of - window``, scoring as of ``as_of``), drained by libpq into nothing;
+- **ingest floor**: ``psql`` running ``COPY (feature query) TO STDOUT`` of both snapshots (training as of
+  ``as_of - window``, scoring as of ``as_of``) into /dev/null;
 - **partitions**: the scoring task once more with one partition (the whole file), against the four
   partitions' CPU: summed (the work does not grow) and the largest (the work divides);
 - **runtimes**: one partition scored with ``CHURN_SCORE_RUNTIME=sklearn``, and raw ONNX Runtime
@@ -46,29 +46,22 @@ import json, resource, sys, time
 job, args = sys.argv[1], json.loads(sys.argv[2])
 started = time.perf_counter()
 out = {}
-if job == "copy_out":
+if job == "copy_sql":
     import psycopg2
     from datetime import date, timedelta
     from churn.data import sql_source
     from churn.data.spec import synthetic_spec
-    class Null:
-        bytes = 0
-        def write(self, data):
-            Null.bytes += len(data)
-            return len(data)
     conn = psycopg2.connect(args["pg_url"])
     spec = synthetic_spec()
     as_of = date.fromisoformat(args["as_of"])
     query = sql_source.load_query(sql_source.DEMO_QUERY)
+    statements = []
     for day, labelled in ((as_of - timedelta(days=args["window"]), True), (as_of, False)):
         names = sql_source.arrow_schema(spec, labelled).names
         sql = sql_source.bind(conn, query, day, args["window"])
-        with conn.cursor() as cur:
-            cur.execute(sql_source._EXTRACT_SETTINGS)
-            cur.copy_expert("COPY (" + sql_source.wrapped(sql, ", ".join(sql_source.quote_ident(c) for c in names))
-                            + ") TO STDOUT WITH (FORMAT csv, HEADER true)", Null())
-        conn.commit()
-    out = {"bytes": Null.bytes}
+        statements.append("COPY (" + sql_source.wrapped(sql, ", ".join(sql_source.quote_ident(c) for c in names))
+                          + ") TO STDOUT WITH (FORMAT csv, HEADER true)")
+    out = {"statements": statements}
 elif job == "onnx_raw":
     import numpy as np, onnxruntime as ort, pyarrow.parquet as pq
     from churn.model.export import onnx_inputs
@@ -117,9 +110,11 @@ def _floor(job: str, args: dict, env: dict) -> dict:
 
 
 def _timed_command(command: list[str], stdin_path: Path | None = None) -> float:
+    """Wall seconds of a C tool, its output thrown away by the kernel (/dev/null), not read by Python."""
     started = time.perf_counter()
-    with open(stdin_path, "rb") if stdin_path else open(os.devnull, "rb") as stdin:
-        subprocess.run(command, stdin=stdin, check=True, timeout=3600, capture_output=True)
+    with open(stdin_path, "rb") if stdin_path else open(os.devnull, "rb") as stdin, \
+            open(os.devnull, "wb") as sink:
+        subprocess.run(command, stdin=stdin, stdout=sink, stderr=subprocess.PIPE, check=True, timeout=3600)
     return time.perf_counter() - started
 
 
@@ -198,9 +193,16 @@ def run_size(size: int, services, tmp: Path, redis_db: int) -> dict:
 
     # -- floors, in this run, on the same data
     floors: dict[str, dict] = {}
-    copy_out = _floor("copy_out", {"pg_url": pg_url, "as_of": AS_OF.isoformat(), "window": 30}, env)
-    floors["ingest_copy_to_stdout"] = {"seconds": round(copy_out["seconds"], 2), "bytes": copy_out["out"]["bytes"],
-                                       "what": "COPY (feature query) TO STDOUT of both snapshots, drained by libpq"}
+    psql = shutil.which("psql") or "psql"
+    statements = _floor("copy_sql", {"pg_url": pg_url, "as_of": AS_OF.isoformat(), "window": 30}, env)["out"]
+    settings = ["SET work_mem = '64MB'", "SET jit = off", "SET TimeZone = 'UTC'", "SET DateStyle = 'ISO'"]
+    command = [psql, pg_url, "-X", "-q", "-v", "ON_ERROR_STOP=1"]
+    for statement in settings + statements["statements"]:
+        command += ["-c", statement]
+    floors["ingest_copy_to_stdout"] = {
+        "seconds": round(_timed_command(command), 2),
+        "what": "psql: COPY (feature query) TO STDOUT of both snapshots (the ingest's settings), into /dev/null",
+        "psql": subprocess.run([psql, "--version"], capture_output=True, text=True).stdout.strip()}
     if parts[0].get("onnx_path"):
         raw = _floor("onnx_raw", {**parts[0], "features_path": parts[0]["features_path"]}, env)["out"]
         floors["onnx_runtime_raw"] = {"rows": raw["rows"], "cpu_seconds": round(raw["run_cpu_seconds"], 2),
@@ -216,7 +218,6 @@ def run_size(size: int, services, tmp: Path, redis_db: int) -> dict:
     conn.close()
     from churn.publish.postgres import SCORES_COLUMNS
 
-    psql = shutil.which("psql") or "psql"
     floors["postgres_psql_copy_csv"] = {
         "seconds": round(_timed_command([psql, pg_url, "-v", "ON_ERROR_STOP=1", "-c",
                                          f"\\copy churn.floor_scores ({SCORES_COLUMNS}) FROM '{csv_path}' CSV"]), 2),
@@ -275,6 +276,45 @@ def run_size(size: int, services, tmp: Path, redis_db: int) -> dict:
     }
 
 
+SINGLE_TASKS = ("ingest", "profile_and_validate", "drift", "split", "train", "evaluate_and_gate", "register",
+                "plan_scoring", "score", "publish_postgres", "publish_redis", "export", "summarize")
+
+
+def plan_100m(record: dict, customers: int = 100_000_000, window_seconds: float = 3600.0) -> dict:
+    """A 100M-customer night from the largest run: per-task seconds per million, scaled linearly.
+
+    Linear because the 1M -> 10M cost per scored customer says so (``cost_per_scored_customer_large_over_small``);
+    a task whose ratio is above 1.15 is named in ``superlinear``. Scoring partitions divide over workers;
+    every other task runs once, so those bound the night whatever the worker count.
+    """
+    import math
+
+    large = record["runs"][-1]
+    scale = customers / large["customers"]
+    seconds = {k: v.get("stage_seconds", v["seconds"]) for k, v in large["tasks"].items()}
+    single = {k: round(seconds[k] * scale, 1) for k in SINGLE_TASKS if k in seconds}
+    partitions = [k for k in seconds if k.startswith("score_partition[") and not k.startswith("score_partition[P=")]
+    partition_work = round(sum(seconds[k] for k in partitions) * scale, 1)  # worker-seconds of scoring
+    single_total = round(sum(single.values()), 1)
+    single_without_training = round(sum(v for k, v in single.items()
+                                        if k not in ("train", "evaluate_and_gate", "register")), 1)
+    left = window_seconds - single_total
+    workers = math.ceil(partition_work / left) if left > 0 else None
+    ratios = record.get("cost_per_scored_customer_large_over_small", {})
+    return {
+        "customers": customers, "from_run_customers": large["customers"], "window_seconds": window_seconds,
+        "seconds_per_million_customers": {k: round(v / large["customers"] * 1e6, 2) for k, v in seconds.items()
+                                          if not k.startswith("score_partition[P=")},
+        "single_task_seconds": single, "single_tasks_total_seconds": single_total,
+        "single_tasks_without_training_seconds": single_without_training,
+        "scoring_worker_seconds": partition_work,
+        "workers_for_scoring_in_window": workers,
+        "bounding_tasks": sorted(single, key=single.get, reverse=True)[:3],
+        "fits_window_on_one_machine": single_total + partition_work <= window_seconds,
+        "superlinear": sorted(k for k, v in ratios.items() if v > 1.15),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the DAG and its floors at each size and write the JSON record."""
     from churn.dev.services import EmbeddedServices
@@ -283,7 +323,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.nightly_floor", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000000,10000000")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--replan", action="store_true", help="recompute the 100M plan of --out without running")
     args = parser.parse_args(argv)
+    if args.replan:
+        record = json.loads(args.out.read_text())
+        record["plan_100m"] = plan_100m(record)
+        args.out.write_text(json.dumps(record, indent=2))
+        print(json.dumps(record["plan_100m"], indent=2))
+        return 0
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -312,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         record["cost_per_scored_customer_large_over_small"] = {
             k: round((large["tasks"][k]["seconds"] / large["rows_scored"]) / (v["seconds"] / small["rows_scored"]), 2)
             for k, v in small["tasks"].items() if k in large["tasks"] and v["seconds"] >= 0.5}
+    record["plan_100m"] = plan_100m(record)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2))
     print(json.dumps({k: v for k, v in record.items() if k != "runs"}, indent=2))

@@ -462,9 +462,32 @@ def _telco(name: str, data: dict) -> list[str]:
     return _source(name, data) + [f"Test ROC AUC{seed}:", ""] + _table(["model", "test ROC AUC"], rows)
 
 
-RENDERERS = {"publish": _publish, "dag_memory": _dag_memory, "data_ingest_memory": _data_ingest_memory,
+def _nightly_floor(name: str, data: dict) -> list[str]:
+    runs = data["runs"]
+    tasks = list(runs[0]["tasks"])
+    rows = [[f"`{task}`", *(" / ".join([_num(run["tasks"].get(task, {}).get("seconds"), 1),
+                                        _num(run["tasks"].get(task, {}).get("cpu_seconds"), 1),
+                                        _num(run["tasks"].get(task, {}).get("peak_rss_mb"), 0)]) for run in runs)]
+            for task in tasks]
+    out = _source(name, data) + [f"Commit `{data.get('commit', '?')}`, {data['partitions']} scoring partitions. "
+                                 "Each task in its own interpreter: wall s / CPU s / peak RSS MB.", ""]
+    out += _table(["task", *(f"{run['customers']:,} customers ({run['rows_scored']:,} scored)" for run in runs)],
+                  rows)
+    targets = data.get("targets", {})
+    ratio_rows = [[key.replace("_", " "), *(_num(run["ratios"].get(key), 2) for run in runs), _num(targets.get(key), 2)]
+                  for key in runs[0]["ratios"]]
+    ratio_rows.append(["DAG stage seconds without training", *(_num(run["dag_seconds_without_training"], 1)
+                                                               for run in runs),
+                       _num(targets.get("dag_seconds_without_training_at_10M"), 0)])
+    out += ["Against the floors measured in the same run (each ratio as its name says; targets are bounds):", ""]
+    out += _table(["ratio", *(f"{run['customers']:,}" for run in runs), "target"], ratio_rows)
+    return out
+
+
+RENDERERS = {"nightly_floor": _nightly_floor, "publish": _publish, "dag_memory": _dag_memory, "data_ingest_memory": _data_ingest_memory,
              "rescore": _rescore, "scale_out": _scale_out, "automl_synthetic": _automl, "telco_quality": _telco}
-TITLES = {"publish": "Publish throughput, memory, lookups and end to end", "dag_memory": "Whole DAG, memory per task",
+TITLES = {"nightly_floor": "The nightly batch against its floors",
+          "publish": "Publish throughput, memory, lookups and end to end", "dag_memory": "Whole DAG, memory per task",
           "data_ingest_memory": "File ingest, memory", "rescore": "Event re-scoring latency",
           "scale_out": "Scoring scale-out (LocalExecutor, CeleryExecutor)",
           "automl_synthetic": "AutoML on the synthetic population, against its oracle",
