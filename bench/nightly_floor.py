@@ -248,9 +248,10 @@ def run_size(size: int, services, tmp: Path, redis_db: int) -> dict:
         "largest_partition_cpu_over_one": round(max(part_cpu) / one_cpu, 2),
         "partitions_summed_process_cpu_over_one": round(sum(part_process_cpu) / one_process_cpu, 2),
         "largest_partition_process_cpu_over_one": round(max(part_process_cpu) / one_process_cpu, 2),
-        "sklearn_over_project_inference_seconds": round(sk["inference_seconds"] / max(whole["inference_seconds"], 1e-9),
-                                                        2),
     }
+    if whole["runtime"] != sk["runtime"]:  # only when the project scored with ONNX Runtime
+        ratios["sklearn_over_project_inference_seconds"] = round(
+            sk["inference_seconds"] / max(whole["inference_seconds"], 1e-9), 2)
     if "onnx_runtime_raw" in floors and whole["runtime"] == "onnxruntime":
         ratios["inference_speed_over_raw_onnx"] = round(
             (whole["rows"] / whole["inference_seconds"]) / floors["onnx_runtime_raw"]["rows_per_cpu_second"], 2)

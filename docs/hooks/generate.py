@@ -474,11 +474,20 @@ def _nightly_floor(name: str, data: dict) -> list[str]:
     out += _table(["task", *(f"{run['customers']:,} customers ({run['rows_scored']:,} scored)" for run in runs)],
                   rows)
     targets = data.get("targets", {})
-    ratio_rows = [[key.replace("_", " "), *(_num(run["ratios"].get(key), 2) for run in runs), _num(targets.get(key), 2)]
-                  for key in runs[0]["ratios"]]
-    ratio_rows.append(["DAG stage seconds without training", *(_num(run["dag_seconds_without_training"], 1)
-                                                               for run in runs),
+    keys = list(dict.fromkeys([*runs[0]["ratios"], *(k for k in targets if k in
+                                                     ("inference_speed_over_raw_onnx",))]))
+    if all(run["whole_file_partition"]["runtime"] == "sklearn" for run in runs):  # scikit-learn against itself
+        keys = [k for k in keys if k != "sklearn_over_project_inference_seconds"]
+    ratio_rows = [[key.replace("_", " "), *(_num(run["ratios"].get(key), 2) if key in run["ratios"]
+                                            else "not measured" for run in runs), _num(targets.get(key), 2)]
+                  for key in keys]
+    ratio_rows.append(["DAG seconds without training (task wall times incl. interpreter start, summed)",
+                       *(_num(run["dag_seconds_without_training"], 1) for run in runs),
                        _num(targets.get("dag_seconds_without_training_at_10M"), 0)])
+    if data.get("largest_task_peak_rss_large_over_small") is not None:
+        ratio_rows.append(["largest task peak RSS, large / small", "", _num(
+            data["largest_task_peak_rss_large_over_small"], 2), _num(targets.get(
+                "largest_task_peak_rss_large_over_small"), 2)][: len(runs) + 2])
     out += ["Against the floors measured in the same run (each ratio as its name says; targets are bounds):", ""]
     out += _table(["ratio", *(f"{run['customers']:,}" for run in runs), "target"], ratio_rows)
     return out

@@ -51,10 +51,16 @@ def test_partitions_read_their_share_and_the_onnx_export_scores_like_scikit_lear
 
     conn = psycopg2.connect(fresh_pg_url)
     champion = registry.champion(conn)
-    exported = registry.onnx_export(conn, champion.version)
+    # whichever default won, HistGradientBoosting has no ONNX export and is scored by scikit-learn
+    assert scored.runtimes == (["onnxruntime"] if registry.onnx_export(conn, champion.version) else ["sklearn"])
+    # the logistic baseline's export converts and passed parity at registration: make it champion
+    logistic = next(r["version"] for r in registered["registered"] if "logistic" in r["version"])
+    registry.promote(conn, logistic, "test: a champion with an ONNX export", force=True)
+    assert registry.onnx_export(conn, logistic) is not None
     conn.close()
-    # the default logistic champion converts; a champion without a passing export is scored by scikit-learn
-    assert scored.runtimes == (["onnxruntime"] if exported else ["sklearn"]), (champion.model_name, exported)
+    parts, scored = _scored(cfg, res, {**run, "run_dir": str(tmp_path / "onnx")}, validated, registered)
+    assert scored.runtimes == ["onnxruntime"] and scored.model_version == logistic
+    assert all("parity" in p.runtime_reason for p in parts)
     fast = pq.read_table(scored.path).to_pandas().set_index("customer_id").sort_index()
 
     sk_cfg = cfg.replace(score_runtime="sklearn")

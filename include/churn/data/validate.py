@@ -274,6 +274,13 @@ def validate_snapshot(
                         low, high = frame[column].min(), frame[column].max()
                         seen = extremes.setdefault(column, [low, high])
                         seen[0], seen[1] = min(seen[0], low), max(seen[1], high)
+                # A null id has no partition and no key: quarantined even by a suite without the not-null check.
+                if spec.id_column in frame.columns:
+                    unflagged = [int(i) for i in frame.index[frame[spec.id_column].isna()] if int(i) not in bad_rows]
+                    for index in unflagged:
+                        bad_rows[index] = ["id contract: id is missing"]
+                    if unflagged:
+                        _count(row_failures, "id contract", len(unflagged))
                 rows += len(frame)
                 quarantined += len(bad_rows)
                 _quarantine(cur, run_key, dataset, frame, bad_rows, spec.id_column)

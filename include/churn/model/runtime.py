@@ -29,10 +29,11 @@ log = logging.getLogger(__name__)
 
 RUNTIMES = ("auto", "sklearn")
 PARITY_ROWS = 1_000  # rows of each partition scored by both runtimes before ONNX Runtime is trusted
+SPOT_ROWS = 64  # rows of every later batch, spread over it, scored by both runtimes again
 
 _cache: dict[tuple[str, str], Any] = {}  # (kind, sha256 of the verified bytes) -> loaded object
 _cache_lock = threading.Lock()
-_loads = {"model": 0, "onnx": 0}  # how many times bytes were actually deserialized (tests, benchmarks)
+_loads: dict[str, int] = {}  # how many times bytes were actually deserialized, by kind (tests, benchmarks)
 
 
 class ScoringError(RuntimeError):
@@ -48,7 +49,7 @@ def _cached(kind: str, path: str | Path, sha256: str, build) -> Any:
     value = build(data)
     with _cache_lock:
         _cache[key] = value
-        _loads[kind] += 1
+        _loads[kind] = _loads.get(kind, 0) + 1
     return value
 
 
@@ -76,7 +77,7 @@ def load_onnx(path: str | Path, sha256: str, threads: int = 1) -> Any:
         options.inter_op_num_threads = 1
         return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
-    return _cached("onnx", path, sha256, build)
+    return _cached(f"onnx-{threads}", path, sha256, build)
 
 
 def loads() -> dict[str, int]:
@@ -144,17 +145,19 @@ class OnnxScorer:
 
 @dataclass
 class ParityCheckedScorer:
-    """ONNX Runtime once it matched scikit-learn on the first rows it sees; scikit-learn otherwise.
+    """ONNX Runtime while it matches scikit-learn on the rows it is checked on; scikit-learn otherwise.
 
-    The first ``predict`` scores up to ``check_rows`` rows with both; if the largest difference is within
-    ``tolerance`` every later call goes to ONNX Runtime, else (or if ONNX Runtime fails) to scikit-learn.
-    ``runtime`` and ``reason`` say which, and why.
+    The first ``predict`` scores up to ``check_rows`` rows with both; every later batch is spot-checked on
+    ``spot_rows`` rows spread over it. Within ``tolerance`` the batch's ONNX scores are kept; otherwise (or
+    if ONNX Runtime fails) that batch and every later one are scored by scikit-learn. ``runtime`` and
+    ``reason`` say which, and why.
     """
 
     primary: OnnxScorer
     fallback: SklearnScorer
     tolerance: float
     check_rows: int = PARITY_ROWS
+    spot_rows: int = SPOT_ROWS
     parity_max_abs_diff: float | None = None
     reason: str = ""
     _chosen: Scorer | None = field(default=None, repr=False)
@@ -165,32 +168,48 @@ class ParityCheckedScorer:
         return self._chosen.runtime if self._chosen is not None else "onnxruntime?"
 
     def predict(self, frame: Any) -> np.ndarray:
-        """P(churn) per row, from the runtime the parity check chose."""
+        """P(churn) per row, from the runtime the parity checks chose."""
         if self._chosen is None:
             self._decide(frame)
-        return self._chosen.predict(frame)
+        elif self._chosen is self.primary:
+            positions = np.unique(np.linspace(0, len(frame) - 1, min(self.spot_rows, len(frame))).astype(int))
+            if len(positions) and not self._agree(frame.iloc[positions], "spot check"):
+                return self.fallback.predict(frame)
+        if self._chosen is self.primary:
+            try:
+                return self.primary.predict(frame)
+            except Exception as exc:  # noqa: BLE001 - any runtime failure means "score with scikit-learn"
+                self._use_fallback(f"onnxruntime failed ({type(exc).__name__}: {exc})")
+        return self.fallback.predict(frame)
+
+    def _use_fallback(self, reason: str) -> None:
+        self._chosen, self.reason = self.fallback, reason
+        log.warning("%s; scoring with scikit-learn (check the export with new categories in the data)", reason)
+
+    def _agree(self, rows: Any, what: str) -> bool:
+        """Score ``rows`` with both runtimes; switch to scikit-learn (and say why) if they disagree."""
+        reference = self.fallback.predict(rows)
+        try:
+            candidate = self.primary.predict(rows)
+        except Exception as exc:  # noqa: BLE001 - any runtime failure means "score with scikit-learn"
+            self._use_fallback(f"onnxruntime failed on live rows ({type(exc).__name__}: {exc})")
+            return False
+        diff = float(np.max(np.abs(candidate.astype(np.float64) - reference.astype(np.float64)))) if len(rows) else 0.0
+        self.parity_max_abs_diff = max(diff, self.parity_max_abs_diff or 0.0)
+        if diff > self.tolerance:
+            self._use_fallback(f"ONNX probabilities differ from scikit-learn by {diff:.2e} > {self.tolerance:g} "
+                               f"on {len(rows)} live rows ({what})")
+            return False
+        return True
 
     def _decide(self, frame: Any) -> None:
         head = frame.iloc[: self.check_rows]
-        reference = self.fallback.predict(head)
-        try:
-            candidate = self.primary.predict(head)
-        except Exception as exc:  # noqa: BLE001 - any runtime failure means "score with scikit-learn"
-            self._chosen, self.reason = self.fallback, f"onnxruntime failed on live rows ({type(exc).__name__}: {exc})"
-            log.warning("%s; scoring with scikit-learn", self.reason)
-            return
-        diff = float(np.max(np.abs(candidate.astype(np.float64) - reference.astype(np.float64)))) if len(head) else 0.0
-        self.parity_max_abs_diff = diff
-        if diff <= self.tolerance:
+        if self._agree(head, "first rows"):
             self._chosen = self.primary
-            self.reason = f"ONNX parity on {len(head)} live rows: max |diff| {diff:.2e} <= {self.tolerance:g}"
-            log.info("%s; scoring with onnxruntime", self.reason)
-        else:
-            self._chosen = self.fallback
-            self.reason = (f"ONNX probabilities differ from scikit-learn by {diff:.2e} > {self.tolerance:g} on "
-                           f"{len(head)} live rows")
-            log.warning("%s; scoring with scikit-learn (check the export with new categories in the data)",
-                        self.reason)
+            self.reason = (f"ONNX parity on {len(head)} live rows and spot checks of every batch: max |diff| "
+                           f"<= {self.tolerance:g}")
+            log.info("ONNX parity on %s live rows: max |diff| %.2e <= %g; scoring with onnxruntime", len(head),
+                     self.parity_max_abs_diff or 0.0, self.tolerance)
 
 
 def scorer_for(artifact_path: str, artifact_sha256: str, *, onnx_path: str | None = None,

@@ -210,6 +210,8 @@ def partition_batches(features_path: str | Path, columns: list[str], id_column: 
     A snapshot written in the same partitions (:class:`churn.data.partitions.PartitionedWriter`) is read
     row group by row group, only this partition's; any other file is read whole and filtered by hash.
     """
+    if not 0 <= partition < partitions:
+        raise ValueError(f"partition {partition} is outside 0..{partitions - 1}")
     parquet = pq.ParquetFile(features_path)
     groups = row_groups_of(parquet, partition, partitions) if partitions > 1 else None
     if groups is not None:
