@@ -293,11 +293,11 @@ class PublishSettings(_Section):
     redis_key_prefix: str = "churn"
     """Prefix of every Redis key the platform writes."""
 
-    redis_layout: typing.Literal["json", "hash"] = "json"
-    """Redis key layout: ``json`` (GET churn:score:{id}) or ``hash`` (compact buckets, README "Score contracts")."""
+    redis_layout: typing.Literal["compact", "json", "hash"] = "compact"
+    """Redis key layout: ``compact`` (HGET of an integer in a hash bucket, ~20 bytes a customer), ``json`` (GET churn:score:{id}, a whole JSON record) or ``hash`` (``probability|decile|band|run`` text in buckets); docs "Serving contract"."""
 
-    redis_hash_buckets: Count = 65_536
-    """Buckets of the ``hash`` layout; keep customers / buckets under ~100 so buckets stay compactly encoded."""
+    redis_hash_buckets: typing.Annotated[int, Field(ge=0)] = 0
+    """Buckets of the ``compact`` and ``hash`` layouts; 0 = sized by each batch's population so buckets stay within the server's compact encoding."""
 
     publish_lease_seconds: Duration = 60.0
     """Lease of the one-publish-at-a-time locks (Redis lease, renewed every batch); a dead holder's lapses."""

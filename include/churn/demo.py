@@ -65,7 +65,7 @@ def report(cfg: ChurnConfig, run_key: str) -> dict:
         f"  champion model:    {summary['champion']} (holdout ROC AUC {summary['champion_test_roc_auc']})",
         f"  published:         {summary['published_postgres']} rows to Postgres (churn.scores_current), "
         f"{summary['published_redis']} to Redis",
-        f"  sample from Redis: GET {cfg.redis_key_prefix}:score:{lookup.get('customer_id')} -> "
+        f"  sample from Redis: {lookup.get('command') or lookup.get('customer_id')} -> "
         f"{json.dumps(lookup.get('record'))} in {lookup.get('lookup_ms')} ms",
         f"  export:            {summary['export_path']} ({summary['export_rows']} rows)",
         f"  stage seconds:     {stage_timings(summary)}",

@@ -46,17 +46,18 @@ def test_scores_agree_between_postgres_and_redis_for_every_customer(nightly_run)
     conn.close()
     assert len(rows) == active > 1000
     client = redis.Redis.from_url(nightly_run["redis_url"])
-    pipe = client.pipeline(transaction=False)
-    for row in rows:
-        pipe.get(f"churn:score:{row[0]}")
-    values = pipe.execute()
-    for row, raw in zip(rows, values):
-        assert raw is not None, f"{row[0]} missing in Redis"
-        record = json.loads(raw)
+    for row in rows:  # the default layout (compact), read the way the documented clients read it
+        record = lookup_score(client, row[0])
+        assert record is not None, f"{row[0]} missing in Redis"
         assert record["customer_id"] == row[0]
-        assert abs(record["churn_probability"] - row[1]) < 1e-6
+        assert abs(record["churn_probability"] - row[1]) <= 5e-7
         assert (record["risk_band"], record["risk_decile"], record["model_version"], record["run_id"]) == row[2:]
-    assert client.dbsize() == len(rows) + 1  # every score key plus the churn:meta marker
+    meta = {k.decode(): v.decode() for k, v in client.hgetall("churn:meta").items()}
+    assert meta["layout"] == "compact"
+    buckets = [k for k in client.scan_iter("churn:c:*")]
+    assert {k.decode().split(":")[2] for k in buckets} == {meta["buckets"]}
+    assert sum(client.hlen(k) for k in buckets) == len(rows)  # one field per served customer, nothing else
+    assert client.dbsize() == len(buckets) + 1  # the buckets plus the churn:meta marker
     assert lookup_score(client, rows[0][0])["run_id"] == RUN_DATE.isoformat()
     assert client.hget("churn:meta", "run_id") == RUN_DATE.isoformat().encode()
 

@@ -31,7 +31,7 @@ def test_a_publisher_stalled_past_its_lease_writes_no_batch_after_another_took_o
     new_path = write_scores(tmp_path / "new.parquet", NEW, 0, N, seed=2)
     a = redis.Redis.from_url(redis_url, client_name="publisher-a")  # the platform's ACL user, as the pipeline
     b = redis.Redis.from_url(redis_url, client_name="publisher-b")
-    data_key = b"churn:score:" if layout == "json" else b"churn:h:"
+    data_key = {"json": b"churn:score:", "hash": b"churn:h:", "compact": b"churn:c:"}[layout]
     original = redis.connection.AbstractConnection.send_packed_command
     stalled = []
 
@@ -74,7 +74,7 @@ def test_a_batch_sent_with_a_stale_lease_token_writes_nothing(redis_url, redis_c
     assert redis_client.get(rs.lock_key()) == lease_b.local.token  # B's lease neither renewed nor dropped by A
     # the holder's own write goes through and renews its lease
     send_fenced(client, Fence(rs.lock_key(), lease_b.local.token, 9000), encode_json(batch, "churn"))
-    assert rs.lookup_score(redis_client, "C00000002")["run_id"] == OLD
+    assert rs.lookup_score(redis_client, "C00000002", layout="json")["run_id"] == OLD
     assert 5000 < redis_client.pttl(rs.lock_key()) <= 9000
     assert client.ping()  # the refused connection went back to the pool clean (no WATCH left behind)
 

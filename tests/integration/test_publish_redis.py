@@ -6,6 +6,7 @@ import random
 import threading
 import time
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import redis
@@ -94,6 +95,90 @@ def test_hash_layout_key_contract_is_one_hget_on_a_crc32_bucket(redis_client, sc
     assert sum(redis_client.hlen(f"churn:h:{b}") for b in range(BUCKETS)) == 6000
 
 
+def test_compact_layout_key_contract_is_one_hget_of_an_integer(redis_client, scores):
+    import zlib
+
+    truth = expected(scores[RUN_A])
+    publish(redis_client, scores[RUN_A], RUN_A, "compact")
+    meta = rs.served_meta(redis_client)
+    assert meta["layout"] == "compact" and int(meta["buckets"]) == BUCKETS
+    # what a JavaScript or Java client does: one HGET, then arithmetic and the marker's slot details
+    bucket = zlib.crc32(b"C00000042") % BUCKETS
+    value = int(redis_client.hget(f"churn:c:{BUCKETS}:{bucket}", "C00000042"))
+    micro, rest = divmod(value, 1000)
+    decile, band, slot = rest // 100 + 1, rest // 10 % 10, rest % 10
+    run_id, version, scored_at, bands = meta[f"slot_{slot}"].split("|")
+    row = truth["C00000042"]
+    assert abs(micro / 1e6 - row["churn_probability"]) <= 5e-7
+    assert (decile, bands.split(",")[band], run_id, version) == (row["risk_decile"], row["risk_band"], RUN_A,
+                                                                 row["model_version"])
+    assert meta["slot"] == str(slot) and "slot_writing" not in meta
+    assert rs.decode_compact(value) == (micro / 1e6, decile, band, slot)
+    assert redis_client.object("encoding", f"churn:c:{BUCKETS}:{bucket}") in (b"listpack", b"ziplist")
+    assert not redis_client.exists("churn:runs")
+
+
+def test_compact_slots_advance_per_run_and_a_retry_keeps_its_slot(redis_client, scores):
+    publish(redis_client, scores[RUN_A], RUN_A, "compact")
+    first = rs.served_meta(redis_client)["slot"]
+    publish(redis_client, scores[RUN_A], RUN_A, "compact")  # the same run again: the same values
+    assert rs.served_meta(redis_client)["slot"] == first
+    publish(redis_client, scores[RUN_B], RUN_B, "compact", stale_between(A_IDS, B_IDS))
+    meta = rs.served_meta(redis_client)
+    assert meta["slot"] == str((int(first) + 1) % 10)
+    assert meta[f"slot_{first}"].startswith(RUN_A + "|")  # the previous run's details stay until reused
+    assert lookup(redis_client, "C00005000", "compact")["run_id"] == RUN_B
+
+
+def test_buckets_follow_the_population_and_readers_never_miss_during_a_re_bucket(redis_client, scores, tmp_path,
+                                                                                 services):
+    """0 buckets = sized by the batch: a population that grows past the threshold is re-bucketed beside the
+    served keys, the marker moves, then the old keys go; a reader that follows the marker never misses."""
+    import pyarrow.compute as pc
+
+    small = tmp_path / "small.parquet"
+    kept = [f"C{i:08d}" for i in range(1001, 1301)]  # 300 customers of run A that run B also scores
+    table = pq.read_table(scores[RUN_A])
+    pq.write_table(table.filter(pc.is_in(table.column("customer_id"), value_set=pa.array(kept))), small)
+    sized = rs.publish_scores(redis_client, small, RUN_A, f"{RUN_A}-logreg", None, layout="compact", buckets=0,
+                              batch_rows=500, hash_partition_rows=500)
+    limit = rs.compact_limit(redis_client)
+    assert sized.buckets == rs.bucket_count(300, limit, 0.6)
+    assert all(redis_client.hlen(k) <= limit for k in redis_client.scan_iter("churn:c:*"))
+    reader = redis.Redis.from_url(services.redis_admin_url())
+    assert rs.lookup_score(reader, "C00001001")["run_id"] == RUN_A  # the reader caches this marker
+    misses: list[str] = []
+    runs: set[str] = set()
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            for cid in ("C00001001", "C00001150", "C00001300"):
+                record = rs.lookup_score(reader, cid)
+                if record is None:
+                    misses.append(cid)
+                else:
+                    runs.add(record["run_id"])
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    try:
+        grown = rs.publish_scores(redis_client, scores[RUN_B], RUN_B, f"{RUN_B}-logreg",
+                                  stale_between(kept, B_IDS), layout="compact",
+                                  buckets=0, batch_rows=500, hash_partition_rows=500)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert grown.buckets == rs.bucket_count(7000, limit, 0.6) > sized.buckets
+    assert misses == [] and runs == {RUN_A, RUN_B}  # read all along, the old batch then the new one
+    assert not list(redis_client.scan_iter(f"churn:c:{sized.buckets}:*"))  # the old bucket count's keys are gone
+    assert rs.lookup_score(reader, "C00005000")["run_id"] == RUN_B
+    # the same population again keeps the bucket count (no re-bucket every night)
+    again = rs.publish_scores(redis_client, scores[RUN_B], RUN_B, f"{RUN_B}-logreg", None, layout="compact",
+                              buckets=0, batch_rows=500, hash_partition_rows=500)
+    assert again.buckets == grown.buckets
+
+
 class LookupReader(threading.Thread):
     """Looks customers up during a publish: every existing customer must return a complete record."""
 
@@ -174,6 +259,9 @@ def test_during_publish_every_customer_has_a_complete_record_and_stale_ones_go_a
     # old versions never pile up: one record per customer, memory about the same as one batch
     if layout == "json":
         assert redis_client.dbsize() == 7000 + 1
+    elif layout == "compact":
+        assert sum(redis_client.hlen(f"churn:c:{BUCKETS}:{b}") for b in range(BUCKETS)) == 7000
+        assert redis_client.dbsize() == BUCKETS + 1  # the buckets and the marker, nothing else
     else:
         assert sum(redis_client.hlen(f"churn:h:{b}") for b in range(BUCKETS)) == 7000
         assert [k.decode() for k in redis_client.hkeys("churn:runs")] == [RUN_B]

@@ -34,7 +34,7 @@ def test_bad_value_names_the_variable():
 
 
 @pytest.mark.parametrize("var, raw, message", [
-    ("CHURN_REDIS_LAYOUT", "xml", "CHURN_REDIS_LAYOUT='xml' is not allowed; use one of json, hash"),
+    ("CHURN_REDIS_LAYOUT", "xml", "CHURN_REDIS_LAYOUT='xml' is not allowed; use one of compact, json, hash"),
     ("CHURN_SOURCE", "s3", "use one of postgres, file"),
     ("CHURN_RISK_BAND_CUTS", "high,low", "CHURN_RISK_BAND_CUTS='high,low' must be ascending numbers in (0, 1)"),
     ("CHURN_RISK_BAND_CUTS", "0.6,0.3", "must be ascending"),

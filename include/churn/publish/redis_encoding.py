@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from churn.data.partitions import NullIdError
 from churn.data.partitions import crc32_array as _crc32_array
-from churn.publish.redis_keys import LeaseLost, RedisPublishError, as_text
+from churn.publish.redis_keys import BAND_NAMES, LeaseLost, RedisPublishError, as_text
 
 
 def scored_at_text(column: pa.ChunkedArray | pa.Array) -> str:
@@ -53,6 +53,27 @@ def encode_compact_values(batch: pa.RecordBatch) -> pa.Array:
     return pc.binary_join_element_wise(
         proba, pc.cast(batch.column("risk_decile"), pa.string()), batch.column("risk_band"), run, "|"
     )
+
+
+def encode_compact_ints(batch: pa.RecordBatch, slot: int) -> pa.Array:
+    """The ``compact`` layout's value of every row: ``p*1000 + (decile-1)*100 + band*10 + slot`` as integer text.
+
+    ``p`` is the probability in millionths. Redis stores such a value as a 4-5 byte integer inside a bucket
+    (the ``hash`` layout's ``probability|decile|band|run_id`` text takes ~25 bytes).
+    """
+    if batch.num_rows == 0:
+        return pa.array([], pa.string())
+    micro = pc.cast(pc.round(pc.multiply(pc.cast(batch.column("churn_probability"), pa.float64()), 1_000_000.0)),
+                    pa.int64())
+    band = pc.index_in(batch.column("risk_band"), value_set=pa.array(BAND_NAMES))
+    decile = pc.cast(batch.column("risk_decile"), pa.int64())
+    if (pc.any(pc.is_null(band)).as_py() or pc.min(decile).as_py() < 1 or pc.max(decile).as_py() > 10
+            or pc.min(micro).as_py() < 0 or pc.max(micro).as_py() > 1_000_000):
+        raise RedisPublishError(f"a score row is outside the compact layout's range (bands {BAND_NAMES}, deciles "
+                                "1-10, probabilities 0-1); publish with CHURN_REDIS_LAYOUT=json and report it")
+    value = pc.add(pc.add(pc.multiply(micro, 1000), pc.multiply(pc.subtract(decile, 1), 100)),
+                   pc.add(pc.multiply(pc.cast(band, pa.int64()), 10), slot))
+    return pc.cast(value, pa.string())
 
 
 def encode_batch(columns: dict, prefix: str) -> dict[str, str]:
@@ -110,7 +131,7 @@ def crc32_array(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
         raise RedisPublishError(str(exc)) from exc
 
 
-def _grouped_hset_chunks(table: pa.Table, prefix: str, chunk_rows: int) -> Iterator[Encoded]:
+def _grouped_hset_chunks(table: pa.Table, key_head: str, chunk_rows: int) -> Iterator[Encoded]:
     """A partition's grouped ``HSET`` commands in chunks of whole buckets of about ``chunk_rows`` fields.
 
     Each chunk is sent as one lease-fenced transaction, which the server runs without interleaving other
@@ -124,10 +145,10 @@ def _grouped_hset_chunks(table: pa.Table, prefix: str, chunk_rows: int) -> Itera
     cuts = np.unique(starts[after[after < len(starts)]])
     bounds = [0, *(int(c) for c in cuts if c > 0), table.num_rows]
     for start, end in zip(bounds, bounds[1:]):
-        yield _encode_grouped_hset(table.slice(start, end - start), prefix)
+        yield _encode_grouped_hset(table.slice(start, end - start), key_head)
 
 
-def _encode_grouped_hset(table: pa.Table, prefix: str) -> Encoded:
+def _encode_grouped_hset(table: pa.Table, key_head: str) -> Encoded:
     """One multi-field ``HSET bucket id1 v1 id2 v2 ...`` per bucket of a bucket-sorted table (one reply per bucket).
 
     Redis spends ~0.6 µs per field this way against ~2 µs for one ``HSET`` per field (measured), and
@@ -137,7 +158,7 @@ def _encode_grouped_hset(table: pa.Table, prefix: str) -> Encoded:
     bucket = table.column("bucket").to_numpy()
     starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
     sizes = np.diff(np.r_[starts, rows])
-    keys = pc.binary_join_element_wise(f"{prefix}:h:", pc.cast(pa.array(bucket[starts]), pa.string()), "")
+    keys = pc.binary_join_element_wise(key_head, pc.cast(pa.array(bucket[starts]), pa.string()), "")
     headers = pc.binary_join_element_wise(
         "*", pc.cast(pa.array(2 + 2 * sizes), pa.string()), "\r\n$4\r\nHSET\r\n$",
         pc.cast(pc.binary_length(keys), pa.string()), "\r\n", keys, "\r\n", "")
@@ -154,8 +175,9 @@ _SPILL_SCHEMA = pa.schema([("bucket", pa.int32()), ("customer_id", pa.string()),
 
 
 def hash_partitions(scores_path: str | Path, run_id: str, prefix: str, buckets: int,
-                     partition_rows: int, read_rows: int, keep: Callable | None = None) -> Iterator[Encoded]:
-    """The ``hash`` layout's writes, grouped per bucket, one contiguous bucket range at a time.
+                     partition_rows: int, read_rows: int, keep: Callable | None = None,
+                     slot: int | None = None) -> Iterator[Encoded]:
+    """The ``hash`` (``slot=None``) or ``compact`` layout's writes, grouped per bucket, one bucket range at a time.
 
     Pass 1 checks every row's run id (so a wrong file is refused before anything is written), computes
     buckets and values, and spills them to one Arrow stream file per bucket range next to the score
@@ -167,6 +189,7 @@ def hash_partitions(scores_path: str | Path, run_id: str, prefix: str, buckets: 
     import shutil
 
     path = Path(scores_path)
+    key_head = f"{prefix}:h:" if slot is None else f"{prefix}:c:{buckets}:"
     total = pq.ParquetFile(path).metadata.num_rows
     parts = max(1, min(buckets, math.ceil(total / max(partition_rows, 1))))
     spill = path.with_name(f".{path.name}.redis-spill")
@@ -185,7 +208,8 @@ def hash_partitions(scores_path: str | Path, run_id: str, prefix: str, buckets: 
                 bucket = (crc32_array(ids) % np.uint32(buckets)).astype(np.int32)
                 part = bucket.astype(np.int64) * parts // buckets
                 order = np.argsort(part, kind="stable")
-                spilled = pa.record_batch([pa.array(bucket), pc.cast(ids, pa.string()), encode_compact_values(batch)],
+                values = encode_compact_values(batch) if slot is None else encode_compact_ints(batch, slot)
+                spilled = pa.record_batch([pa.array(bucket), pc.cast(ids, pa.string()), values],
                                           schema=_SPILL_SCHEMA).take(pa.array(order))
                 counts = np.bincount(part, minlength=parts)
                 offsets = np.r_[0, np.cumsum(counts)]
@@ -199,7 +223,7 @@ def hash_partitions(scores_path: str | Path, run_id: str, prefix: str, buckets: 
                 table = reader.read_all()
             file.unlink()
             if table.num_rows:
-                yield from _grouped_hset_chunks(table, prefix, read_rows)
+                yield from _grouped_hset_chunks(table, key_head, read_rows)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
 

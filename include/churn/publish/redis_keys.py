@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import time
+import weakref
 import zlib
 from dataclasses import dataclass
 
 
-LAYOUTS = ("json", "hash")
+LAYOUTS = ("json", "hash", "compact")
 DEFAULT_BUCKETS = 65_536
 DELETE_BATCH = 10_000
+# Runs whose details a ``compact`` value can point at: the value's last digit names one of these slots.
+SLOTS = 10
+# Band names by index, as churn.model.score names them (``compact`` values carry the index).
+BAND_NAMES = ("low", "medium", "high", "very_high", "critical")
+# Seconds a reader trusts its copy of ``churn:meta`` (compact layout) before reading it again.
+META_TTL_SECONDS = 30.0
 
 
 class RedisPublishError(RuntimeError):
@@ -33,6 +41,7 @@ class RedisPublish:
     seconds: float
     layout: str = "json"
     previous_run: str | None = None
+    buckets: int | None = None
 
 
 def score_key(customer_id: str, prefix: str = "churn") -> str:
@@ -48,6 +57,34 @@ def bucket_of(customer_id: str, buckets: int = DEFAULT_BUCKETS) -> int:
 def bucket_key(customer_id: str, prefix: str = "churn", buckets: int = DEFAULT_BUCKETS) -> str:
     """The documented lookup key of one customer (``hash`` layout): ``HGET <key> <customer_id>``."""
     return f"{prefix}:h:{bucket_of(customer_id, buckets)}"
+
+
+def compact_key(customer_id: str, prefix: str = "churn", buckets: int = DEFAULT_BUCKETS) -> str:
+    """The documented lookup key of one customer (``compact`` layout): ``HGET <key> <customer_id>``.
+
+    The bucket count is part of the key, so a re-bucketed batch is written beside the served one and the
+    old keys are removed only after the marker moved.
+    """
+    return f"{prefix}:c:{buckets}:{bucket_of(customer_id, buckets)}"
+
+
+def decode_compact(value: int) -> tuple[float, int, int, int]:
+    """``(probability, decile, band index, slot)`` of a ``compact`` value ``p*1000 + (decile-1)*100 + band*10 + slot``.
+
+    ``p`` is the probability in millionths (0..1,000,000): the value is an integer below 2^31, which Redis
+    keeps in 5 bytes inside a bucket.
+    """
+    micro, rest = divmod(int(value), 1000)
+    return micro / 1_000_000, rest // 100 + 1, rest // 10 % 10, rest % 10
+
+
+def bucket_count(customers: int, max_entries: int, fill: float = 0.6) -> int:
+    """The power of two of buckets that keeps the mean bucket at most ``fill`` x the server's compact limit."""
+    per_bucket = max(1.0, max_entries * fill)
+    buckets = 1
+    while customers / buckets > per_bucket:
+        buckets *= 2
+    return buckets
 
 
 def meta_key(prefix: str = "churn") -> str:
@@ -70,29 +107,119 @@ def as_text(value) -> str | None:
 
 
 _RUN_INFO_CACHE: dict[tuple[int, str, str], dict] = {}
+_META_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def lookup_score(client, customer_id: str, prefix: str = "churn", layout: str = "json",
-                 buckets: int = DEFAULT_BUCKETS) -> dict | None:
+def _served_layout(client, prefix: str, fresh: bool = False) -> dict[str, str]:
+    """The marker as this process last read it (at most ``META_TTL_SECONDS`` old, or read now if ``fresh``)."""
+    per_client = _META_CACHE.setdefault(client, {})
+    cached = per_client.get(prefix)
+    if fresh or cached is None or time.monotonic() - cached[0] > META_TTL_SECONDS:
+        cached = (time.monotonic(), served_meta(client, prefix))
+        per_client[prefix] = cached
+    return cached[1]
+
+
+def _event_record(customer_id: str, fields: list[str]) -> dict:
+    proba, decile, band, run_id, version, scored_at, event_at = fields
+    return {"customer_id": customer_id, "churn_probability": float(proba), "risk_band": band,
+            "risk_decile": int(decile), "model_version": version, "run_id": run_id, "scored_at": scored_at,
+            "source": "event", "event_at": event_at}
+
+
+def _compact_record(customer_id: str, raw, meta: dict[str, str], strict: bool) -> dict | None:
+    """The record of a ``compact`` value, or None when ``strict`` and the value's slot is neither the served
+    nor the publishing one in ``meta`` (an older copy of the marker: read it again)."""
+    text = as_text(raw)
+    if "|" in text:  # an event refresh carries its own details (churn.publish.refresh)
+        return _event_record(customer_id, text.split("|"))
+    proba, decile, band, slot = decode_compact(int(text))
+    if strict and str(slot) not in (meta.get("slot"), meta.get("slot_writing")):
+        return None
+    info = meta.get(f"slot_{slot}")
+    if not info:
+        return None
+    run_id, version, scored_at, bands = info.split("|")
+    return {"customer_id": customer_id, "churn_probability": proba, "risk_band": bands.split(",")[band],
+            "risk_decile": decile, "model_version": version, "run_id": run_id, "scored_at": scored_at}
+
+
+def lookup_score(client, customer_id: str, prefix: str = "churn", layout: str | None = None,
+                 buckets: int | None = None) -> dict | None:
     """Reference client: one round trip (GET or HGET); None when the customer has no score.
 
-    The compact layout's per-run details (model version, scoring time) are read
-    once per run id and cached in the process.
+    With ``layout=None`` the layout and bucket count are those of ``churn:meta``, read once and again every
+    ``META_TTL_SECONDS``, on a miss, or when a ``compact`` value names a run slot that the copy says is
+    neither served nor being published (a newer batch). The ``hash`` layout's per-run details are read once
+    per run id and cached.
     """
+    if layout is None:
+        meta = _served_layout(client, prefix)
+        raw = _fetch(client, customer_id, prefix, meta)
+        if raw is None:  # a customer without a score, or a newer batch / bucket count: read the marker again
+            fresh = _served_layout(client, prefix, fresh=True)
+            if fresh == meta:
+                return None
+            meta, raw = fresh, _fetch(client, customer_id, prefix, fresh)
+            if raw is None:
+                return None
+        return _decode(client, customer_id, prefix, meta, raw)
+    if layout == "compact":
+        meta = dict(_served_layout(client, prefix), layout="compact", buckets=str(buckets or DEFAULT_BUCKETS))
+        raw = _fetch(client, customer_id, prefix, meta)
+        return None if raw is None else _decode(client, customer_id, prefix, meta, raw)
+    return _lookup_fixed(client, customer_id, prefix, layout, buckets or DEFAULT_BUCKETS)
+
+
+def lookup_command(client, customer_id: str, prefix: str = "churn") -> str:
+    """The one command a lookup of ``customer_id`` sends under the served layout (for display)."""
+    meta = _served_layout(client, prefix)
+    buckets = int(meta.get("buckets") or DEFAULT_BUCKETS)
+    if meta.get("layout") == "compact":
+        return f"HGET {compact_key(customer_id, prefix, buckets)} {customer_id}"
+    if meta.get("layout") == "hash":
+        return f"HGET {bucket_key(customer_id, prefix, buckets)} {customer_id}"
+    return f"GET {score_key(customer_id, prefix)}"
+
+
+def _fetch(client, customer_id: str, prefix: str, meta: dict[str, str]):
+    """The one round trip of a lookup under ``meta``'s layout (None: no such record, or nothing served)."""
+    layout = meta.get("layout")
+    buckets = int(meta.get("buckets") or DEFAULT_BUCKETS)
+    if layout == "compact":
+        return client.hget(compact_key(customer_id, prefix, buckets), customer_id)
+    if layout == "hash":
+        return client.hget(bucket_key(customer_id, prefix, buckets), customer_id)
     if layout == "json":
-        raw = client.get(score_key(customer_id, prefix))
-        return None if raw is None else json.loads(raw)
-    if layout != "hash":
+        return client.get(score_key(customer_id, prefix))
+    return None
+
+
+def _decode(client, customer_id: str, prefix: str, meta: dict[str, str], raw) -> dict | None:
+    layout = meta["layout"]
+    if layout == "compact":
+        record = _compact_record(customer_id, raw, meta, strict=True)
+        if record is None:
+            record = _compact_record(customer_id, raw, _served_layout(client, prefix, fresh=True), strict=False)
+        return record
+    if layout == "json":
+        return json.loads(raw)
+    return _hash_record(client, customer_id, prefix, raw)
+
+
+def _lookup_fixed(client, customer_id: str, prefix: str, layout: str, buckets: int) -> dict | None:
+    if layout not in ("json", "hash"):
         raise ValueError(f"unknown Redis layout {layout!r}; use one of {LAYOUTS}")
-    raw = client.hget(bucket_key(customer_id, prefix, buckets), customer_id)
+    raw = _fetch(client, customer_id, prefix, {"layout": layout, "buckets": str(buckets)})
     if raw is None:
         return None
+    return json.loads(raw) if layout == "json" else _hash_record(client, customer_id, prefix, raw)
+
+
+def _hash_record(client, customer_id: str, prefix: str, raw) -> dict:
     fields = as_text(raw).split("|")
     if len(fields) == 7:  # an event refresh carries its own details (churn.publish.refresh)
-        proba, decile, band, run_id, version, scored_at, event_at = fields
-        return {"customer_id": customer_id, "churn_probability": float(proba), "risk_band": band,
-                "risk_decile": int(decile), "model_version": version, "run_id": run_id, "scored_at": scored_at,
-                "source": "event", "event_at": event_at}
+        return _event_record(customer_id, fields)
     proba, decile, band, run_id = fields
     cache_key = (id(client), prefix, run_id)
     info = _RUN_INFO_CACHE.get(cache_key)

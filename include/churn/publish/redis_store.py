@@ -1,24 +1,31 @@
 """Scores in Redis for front-end lookups: one documented key per lookup, bulk-written.
 
-Two layouts, chosen with ``CHURN_REDIS_LAYOUT`` (the reference client
-:func:`lookup_score` reads both). Each lookup is ONE round trip.
+Three layouts, chosen with ``CHURN_REDIS_LAYOUT`` (the reference client
+:func:`lookup_score` reads the served one from ``churn:meta``). Each lookup is ONE round trip for a client
+that has read ``churn:meta`` once (docs/reference/redis.md).
 
-``json`` (default)::
+``compact`` (default, ~20 bytes per customer)::
+
+    bucket = crc32(utf8(customer_id)) % B        # B = HGET churn:meta buckets (sized by the population)
+    HGET churn:c:{B}:{bucket} {customer_id}
+    -> "812346923"                                # micro*1000 + (decile-1)*100 + band*10 + slot
+    HGET churn:meta slot_3 -> "run_id|model_version|scored_at|band names"   # read with the marker
+
+``json`` (one key per customer)::
 
     GET churn:score:{customer_id}
     -> {"customer_id":"C00000042","churn_probability":0.812346,"risk_band":"high","risk_decile":10,
         "model_version":"2026-11-20-tpot","run_id":"2026-11-20","scored_at":"2026-11-20T02:14:03Z"}
 
-``hash`` (compact: customers packed into hash buckets, ~40-60 bytes per customer)::
+``hash`` (text values in buckets)::
 
-    bucket = crc32(utf8(customer_id)) % B        # B = CHURN_REDIS_HASH_BUCKETS (also HGET churn:meta buckets)
     HGET churn:h:{bucket} {customer_id}
     -> "0.812346|10|high|2026-11-20"              # probability|decile|band|run_id
     HGET churn:runs {run_id}                      # once per run, cacheable: model_version, scored_at (JSON)
 
 ``HGETALL churn:meta`` -> run_id, model_version, customers, published_at, layout, buckets of the served batch.
 
-Publish protocol (both layouts): records are overwritten **in place** (one
+Publish protocol (every layout): records are overwritten **in place** (one
 key or one hash field per customer, each write atomic), so during a publish
 every existing customer's lookup returns a complete record of the old or the
 new run, never nothing; there is never more than one record per customer, so
@@ -56,9 +63,9 @@ from churn.publish.redis_encoding import (
     hash_partitions, run_fenced, scored_at_text, send_fenced,
 )
 from churn.publish.redis_keys import (
-    DEFAULT_BUCKETS, DELETE_BATCH, LAYOUTS, LeaseLost, OlderRunRefused, RedisPublish, RedisPublishError, as_text,
-    bucket_key, bucket_of, cleanup_sources, lock_key, lookup_score, meta_key, runs_key, score_key, served_meta,
-    served_run,
+    BAND_NAMES, DEFAULT_BUCKETS, DELETE_BATCH, LAYOUTS, SLOTS, LeaseLost, OlderRunRefused, RedisPublish,
+    RedisPublishError, as_text, bucket_count, bucket_key, bucket_of, cleanup_sources, compact_key, decode_compact,
+    lock_key, lookup_command, lookup_score, meta_key, runs_key, score_key, served_meta, served_run,
 )
 
 log = logging.getLogger(__name__)
@@ -84,8 +91,12 @@ def _delete_stale(client, fence: Fence, ids: Iterable[str], prefix: str, layout:
     deleted = 0
     pending: list[tuple] = []
     for cid in ids:
-        pending.append(("UNLINK", score_key(cid, prefix)) if layout == "json"
-                       else ("HDEL", bucket_key(cid, prefix, buckets), cid))
+        if layout == "json":
+            pending.append(("UNLINK", score_key(cid, prefix)))
+        elif layout == "compact":
+            pending.append(("HDEL", compact_key(cid, prefix, buckets), cid))
+        else:
+            pending.append(("HDEL", bucket_key(cid, prefix, buckets), cid))
         if len(pending) >= batch_rows:
             deleted += sum(run_fenced(client, fence, pending))
             pending = []
@@ -93,13 +104,66 @@ def _delete_stale(client, fence: Fence, ids: Iterable[str], prefix: str, layout:
     return deleted
 
 
-def _layout_pattern(layout: str, prefix: str) -> str:
-    return f"{prefix}:score:*" if layout == "json" else f"{prefix}:h:*"
+def _layout_pattern(layout_tag: str, prefix: str) -> str:
+    """The keys of a layout tag (``json``, ``hash:<B>``, ``compact:<B>``): a compact batch's keys name its B."""
+    if layout_tag == "json":
+        return f"{prefix}:score:*"
+    if layout_tag.startswith("compact:"):
+        return f"{prefix}:c:{layout_tag.split(':', 1)[1]}:*"
+    return f"{prefix}:h:*"
+
+
+def _slot_for(meta: dict[str, str], run_id: str) -> int:
+    """The slot digit of ``run_id``'s values: the one it already has (a retry), else the next after the last."""
+    for field in ("slot_writing", "slot"):
+        held = meta.get(field)
+        if held and (meta.get(f"slot_{held}") or "").split("|", 1)[0] == run_id:
+            return int(held)
+    last = meta.get("slot_last") or meta.get("slot") or ""
+    return (int(last) + 1) % SLOTS if last else 0
+
+
+# Mean customers per bucket as a share of the server's compact-encoding limit: a new count is chosen when
+# the population leaves [LOW_FILL, HIGH_FILL] of it (hysteresis: a population moving around a power of
+# two does not re-bucket every night), aiming at TARGET_FILL.
+LOW_FILL, TARGET_FILL, HIGH_FILL = 0.2, 0.6, 0.75
+
+
+def _sized_buckets(client, scores_path, layout: str, meta: dict[str, str]) -> int:
+    """The bucket count for this batch: the served one while it keeps buckets compact, else a new power of two."""
+    import pyarrow.parquet as pq
+
+    customers = pq.ParquetFile(scores_path).metadata.num_rows
+    limit = compact_limit(client)
+    served = int(meta.get("buckets") or 0) if meta.get("layout") == layout else 0
+    if served and LOW_FILL * limit <= customers / served <= HIGH_FILL * limit:
+        return served
+    chosen = bucket_count(customers, limit, TARGET_FILL)
+    if served and chosen == served:
+        return served
+    log.info("Redis %s layout: %s buckets for %s customers (the server keeps hashes of up to %s entries "
+             "compact%s)", layout, chosen, customers, limit, f"; was {served}" if served else "")
+    return chosen
+
+
+def compact_limit(client) -> int:
+    """The server's compact-encoding limit for hashes (``hash-max-listpack-entries``), 128 when unreadable."""
+    import redis
+
+    for name in ("hash-max-listpack-entries", "hash-max-ziplist-entries"):
+        try:
+            value = client.config_get(name).get(name)
+        except redis.exceptions.ResponseError as exc:  # NOPERM for a least-privilege user, or unknown name
+            log.info("CONFIG GET %s refused (%s): assuming the default of 128 entries", name, exc)
+            return 128
+        if value:
+            return max(1, int(value))
+    return 128
 
 
 # The store module is the public face of the Redis contract: readers and tests import these from here.
 __all__ = ["DEFAULT_BUCKETS", "LAYOUTS", "LeaseLost", "OlderRunRefused", "RedisPublish", "RedisPublishError",
-           "bucket_key", "bucket_of", "crc32_array", "encode_json_values", "lock_key", "lookup_score", "meta_key",
+           "bucket_count", "bucket_key", "bucket_of", "compact_key", "compact_limit", "crc32_array", "decode_compact", "lookup_command", "encode_json_values", "lock_key", "lookup_score", "meta_key",
            "publish_scores", "score_key", "served_meta", "served_run"]
 
 StaleIds = Callable[[list[str]], Iterable[str]] | Iterable[str] | None
@@ -146,8 +210,8 @@ def publish_scores(
 
     if layout not in LAYOUTS:
         raise RedisPublishError(f"CHURN_REDIS_LAYOUT={layout!r} is not a layout; use one of {LAYOUTS}")
-    if buckets < 1:
-        raise RedisPublishError(f"CHURN_REDIS_HASH_BUCKETS={buckets} must be positive")
+    if buckets < 0:
+        raise RedisPublishError(f"CHURN_REDIS_HASH_BUCKETS={buckets} must be 0 (sized by the population) or positive")
     started = time.monotonic()
     hook = hook or (lambda point: None)
     lease = client.lock(lock_key(prefix), timeout=lock_lease_seconds, blocking_timeout=lock_wait_seconds,
@@ -187,10 +251,12 @@ def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefi
 
     rows = 0
     deleted = 0
-    layout_tag = layout if layout == "json" else f"hash:{buckets}"
     previous: str | None = None
     try:
         meta = served_meta(client, prefix)
+        if layout != "json" and buckets == 0:
+            buckets = _sized_buckets(client, scores_path, layout, meta)
+        layout_tag = layout if layout == "json" else f"{layout}:{buckets}"
         sources = cleanup_sources(meta, run_id)
         previous = meta.get("run_id")
         # Run ids are ISO dates: a later run sorts later. Checked before any record is written, and again
@@ -205,7 +271,16 @@ def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefi
         # Remember this attempt first, so a later run can clean its keys if it is abandoned.
         # (a read-modify-write, safe because only the lease holder changes the marker)
         writing = [r for r in (meta.get("writing") or "").split(",") if r and r != run_id] + [run_id]
-        run_fenced(client, fence, [("HSET", meta_key(prefix), "writing", ",".join(writing))], what)
+        marks: dict[str, str] = {"writing": ",".join(writing)}
+        slot = None
+        if layout == "compact":
+            # The run's constant fields live once, in the marker; each value names them by a slot digit.
+            slot = _slot_for(meta, run_id)
+            first = next(batches(scores_path, 1), None)
+            scored_at = scored_at_text(first.column("scored_at")) if first is not None else ""
+            marks.update({f"slot_{slot}": "|".join([run_id, model_version, scored_at, ",".join(BAND_NAMES)]),
+                          "slot_writing": str(slot), "slot_last": str(slot)})
+        run_fenced(client, fence, [("HSET", meta_key(prefix), *[x for kv in marks.items() for x in kv])], what)
         if layout == "hash":
             first = next(batches(scores_path, 1), None)
             scored_at = scored_at_text(first.column("scored_at")) if first is not None else None
@@ -221,7 +296,7 @@ def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefi
         else:
             def source() -> Iterator[Encoded]:
                 return hash_partitions(scores_path, run_id, prefix, buckets, hash_partition_rows, batch_rows,
-                                       keep=keep)
+                                       keep=keep, slot=slot)
         for encoded in encoded_batches(source):
             send_fenced(client, fence, encoded, what)  # also renews the lease
             rows += encoded.rows
@@ -240,10 +315,11 @@ def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefi
             pipe.hset(meta_key(prefix), mapping={
                 "run_id": run_id, "model_version": model_version, "customers": rows,
                 "published_at": datetime.now(timezone.utc).isoformat(), "layout": layout,
-                "buckets": buckets if layout == "hash" else "", "layout_tag": layout_tag,
+                "buckets": buckets if layout != "json" else "", "layout_tag": layout_tag,
                 "cleanup_from": pending_cleanup, "cleanup_layout": old_tag or "",
+                "slot": "" if slot is None else slot,
             })
-            pipe.hdel(meta_key(prefix), "writing")
+            pipe.hdel(meta_key(prefix), "writing", "slot_writing")
 
         client.transaction(switch, meta_key(prefix), lock_key(prefix))
         hook("switched")
@@ -254,13 +330,13 @@ def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefi
         deleted += _delete_stale(client, fence, ids, prefix, layout, buckets, batch_rows)
         if old_tag:
             # The layout (or bucket count) changed: every key of the old layout is stale now.
-            if old_tag == "json" or layout == "json":
-                old_layout = "json" if old_tag == "json" else "hash"
-                deleted += _scan_delete(client, fence, _layout_pattern(old_layout, prefix))
-            else:
+            if old_tag.startswith("hash") and layout == "hash":
                 log.warning("bucket count changed (%s -> %s): removing the old buckets' fields", old_tag,
                             layout_tag)
                 deleted += _rehash_cleanup(client, fence, prefix, buckets)
+            else:
+                log.info("layout changed (%s -> %s): removing the old layout's keys", old_tag, layout_tag)
+                deleted += _scan_delete(client, fence, _layout_pattern(old_tag, prefix))
         if layout == "hash":
             old_runs = [r for r in map(as_text, client.hkeys(runs_key(prefix))) if r != run_id]
             tidy = [("HDEL", runs_key(prefix), *old_runs)] if old_runs else []
@@ -278,7 +354,7 @@ def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefi
     elapsed = time.monotonic() - started
     log.info("published %s scores to Redis (%s layout, %s stale removed, %s newer event refreshes kept) in %.2f s "
              "(%.0f rows/s)", rows, layout, deleted, len(excluded), elapsed, rows / max(elapsed, 1e-9))
-    return RedisPublish(rows, deleted, elapsed, layout, previous)
+    return RedisPublish(rows, deleted, elapsed, layout, previous, buckets if layout != "json" else None)
 
 
 def without_ids(excluded) -> Callable:

@@ -26,7 +26,7 @@ from typing import Iterable, TYPE_CHECKING
 import pandas as pd
 
 from churn.publish.redis_encoding import Fence, run_fenced
-from churn.publish.redis_keys import RedisPublishError, bucket_key, lock_key, score_key, served_meta
+from churn.publish.redis_keys import RedisPublishError, bucket_key, compact_key, lock_key, score_key, served_meta
 
 if TYPE_CHECKING:
     from churn.db import PgConnection, PgCursor
@@ -155,10 +155,11 @@ def write_redis(client, conn: PgConnection, customer_ids: Iterable[str], *, pref
         conn.rollback()
         commands: list[tuple] = []
         for cid, proba, band, decile, version, run_id, scored_at, _data_at, event_at in rows:
-            if layout == "hash":
+            if layout in ("hash", "compact"):
                 value = "|".join([f"{float(proba):.6f}", str(int(decile)), band, run_id, version,
                                   _time_text(scored_at), _time_text(event_at)])
-                commands.append(("HSET", bucket_key(cid, prefix, buckets), cid, value))
+                key = bucket_key(cid, prefix, buckets) if layout == "hash" else compact_key(cid, prefix, buckets)
+                commands.append(("HSET", key, cid, value))
             else:
                 commands.append(("SET", score_key(cid, prefix), json.dumps({
                     "customer_id": cid, "churn_probability": round(float(proba), 6), "risk_band": band,

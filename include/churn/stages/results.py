@@ -151,6 +151,7 @@ class RedisPublishResult(StageResult):
     seconds: float | None = None
     layout: str | None = None
     previous_run: str | None = None
+    buckets: int | None = None
     skipped: bool = False
     reason: str | None = None
 
