@@ -17,7 +17,7 @@ DEMO_DATE ?= $(shell date -u +%F)
 PRIVATE := umask 077 &&
 DEMO_CONF ?= {}
 
-.PHONY: venv services stop demo cluster demo-cluster test lock airflow-ui bench bench-scale bench-nightly bench-rescore bench-automl clean
+.PHONY: venv clients services stop demo cluster demo-cluster test lock airflow-ui bench bench-scale bench-nightly bench-rescore bench-automl clean
 
 venv: $(VENV)/.installed
 
@@ -27,6 +27,14 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
 	$(BIN)/uv pip install -q -p $(BIN)/python -r requirements.txt
 	$(BIN)/uv pip install -q -p $(BIN)/python --no-deps -e .
+	touch $@
+
+# The front-end lookup clients' dependencies (clients/js: ioredis, pinned by package-lock.json).
+clients: clients/js/node_modules/.installed
+
+clients/js/node_modules/.installed: clients/js/package.json clients/js/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is missing: install Node.js >= 18 and npm (apt-get install nodejs npm)"; exit 1; }
+	npm ci --prefix clients/js --no-audit --no-fund --loglevel=error
 	touch $@
 
 lock:
@@ -83,7 +91,7 @@ test-unit: venv
 	@mkdir -p -m 700 $(CHURN_STATE_DIR)
 	$(PYTEST) tests/unit -n 2 --dist loadfile --basetemp=$(PYTEST_TMP)-unit
 
-test-integration: venv
+test-integration: venv clients
 	@mkdir -p -m 700 $(CHURN_STATE_DIR)
 	$(PYTEST) tests/integration -n 2 --dist loadfile --basetemp=$(PYTEST_TMP)-integration
 
