@@ -276,7 +276,29 @@ def install_triggers(conn: PgConnection, tables: Iterable[str], id_column: str) 
     conn.commit()
     if added:
         log.info("re-score triggers installed: %s", added)
+    for ddl in missing_id_indexes(conn, tables, id_column):
+        # The re-score reads only the event's customers in every table: without an index led by the id
+        # column each event scans the whole table and its latency grows with the population.
+        log.warning("no index on the customer id of a source table; an event re-score would scan it whole. "
+                    "Create one (as the table's owner): %s", ddl)
     return added
+
+
+def missing_id_indexes(conn: PgConnection, tables: Iterable[str], id_column: str) -> list[str]:
+    """``CREATE INDEX`` statements for the tables whose ``id_column`` leads no valid index (empty: all indexed)."""
+    missing = []
+    with conn.cursor() as cur:
+        for table in tables:
+            if not _NAME.match(table):
+                raise OutboxError(f"CHURN_RESCORE_TABLES entry {table!r} must be schema.table (lower case)")
+            cur.execute(
+                "SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+                "WHERE i.indrelid = %s::regclass AND i.indisvalid AND a.attname = %s", (table, id_column))
+            if cur.fetchone() is None:
+                name = f"{table.split('.', 1)[1]}_{id_column}_idx"[:63]
+                missing.append(f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{name}" ON {table} ("{id_column}");')
+    conn.rollback()
+    return missing
 
 
 def enqueue(conn: PgConnection, customer_ids: Iterable[str], kind: str = "manual") -> int:
@@ -527,7 +549,9 @@ def _main(argv: list[str] | None = None) -> int:
     res = Resources.from_airflow(cfg)
     with res.source_session() as conn:
         if args.command == "install":
-            print(json.dumps({"added": install_triggers(conn, cfg.rescore_table_names, cfg.rescore_id_column)}))
+            added = install_triggers(conn, cfg.rescore_table_names, cfg.rescore_id_column)
+            print(json.dumps({"added": added, "missing_id_indexes": missing_id_indexes(
+                conn, cfg.rescore_table_names, cfg.rescore_id_column)}))
         elif args.command == "status":
             print(json.dumps(activity(conn), indent=2))
         else:

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEMO_QUERY = Path(__file__).resolve().parent.parent / "sql" / "demo_features.sql"
-PARAMETERS = ("as_of", "label_window_days")
+PARAMETERS = ("as_of", "label_window_days", "ids")
 # Per-transaction settings of the extract: enough memory to hash the aggregates without spilling, and no JIT,
 # whose compile time costs more than it saves on a one-shot query (measured on the demo query: 6.2 s -> 3.9 s
 # at 1M); ISO dates in UTC so Arrow reads timestamps without guessing.
@@ -170,7 +170,10 @@ def bind(conn: PgConnection, query: str, as_of: date, label_window_days: int, **
     """The query with its parameters bound as literals (one statement, usable inside COPY)."""
     with conn.cursor() as cur:
         try:
-            return cur.mogrify(query, {"as_of": as_of, "label_window_days": int(label_window_days), **extra}).decode()
+            # ids: NULL for the nightly snapshot, the event's customers for a re-score (a query may filter
+            # each table with it: "AND (%(ids)s::text[] IS NULL OR t.id = ANY(%(ids)s::text[]))")
+            return cur.mogrify(query, {"as_of": as_of, "label_window_days": int(label_window_days), "ids": None,
+                                       **extra}).decode()
         except (ValueError, TypeError, IndexError) as exc:  # a stray % in the query text
             raise SqlSourceError(f"the feature query cannot be bound ({exc}): write a literal percent sign as %% "
                                  "(e.g. LIKE 'VIP%%')") from exc

@@ -2,7 +2,10 @@
 --
 -- Parameters (bound by the platform, psycopg2 style; write a literal percent sign as two):
 --   %(as_of)s             the snapshot date: features may only use what was known before it;
---   %(label_window_days)s the label window: "churned" = churned within this many days after as_of.
+--   %(label_window_days)s the label window: "churned" = churned within this many days after as_of;
+--   %(ids)s               NULL for the nightly snapshot; an event re-score's customer ids (text[]): each
+--                         table is read for those customers only, through its customer_id index, so an
+--                         event's latency does not grow with the population (NULL IS NULL folds away).
 -- A snapshot at S sees usage of complete months before S's month, support contacts strictly before S,
 -- and customers signed up on or before S and not churned by S. The label reads only the window after S.
 -- Date bounds are written as expressions of %(as_of)s that Postgres folds to constants when planning,
@@ -13,6 +16,7 @@ WITH population AS (
     FROM src.customers c
     LEFT JOIN src.churn_events e USING (customer_id)
     WHERE c.signup_date <= %(as_of)s::date AND (e.churn_date IS NULL OR e.churn_date > %(as_of)s::date)
+      AND (%(ids)s::text[] IS NULL OR c.customer_id = ANY(%(ids)s::text[]))
 ),
 usage AS (
     SELECT u.customer_id,
@@ -26,6 +30,7 @@ usage AS (
     FROM src.usage_monthly u
     WHERE u.month < date_trunc('month', %(as_of)s::timestamp)::date
       AND u.month >= (date_trunc('month', %(as_of)s::timestamp) - interval '6 months')::date
+      AND (%(ids)s::text[] IS NULL OR u.customer_id = ANY(%(ids)s::text[]))
     GROUP BY u.customer_id
 ),
 support AS (
@@ -36,6 +41,7 @@ support AS (
            min(%(as_of)s::date - s.contact_ts::date) AS days_since_contact
     FROM src.support_contacts s
     WHERE s.contact_ts < %(as_of)s::date AND s.contact_ts >= %(as_of)s::date - 90
+      AND (%(ids)s::text[] IS NULL OR s.customer_id = ANY(%(ids)s::text[]))
     GROUP BY s.customer_id
 )
 SELECT pop.customer_id,
