@@ -42,10 +42,17 @@ TARGET_BYTES_PER_CUSTOMER = 24
 
 
 def _server(client) -> dict:
+    import redis as redis_py
+
     info = client.info("server")
+    try:
+        limit = int(client.config_get("hash-max-listpack-entries")["hash-max-listpack-entries"])
+        source = "CONFIG GET"
+    except redis_py.exceptions.ResponseError:
+        limit, source = 128, "the server's default (CONFIG GET is refused to the admin user; redis.conf does not set it)"
     return {"name": "valkey" if "valkey_version" in info else "redis",
             "version": info.get("valkey_version") or info.get("redis_version"),
-            "hash_max_listpack_entries": rs.compact_limit(client)}
+            "hash_max_listpack_entries": limit, "hash_max_listpack_entries_from": source}
 
 
 def _bucket_stats(client, pattern: str) -> dict:

@@ -2,9 +2,11 @@
 
 Scheduled on the ``churn_rescore_outbox`` asset, whose ``AssetWatcher`` runs
 ``churn.data.outbox_trigger.OutboxTrigger`` in the triggerer: it polls ``churn.rescore_outbox`` (filled by
-triggers on the source tables) and fires when new events wait. Each run drains the outbox batch by
-batch through the nightly's own feature query, suite and champion (``churn.stages.rescore``). A manual
-run can name customers to re-score (Params: ``customer_ids``); they go through the same outbox.
+triggers on the source tables) and fires when new events wait. With ``CHURN_RESCORE_STREAM`` set, a
+second watcher (``StreamTrigger``) fires when producers ``XADD`` events to that Redis Stream. Each run
+drains the outbox and the stream batch by batch through the nightly's own feature query, suite and
+champion (``churn.stages.rescore``). A manual run can name customers to re-score (Params:
+``customer_ids``); they go through the same outbox.
 """
 
 from __future__ import annotations
@@ -17,16 +19,17 @@ from airflow.sdk import Asset, AssetWatcher, Param, dag, task
 from churn.alerts import ChurnAlertNotifier
 from churn.config import ChurnConfig
 from churn.data.ingest import outbox_watch
-from churn.data.outbox_trigger import OutboxTrigger
+from churn.data.outbox_trigger import OutboxTrigger, StreamTrigger
 
 CONFIG = ChurnConfig.from_env()  # environment only: no I/O at parse time
 _WATCH = outbox_watch(CONFIG)  # the outbox's database and a file source's delta folder
-OUTBOX = Asset(
-    "churn_rescore_outbox",
-    watchers=[AssetWatcher(name="churn_rescore_outbox_watcher", trigger=OutboxTrigger(
-        conn_id=_WATCH["conn_id"], url_env=_WATCH["url_env"], poll_seconds=CONFIG.rescore_poll_seconds,
-        delta_dir=_WATCH["delta_dir"]))],
-)
+_WATCHERS = [AssetWatcher(name="churn_rescore_outbox_watcher", trigger=OutboxTrigger(
+    conn_id=_WATCH["conn_id"], url_env=_WATCH["url_env"], poll_seconds=CONFIG.rescore_poll_seconds,
+    delta_dir=_WATCH["delta_dir"]))]
+if CONFIG.rescore_stream:  # events XADDed to a Redis Stream, besides the outbox
+    _WATCHERS.append(AssetWatcher(name="churn_rescore_stream_watcher", trigger=StreamTrigger(
+        stream=CONFIG.rescore_stream, conn_id=CONFIG.redis_conn_id, poll_seconds=CONFIG.rescore_poll_seconds)))
+OUTBOX = Asset("churn_rescore_outbox", watchers=_WATCHERS)
 
 
 @dag(

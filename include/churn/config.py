@@ -299,6 +299,9 @@ class PublishSettings(_Section):
     redis_hash_buckets: typing.Annotated[int, Field(ge=0)] = 0
     """Buckets of the ``compact`` and ``hash`` layouts; 0 = sized by each batch's population so buckets stay within the server's compact encoding."""
 
+    redis_hash_max_entries: typing.Annotated[int, Field(ge=0)] = 128
+    """The server's ``hash-max-listpack-entries`` (128 in Redis 7 and Valkey unless changed) that sized buckets stay under; 0 = read it with ``CONFIG GET``, which the platform's least-privilege user may not run."""
+
     publish_lease_seconds: Duration = 60.0
     """Lease of the one-publish-at-a-time locks (Redis lease, renewed every batch); a dead holder's lapses."""
 
@@ -359,6 +362,9 @@ class RescoreSettings(_Section):
 
     rescore_delta_require_ready: bool = False
     """File source: consume a delta file only once ``<file>.ready`` exists beside it (else: once renamed into the folder)."""
+
+    rescore_stream: str = ""
+    """A Redis Stream on the serving Redis that producers ``XADD`` events to (``customer_id``, ``kind``, ``at``); empty: none. Read with the consumer group ``churn-rescore`` besides the outbox (SQL sources)."""
 
 
 

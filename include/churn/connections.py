@@ -201,12 +201,17 @@ def _redis_from_airflow(conn_id: str):
     conn = airflow_connection(conn_id)
     if conn is None:
         return None
+    return redis.Redis(**redis_kwargs(conn))
+
+
+def redis_kwargs(conn: Any) -> dict[str, Any]:
+    """``redis.Redis`` arguments from an Airflow connection's fields (the db: extra ``db`` or the URI path)."""
     extra = conn.extra_dejson or {}
     schema = (conn.schema or "").strip("/")
     db = int(extra.get("db", schema if schema.isdigit() else 0))
-    return redis.Redis(host=conn.host or "127.0.0.1", port=conn.port or 6379, db=db, password=conn.password or None,
-                       username=conn.login or None, ssl=bool(extra.get("ssl", False)), socket_timeout=30,
-                       socket_connect_timeout=10)
+    return {"host": conn.host or "127.0.0.1", "port": conn.port or 6379, "db": db, "password": conn.password or None,
+            "username": conn.login or None, "ssl": bool(extra.get("ssl", False)), "socket_timeout": 30,
+            "socket_connect_timeout": CONNECT_TIMEOUT_S}
 
 
 def _psycopg2_from_airflow(conn_id: str, statement_timeout_s: int = DEFAULT_STATEMENT_TIMEOUT_S):

@@ -23,6 +23,7 @@ from tests.support.stack_support import (NO_SCHEDULED_RUN, SHORT_SEARCH, complai
                                  running_stack, scores_by_customer)
 
 AS_OF = date(2026, 11, 20)
+STREAM = "churn:events"
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def local_run(services, pg_admin_url, tmp_path_factory):
     ancestors = {p: p.stat().st_mode for p in [tmp, *tmp.parents]}
     started_ms = time.time() * 1000
     with running_stack(services, pg_admin_url, tmp, "stack_local", "local", redis_db=6, as_of=AS_OF,
-                       score_partitions="2", schedule_cron=NO_SCHEDULED_RUN,
+                       score_partitions="2", schedule_cron=NO_SCHEDULED_RUN, rescore_stream=STREAM,
                        **SHORT_SEARCH) as stack:
         run_id = stack.trigger(f"{AS_OF.isoformat()}T02:00:00Z", {"retrain": True, "note": "scheduler test"})
         lines: list[str] = []
@@ -92,6 +93,38 @@ def test_a_complaint_is_rescored_by_the_scheduler_within_seconds(local_run):
     # the source application's writes (and the DBA's trigger install) are not the pipeline's role
     lag = complaint_reaches_both_stores(local_run["stack"], local_run["admin_url"], local_run["redis_url"])
     print(f"complaint committed -> event score in Redis: {lag:.1f} s")
+
+
+def test_an_event_added_to_the_stream_is_rescored_by_the_scheduler_and_acknowledged(local_run):
+    """Triggerer (StreamTrigger, the second AssetWatcher) -> churn_rescore run -> both stores -> XACK -> trim."""
+    from churn.data import event_stream
+
+    stack = local_run["stack"]
+    stack.unpause("churn_rescore")
+    conn = psycopg2.connect(local_run["admin_url"])
+    with conn.cursor() as cur:
+        cur.execute("SELECT customer_id FROM churn.scores_current WHERE source = 'batch' ORDER BY customer_id DESC "
+                    "LIMIT 1")
+        (customer,) = cur.fetchone()
+    conn.close()
+    client = redis.Redis.from_url(local_run["redis_url"])
+    entry = client.xadd(STREAM, {"customer_id": customer, "kind": "plan_change"})
+    started = time.monotonic()
+    record = None
+    while time.monotonic() - started < 240:
+        record = lookup_score(client, customer)
+        if record and record.get("source") == "event":
+            break
+        time.sleep(0.5)
+    assert record and record.get("source") == "event", (record, stack.dag_runs("churn_rescore"))
+    lag = time.monotonic() - started
+    deadline = time.monotonic() + 120  # acknowledged (and trimmed) once both stores hold the score
+    while time.monotonic() < deadline and client.xpending(STREAM, event_stream.GROUP)["pending"]:
+        time.sleep(0.5)
+    assert client.xpending(STREAM, event_stream.GROUP)["pending"] == 0
+    assert entry not in [e[0] for e in client.xrange(STREAM)]  # trimmed
+    client.close()
+    print(f"stream event -> event score in Redis: {lag:.1f} s")
 
 
 def test_state_files_are_private_and_the_admin_password_is_in_no_log(local_run):

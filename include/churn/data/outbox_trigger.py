@@ -87,3 +87,70 @@ class OutboxTrigger(BaseEventTrigger):
                 fired_max, fired_at = highest, now
                 yield TriggerEvent({"pending": count, "max_event_id": highest})
             await asyncio.sleep(self.poll_seconds)
+
+
+class StreamTrigger(BaseEventTrigger):
+    """Fire a ``{"stream", "waiting", "pending"}`` event when new entries wait in the re-score Redis Stream.
+
+    Polls ``XINFO`` (no entry is read or claimed here): fires when the stream's newest entry is one the
+    consumer group has not been given yet, and again every ``refire_seconds`` while entries stay pending
+    (a run that died holding them: the next run re-claims them).
+    """
+
+    def __init__(self, stream: str, conn_id: str = "churn_redis", url_env: str = "CHURN_REDIS_URL",
+                 poll_seconds: float = 2.0, refire_seconds: float = 60.0) -> None:
+        super().__init__()
+        self.stream = stream
+        self.conn_id = conn_id
+        self.url_env = url_env
+        self.poll_seconds = poll_seconds
+        self.refire_seconds = refire_seconds
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Classpath and arguments (the triggerer re-creates the trigger from them)."""
+        return ("churn.data.outbox_trigger.StreamTrigger", {
+            "stream": self.stream, "conn_id": self.conn_id, "url_env": self.url_env,
+            "poll_seconds": self.poll_seconds, "refire_seconds": self.refire_seconds})
+
+    async def _client(self):
+        """The serving Redis: the URL variable, else the Airflow connection, else the embedded server."""
+        import redis
+
+        url = os.environ.get(self.url_env)
+        if url:
+            return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10)
+        from airflow.sdk import BaseHook
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        from churn.connections import redis_kwargs, redis_url
+
+        try:
+            return redis.Redis(**redis_kwargs(await BaseHook.aget_connection(self.conn_id)))
+        except AirflowNotFoundException:
+            return redis.Redis.from_url(redis_url(), socket_timeout=10, socket_connect_timeout=10)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Poll the stream forever; yield an event for new entries (and periodically for pending ones)."""
+        import redis
+
+        from churn.data.event_stream import backlog
+
+        client = await self._client()
+        fired_last: str | None = None
+        fired_at = 0.0
+        try:
+            while True:
+                try:
+                    waiting, pending, last = await asyncio.to_thread(backlog, client, self.stream)
+                except redis.RedisError as exc:  # Redis is away: keep watching, say why
+                    self.log.warning("stream poll of %s failed (%s); retrying in %s s", self.stream, exc,
+                                     self.poll_seconds)
+                    waiting, pending, last = 0, 0, None
+                now = time.monotonic()
+                if (waiting and last != fired_last) or (
+                        (waiting or pending) and now - fired_at >= self.refire_seconds):
+                    fired_last, fired_at = last, now
+                    yield TriggerEvent({"stream": self.stream, "waiting": waiting, "pending": pending})
+                await asyncio.sleep(self.poll_seconds)
+        finally:
+            client.close()

@@ -129,12 +129,12 @@ def _slot_for(meta: dict[str, str], run_id: str) -> int:
 LOW_FILL, TARGET_FILL, HIGH_FILL = 0.2, 0.6, 0.75
 
 
-def _sized_buckets(client, scores_path, layout: str, meta: dict[str, str]) -> int:
+def _sized_buckets(client, scores_path, layout: str, meta: dict[str, str], max_entries: int = 0) -> int:
     """The bucket count for this batch: the served one while it keeps buckets compact, else a new power of two."""
     import pyarrow.parquet as pq
 
     customers = pq.ParquetFile(scores_path).metadata.num_rows
-    limit = compact_limit(client)
+    limit = max_entries or compact_limit(client)
     served = int(meta.get("buckets") or 0) if meta.get("layout") == layout else 0
     if served and LOW_FILL * limit <= customers / served <= HIGH_FILL * limit:
         return served
@@ -184,6 +184,7 @@ def publish_scores(
     lock_wait_seconds: float = 900.0,
     lock_lease_seconds: float = 60.0,
     exclude_ids: Callable[[], Iterable[str]] | None = None,
+    max_entries: int = 0,
 ) -> RedisPublish:
     """Write every score in batches, then move the marker, then delete customers no longer scored.
 
@@ -202,6 +203,9 @@ def publish_scores(
     applies only while the lease is still this publish's (see the module docstring), so a publish
     that lost its lease (a stalled zombie) writes no record and never moves the marker: it raises
     :class:`LeaseLost`.
+
+    ``max_entries``: the server's ``hash-max-listpack-entries`` that a sized bucket count (``buckets=0``) keeps
+    buckets under; 0 reads it with ``CONFIG GET`` (128 when refused).
 
     ``exclude_ids()``, asked once the lease is held, names customers whose record must not be written:
     those with an event refresh newer than this batch (``churn.publish.refresh``), which takes the same lease.
@@ -223,7 +227,7 @@ def publish_scores(
                 "s; wait for it to finish (or, if its worker died, for the lease to expire) and retry")
         excluded = sorted(exclude_ids()) if exclude_ids is not None else []
         return _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefix, batch_rows, layout,
-                               buckets, hook, hash_partition_rows, lease, started, excluded)
+                               buckets, hook, hash_partition_rows, lease, started, excluded, max_entries)
     except redis.RedisError as exc:
         raise RedisPublishError(
             f"Redis publish of run {run_id} failed ({type(exc).__name__}: {exc}). Readers still see complete "
@@ -240,7 +244,8 @@ def publish_scores(
 
 
 def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefix, batch_rows, layout, buckets,
-                    hook, hash_partition_rows, lease, started: float, excluded: list[str]) -> RedisPublish:
+                    hook, hash_partition_rows, lease, started: float, excluded: list[str],
+                    max_entries: int = 0) -> RedisPublish:
     """The publish itself, run while holding the lease ``lease``."""
     import pyarrow as pa
     import redis
@@ -255,7 +260,7 @@ def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefi
     try:
         meta = served_meta(client, prefix)
         if layout != "json" and buckets == 0:
-            buckets = _sized_buckets(client, scores_path, layout, meta)
+            buckets = _sized_buckets(client, scores_path, layout, meta, max_entries)
         layout_tag = layout if layout == "json" else f"{layout}:{buckets}"
         sources = cleanup_sources(meta, run_id)
         previous = meta.get("run_id")

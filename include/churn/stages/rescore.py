@@ -52,24 +52,25 @@ def rescore(cfg: ChurnConfig, res: Resources, run: dict, hook: Callable[[str], N
                 outbox.enqueue(src, manual, kind=kind)
         context = _Context(cfg, res, run)
         totals.update(context.source.prepare_events(src, context.spec))  # the spec only when needed
-        while time.monotonic() - started < MAX_RUN_SECONDS:
-            t0 = time.monotonic()
-            events = outbox.claim(src, run["claimer"], cfg.rescore_batch_rows, cfg.rescore_claim_lease_seconds)
-            _add(totals["seconds"], "claim", time.monotonic() - t0)
-            if not events:
-                break
-            hook("claimed")
-            outcome = _rescore_batch(context, src, events, totals["batches"], hook)
-            t0 = time.monotonic()
-            outbox.complete(src, run["claimer"], outcome)
-            _add(totals["seconds"], "complete", time.monotonic() - t0)
-            for key, value in context.last_seconds.items():
-                _add(totals["seconds"], key, value)
-            totals["batches"] += 1
-            totals["events"] += len(events)
-            totals["customers"] += len({e.customer_id for e in events})
-            for value in outcome.values():
-                totals[value] = totals.get(value, 0) + 1
+        feed = _StreamFeed(cfg, res, run["claimer"]) if cfg.rescore_stream else None
+        try:
+            while time.monotonic() - started < MAX_RUN_SECONDS:
+                t0 = time.monotonic()
+                events = outbox.claim(src, run["claimer"], cfg.rescore_batch_rows, cfg.rescore_claim_lease_seconds)
+                _add(totals["seconds"], "claim", time.monotonic() - t0)
+                if events:
+                    hook("claimed")
+                    outcome = _rescore_batch(context, src, events, totals["batches"], hook)
+                    t0 = time.monotonic()
+                    outbox.complete(src, run["claimer"], outcome)
+                    _add(totals["seconds"], "complete", time.monotonic() - t0)
+                    _count(totals, context, events, outcome)
+                streamed = feed.drain_batch(context, src, totals, hook) if feed else 0
+                if not events and not streamed:
+                    break
+        finally:
+            if feed:
+                totals["stream"] = feed.close()
         stats = outbox.activity(src)
     behind = outbox.falling_behind(stats, cfg.rescore_max_waiting, cfg.rescore_max_lag_seconds)
     delivery = None
@@ -88,6 +89,67 @@ def rescore(cfg: ChurnConfig, res: Resources, run: dict, hook: Callable[[str], N
 
 def _add(seconds: dict[str, float], key: str, value: float) -> None:
     seconds[key] = seconds.get(key, 0.0) + value
+
+
+def _count(totals: dict[str, Any], context: "_Context", events: list, outcome: dict[int, str]) -> None:
+    """Add one finished batch to the run's totals."""
+    for key, value in context.last_seconds.items():
+        _add(totals["seconds"], key, value)
+    totals["batches"] += 1
+    totals["events"] += len(events)
+    totals["customers"] += len({e.customer_id for e in events})
+    for value in outcome.values():
+        totals[value] = totals.get(value, 0) + 1
+
+
+class _StreamFeed:
+    """Events from ``CHURN_RESCORE_STREAM`` (``churn.data.event_stream``), batch by batch, beside the outbox."""
+
+    def __init__(self, cfg: ChurnConfig, res: Resources, consumer: str) -> None:
+        if cfg.source == "file":
+            raise ValueError("CHURN_RESCORE_STREAM carries customer ids only; a file source re-scores from delta "
+                             "files (CHURN_RESCORE_DELTA_DIR). Unset CHURN_RESCORE_STREAM, or use a SQL source.")
+        self.cfg, self.consumer = cfg, consumer
+        self.client = res.redis()
+        self.stats = {"read": 0, "acknowledged": 0, "dead_lettered": 0}
+
+    def drain_batch(self, context: "_Context", src, totals: dict[str, Any], hook: Callable[[str], None]) -> int:
+        """Read one batch, dead-letter the malformed entries, re-score the rest, acknowledge; entries read."""
+        from churn.data import event_stream
+        from churn.data.outbox import ClaimedEvent
+
+        cfg, stream = self.cfg, self.cfg.rescore_stream
+        t0 = time.monotonic()
+        entries = event_stream.read_batch(self.client, stream, self.consumer, cfg.rescore_batch_rows,
+                                          cfg.rescore_claim_lease_seconds)
+        _add(totals["seconds"], "stream_read", time.monotonic() - t0)
+        if not entries:
+            return 0
+        self.stats["read"] += len(entries)
+        hook("stream_read")
+        limit = cfg.rescore_max_attempts
+        reasons = {e.entry_id: f"delivered {e.deliveries} times without finishing (CHURN_RESCORE_MAX_ATTEMPTS="
+                               f"{limit})" for e in entries if e.reason is None and e.deliveries > limit}
+        dead = [e for e in entries if e.reason or e.entry_id in reasons]
+        self.stats["dead_lettered"] += event_stream.dead_letter(self.client, stream, dead, reasons)
+        good = [e for e in entries if e.reason is None and e.entry_id not in reasons]
+        if good:
+            # outbox-shaped events (negative ids: never an outbox event id) through the same batch code
+            events = [ClaimedEvent(-(i + 1), e.customer_id, e.kind, datetime.fromisoformat(e.event_at),
+                                   e.deliveries) for i, e in enumerate(good)]
+            outcome = _rescore_batch(context, src, events, totals["batches"], hook)
+            t0 = time.monotonic()
+            # only now: both stores hold the new scores (a crash before this re-delivers, and the re-score is
+            # idempotent)
+            self.stats["acknowledged"] += event_stream.acknowledge(self.client, stream, [e.entry_id for e in good])
+            _add(totals["seconds"], "stream_ack", time.monotonic() - t0)
+            _count(totals, context, events, outcome)
+        return len(entries)
+
+    def close(self) -> dict[str, int]:
+        """The feed's counts; the Redis client is closed."""
+        self.client.close()
+        return dict(self.stats)
 
 
 def _already_enqueued(conn, kind: str) -> bool:
