@@ -37,6 +37,7 @@ from psycopg2.extras import execute_values
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "rescore.json"
+STREAM = "churn:events"
 AS_OF = date(2026, 11, 20)
 log = logging.getLogger("bench.rescore")
 
@@ -55,9 +56,14 @@ def _when(text: str | None) -> float | None:
     return None if not text else datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def complain(pg_url: str, customers: list[str]) -> float:
-    """One transaction of one unresolved complaint per customer; returns the commit's wall-clock time."""
+def complain(pg_url: str, customers: list[str], silent: bool = False) -> float:
+    """One transaction of one unresolved complaint per customer; returns the commit's wall-clock time.
+
+    ``silent``: the outbox triggers record nothing (the stream announces the events instead)."""
     conn = psycopg2.connect(pg_url)
+    if silent:
+        with conn.cursor() as cur:
+            cur.execute("SET LOCAL churn.suppress_outbox = 'on'")
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     with conn.cursor() as cur:
         execute_values(cur, "INSERT INTO src.support_contacts (customer_id, contact_ts, kind, resolved) VALUES %s",
@@ -68,8 +74,28 @@ def complain(pg_url: str, customers: list[str]) -> float:
     return committed
 
 
+def _event_at(raw, layout: str) -> float | None:
+    """The event time of an event re-score record in the served layout (None: a batch record)."""
+    if raw is None:
+        return None
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    if layout == "json":
+        record = json.loads(text)
+        return _when(record.get("event_at")) if record.get("source") == "event" else None
+    fields = text.split("|")
+    return _when(fields[6]) if len(fields) == 7 else None  # compact / hash: a 7-field value is an event's
+
+
 def wait_visible(client, customers: list[str], after: float, timeout: float) -> dict[str, float]:
-    """Poll Redis until each customer's record is an event score newer than ``after``; seen time per customer."""
+    """Poll Redis until each customer's record is an event score newer than ``after``; seen time per customer.
+
+    One pipelined round trip per 2,000 customers in the served layout (``churn:meta``): GET for ``json``,
+    HGET of the customer's bucket for ``compact`` / ``hash``.
+    """
+    from churn.publish.redis_keys import bucket_key, compact_key, score_key, served_meta
+
+    meta = served_meta(client)
+    layout, buckets = meta.get("layout", "json"), int(meta.get("buckets") or 0)
     seen: dict[str, float] = {}
     deadline = time.time() + timeout
     waiting = list(customers)
@@ -77,11 +103,17 @@ def wait_visible(client, customers: list[str], after: float, timeout: float) -> 
         still = []
         for start in range(0, len(waiting), 2000):
             chunk = waiting[start:start + 2000]
-            values = client.mget([f"churn:score:{c}" for c in chunk])
+            pipe = client.pipeline(transaction=False)
+            for cid in chunk:
+                if layout == "json":
+                    pipe.get(score_key(cid))
+                else:
+                    key = compact_key(cid, buckets=buckets) if layout == "compact" else bucket_key(cid, buckets=buckets)
+                    pipe.hget(key, cid)
+            values = pipe.execute()
             now = time.time()
             for cid, raw in zip(chunk, values):
-                record = json.loads(raw) if raw else {}
-                if record.get("source") == "event" and (_when(record.get("event_at")) or 0) >= after - 1:
+                if (_event_at(raw, layout) or 0) >= after - 1:
                     seen[cid] = now
                 else:
                     still.append(cid)
@@ -122,9 +154,22 @@ def asset_events_since(stack, after: float) -> list[float]:
                   if t and t >= after - 1)
 
 
-def measure(stack, pg_url: str, client, customers: list[str]) -> dict:
-    """Commit complaints for ``customers`` in one transaction and follow them to Redis."""
-    committed = complain(pg_url, customers)
+def measure(stack, pg_url: str, client, customers: list[str], feed: str = "outbox") -> dict:
+    """Commit complaints for ``customers`` in one transaction and follow them to Redis.
+
+    ``feed="stream"``: the complaints are written with the outbox triggers silenced, and one ``XADD`` per
+    customer to the re-score stream announces them (what a producer on a queue does); the lag counts from
+    the last ``XADD``.
+    """
+    if feed == "stream":
+        complain(pg_url, customers, silent=True)
+        pipe = client.pipeline(transaction=False)
+        for cid in customers:
+            pipe.xadd(STREAM, {"customer_id": cid, "kind": "complaint"})
+        pipe.execute()
+        committed = time.time()
+    else:
+        committed = complain(pg_url, customers)
     seen = wait_visible(client, customers, committed, timeout=600)
     lags = [seen[c] - committed for c in customers]
     time.sleep(3)  # let the run finish its bookkeeping before reading its timings
@@ -168,7 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--customers", type=int, default=30_000)
     parser.add_argument("--singles", type=int, default=10)
     parser.add_argument("--bursts", default="100,10000")
+    parser.add_argument("--feeds", default="outbox,stream", help="outbox (triggers) and/or stream (XADD)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    feeds = [f for f in args.feeds.split(",") if f]
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tmp = Path(tempfile.mkdtemp(prefix="churn-rescore-"))
@@ -190,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             state_dir=tmp / "state", churn_pg_url=pg_url, redis_url=services.redis_url,
             metadata_url=services.pg_url("rescore_airflow", driver="postgresql+psycopg2"), api_port=free_port(),
             executor="local", dask_scheduler_port=free_port(),
-            churn_env={"train_tpot": "false", "schedule_cron": "0 2 29 2 *", "pg_reader_role": ""})
+            churn_env={"train_tpot": "false", "schedule_cron": "0 2 29 2 *", "pg_reader_role": "",
+                       "rescore_stream": STREAM})
         try:
             stack.start(timeout=300)
             run_id = stack.trigger(f"{AS_OF.isoformat()}T02:00:00Z", {})
@@ -207,22 +256,24 @@ def main(argv: list[str] | None = None) -> int:
             client = redis.Redis.from_url(services.redis_url)
             used = 0
             # The first event after unpausing also waits for the triggerer to start the watcher: reported apart.
-            results["warmup_event"] = measure(stack, pg_url, client, population[used:used + 1])
+            results["warmup_event"] = measure(stack, pg_url, client, population[used:used + 1], feeds[0])
             used += 1
             log.info("warm-up event: %s", json.dumps(results["warmup_event"]))
-            singles = []
-            for _ in range(args.singles):
-                singles.append(measure(stack, pg_url, client, population[used:used + 1]))
-                used += 1
-                log.info("single event: %s", json.dumps(singles[-1]))
-            results["single_events"] = {"lag": _summary([s["lag"]["max_s"] for s in singles]), "each": singles}
-            results["bursts"] = []
-            for size in (int(s) for s in args.bursts.split(",")):
-                burst = measure(stack, pg_url, client, population[used:used + size])
-                used += size
-                log.info("burst of %s: %s", size, json.dumps(burst))
-                results["bursts"].append(burst)
-                RESULTS.write_text(json.dumps(results, indent=2))
+            for feed in feeds:
+                target = results if feed == "outbox" else results.setdefault(feed, {})
+                singles = []
+                for _ in range(args.singles):
+                    singles.append(measure(stack, pg_url, client, population[used:used + 1], feed))
+                    used += 1
+                    log.info("%s single event: %s", feed, json.dumps(singles[-1]))
+                target["single_events"] = {"lag": _summary([s["lag"]["max_s"] for s in singles]), "each": singles}
+                target["bursts"] = []
+                for size in (int(s) for s in args.bursts.split(",")):
+                    burst = measure(stack, pg_url, client, population[used:used + size], feed)
+                    used += size
+                    log.info("%s burst of %s: %s", feed, size, json.dumps(burst))
+                    target["bursts"].append(burst)
+                    args.out.write_text(json.dumps(results, indent=2))
         finally:
             stack.stop()
     finally:
@@ -230,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     results["machine"]["load_after"] = os.getloadavg()
     results["finished"] = datetime.now(timezone.utc).isoformat()
-    RESULTS.write_text(json.dumps(results, indent=2))
+    args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     return 0
 

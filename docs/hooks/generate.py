@@ -396,6 +396,10 @@ def _rescore(name: str, data: dict) -> list[str]:
     cases = [("first event after unpausing", data["warmup_event"]),
              (f"single events ({data['single_events']['lag']['n']}, one after another)", data["single_events"])]
     cases += [(f"burst of {burst['customers']:,} customers (one transaction)", burst) for burst in data["bursts"]]
+    stream = data.get("stream") or {}
+    if stream:  # the same events announced by XADD to the re-score stream instead of the outbox triggers
+        cases += [(f"stream: single events ({stream['single_events']['lag']['n']})", stream["single_events"])]
+        cases += [(f"stream: burst of {b['customers']:,} customers", b) for b in stream["bursts"]]
     rows = []
     for label, case in cases:
         lag = case["lag"]
