@@ -17,7 +17,7 @@ DEMO_DATE ?= $(shell date -u +%F)
 PRIVATE := umask 077 &&
 DEMO_CONF ?= {}
 
-.PHONY: venv clients services stop demo cluster demo-cluster test lock airflow-ui bench bench-scale bench-nightly bench-rescore bench-automl clean
+.PHONY: venv clients services stop demo cluster demo-cluster test lock airflow-ui bench bench-scale bench-nightly bench-serving bench-rescore bench-automl clean
 
 venv: $(VENV)/.installed
 
@@ -120,6 +120,13 @@ bench-scale: bench-nightly
 
 bench-nightly: venv
 	$(BIN)/python -m bench.nightly_floor --sizes 1000000,10000000
+
+# Serving (issue 24): Redis bytes per customer of each layout at 1M and 10M with the redis-cli --pipe floor
+# (bench/results/redis_memory.json), and open-loop lookup latency at 5k/20k/50k lookups/s, the JavaScript
+# client against a C client at the same rate, during 1M-customer publishes and idle (lookup_latency.json).
+bench-serving: venv clients
+	$(BIN)/python -m bench.redis_memory --sizes 1000000,10000000
+	$(BIN)/python -m bench.lookup_latency
 
 # Event re-score latency (single events, bursts of 100 and 10,000) under LocalExecutor; writes
 # bench/results/rescore.json (docs/benchmarks.md).
