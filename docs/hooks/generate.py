@@ -497,9 +497,47 @@ def _nightly_floor(name: str, data: dict) -> list[str]:
     return out
 
 
-RENDERERS = {"nightly_floor": _nightly_floor, "publish": _publish, "dag_memory": _dag_memory, "data_ingest_memory": _data_ingest_memory,
+def _redis_memory(name: str, data: dict) -> list[str]:
+    server = data.get("server") or {}
+    rows = []
+    for run in data["runs"]:
+        stats = run.get("bucket_stats") or {}
+        rows.append([run["layout"], f"{run['customers']:,}", _num(run["bytes_per_customer"], 1), _num(run["buckets"]),
+                     _num(stats.get("largest_bucket")), _num(stats.get("compact_encoded_keys")), _num(stats.get("keys")),
+                     _num(run["round_trips"]["commands_per_lookup"], 2), _num(run["publish_seconds"], 1),
+                     _num(run.get("publish_speed_over_redis_cli_pipe"), 2)])
+    out = _source(name, data) + [f"Server {server.get('name')} {server.get('version')}, hash-max-listpack-entries "
+                                 f"{server.get('hash_max_listpack_entries')}; target ≤ "
+                                 f"{data['targets']['compact_bytes_per_customer_at_10M']} bytes per customer at 10M "
+                                 "(compact) and one command per lookup.", ""]
+    return out + _table(["layout", "customers", "bytes/customer", "buckets", "largest bucket", "compact buckets",
+                         "keys", "commands/lookup", "publish s", "publish speed / redis-cli --pipe"], rows)
+
+
+def _lookup_latency(name: str, data: dict) -> list[str]:
+    rows = []
+    for case in data["cases"]:
+        floor, project = case["floor"], case["project"]
+        rows.append([f"{case['rate']:,}", "yes" if case["during_publish"] else "no",
+                     _num(floor["rate_achieved"], 0), _num(floor["p50_us"] / 1000, 3), _num(floor["p99_us"] / 1000, 3),
+                     _num(floor["p999_us"] / 1000, 3), _num(project["rate_achieved"], 0),
+                     _num(project["p50_us"] / 1000, 3), _num(project["p99_us"] / 1000, 3),
+                     _num(project["p999_us"] / 1000, 3), _num(case["project_p99_over_floor_p99"], 2)])
+    server = data.get("server") or {}
+    out = _source(name, data) + [f"{data['customers']:,} customers in the compact layout, server {server.get('name')} "
+                                 f"{server.get('version')}; open loop, {data['seconds_per_case']:g} s per case; "
+                                 "latencies in ms from each lookup's scheduled start. Targets: project p99 ≤ "
+                                 f"{data['targets']['p99_over_floor_p99']}× the floor's, ≤ "
+                                 f"{data['targets']['p99_ms_at_20k']} ms at 20,000/s during a publish.", ""]
+    return out + _table(["lookups/s", "during publish", "floor achieved/s", "floor p50", "floor p99", "floor p99.9",
+                         "project achieved/s", "project p50", "project p99", "project p99.9", "p99 / floor"], rows)
+
+
+RENDERERS = {"redis_memory": _redis_memory, "lookup_latency": _lookup_latency, "nightly_floor": _nightly_floor, "publish": _publish, "dag_memory": _dag_memory, "data_ingest_memory": _data_ingest_memory,
              "rescore": _rescore, "scale_out": _scale_out, "automl_synthetic": _automl, "telco_quality": _telco}
 TITLES = {"nightly_floor": "The nightly batch against its floors",
+          "redis_memory": "Redis memory per customer, by layout",
+          "lookup_latency": "Lookup latency, open loop, against a C client",
           "publish": "Publish throughput, memory, lookups and end to end", "dag_memory": "Whole DAG, memory per task",
           "data_ingest_memory": "File ingest, memory", "rescore": "Event re-scoring latency",
           "scale_out": "Scoring scale-out (LocalExecutor, CeleryExecutor)",

@@ -25,3 +25,57 @@ def test_vectorized_crc32_equals_zlib_for_any_utf8_id():
     assert (rs.crc32_array(array.slice(5, 700)) == expected_crc[5:705]).all()  # offsets of a sliced array
     assert (rs.crc32_array(pa.chunked_array([array[:10], array[10:]])) == expected_crc).all()
     assert all(int(b) == rs.bucket_of(i, BUCKETS) for b, i in zip(rs.crc32_array(array) % BUCKETS, ids))
+
+
+def test_compact_values_decode_to_what_was_encoded():
+    """Every decile, band and slot, and the probability ends, survive encode -> Redis integer -> decode."""
+    import pyarrow as pa
+
+    from churn.publish.redis_encoding import encode_compact_ints
+    from churn.publish.redis_keys import BAND_NAMES
+
+    rows = [(p, d, b) for p in (0.0, 1e-6, 0.4999995, 0.812346, 1.0) for d in range(1, 11) for b in BAND_NAMES]
+    batch = pa.RecordBatch.from_pydict({"churn_probability": [r[0] for r in rows], "risk_decile": [r[1] for r in rows],
+                                        "risk_band": [r[2] for r in rows]})
+    for slot in (0, 7, 9):
+        values = [int(v) for v in encode_compact_ints(batch, slot).to_pylist()]
+        assert max(values) < 2**31  # Redis keeps it as a 5-byte integer inside a bucket
+        for (p, d, b), value in zip(rows, values):
+            proba, decile, band, got_slot = rs.decode_compact(value)
+            assert (decile, BAND_NAMES[band], got_slot) == (d, b, slot)
+            assert abs(proba - p) <= 5e-7 + 1e-12  # rounded to millionths
+
+
+def test_a_row_outside_the_compact_range_is_refused():
+    import pyarrow as pa
+    import pytest
+
+    from churn.publish.redis_encoding import encode_compact_ints
+
+    for proba, decile, band in ((1.5, 1, "low"), (0.5, 11, "low"), (0.5, 3, "extreme")):
+        batch = pa.RecordBatch.from_pydict({"churn_probability": [proba], "risk_decile": [decile],
+                                            "risk_band": [band]})
+        with pytest.raises(rs.RedisPublishError, match="CHURN_REDIS_LAYOUT=json"):
+            encode_compact_ints(batch, 0)
+
+
+def test_bucket_counts_keep_the_mean_bucket_under_the_fill_and_are_powers_of_two():
+    for customers in (0, 1, 77, 78, 1_000_000, 10_000_000, 100_000_000):
+        buckets = rs.bucket_count(customers, 128, 0.6)
+        assert buckets & (buckets - 1) == 0
+        assert customers / buckets <= 128 * 0.6
+        assert buckets == 1 or customers / (buckets // 2) > 128 * 0.6  # the smallest such power of two
+    assert rs.bucket_count(10_000_000, 128, 0.6) == 131_072
+
+
+def test_each_publish_takes_the_next_slot_and_a_retry_keeps_its_own():
+    from churn.publish.redis_store import _slot_for
+
+    assert _slot_for({}, "2026-11-20") == 0
+    served = {"slot": "3", "slot_last": "3", "slot_3": "2026-11-20|m|t|low"}
+    assert _slot_for(served, "2026-11-21") == 4
+    assert _slot_for(served, "2026-11-20") == 3  # the served run published again: the same values
+    writing = {**served, "slot_writing": "4", "slot_last": "4", "slot_4": "2026-11-21|m|t|low"}
+    assert _slot_for(writing, "2026-11-21") == 4  # a retry of the attempt in progress
+    assert _slot_for(writing, "2026-11-22") == 5  # another run: a fresh slot, never the one being written
+    assert _slot_for({"slot": "9", "slot_last": "9", "slot_9": "x|m|t|low"}, "y") == 0  # wraps after 9
