@@ -165,14 +165,15 @@ def _memory(client, layout: str, rows: int, delta: int, buckets: int) -> dict:
         usage = [client.memory_usage(rs.score_key(c), samples=0) for c in sample_ids]
         per_key = float(np.mean(usage))
     else:
-        keys = {rs.bucket_key(c, buckets=buckets) for c in sample_ids}
+        key_of = rs.compact_key if layout == "compact" else rs.bucket_key
+        keys = {key_of(c, buckets=buckets) for c in sample_ids}
         per_key = float(np.mean([client.memory_usage(k, samples=0) / max(client.hlen(k), 1) for k in keys]))
     return {"customers": rows, "used_memory_delta_bytes": delta, "bytes_per_customer": round(delta / rows, 1),
             "memory_usage_per_customer_sampled": round(per_key, 1),
-            "encoding_sample": (client.object("encoding", rs.bucket_key("C00000001", buckets=buckets)).decode()
-                                if layout == "hash" else "string"),
-            "buckets": buckets if layout == "hash" else None,
-            "target": "<= 64 (hash layout)" if layout == "hash" else None}
+            "encoding_sample": (client.object("encoding", key_of("C00000001", buckets=buckets)).decode()
+                                if layout != "json" else "string"),
+            "buckets": buckets if layout != "json" else None,
+            "target": {"hash": "<= 64", "compact": "<= 24 at 10M (bench/redis_memory.py)"}.get(layout)}
 
 
 # --- lookup latency ---------------------------------------------------------------------------------
