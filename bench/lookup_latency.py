@@ -42,14 +42,18 @@ RESULTS = ROOT / "bench" / "results" / "lookup_latency.json"
 TARGETS = {"p99_over_floor_p99": 1.5, "p99_ms_at_20k": 1.0}
 
 
-def _publisher(url: str, files: list[str], stop) -> None:
-    """Publish the files one after the other (a new run each) until told to stop."""
+def _publisher(url: str, base: str, work: str, stop, published, batch_rows: int) -> None:
+    """Publish the base scores as night after night (a new run id each) until told to stop."""
     client = redis.Redis.from_url(url, socket_timeout=600)
-    for path in files:
-        if stop.is_set():
-            break
-        run = pq.ParquetFile(path).read_row_group(0, columns=["run_id"]).column(0)[0].as_py()
-        rs.publish_scores(client, path, run, f"{run}-bench", layout="compact", buckets=0, max_entries=128)
+    day = 1
+    while not stop.is_set():
+        path = _run_file(Path(base), day, Path(work))
+        run = (date.fromisoformat(RUN_ID) + timedelta(days=day)).isoformat()
+        rs.publish_scores(client, path, run, f"{run}-bench", layout="compact", buckets=0, max_entries=128,
+                          batch_rows=batch_rows)
+        Path(path).unlink()
+        published.value += 1
+        day += 1
     client.close()
 
 
@@ -106,13 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--rates", default="5000,20000,50000")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--publish-batch-rows", type=int, default=10_000,
+                        help="fields per publish transaction (CHURN's batch_rows; the server runs each whole)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     rates = [int(r) for r in args.rates.split(",")]
     load_before = os.getloadavg()[0]
     record: dict = {"benchmark": "lookup_latency", "customers": args.customers, "seconds_per_case": args.seconds,
-                    "cases": []}
+                    "publish_batch_rows": args.publish_batch_rows, "cases": []}
     with tempfile.TemporaryDirectory(prefix="churn-latency-", dir=os.environ.get("CHURN_BENCH_TMP")) as tmp:
         work = Path(tmp)
         binary = str(work / "openloop")
@@ -134,13 +140,13 @@ def main(argv: list[str] | None = None) -> int:
             _commands(admin, ids, commands)
             reader_url = services.redis_reader_url()
             parsed = urlparse(reader_url)
-            nights = [_run_file(base, day, work) for day in range(1, 2 + len(rates) * 6)]
             for during_publish in (True, False):
                 stop = multiprocessing.Event()
+                published = multiprocessing.Value("i", 0)
                 publisher = None
                 if during_publish:
-                    publisher = multiprocessing.Process(target=_publisher,
-                                                        args=(services.redis_url, nights, stop), daemon=True)
+                    publisher = multiprocessing.Process(target=_publisher, daemon=True, args=(
+                        services.redis_url, str(base), str(work), stop, published, args.publish_batch_rows))
                     publisher.start()
                     time.sleep(1.0)
                 try:
@@ -152,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                         case["project_p99_over_floor_p99"] = round(case["project"]["p99_us"]
                                                                    / max(case["floor"]["p99_us"], 1e-9), 2)
                         case["publishing_at_end"] = bool(publisher and publisher.is_alive())
+                        case["publishes_so_far"] = published.value
                         logging.info("%s", json.dumps(case))
                         record["cases"].append(case)
                 finally:

@@ -78,9 +78,9 @@ static void *sender(void *arg) {
     (void)arg;
     for (size_t i = 0; i < total; i++) {
         int64_t at = start_ns + (int64_t)((double)i * 1e9 / rate);
-        int64_t wait;
-        while ((wait = at - now_ns()) > 0) {
-            if (wait > 200000) { struct timespec ts = {0, wait - 100000}; nanosleep(&ts, NULL); }
+        if (at > now_ns()) {  /* sleep to the scheduled time (no spinning: the server needs the cores) */
+            struct timespec ts = {(time_t)(at / 1000000000LL), (long)(at % 1000000000LL)};
+            while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {}
         }
         __atomic_store_n(&scheduled[i], at, __ATOMIC_RELEASE);
         write_all(cmds[i % ncmds], lens[i % ncmds]);
