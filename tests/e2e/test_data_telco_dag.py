@@ -53,7 +53,7 @@ def test_telco_file_runs_through_the_nightly_dag(services, tmp_path, pg_admin_ur
         assert {row[0] for row in cur.fetchall()} == {"customerID"}
     conn.close()
     record = lookup_score(redis.Redis.from_url(redis_url), "7590-VHVEG")
-    assert abs(record["churn_probability"] - pg_proba) <= 5e-7
+    assert abs(record["churn_probability"] - pg_proba) < 1e-6  # rounded to millionths
     # the export: the high band from Postgres, with the file's own Contract / MonthlyCharges per customer
     conn = psycopg2.connect(pg_url)
     with conn.cursor() as cur:
