@@ -410,9 +410,9 @@ def _rescore(name: str, data: dict) -> list[str]:
     out += _table(["case", "lag p50", "lag p95", "lag max", "drained customers/s", "re-score task customers/s"], rows)
     splits = [(label, case["lag_split"]) for label, case in cases if "lag_split" in case]
     if splits:
-        phases = list(splits[0][1]["task_phases_s"])
-        rows = [[label, split["trigger_wakeup_s"], split["scheduling_s"], *(split["task_phases_s"][p] for p in phases)]
-                for label, split in splits]
+        phases = list(dict.fromkeys(p for _, split in splits for p in split["task_phases_s"]))  # outbox and stream
+        rows = [[label, split["trigger_wakeup_s"], split["scheduling_s"],
+                 *(_num(split["task_phases_s"].get(p), 3) for p in phases)] for label, split in splits]
         out += ["Where the lag goes (seconds):", ""] + _table(["case", "trigger wake-up", "scheduling", *phases], rows)
     return out
 
