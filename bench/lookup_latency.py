@@ -90,12 +90,12 @@ def _project(url: str, rate: int, seconds: float, ids: Path) -> dict:
 
 
 def _commands(client, ids: list[str], path: Path) -> None:
-    """The HGET of each id in the served compact layout, as RESP, one command after another."""
-    buckets = int(rs.served_meta(client)["buckets"])
+    """The HGET of each id in the served layout (compact), as RESP, one command after another."""
+    meta = rs.served_meta(client)
     with path.open("wb") as fh:
         for cid in ids:
-            key = rs.compact_key(cid, buckets=buckets)
-            parts = [b"HGET", key.encode(), cid.encode()]
+            command, key = rs.record_key(cid, meta)
+            parts = [command.encode(), key.encode(), cid.encode()]
             fh.write(b"*3\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
 
 

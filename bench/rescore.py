@@ -92,10 +92,10 @@ def wait_visible(client, customers: list[str], after: float, timeout: float) -> 
     One pipelined round trip per 2,000 customers in the served layout (``churn:meta``): GET for ``json``,
     HGET of the customer's bucket for ``compact`` / ``hash``.
     """
-    from churn.publish.redis_keys import bucket_key, compact_key, score_key, served_meta
+    from churn.publish.redis_keys import record_key, served_meta
 
     meta = served_meta(client)
-    layout, buckets = meta.get("layout", "json"), int(meta.get("buckets") or 0)
+    layout = meta.get("layout", "json")
     seen: dict[str, float] = {}
     deadline = time.time() + timeout
     waiting = list(customers)
@@ -105,10 +105,10 @@ def wait_visible(client, customers: list[str], after: float, timeout: float) -> 
             chunk = waiting[start:start + 2000]
             pipe = client.pipeline(transaction=False)
             for cid in chunk:
-                if layout == "json":
-                    pipe.get(score_key(cid))
+                command, key = record_key(cid, meta)
+                if command == "GET":
+                    pipe.get(key)
                 else:
-                    key = compact_key(cid, buckets=buckets) if layout == "compact" else bucket_key(cid, buckets=buckets)
                     pipe.hget(key, cid)
             values = pipe.execute()
             now = time.time()

@@ -30,7 +30,7 @@ from churn.stages.rescore import rescore, start_rescore
 from tests.support import REPO_ROOT
 from tests.support.stage_refs import scored_ref
 from tests.support.nightly import RUN_DATE, run_nightly
-from tests.support.servers import fresh_stores
+from tests.support.servers import fresh_stores, pg_rows
 
 REPO = str(REPO_ROOT)
 
@@ -49,15 +49,7 @@ def platform(services, pg_admin_url, tmp_path_factory):
 
 
 def _pg(platform, sql: str, params=()) -> list[tuple]:
-    conn = psycopg2.connect(platform["pg_url"])
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params or None)
-            rows = cur.fetchall() if cur.description else []
-        conn.commit()
-        return rows
-    finally:
-        conn.close()
+    return pg_rows(platform["pg_url"], sql, params)
 
 
 def _current(platform) -> dict[str, tuple]:

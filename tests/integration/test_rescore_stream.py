@@ -28,7 +28,7 @@ from churn.publish.redis_store import lookup_score
 from churn.stages.rescore import rescore, start_rescore
 from tests.support import REPO_ROOT
 from tests.support.nightly import RUN_DATE, run_nightly
-from tests.support.servers import fresh_stores
+from tests.support.servers import fresh_stores, pg_rows
 
 STREAM = "churn:events"
 ENV = {"CHURN_TRAIN_TPOT": "false", "CHURN_MIN_ROC_AUC": "0.5", "CHURN_PG_READER_ROLE": "",
@@ -48,15 +48,7 @@ def platform(services, pg_admin_url, tmp_path_factory):
 
 
 def _pg(platform, sql: str, params=()) -> list[tuple]:
-    conn = psycopg2.connect(platform["pg_url"])
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params or None)
-            rows = cur.fetchall() if cur.description else []
-        conn.commit()
-        return rows
-    finally:
-        conn.close()
+    return pg_rows(platform["pg_url"], sql, params)
 
 
 def _customers(platform, n: int, offset: int) -> list[str]:

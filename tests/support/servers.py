@@ -92,6 +92,19 @@ def fresh_stores(services, pg_admin_url: str, name: str, redis_db: int, customer
     return pg_url, redis_url
 
 
+def pg_rows(url: str, sql: str, params=()) -> list[tuple]:
+    """Run one statement on a fresh connection and commit; its rows (empty for a statement without a result)."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params or None)
+            rows = cur.fetchall() if cur.description else []
+        conn.commit()
+        return rows
+    finally:
+        conn.close()
+
+
 def url_as(url: str, user: str, password: str | None = None) -> str:
     """``url`` with its credentials replaced by ``user`` (and ``password``)."""
     from urllib.parse import urlsplit, urlunsplit

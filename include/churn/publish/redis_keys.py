@@ -164,35 +164,43 @@ def lookup_score(client, customer_id: str, prefix: str = "churn", layout: str | 
             if raw is None:
                 return None
         return _decode(client, customer_id, prefix, meta, raw)
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown Redis layout {layout!r}; use one of {LAYOUTS}")
+    pinned = {"layout": layout, "buckets": str(buckets or DEFAULT_BUCKETS)}
+    # a compact value's run details are in the marker's slots, whatever layout the caller pins
+    meta = {**_served_layout(client, prefix), **pinned} if layout == "compact" else pinned
+    raw = _fetch(client, customer_id, prefix, meta)
+    return None if raw is None else _decode(client, customer_id, prefix, meta, raw)
+
+
+def record_key(customer_id: str, meta: dict[str, str], prefix: str = "churn") -> tuple[str, str] | None:
+    """``(command, key)`` holding ``customer_id``'s record under ``meta``'s layout: ``("GET", key)`` or
+    ``("HGET", bucket key)`` (the customer id is the field); None when nothing is served."""
+    layout = meta.get("layout")
+    buckets = int(meta.get("buckets") or DEFAULT_BUCKETS)
     if layout == "compact":
-        meta = dict(_served_layout(client, prefix), layout="compact", buckets=str(buckets or DEFAULT_BUCKETS))
-        raw = _fetch(client, customer_id, prefix, meta)
-        return None if raw is None else _decode(client, customer_id, prefix, meta, raw)
-    return _lookup_fixed(client, customer_id, prefix, layout, buckets or DEFAULT_BUCKETS)
+        return "HGET", compact_key(customer_id, prefix, buckets)
+    if layout == "hash":
+        return "HGET", bucket_key(customer_id, prefix, buckets)
+    if layout == "json":
+        return "GET", score_key(customer_id, prefix)
+    return None
 
 
 def lookup_command(client, customer_id: str, prefix: str = "churn") -> str:
     """The one command a lookup of ``customer_id`` sends under the served layout (for display)."""
-    meta = _served_layout(client, prefix)
-    buckets = int(meta.get("buckets") or DEFAULT_BUCKETS)
-    if meta.get("layout") == "compact":
-        return f"HGET {compact_key(customer_id, prefix, buckets)} {customer_id}"
-    if meta.get("layout") == "hash":
-        return f"HGET {bucket_key(customer_id, prefix, buckets)} {customer_id}"
-    return f"GET {score_key(customer_id, prefix)}"
+    command, key = record_key(customer_id, _served_layout(client, prefix), prefix) or (
+        "GET", score_key(customer_id, prefix))
+    return f"{command} {key}" + (f" {customer_id}" if command == "HGET" else "")
 
 
 def _fetch(client, customer_id: str, prefix: str, meta: dict[str, str]):
     """The one round trip of a lookup under ``meta``'s layout (None: no such record, or nothing served)."""
-    layout = meta.get("layout")
-    buckets = int(meta.get("buckets") or DEFAULT_BUCKETS)
-    if layout == "compact":
-        return client.hget(compact_key(customer_id, prefix, buckets), customer_id)
-    if layout == "hash":
-        return client.hget(bucket_key(customer_id, prefix, buckets), customer_id)
-    if layout == "json":
-        return client.get(score_key(customer_id, prefix))
-    return None
+    where = record_key(customer_id, meta, prefix)
+    if where is None:
+        return None
+    command, key = where
+    return client.get(key) if command == "GET" else client.hget(key, customer_id)
 
 
 def _decode(client, customer_id: str, prefix: str, meta: dict[str, str], raw) -> dict | None:
@@ -205,15 +213,6 @@ def _decode(client, customer_id: str, prefix: str, meta: dict[str, str], raw) ->
     if layout == "json":
         return json.loads(raw)
     return _hash_record(client, customer_id, prefix, raw)
-
-
-def _lookup_fixed(client, customer_id: str, prefix: str, layout: str, buckets: int) -> dict | None:
-    if layout not in ("json", "hash"):
-        raise ValueError(f"unknown Redis layout {layout!r}; use one of {LAYOUTS}")
-    raw = _fetch(client, customer_id, prefix, {"layout": layout, "buckets": str(buckets)})
-    if raw is None:
-        return None
-    return json.loads(raw) if layout == "json" else _hash_record(client, customer_id, prefix, raw)
 
 
 def _hash_record(client, customer_id: str, prefix: str, raw) -> dict:

@@ -65,7 +65,7 @@ from churn.publish.redis_encoding import (
 from churn.publish.redis_keys import (
     BAND_NAMES, DEFAULT_BUCKETS, DELETE_BATCH, LAYOUTS, SLOTS, LeaseLost, OlderRunRefused, RedisPublish,
     RedisPublishError, as_text, bucket_count, bucket_key, bucket_of, cleanup_sources, compact_key, decode_compact,
-    lock_key, lookup_command, lookup_score, meta_key, runs_key, score_key, served_meta, served_run,
+    lock_key, lookup_command, lookup_score, meta_key, record_key, runs_key, score_key, served_meta, served_run,
 )
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,8 @@ def compact_limit(client) -> int:
 
 # The store module is the public face of the Redis contract: readers and tests import these from here.
 __all__ = ["DEFAULT_BUCKETS", "LAYOUTS", "LeaseLost", "OlderRunRefused", "RedisPublish", "RedisPublishError",
-           "bucket_count", "bucket_key", "bucket_of", "compact_key", "compact_limit", "crc32_array", "decode_compact", "lookup_command", "encode_json_values", "lock_key", "lookup_score", "meta_key",
+           "bucket_count", "bucket_key", "bucket_of", "compact_key", "compact_limit", "crc32_array", "decode_compact",
+           "encode_json_values", "lookup_command", "record_key", "lock_key", "lookup_score", "meta_key",
            "publish_scores", "score_key", "served_meta", "served_run"]
 
 StaleIds = Callable[[list[str]], Iterable[str]] | Iterable[str] | None
@@ -278,17 +279,17 @@ def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefi
         writing = [r for r in (meta.get("writing") or "").split(",") if r and r != run_id] + [run_id]
         marks: dict[str, str] = {"writing": ",".join(writing)}
         slot = None
+        scored_at = None
+        if layout != "json":  # the bucket layouts keep the run's scoring time once, not in every value
+            first = next(batches(scores_path, 1), None)
+            scored_at = scored_at_text(first.column("scored_at")) if first is not None else None
         if layout == "compact":
             # The run's constant fields live once, in the marker; each value names them by a slot digit.
             slot = _slot_for(meta, run_id)
-            first = next(batches(scores_path, 1), None)
-            scored_at = scored_at_text(first.column("scored_at")) if first is not None else ""
-            marks.update({f"slot_{slot}": "|".join([run_id, model_version, scored_at, ",".join(BAND_NAMES)]),
+            marks.update({f"slot_{slot}": "|".join([run_id, model_version, scored_at or "", ",".join(BAND_NAMES)]),
                           "slot_writing": str(slot), "slot_last": str(slot)})
         run_fenced(client, fence, [("HSET", meta_key(prefix), *[x for kv in marks.items() for x in kv])], what)
         if layout == "hash":
-            first = next(batches(scores_path, 1), None)
-            scored_at = scored_at_text(first.column("scored_at")) if first is not None else None
             run_fenced(client, fence, [("HSET", runs_key(prefix), run_id,
                                         json.dumps({"model_version": model_version, "scored_at": scored_at}))], what)
         if layout == "json":
