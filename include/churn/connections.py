@@ -184,10 +184,38 @@ def _psycopg2_from_url(cfg: ChurnConfig):
     return pg_connect(postgres_url(cfg), statement_timeout_s=cfg.pg_statement_timeout_s)
 
 
-def _redis_client(url: str):
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
+def redis_from_url(url: str, socket_timeout: float = 30):
+    """A redis-py client of ``url``: a ``RedisCluster`` for ``redis+cluster://`` (``rediss+cluster://``) URLs.
+
+    A cluster URL names one or more nodes, comma-separated (``redis+cluster://user:pw@h1:7000,h2:7000/0``): the
+    client asks the first that answers for the topology, so list several (a node may be down when a task
+    starts). The database number must be 0.
+    """
     import redis
 
-    return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=CONNECT_TIMEOUT_S)
+    if url.startswith(CLUSTER_SCHEMES):
+        from urllib.parse import unquote, urlsplit
+
+        from redis.cluster import ClusterNode, RedisCluster
+
+        parts = urlsplit(url.replace("+cluster", "", 1))
+        auth, _, hosts = parts.netloc.rpartition("@")
+        user, _, password = auth.partition(":")
+        nodes = []
+        for host in hosts.split(","):
+            name, _, port = host.rpartition(":") if ":" in host else (host, "", "6379")
+            nodes.append(ClusterNode(name, int(port or 6379)))
+        return RedisCluster(startup_nodes=nodes, username=unquote(user) or None, password=unquote(password) or None,
+                            ssl=parts.scheme == "rediss", socket_timeout=socket_timeout,
+                            socket_connect_timeout=CONNECT_TIMEOUT_S)
+    return redis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=CONNECT_TIMEOUT_S)
+
+
+def _redis_client(url: str):
+    return redis_from_url(url)
 
 
 def _redis_from_url(cfg: ChurnConfig):
@@ -201,7 +229,13 @@ def _redis_from_airflow(conn_id: str):
     conn = airflow_connection(conn_id)
     if conn is None:
         return None
-    return redis.Redis(**redis_kwargs(conn))
+    kwargs = redis_kwargs(conn)
+    if (conn.extra_dejson or {}).get("cluster"):  # extra {"cluster": true}: a node of a Redis Cluster
+        from redis.cluster import RedisCluster
+
+        kwargs.pop("db")
+        return RedisCluster(**kwargs)
+    return redis.Redis(**kwargs)
 
 
 def redis_kwargs(conn: Any) -> dict[str, Any]:

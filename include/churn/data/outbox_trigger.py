@@ -116,18 +116,18 @@ class StreamTrigger(BaseEventTrigger):
         """The serving Redis: the URL variable, else the Airflow connection, else the embedded server."""
         import redis
 
+        from churn.connections import redis_from_url, redis_kwargs, redis_url
+
         url = os.environ.get(self.url_env)
         if url:
-            return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10)
+            return redis_from_url(url, socket_timeout=10)
         from airflow.sdk import BaseHook
         from airflow.sdk.exceptions import AirflowNotFoundException
-
-        from churn.connections import redis_kwargs, redis_url
 
         try:
             return redis.Redis(**redis_kwargs(await BaseHook.aget_connection(self.conn_id)))
         except AirflowNotFoundException:
-            return redis.Redis.from_url(redis_url(), socket_timeout=10, socket_connect_timeout=10)
+            return redis_from_url(redis_url(), socket_timeout=10)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll the stream forever; yield an event for new entries (and periodically for pending ones)."""

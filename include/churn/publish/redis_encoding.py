@@ -5,6 +5,7 @@ the lease-fenced send every write of a publish goes through."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import timezone
 from pathlib import Path
@@ -17,7 +18,9 @@ import pyarrow.parquet as pq
 
 from churn.data.partitions import NullIdError
 from churn.data.partitions import crc32_array as _crc32_array
-from churn.publish.redis_keys import BAND_NAMES, LeaseLost, RedisPublishError, as_text
+from churn.publish.redis_keys import (
+    BAND_NAMES, LeaseLost, RedisPublishError, as_text, fence_key, is_cluster, node_client,
+)
 
 
 def scored_at_text(column: pa.ChunkedArray | pa.Array) -> str:
@@ -114,6 +117,8 @@ class Encoded:
     rows: int
     data: list
     replies: int
+    group: int | None = None
+    """The cluster hash-tag group every key of the batch belongs to (None: not a cluster publish)."""
 
 
 def encode_json(batch: pa.RecordBatch, prefix: str) -> Encoded:
@@ -131,24 +136,34 @@ def crc32_array(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
         raise RedisPublishError(str(exc)) from exc
 
 
-def _grouped_hset_chunks(table: pa.Table, key_head: str, chunk_rows: int) -> Iterator[Encoded]:
+def _grouped_hset_chunks(table: pa.Table, key_head: str, chunk_rows: int, buckets: int = 0,
+                         groups: int = 0) -> Iterator[Encoded]:
     """A partition's grouped ``HSET`` commands in chunks of whole buckets of about ``chunk_rows`` fields.
 
     Each chunk is sent as one lease-fenced transaction, which the server runs without interleaving other
-    clients: bounded chunks keep readers' lookups from waiting for a whole partition.
+    clients: bounded chunks keep readers' lookups from waiting for a whole partition. With ``groups``
+    (a Redis Cluster) a chunk never spans two hash-tag groups, so that its transaction stays in one slot.
     """
     table = table.take(pc.sort_indices(table, [("bucket", "ascending")]))  # stable: file order within a bucket
     bucket = table.column("bucket").to_numpy()
     starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
     # cut at the first bucket start at or after every chunk_rows-th row
     after = np.searchsorted(starts, np.arange(max(chunk_rows, 1), table.num_rows, max(chunk_rows, 1)))
-    cuts = np.unique(starts[after[after < len(starts)]])
+    cuts = starts[after[after < len(starts)]]
+    group = None
+    if groups:
+        group = bucket.astype(np.int64) * groups // buckets
+        cuts = np.r_[cuts, np.flatnonzero(group[1:] != group[:-1]) + 1]
+    cuts = np.unique(cuts)
     bounds = [0, *(int(c) for c in cuts if c > 0), table.num_rows]
     for start, end in zip(bounds, bounds[1:]):
-        yield _encode_grouped_hset(table.slice(start, end - start), key_head)
+        encoded = _encode_grouped_hset(table.slice(start, end - start), key_head, buckets, groups)
+        if group is not None:
+            encoded.group = int(group[start])
+        yield encoded
 
 
-def _encode_grouped_hset(table: pa.Table, key_head: str) -> Encoded:
+def _encode_grouped_hset(table: pa.Table, key_head: str, buckets: int = 0, groups: int = 0) -> Encoded:
     """One multi-field ``HSET bucket id1 v1 id2 v2 ...`` per bucket of a bucket-sorted table (one reply per bucket).
 
     Redis spends ~0.6 µs per field this way against ~2 µs for one ``HSET`` per field (measured), and
@@ -158,7 +173,11 @@ def _encode_grouped_hset(table: pa.Table, key_head: str) -> Encoded:
     bucket = table.column("bucket").to_numpy()
     starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
     sizes = np.diff(np.r_[starts, rows])
-    keys = pc.binary_join_element_wise(key_head, pc.cast(pa.array(bucket[starts]), pa.string()), "")
+    names = pc.cast(pa.array(bucket[starts]), pa.string())
+    if groups:  # cluster: the bucket's hash tag, {group}, before its number
+        tags = pc.cast(pa.array(bucket[starts].astype(np.int64) * groups // buckets), pa.string())
+        names = pc.binary_join_element_wise("{", tags, "}:", names, "")
+    keys = pc.binary_join_element_wise(key_head, names, "")
     headers = pc.binary_join_element_wise(
         "*", pc.cast(pa.array(2 + 2 * sizes), pa.string()), "\r\n$4\r\nHSET\r\n$",
         pc.cast(pc.binary_length(keys), pa.string()), "\r\n", keys, "\r\n", "")
@@ -176,14 +195,15 @@ _SPILL_SCHEMA = pa.schema([("bucket", pa.int32()), ("customer_id", pa.string()),
 
 def hash_partitions(scores_path: str | Path, run_id: str, prefix: str, buckets: int,
                      partition_rows: int, read_rows: int, keep: Callable | None = None,
-                     slot: int | None = None) -> Iterator[Encoded]:
+                     slot: int | None = None, groups: int = 0) -> Iterator[Encoded]:
     """The ``hash`` (``slot=None``) or ``compact`` layout's writes, grouped per bucket, one bucket range at a time.
 
     Pass 1 checks every row's run id (so a wrong file is refused before anything is written), computes
     buckets and values, and spills them to one Arrow stream file per bucket range next to the score
     file. Pass 2 reads one range at a time (about ``partition_rows`` rows in memory whatever the
     population) and yields its grouped ``HSET`` commands in chunks of about ``read_rows`` fields. The spill
-    folder is removed afterwards and on the next attempt.
+    folder is removed afterwards and on the next attempt. ``groups`` > 0 (a Redis Cluster): keys carry their
+    group's hash tag and each yielded batch stays within one group (``Encoded.group``).
     """
     import math
     import shutil
@@ -223,7 +243,7 @@ def hash_partitions(scores_path: str | Path, run_id: str, prefix: str, buckets: 
                 table = reader.read_all()
             file.unlink()
             if table.num_rows:
-                yield from _grouped_hset_chunks(table, key_head, read_rows)
+                yield from _grouped_hset_chunks(table, key_head, read_rows, buckets, groups)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
 
@@ -278,7 +298,10 @@ def encoded_batches(source: Callable[[], Iterator[Encoded]], depth: int = 2) -> 
 
 @dataclass(frozen=True)
 class Fence:
-    """The publish lease a write is conditional on: its key, this publisher's token, the TTL a write renews."""
+    """The publish lease a write is conditional on: its key, this publisher's token, the TTL a write renews.
+
+    ``ttl_ms`` 0: a cluster group's fence (no TTL; the lease itself is renewed on the marker's node).
+    """
 
     key: str
     token: bytes | str
@@ -321,9 +344,11 @@ def send_fenced(client, fence: Fence, encoded: Encoded, what: str = "Redis publi
             conn.send_packed_command([_UNWATCH])
             conn.read_response()
             raise _lease_lost(fence, what, "expired" if holder is None else "held by another token")
-        conn.send_packed_command([_MULTI, *encoded.data, command("PEXPIRE", fence.key, fence.ttl_ms), _EXEC])
+        renew = [command("PEXPIRE", fence.key, fence.ttl_ms)] if fence.ttl_ms > 0 else []
+        conn.send_packed_command([_MULTI, *encoded.data, *renew, _EXEC])
         conn.read_response()  # +OK of MULTI
-        for _ in range(encoded.replies + 1):  # +QUEUED each (an error reply raises; the server then aborts EXEC)
+        # +QUEUED each (an error reply raises; the server then aborts EXEC)
+        for _ in range(encoded.replies + len(renew)):
             conn.read_response()
         replies = conn.read_response()
     except LeaseLost:
@@ -338,7 +363,7 @@ def send_fenced(client, fence: Fence, encoded: Encoded, what: str = "Redis publi
     failed = next((r for r in replies if isinstance(r, Exception)), None)
     if failed is not None:
         raise failed
-    return replies[:-1]
+    return replies[:-1] if renew else replies
 
 
 def run_fenced(client, fence: Fence, commands: list[tuple], what: str = "Redis publish") -> list:
@@ -346,6 +371,64 @@ def run_fenced(client, fence: Fence, commands: list[tuple], what: str = "Redis p
     if not commands:
         return []
     return send_fenced(client, fence, Encoded(len(commands), [command(*c) for c in commands], len(commands)), what)
+
+
+class Fencing:
+    """Every write of one lease holder, each applied by the server only while its fence is this holder's.
+
+    On one server the fence of every write is the lease key itself (each write renews it). On a Redis Cluster a
+    transaction must stay in one slot, so each hash-tag group of buckets has its own fence key
+    (:func:`fence_key`, no TTL) in the group's slot: right after taking the lease the holder writes its token
+    into the fences of every group it may touch (:meth:`claim`), and each bucket write is WATCH fence / check
+    token / MULTI ... EXEC on the node serving the group. A holder that stalled past its lease and resumes
+    after another took over finds the other's token in every fence and writes nothing (:class:`LeaseLost`).
+    The marker and the lease share one slot (their keys carry the marker's tag): marker writes are fenced by
+    the lease, which is renewed there (:meth:`renew`) as the batches go.
+    """
+
+    def __init__(self, client, lease_key: str, token, ttl_ms: int, prefix: str) -> None:
+        self.client = client
+        self.cluster = is_cluster(client)
+        self.home = node_client(client, lease_key)  # the node holding the lease and the marker
+        self.lease = Fence(lease_key, token, ttl_ms)
+        self.prefix = prefix
+        self.claimed = 0
+        self._renewed = time.monotonic()
+
+    def claim(self, groups: int, what: str = "Redis publish") -> None:
+        """Cluster: put this holder's token in the fences of groups ``0..groups-1`` (once the lease is checked)."""
+        if not self.cluster or groups <= self.claimed:
+            return
+        self.renew(what, force=True)  # raises LeaseLost if the lease is no longer ours: then claim nothing
+        pipe = self.client.pipeline(transaction=False)
+        for group in range(groups):
+            pipe.set(fence_key(self.prefix, group), self.lease.token)
+        pipe.execute()
+        self.claimed = groups
+
+    def renew(self, what: str = "Redis publish", force: bool = False) -> None:
+        """Cluster: renew the lease (and check it is still ours) once a third of its TTL has passed."""
+        if self.cluster and (force or time.monotonic() - self._renewed > self.lease.ttl_ms / 3000):
+            send_fenced(self.home, self.lease, Encoded(0, [], 0), what)
+            self._renewed = time.monotonic()
+
+    def send(self, encoded: Encoded, what: str = "Redis publish") -> list:
+        """Apply one encoded batch under its fence: its group's on a cluster, else the lease; return its replies."""
+        if encoded.group is None or not self.cluster:
+            return send_fenced(self.home, self.lease, encoded, what)
+        if encoded.group >= self.claimed:
+            raise RedisPublishError(f"{what}: group {encoded.group} was not claimed (only {self.claimed}); this is "
+                                    "a bug of the publish, report it")
+        key = fence_key(self.prefix, encoded.group)
+        replies = send_fenced(node_client(self.client, key), Fence(key, self.lease.token, 0), encoded, what)
+        self.renew(what)
+        return replies
+
+    def run(self, commands: list[tuple], what: str = "Redis publish", group: int | None = None) -> list:
+        """Run ``commands`` as one fenced transaction (in ``group``'s slot on a cluster, else the marker's)."""
+        if not commands:
+            return []
+        return self.send(Encoded(len(commands), [command(*c) for c in commands], len(commands), group), what)
 
 
 def check_run(batch: pa.RecordBatch, run_id: str, scores_path: str | Path) -> None:

@@ -59,13 +59,54 @@ def bucket_key(customer_id: str, prefix: str = "churn", buckets: int = DEFAULT_B
     return f"{prefix}:h:{bucket_of(customer_id, buckets)}"
 
 
-def compact_key(customer_id: str, prefix: str = "churn", buckets: int = DEFAULT_BUCKETS) -> str:
+def compact_key(customer_id: str, prefix: str = "churn", buckets: int = DEFAULT_BUCKETS, groups: int = 0) -> str:
     """The documented lookup key of one customer (``compact`` layout): ``HGET <key> <customer_id>``.
 
     The bucket count is part of the key, so a re-bucketed batch is written beside the served one and the
-    old keys are removed only after the marker moved.
+    old keys are removed only after the marker moved. On a Redis Cluster (``groups`` > 0, the marker's
+    ``groups``) the key carries the hash tag of the bucket's group: ``churn:c:{B}:{{g}}:{bucket}``.
     """
-    return f"{prefix}:c:{buckets}:{bucket_of(customer_id, buckets)}"
+    bucket = bucket_of(customer_id, buckets)
+    if groups:
+        return f"{prefix}:c:{buckets}:{{{group_of(bucket, buckets, groups)}}}:{bucket}"
+    return f"{prefix}:c:{buckets}:{bucket}"
+
+
+def group_of(bucket: int, buckets: int, groups: int) -> int:
+    """The cluster group (hash tag) of a bucket: contiguous ranges of buckets, ``bucket * groups // buckets``."""
+    return bucket * groups // buckets
+
+
+def cluster_groups(buckets: int) -> int:
+    """How many hash-tag groups a cluster publish spreads ``buckets`` buckets over (a power of two when B is).
+
+    About 128 buckets (~8,000 customers at the sized fill) per group, so that one group is one write
+    transaction of a publish; at least 16 groups (spread over the primaries) and at most 16,384 (the
+    cluster's slot count).
+    """
+    return max(1, min(buckets, max(16, buckets // 128), 16_384))
+
+
+def fence_key(prefix: str, group: int) -> str:
+    """The fence of one cluster group: the lease holder's token, in the same slot as the group's buckets."""
+    return f"{prefix}:fence:{{{group}}}"
+
+
+def is_cluster(client) -> bool:
+    """True for a redis-py ``RedisCluster`` client (a ``redis+cluster://`` URL)."""
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
+def node_client(client, key: str):
+    """A plain client of the node serving ``key`` (the client itself when it is not a cluster client).
+
+    A transaction (WATCH/MULTI/EXEC) must run on one connection to the node holding its keys' slot.
+    """
+    if not is_cluster(client):
+        return client
+    return client.get_node_from_key(key).redis_connection
 
 
 def decode_compact(value: int) -> tuple[float, int, int, int]:
@@ -92,9 +133,12 @@ def meta_key(prefix: str = "churn") -> str:
     return f"{prefix}:meta"
 
 
-def lock_key(prefix: str = "churn") -> str:
-    """The publish lease: one publish at a time writes records and moves the marker."""
-    return f"{prefix}:publish_lock"
+def lock_key(prefix: str = "churn", cluster: bool = False) -> str:
+    """The publish lease: one publish at a time writes records and moves the marker.
+
+    On a cluster its name carries the marker's hash tag, so that both live in one slot (the switch WATCHes both).
+    """
+    return f"{{{prefix}:meta}}:publish_lock" if cluster else f"{prefix}:publish_lock"
 
 
 def runs_key(prefix: str = "churn") -> str:
@@ -179,7 +223,7 @@ def record_key(customer_id: str, meta: dict[str, str], prefix: str = "churn") ->
     layout = meta.get("layout")
     buckets = int(meta.get("buckets") or DEFAULT_BUCKETS)
     if layout == "compact":
-        return "HGET", compact_key(customer_id, prefix, buckets)
+        return "HGET", compact_key(customer_id, prefix, buckets, int(meta.get("groups") or 0))
     if layout == "hash":
         return "HGET", bucket_key(customer_id, prefix, buckets)
     if layout == "json":

@@ -59,48 +59,71 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from churn.publish.redis_encoding import (
-    Encoded, Fence, batches, check_run, crc32_array, encode_json, encode_json_values, encoded_batches,
-    hash_partitions, run_fenced, scored_at_text, send_fenced,
+    Encoded, Fencing, batches, check_run, crc32_array, encode_json, encode_json_values, encoded_batches,
+    hash_partitions, scored_at_text,
 )
 from churn.publish.redis_keys import (
     BAND_NAMES, DEFAULT_BUCKETS, DELETE_BATCH, LAYOUTS, SLOTS, LeaseLost, OlderRunRefused, RedisPublish,
-    RedisPublishError, as_text, bucket_count, bucket_key, bucket_of, cleanup_sources, compact_key, decode_compact,
-    lock_key, lookup_command, lookup_score, meta_key, record_key, runs_key, score_key, served_meta, served_run,
+    RedisPublishError, as_text, bucket_count, bucket_key, bucket_of, cleanup_sources, cluster_groups, compact_key,
+    decode_compact, group_of, is_cluster, lock_key, lookup_command, lookup_score, meta_key, node_client, record_key,
+    runs_key, score_key, served_meta, served_run,
 )
 
 log = logging.getLogger(__name__)
 
 
-def _scan_delete(client, fence: Fence, pattern: str) -> int:
-    """UNLINK every key matching ``pattern`` (a previous layout's keys), in lease-fenced batches."""
+def _scan_delete(client, fencing: Fencing, pattern: str) -> int:
+    """UNLINK every key matching ``pattern`` (a previous layout's keys), in lease-fenced batches.
+
+    On a cluster every node is scanned and keys are deleted per hash-tag group (one slot per transaction).
+    """
     deleted = 0
-    batch: list[bytes] = []
+    pending: dict[int | None, list[bytes]] = {}
     for key in client.scan_iter(match=pattern, count=10_000):
+        group = _tag_group(key) if fencing.cluster else None
+        batch = pending.setdefault(group, [])
         batch.append(key)
         if len(batch) >= DELETE_BATCH:
-            deleted += sum(run_fenced(client, fence, [("UNLINK", *batch)]))
-            batch = []
-    if batch:
-        deleted += sum(run_fenced(client, fence, [("UNLINK", *batch)]))
+            deleted += sum(fencing.run([("UNLINK", *batch)], group=group))
+            pending[group] = []
+    for group, batch in pending.items():
+        if batch:
+            deleted += sum(fencing.run([("UNLINK", *batch)], group=group))
     return deleted
 
 
-def _delete_stale(client, fence: Fence, ids: Iterable[str], prefix: str, layout: str, buckets: int,
-                  batch_rows: int) -> int:
-    """Delete the records of ``ids``, one lease-fenced transaction per ``batch_rows`` customers."""
+def _tag_group(key) -> int:
+    """The group number in a cluster bucket key's hash tag (``churn:c:B:{g}:bucket``)."""
+    text = as_text(key)
+    try:
+        return int(text.split("{", 1)[1].split("}", 1)[0])
+    except (IndexError, ValueError):
+        raise RedisPublishError(f"key {text!r} on the cluster has no group hash tag: it was not written by a "
+                                "cluster publish; delete it by hand (the publish does not touch unfenced keys)")
+
+
+def _delete_stale(fencing: Fencing, ids: Iterable[str], prefix: str, layout: str, buckets: int,
+                  batch_rows: int, groups: int = 0) -> int:
+    """Delete the records of ``ids``, one lease-fenced transaction per ``batch_rows`` customers (per group)."""
     deleted = 0
-    pending: list[tuple] = []
+    pending: dict[int | None, list[tuple]] = {}
     for cid in ids:
+        group = None
         if layout == "json":
-            pending.append(("UNLINK", score_key(cid, prefix)))
+            command = ("UNLINK", score_key(cid, prefix))
         elif layout == "compact":
-            pending.append(("HDEL", compact_key(cid, prefix, buckets), cid))
+            command = ("HDEL", compact_key(cid, prefix, buckets, groups), cid)
+            if groups:
+                group = group_of(bucket_of(cid, buckets), buckets, groups)
         else:
-            pending.append(("HDEL", bucket_key(cid, prefix, buckets), cid))
-        if len(pending) >= batch_rows:
-            deleted += sum(run_fenced(client, fence, pending))
-            pending = []
-    deleted += sum(run_fenced(client, fence, pending))
+            command = ("HDEL", bucket_key(cid, prefix, buckets), cid)
+        batch = pending.setdefault(group, [])
+        batch.append(command)
+        if len(batch) >= batch_rows:
+            deleted += sum(fencing.run(batch, group=group))
+            pending[group] = []
+    for group, batch in pending.items():
+        deleted += sum(fencing.run(batch, group=group))
     return deleted
 
 
@@ -217,14 +240,20 @@ def publish_scores(
         raise RedisPublishError(f"CHURN_REDIS_LAYOUT={layout!r} is not a layout; use one of {LAYOUTS}")
     if buckets < 0:
         raise RedisPublishError(f"CHURN_REDIS_HASH_BUCKETS={buckets} must be 0 (sized by the population) or positive")
+    cluster = is_cluster(client)
+    if cluster and layout != "compact":
+        raise RedisPublishError(
+            f"CHURN_REDIS_LAYOUT={layout!r} cannot be published to a Redis Cluster (its writes span slots); use "
+            "CHURN_REDIS_LAYOUT=compact, whose bucket keys carry hash tags")
     started = time.monotonic()
     hook = hook or (lambda point: None)
-    lease = client.lock(lock_key(prefix), timeout=lock_lease_seconds, blocking_timeout=lock_wait_seconds,
-                        thread_local=False)
+    lease_name = lock_key(prefix, cluster)
+    lease = node_client(client, lease_name).lock(lease_name, timeout=lock_lease_seconds,
+                                                 blocking_timeout=lock_wait_seconds, thread_local=False)
     try:
         if not lease.acquire():
             raise RedisPublishError(
-                f"Redis publish of run {run_id}: another publish held {lock_key(prefix)} for {lock_wait_seconds:.0f} "
+                f"Redis publish of run {run_id}: another publish held {lease_name} for {lock_wait_seconds:.0f} "
                 "s; wait for it to finish (or, if its worker died, for the lease to expire) and retry")
         excluded = sorted(exclude_ids()) if exclude_ids is not None else []
         return _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefix, batch_rows, layout,
@@ -241,7 +270,7 @@ def publish_scores(
         except redis.exceptions.LockError:
             pass  # not acquired, or expired and maybe taken by another publish: nothing of ours to release
         except redis.RedisError as exc:
-            log.warning("could not release %s (it expires by itself): %s", lock_key(prefix), exc)
+            log.warning("could not release %s (it expires by itself): %s", lease_name, exc)
 
 
 def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefix, batch_rows, layout, buckets,
@@ -252,16 +281,24 @@ def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefi
     import redis
 
     keep = without_ids(pa.array(excluded, pa.string())) if excluded else None
-    fence = Fence(lock_key(prefix), lease.local.token, max(1, int(lease.timeout * 1000)))
+    fencing = Fencing(client, lease.name, lease.local.token, max(1, int(lease.timeout * 1000)), prefix)
+    home = fencing.home  # the marker's node (the client itself on one server)
     what = f"Redis publish of run {run_id}"
 
     rows = 0
     deleted = 0
     previous: str | None = None
     try:
-        meta = served_meta(client, prefix)
+        meta = served_meta(home, prefix)
         if layout != "json" and buckets == 0:
-            buckets = _sized_buckets(client, scores_path, layout, meta, max_entries)
+            buckets = _sized_buckets(home, scores_path, layout, meta, max_entries)
+        # Cluster: the bucket keys' hash-tag groups; every group this publish may touch (its own, the served
+        # batch's, an interrupted cleanup's) gets this publisher's token in its fence before any write.
+        groups = cluster_groups(buckets) if fencing.cluster else 0
+        if groups:
+            fencing.claim(max([groups] + [cluster_groups(int(tag.split(":")[1])) for tag in
+                                          (meta.get("layout_tag"), meta.get("cleanup_layout"))
+                                          if tag and tag.startswith("compact:")]), what)
         layout_tag = layout if layout == "json" else f"{layout}:{buckets}"
         sources = cleanup_sources(meta, run_id)
         previous = meta.get("run_id")
@@ -288,10 +325,10 @@ def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefi
             slot = _slot_for(meta, run_id)
             marks.update({f"slot_{slot}": "|".join([run_id, model_version, scored_at or "", ",".join(BAND_NAMES)]),
                           "slot_writing": str(slot), "slot_last": str(slot)})
-        run_fenced(client, fence, [("HSET", meta_key(prefix), *[x for kv in marks.items() for x in kv])], what)
+        fencing.run([("HSET", meta_key(prefix), *[x for kv in marks.items() for x in kv])], what)
         if layout == "hash":
-            run_fenced(client, fence, [("HSET", runs_key(prefix), run_id,
-                                        json.dumps({"model_version": model_version, "scored_at": scored_at}))], what)
+            fencing.run([("HSET", runs_key(prefix), run_id,
+                          json.dumps({"model_version": model_version, "scored_at": scored_at}))], what)
         if layout == "json":
             def source() -> Iterator[Encoded]:
                 for batch in batches(scores_path, batch_rows):
@@ -302,9 +339,9 @@ def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefi
         else:
             def source() -> Iterator[Encoded]:
                 return hash_partitions(scores_path, run_id, prefix, buckets, hash_partition_rows, batch_rows,
-                                       keep=keep, slot=slot)
+                                       keep=keep, slot=slot, groups=groups)
         for encoded in encoded_batches(source):
-            send_fenced(client, fence, encoded, what)  # also renews the lease
+            fencing.send(encoded, what)  # also renews the lease
             rows += encoded.rows
             hook("batch")
         hook("records_written")
@@ -314,7 +351,7 @@ def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefi
             # WATCHed compare-and-set: readers see the old or the new marker, never an older run's, and
             # only while this publish still holds the lease.
             _refuse_older(as_text(pipe.hget(meta_key(prefix), "run_id")), run_id)
-            if as_text(pipe.get(lock_key(prefix))) != as_text(lease.local.token):
+            if as_text(pipe.get(lease.name)) != as_text(lease.local.token):
                 raise RedisPublishError(f"run {run_id}: the publish lease was lost before the switch; the "
                                         "marker was not moved, the task's retry starts over")
             pipe.multi()
@@ -323,32 +360,32 @@ def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefi
                 "published_at": datetime.now(timezone.utc).isoformat(), "layout": layout,
                 "buckets": buckets if layout != "json" else "", "layout_tag": layout_tag,
                 "cleanup_from": pending_cleanup, "cleanup_layout": old_tag or "",
-                "slot": "" if slot is None else slot,
+                "slot": "" if slot is None else slot, "groups": groups or "",
             })
             pipe.hdel(meta_key(prefix), "writing", "slot_writing")
 
-        client.transaction(switch, meta_key(prefix), lock_key(prefix))
+        home.transaction(switch, meta_key(prefix), lease.name)
         hook("switched")
         if callable(stale_ids):
             ids = stale_ids(sources) if sources else ()
         else:
             ids = stale_ids or ()
-        deleted += _delete_stale(client, fence, ids, prefix, layout, buckets, batch_rows)
+        deleted += _delete_stale(fencing, ids, prefix, layout, buckets, batch_rows, groups)
         if old_tag:
             # The layout (or bucket count) changed: every key of the old layout is stale now.
             if old_tag.startswith("hash") and layout == "hash":
                 log.warning("bucket count changed (%s -> %s): removing the old buckets' fields", old_tag,
                             layout_tag)
-                deleted += _rehash_cleanup(client, fence, prefix, buckets)
+                deleted += _rehash_cleanup(client, fencing, prefix, buckets)
             else:
                 log.info("layout changed (%s -> %s): removing the old layout's keys", old_tag, layout_tag)
-                deleted += _scan_delete(client, fence, _layout_pattern(old_tag, prefix))
+                deleted += _scan_delete(client, fencing, _layout_pattern(old_tag, prefix))
         if layout == "hash":
             old_runs = [r for r in map(as_text, client.hkeys(runs_key(prefix))) if r != run_id]
             tidy = [("HDEL", runs_key(prefix), *old_runs)] if old_runs else []
-        else:
-            tidy = [("UNLINK", runs_key(prefix))]
-        run_fenced(client, fence, tidy + [("HDEL", meta_key(prefix), "cleanup_from", "cleanup_layout")], what)
+        else:  # (a cluster never holds the hash layout's runs key, which lives in another slot)
+            tidy = [] if fencing.cluster else [("UNLINK", runs_key(prefix))]
+        fencing.run(tidy + [("HDEL", meta_key(prefix), "cleanup_from", "cleanup_layout")], what)
         hook("cleaned")
     except redis.RedisError as exc:
         raise RedisPublishError(
@@ -382,12 +419,12 @@ def _refuse_older(served: str | None, run_id: str) -> None:
         )
 
 
-def _rehash_cleanup(client, fence: Fence, prefix: str, buckets: int) -> int:
+def _rehash_cleanup(client, fencing: Fencing, prefix: str, buckets: int) -> int:
     """After a bucket-count change, drop every field that sits in a bucket it no longer hashes to (fenced)."""
     removed = 0
     for key in client.scan_iter(match=f"{prefix}:h:*", count=1000):
         bucket = int(as_text(key).rsplit(":", 1)[1])
         wrong = [f for f in client.hkeys(key) if zlib.crc32(f) % buckets != bucket]
         if wrong:
-            removed += sum(run_fenced(client, fence, [("HDEL", key, *wrong)]))
+            removed += sum(fencing.run([("HDEL", key, *wrong)]))
     return removed

@@ -25,8 +25,11 @@ from typing import Iterable, TYPE_CHECKING
 
 import pandas as pd
 
-from churn.publish.redis_encoding import Fence, run_fenced
-from churn.publish.redis_keys import RedisPublishError, bucket_key, compact_key, lock_key, score_key, served_meta
+from churn.publish.redis_encoding import Fencing
+from churn.publish.redis_keys import (
+    RedisPublishError, bucket_key, bucket_of, compact_key, group_of, is_cluster, lock_key, node_client, score_key,
+    served_meta,
+)
 
 if TYPE_CHECKING:
     from churn.db import PgConnection, PgCursor
@@ -135,40 +138,46 @@ def write_redis(client, conn: PgConnection, customer_ids: Iterable[str], *, pref
     ids = sorted({str(i) for i in customer_ids})
     if not ids:
         return 0
-    lease = client.lock(lock_key(prefix), timeout=lock_lease_seconds, blocking_timeout=lock_wait_seconds,
-                        thread_local=False)
+    lease_name = lock_key(prefix, is_cluster(client))
+    lease = node_client(client, lease_name).lock(lease_name, timeout=lock_lease_seconds,
+                                                 blocking_timeout=lock_wait_seconds, thread_local=False)
     if not lease.acquire():
-        raise RedisPublishError(f"re-score: {lock_key(prefix)} was held for {lock_wait_seconds:.0f} s (a nightly "
+        raise RedisPublishError(f"re-score: {lease_name} was held for {lock_wait_seconds:.0f} s (a nightly "
                                 "publish?); the task's retry writes the refreshes")
     try:
-        meta = served_meta(client, prefix)
+        # Fenced like the nightly publish: applied by the server only while the lease is still ours, so a
+        # re-score that stalled past its lease writes nothing over a batch published meanwhile.
+        fencing = Fencing(client, lease_name, lease.local.token, int(lock_lease_seconds * 1000), prefix)
+        meta = served_meta(fencing.home, prefix)
         served = meta.get("run_id")
         if not served:
             log.warning("Redis serves no batch yet: refreshes are not written")
             return 0
         layout = meta.get("layout") or "json"
         buckets = int(meta.get("buckets") or 0)
+        groups = int(meta.get("groups") or 0)  # a cluster's hash-tag groups (0 on one server)
+        fencing.claim(groups, "re-score")
         with conn.cursor() as cur:
             cur.execute(f"SELECT {REFRESH_COLUMNS} FROM churn.score_refreshes WHERE customer_id = ANY(%s) "
                         "AND data_at > %s::timestamptz", (ids, batch_cutoff(served)))
             rows = cur.fetchall()
         conn.rollback()
-        commands: list[tuple] = []
+        commands: dict[int | None, list[tuple]] = {}
         for cid, proba, band, decile, version, run_id, scored_at, _data_at, event_at in rows:
             if layout in ("hash", "compact"):
                 value = "|".join([f"{float(proba):.6f}", str(int(decile)), band, run_id, version,
                                   _time_text(scored_at), _time_text(event_at)])
-                key = bucket_key(cid, prefix, buckets) if layout == "hash" else compact_key(cid, prefix, buckets)
-                commands.append(("HSET", key, cid, value))
+                key = (bucket_key(cid, prefix, buckets) if layout == "hash"
+                       else compact_key(cid, prefix, buckets, groups))
+                group = group_of(bucket_of(cid, buckets), buckets, groups) if groups else None
+                commands.setdefault(group, []).append(("HSET", key, cid, value))
             else:
-                commands.append(("SET", score_key(cid, prefix), json.dumps({
+                commands.setdefault(None, []).append(("SET", score_key(cid, prefix), json.dumps({
                     "customer_id": cid, "churn_probability": round(float(proba), 6), "risk_band": band,
                     "risk_decile": int(decile), "model_version": version, "run_id": run_id,
                     "scored_at": _time_text(scored_at), "source": "event", "event_at": _time_text(event_at)})))
-        # Fenced like the nightly publish: applied by the server only while the lease is still ours, so a
-        # re-score that stalled past its lease writes nothing over a batch published meanwhile.
-        run_fenced(client, Fence(lock_key(prefix), lease.local.token, int(lock_lease_seconds * 1000)), commands,
-                   "re-score")
+        for group, batch in commands.items():  # one transaction (per cluster group)
+            fencing.run(batch, "re-score", group=group)
         return len(rows)
     except redis.RedisError as exc:
         raise RedisPublishError(f"re-score: writing refreshes to Redis failed ({type(exc).__name__}: {exc}); the "
