@@ -89,8 +89,10 @@ public final class ChurnLookup {
         long buckets = Long.parseLong(m.getOrDefault("buckets", "").isEmpty() ? "" + DEFAULT_BUCKETS : m.get("buckets"));
         long bucket = crc32(customerId) % buckets;
         String layout = m.getOrDefault("layout", "");
+        String groups = m.getOrDefault("groups", "");  // a Redis Cluster: the key carries its group's hash tag
+        String name = groups.isEmpty() ? "" + bucket : "{" + (bucket * Long.parseLong(groups) / buckets) + "}:" + bucket;
         switch (layout) {
-            case "compact": return redis.hget(prefix + ":c:" + buckets + ":" + bucket, customerId);
+            case "compact": return redis.hget(prefix + ":c:" + buckets + ":" + name, customerId);
             case "hash": return redis.hget(prefix + ":h:" + bucket, customerId);
             case "json": return redis.get(prefix + ":score:" + customerId);
             default: return null; // nothing served yet

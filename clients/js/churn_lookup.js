@@ -7,6 +7,7 @@
  *   const Redis = require('ioredis');
  *   const { ChurnLookup } = require('./churn_lookup');
  *   const scores = new ChurnLookup(new Redis('redis://churn-reader:<password>@host:6379/0'));
+ *   // a Redis Cluster: new ChurnLookup(new Redis.Cluster([{ host, port }], { redisOptions: { username, password } }))
  *   await scores.lookup('C00000042');
  *   // { customer_id: 'C00000042', churn_probability: 0.812346, risk_band: 'high', risk_decile: 10,
  *   //   model_version: '2026-11-20-tpot-3f9a1c', run_id: '2026-11-20', scored_at: '2026-11-20T02:14:03Z' }
@@ -98,8 +99,10 @@ class ChurnLookup {
   async fetch(customerId, meta) {
     const buckets = parseInt(meta.buckets || DEFAULT_BUCKETS, 10);
     const bucket = crc32(customerId) % buckets;
+    const groups = parseInt(meta.groups || '0', 10); // a Redis Cluster: the key carries its group's hash tag
+    const name = groups ? `{${Math.floor((bucket * groups) / buckets)}}:${bucket}` : `${bucket}`;
     switch (meta.layout) {
-      case 'compact': return this.redis.hget(`${this.prefix}:c:${buckets}:${bucket}`, customerId);
+      case 'compact': return this.redis.hget(`${this.prefix}:c:${buckets}:${name}`, customerId);
       case 'hash': return this.redis.hget(`${this.prefix}:h:${bucket}`, customerId);
       case 'json': return this.redis.get(`${this.prefix}:score:${customerId}`);
       default: return null; // nothing served yet

@@ -10,15 +10,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import redis
 
 from churn.publish import redis_store as rs
+from tests.support.clients import CLIENTS, client_lookups, js_lookup_command, node_binary
 from tests.support.scores import RUN_A, write_scores
 
-CLIENTS = Path(__file__).resolve().parents[2] / "clients"
 CUSTOMERS = 10_000
 EVENT_ID = "C00000077"
 EVENT_VALUE = "0.901234|10|high|2026-11-20|2026-11-20-logreg|2026-11-21T09:15:00Z|2026-11-21T09:14:58Z"
@@ -27,10 +26,7 @@ EVENT_VALUE = "0.901234|10|high|2026-11-20|2026-11-20-logreg|2026-11-21T09:15:00
 @pytest.fixture(scope="module")
 def node() -> str:
     """The Node.js binary with the client's dependencies installed (``make clients``); missing = a failure."""
-    binary = shutil.which("node")
-    assert binary, "Node.js is missing: install nodejs (>= 18) and run `make clients`"
-    assert (CLIENTS / "js" / "node_modules" / "ioredis").is_dir(), "run `make clients` (npm ci in clients/js)"
-    return binary
+    return node_binary()
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +38,6 @@ def java(tmp_path_factory) -> list[str]:
     subprocess.run([javac, "-Xlint:all", "-Werror", "-d", str(classes), str(CLIENTS / "java" / "ChurnLookup.java"),
                     str(CLIENTS / "java" / "LookupIds.java")], check=True, capture_output=True, timeout=300)
     return [java_bin, "-cp", str(classes), "LookupIds"]
-
-
-def _lookups(command: list[str], url: str, ids: list[str]) -> list[dict | None]:
-    done = subprocess.run(command, input="\n".join(ids) + "\n", text=True, capture_output=True, timeout=300,
-                          env={"CHURN_REDIS_URL": url, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines()]
 
 
 @pytest.mark.parametrize("layout", rs.LAYOUTS)
@@ -74,8 +63,8 @@ def test_the_javascript_and_java_clients_return_the_reference_record_for_10000_c
     reader.close()
     assert sum(r is not None for r in expected) == CUSTOMERS
     assert expected[76]["source"] == "event"
-    for client in ([node, str(CLIENTS / "js" / "lookup_ids.js")], java):
-        got = _lookups(client, reader_url, ids)
+    for client in (js_lookup_command(node), java):
+        got = client_lookups(client, reader_url, ids)
         assert len(got) == len(ids), client
         mismatches = [(cid, e, g) for cid, e, g in zip(ids, expected, got) if e != g]
         assert mismatches == [], (client, mismatches[:3])

@@ -79,3 +79,48 @@ def test_each_publish_takes_the_next_slot_and_a_retry_keeps_its_own():
     assert _slot_for(writing, "2026-11-21") == 4  # a retry of the attempt in progress
     assert _slot_for(writing, "2026-11-22") == 5  # another run: a fresh slot, never the one being written
     assert _slot_for({"slot": "9", "slot_last": "9", "slot_9": "x|m|t|low"}, "y") == 0  # wraps after 9
+
+
+def test_cluster_groups_spread_buckets_in_contiguous_ranges_within_the_slot_count():
+    from churn.publish.redis_keys import cluster_groups, group_of
+
+    assert [cluster_groups(b) for b in (1, 8, 128, 16_384, 131_072, 2 ** 21, 2 ** 24)] == [
+        1, 8, 16, 128, 1024, 16_384, 16_384]
+    for buckets in (128, 1000, 131_072):
+        groups = cluster_groups(buckets)
+        owners = [group_of(b, buckets, groups) for b in range(buckets)]
+        assert owners == sorted(owners) and set(owners) == set(range(groups))  # contiguous, every group used
+
+
+def test_cluster_keys_carry_the_group_hash_tag_and_the_lease_shares_the_marker_slot():
+    from churn.publish.redis_keys import compact_key, fence_key, group_of, lock_key
+
+    cid = "C00000042"
+    bucket = rs.bucket_of(cid, 131_072)
+    assert rs.compact_key(cid, "churn", 131_072) == f"churn:c:131072:{bucket}"
+    assert compact_key(cid, "churn", 131_072, 1024) == f"churn:c:131072:{{{group_of(bucket, 131_072, 1024)}}}:{bucket}"
+    assert fence_key("churn", 17) == "churn:fence:{17}"
+    assert lock_key("churn") == "churn:publish_lock"
+    assert lock_key("churn", cluster=True) == "{churn:meta}:publish_lock"  # hashes like "churn:meta"
+    meta = {"layout": "compact", "buckets": "131072", "groups": "1024"}
+    assert rs.record_key(cid, meta) == ("HGET", compact_key(cid, "churn", 131_072, 1024))
+
+
+def test_cluster_batches_never_span_two_groups_and_name_their_group():
+    import numpy as np
+    import pyarrow as pa
+
+    from churn.publish.redis_encoding import _grouped_hset_chunks
+
+    rng = np.random.default_rng(3)
+    buckets, groups, rows = 256, 16, 20_000
+    bucket = rng.integers(0, buckets, rows).astype(np.int32)
+    table = pa.table({"bucket": bucket, "customer_id": [f"C{i}" for i in range(rows)],
+                      "value": [str(i) for i in range(rows)]})
+    seen_rows = 0
+    for encoded in _grouped_hset_chunks(table, "churn:c:256:", 3000, buckets, groups):
+        body = b"".join(bytes(part) for part in encoded.data)
+        tags = {int(t.split(b"}")[0]) for t in body.split(b"churn:c:256:{")[1:]}
+        assert tags == {encoded.group}, tags  # one group per transaction: one slot on a cluster
+        seen_rows += encoded.rows
+    assert seen_rows == rows

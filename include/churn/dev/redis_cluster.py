@@ -188,14 +188,20 @@ def _wait(check, timeout: float, message: str) -> None:
     raise ServiceError(message)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's parser (also read by the docs' CLI reference)."""
+    parser = argparse.ArgumentParser(prog="python -m churn.dev.redis_cluster", description=__doc__.split("\n")[0])
+    parser.add_argument("action", choices=("start", "stop", "url"),
+                        help="start the nodes (forming the cluster the first time), stop them, or print the URL")
+    parser.add_argument("--dir", type=Path, required=True, help="folder of the nodes' files (0700)")
+    parser.add_argument("--port", type=int, default=7100, help="first node's port (the nodes take the next ones)")
+    parser.add_argument("--primaries", type=int, default=3, help="primaries, each with one replica")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: start, stop, or print the platform's URL of a loopback cluster."""
-    parser = argparse.ArgumentParser(prog="python -m churn.dev.redis_cluster", description=__doc__.split("\n")[0])
-    parser.add_argument("action", choices=("start", "stop", "url"))
-    parser.add_argument("--dir", type=Path, required=True, help="folder of the nodes' files (0700)")
-    parser.add_argument("--port", type=int, default=7100, help="first node's port")
-    parser.add_argument("--primaries", type=int, default=3)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     cluster = LocalCluster(args.dir, args.port, args.primaries)
     if args.action == "start":
         cluster.start()

@@ -41,6 +41,11 @@ that the server applies only if the lease key still holds this publisher's token
 since the WATCH; the same transaction renews the lease. A publisher paused past its lease (GC, SIGSTOP)
 that resumes after another took over writes nothing and stops with ``LeaseLost``.
 
+Redis Cluster (a ``redis+cluster://`` URL; ``compact`` only): bucket keys carry their group's hash tag
+(``churn:c:{B}:{g}:{bucket}``, ``groups`` in the marker), each group's writes are fenced by the group's own
+fence key in its slot (claimed with this publisher's token right after the lease is taken), and the lease
+lives in the marker's slot (:class:`churn.publish.redis_encoding.Fencing`).
+
 Records are encoded column-wise with Arrow and sent as pre-built RESP
 commands (one MSET per batch; for the hash layout, one multi-field HSET per
 bucket, a bucket range at a time), and the next batch is encoded in a helper thread while Redis

@@ -111,6 +111,12 @@ class _StreamFeed:
                              "files (CHURN_RESCORE_DELTA_DIR). Unset CHURN_RESCORE_STREAM, or use a SQL source.")
         self.cfg, self.consumer = cfg, consumer
         self.client = res.redis()
+        from churn.publish.redis_keys import is_cluster
+
+        if is_cluster(self.client) and "{" not in cfg.rescore_stream:
+            self.client.close()
+            raise ValueError(f"CHURN_RESCORE_STREAM={cfg.rescore_stream!r} on a Redis Cluster: give the stream a hash "
+                             "tag, e.g. '{churn:events}', so that its dead-letter stream lives in the same slot")
         self.stats = {"read": 0, "acknowledged": 0, "dead_lettered": 0}
 
     def drain_batch(self, context: "_Context", src, totals: dict[str, Any], hook: Callable[[str], None]) -> int:
