@@ -1,4 +1,4 @@
-"""Nightly churn scoring: ingest -> validate -> split -> train -> gate -> register -> score (mapped) -> publish -> export.
+"""Nightly churn scoring: ingest -> validate -> split -> train -> gate -> register -> score -> publish -> export.
 
 This file only wires tasks. Every task calls a named plain function of ``churn.stages``
 (under ``include/``) through ``run_task``; nothing here does I/O or imports heavy libraries at parse time.
@@ -154,11 +154,17 @@ def churn_nightly():
 
         return run_task(publish.publish_redis, run, scored, pg_published)
 
+    @task
+    def assign_experiments(run: dict, scored: dict) -> dict:
+        from churn.stages import experiments, run_task
+
+        return run_task(experiments.assign_experiments, run, scored)
+
     @task(outlets=[EXPORT_FILES])
-    def export(run: dict, scored: dict, pg_published: dict, validated: dict) -> dict:
+    def export(run: dict, scored: dict, pg_published: dict, validated: dict, assigned: dict) -> dict:
         from churn.stages import publish, run_task
 
-        return run_task(publish.export, run, scored, pg_published, validated)
+        return run_task(publish.export, run, scored, pg_published, validated, assigned)
 
     @task
     def summarize(run: dict, stages: dict) -> dict:
@@ -192,12 +198,14 @@ def churn_nightly():
     scored = score(run, score_partition.partial(run=run).expand(part=parts))
     pg_published = publish_postgres(run, scored)
     redis_published = publish_redis(run, scored, pg_published)
-    exported = export(run, scored, pg_published, validated)
+    # Experiments: arms assigned (frozen) before the export, which leaves holdout arms out of contact lists.
+    assigned = assign_experiments(run, scored)
+    exported = export(run, scored, pg_published, validated, assigned)
     exported.set_upstream(redis_published)
     stages = {
         "ingested": ingested, "validated": validated, "drift": drifted, "splits": splits, "trained": trained,
         "evaluation": evaluation, "registered": registered, "scored": scored, "pg_published": pg_published,
-        "redis_published": redis_published, "exported": exported,
+        "redis_published": redis_published, "experiments": assigned, "exported": exported,
     }
     # Retention last: a night that failed earlier purges nothing, so its evidence stays for the next one.
     report(run, stages, summarize(run, stages)) >> purge(run)

@@ -64,6 +64,7 @@ CLIS = [
     ("churn.demo", "`make demo`'s helpers: load the synthetic source tables, print a run's summary."),
     ("churn.dev.stack", "Airflow's components on this machine (`make demo`, `make cluster`): start, stop, status, run."),
     ("churn.dev.services", "The embedded PostgreSQL and Redis (`make services`): start, stop, env, clean."),
+    ("churn.experiments.cli", "Validate an experiments file and show its arms, shares and sample sizes."),
     ("churn.dev.redis_cluster", "A Redis Cluster on loopback (primaries with replicas, passwords on) for trying "
                                 "and testing the cluster path."),
 ]

@@ -430,6 +430,16 @@ class ExportSettings(_Section):
 
 
 
+class ExperimentSettings(_Section):
+    """Experiments on live customers (docs "Experiments"): the reviewed file that declares them."""
+
+    section: typing.ClassVar[str] = "experiments"
+
+    experiments_file: str = ""
+    """Path of the experiments YAML file (kept under version control; docs "Experiments"); empty = no experiment."""
+
+
+
 class DevSettings(_Section):
     """The embedded default on one machine (``make demo``, ``make cluster``): ports, local workers, demo data. Production deployments leave these alone."""
 
@@ -468,7 +478,7 @@ class DevSettings(_Section):
 
 
 class ChurnConfig(PlatformSettings, SourceSettings, TrainSettings, PublishSettings, RescoreSettings,
-                  MonitoringSettings, ExportSettings, DevSettings, BaseSettings):
+                  MonitoringSettings, ExportSettings, ExperimentSettings, DevSettings, BaseSettings):
     """Typed settings, one section class per part of the platform (the docs' configuration reference lists them
     by section). ``ChurnConfig(...)`` takes only the values it is given (defaults for the rest); :meth:`from_env`
     reads the ``CHURN_*`` environment variables. Every field stays a flat attribute (``cfg.redis_layout``)."""

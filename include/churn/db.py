@@ -11,7 +11,7 @@ if TYPE_CHECKING:  # the types of the psycopg2 objects every store function take
 
 # Bump when PLATFORM_DDL changes: tasks that find the schema at this version run no DDL (the publisher role
 # they run as may not), and ``python -m churn.migrate`` (the owner role) brings an older one up to it.
-SCHEMA_VERSION = 2  # 2: churn.promotions
+SCHEMA_VERSION = 3  # 2: churn.promotions; 3: churn.experiment_assignments, churn.experiment_splits
 
 PLATFORM_DDL = """
 CREATE SCHEMA IF NOT EXISTS churn;
@@ -209,6 +209,40 @@ DO $$ BEGIN  -- checked first: CREATE TRIGGER locks the table even when the trig
             FOR EACH STATEMENT EXECUTE FUNCTION churn.promotions_append_only();
     END IF;
 END $$;
+
+-- Experiments (churn.experiments.assignment): each customer's first arm, frozen while the experiment runs.
+CREATE TABLE IF NOT EXISTS churn.experiment_assignments (
+    experiment_id text NOT NULL,
+    customer_id   text NOT NULL,
+    arm           text NOT NULL,
+    assigned_run  text NOT NULL,
+    assigned_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (experiment_id, customer_id)
+);
+CREATE OR REPLACE FUNCTION churn.experiment_assignments_frozen() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'churn.experiment_assignments: an assignment is never changed (% refused)', TG_OP
+        USING HINT = 'a customer keeps its first arm; start a new experiment (a new id or salt) to re-randomize';
+END $$;
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'churn.experiment_assignments'::regclass
+                   AND tgname = 'experiment_assignments_frozen') THEN
+        CREATE TRIGGER experiment_assignments_frozen BEFORE UPDATE ON churn.experiment_assignments
+            FOR EACH ROW EXECUTE FUNCTION churn.experiment_assignments_frozen();
+    END IF;
+END $$;
+-- Each night's split of every active experiment and its sample-ratio-mismatch check.
+CREATE TABLE IF NOT EXISTS churn.experiment_splits (
+    experiment_id text NOT NULL,
+    night         date NOT NULL,
+    run_key       text NOT NULL,
+    counts        jsonb NOT NULL,       -- customers per arm, every assignment stored so far
+    new_customers integer NOT NULL,     -- assigned this night
+    chi2          double precision NOT NULL,
+    p_value       double precision NOT NULL,
+    flagged       boolean NOT NULL,     -- p < 0.001: the split is broken, results are withheld
+    PRIMARY KEY (experiment_id, night)
+);
 """
 
 

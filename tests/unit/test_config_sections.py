@@ -9,7 +9,8 @@ from churn.config import RENAMED, ChurnConfig, ConfigError, DevSettings, SourceS
 
 def test_every_setting_is_in_exactly_one_section():
     sections = ChurnConfig.sections()
-    assert list(sections) == ["platform", "source", "train", "publish", "rescore", "monitoring", "export", "dev"]
+    assert list(sections) == ["platform", "source", "train", "publish", "rescore", "monitoring", "export", "experiments",
+                             "dev"]
     names = [n for fields in sections.values() for n in fields]
     assert sorted(names) == sorted(ChurnConfig.model_fields) and len(names) == len(set(names))
     # the embedded default's ports, local workers and demo data live apart from the product's settings

@@ -241,10 +241,13 @@ def load_file_attributes(conn: PgConnection, snapshot_path: str | Path, id_colum
     return FILE_ATTRIBUTES_TABLE
 
 
-def segment_query(spec: ExportSpec, table: str, attributes_table: str = SOURCE_ATTRIBUTES_TABLE):
+def segment_query(spec: ExportSpec, table: str, attributes_table: str = SOURCE_ATTRIBUTES_TABLE,
+                  holdouts: Sequence[tuple[str, str]] = (), count_holdouts: bool = False):
     """SQL (psycopg2.sql.Composed) and parameters selecting one export's rows from ``churn.<table>``.
 
-    The attributes table is joined only when the export selects attribute columns.
+    The attributes table is joined only when the export selects attribute columns. Customers assigned to a
+    holdout arm (``holdouts``: ``(experiment id, arm)`` pairs) are left out; ``count_holdouts`` instead
+    counts the segment's customers that were left out.
     """
     from psycopg2 import sql
 
@@ -261,6 +264,14 @@ def segment_query(spec: ExportSpec, table: str, attributes_table: str = SOURCE_A
     if spec.probability_above is not None:
         where.append(sql.SQL("s.churn_probability > %s::real"))  # compared at the stored (real) precision
         params.append(spec.probability_above)
+    if holdouts:
+        held = sql.SQL("EXISTS (SELECT 1 FROM churn.experiment_assignments a WHERE a.customer_id = s.customer_id "
+                       "AND (a.experiment_id, a.arm) IN (SELECT * FROM unnest(%s::text[], %s::text[])))")
+        where.append(held if count_holdouts else sql.SQL("NOT ") + held)
+        params += [[e for e, _ in holdouts], [a for _, a in holdouts]]
+    if count_holdouts:
+        return sql.SQL("SELECT count(*) FROM churn.{table} s WHERE {where}").format(
+            table=sql.Identifier(table), where=sql.SQL(" AND ").join(where) if where else sql.SQL("true")), params
     join = sql.SQL(" JOIN {} c USING (customer_id)").format(_table_sql(attributes_table)) if spec.attributes \
         else sql.SQL("")
     query = sql.SQL(
@@ -272,15 +283,25 @@ def segment_query(spec: ExportSpec, table: str, attributes_table: str = SOURCE_A
 
 def export_spec(conn: PgConnection, spec: ExportSpec, table: str, out_dir: str | Path, run_key: str, model_version: str,
                 *, airflow_run_id: str = "", chunk_rows: int = 50_000,
-                attributes_table: str = SOURCE_ATTRIBUTES_TABLE) -> ExportFile:
-    """Stream one export from the run's table (server-side cursor, ``chunk_rows`` at a time) to its file."""
+                attributes_table: str = SOURCE_ATTRIBUTES_TABLE,
+                holdouts: Sequence[tuple[str, str]] = ()) -> ExportFile:
+    """Stream one export from the run's table (server-side cursor, ``chunk_rows`` at a time) to its file.
+
+    Customers of experiments' holdout arms (``holdouts``) are never in the file; the manifest counts them
+    (``holdout_excluded``).
+    """
     if spec.attributes:
         available = set(attribute_columns(conn, attributes_table))
         missing = [c for c in spec.attributes if c not in available]
         if missing:
             raise ConfigError(f"CHURN_EXPORTS ({spec.name}): columns {missing} are neither score columns "
                               f"{sorted(SCORE_COLUMNS)} nor columns of {attributes_table} {sorted(available)}")
-    query, params = segment_query(spec, table, attributes_table)
+    query, params = segment_query(spec, table, attributes_table, holdouts)
+    excluded = 0
+    if holdouts:
+        with conn.cursor() as cur:
+            cur.execute(*segment_query(spec, table, attributes_table, holdouts, count_holdouts=True))
+            excluded = int(cur.fetchone()[0])
 
     def chunks():
         with conn.cursor(name=f"export_{spec.name}".replace("-", "_").replace(".", "_")) as cur:
@@ -298,7 +319,9 @@ def export_spec(conn: PgConnection, spec: ExportSpec, table: str, out_dir: str |
             manifest={"export": spec.name, "model_version": model_version, "run_id": run_key, "run_date": run_key,
                       "airflow_run_id": airflow_run_id,
                       "segment": {"band": list(spec.bands) or None, "min_decile": spec.min_decile,
-                                  "probability_above": spec.probability_above}},
+                                  "probability_above": spec.probability_above},
+                      "holdout_excluded": excluded,
+                      "holdout_arms": [f"{e}/{a}" for e, a in holdouts]},
         )
     finally:
         conn.commit()  # closes the read transaction the named cursor needed

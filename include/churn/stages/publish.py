@@ -9,8 +9,8 @@ import time
 from churn.config import ChurnConfig
 from churn.connections import Resources
 from churn.stages.common import is_dry_run, timed
-from churn.stages.results import (ExportResult, PostgresPublishResult, RedisPublishResult, ScoredResult,
-                                  ValidationResult, parse)
+from churn.stages.results import (ExperimentsResult, ExportResult, PostgresPublishResult, RedisPublishResult,
+                                  ScoredResult, ValidationResult, parse)
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +97,12 @@ def publish_redis(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_
 
 
 def export(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_published: dict,
-           validated: dict | None = None) -> dict:
+           validated: dict | None = None, experiments: dict | None = None) -> dict:
     """Write the configured exports (CSV + manifest each) and hand them to the export sink (folder or SFTP).
 
     Customer attributes come from ``src.customers`` for the Postgres source and from the run's clean
-    scoring snapshot (``validated['score']['clean_path']``) for a file source.
+    scoring snapshot (``validated['score']['clean_path']``) for a file source. Customers of the experiments'
+    holdout arms (``experiments``, the output of ``assign_experiments``) are left out of every file.
     """
     from churn.data.spec import load_run_spec
     from churn.publish.files import (SOURCE_ATTRIBUTES_TABLE, ExportRefused, check_published, export_spec,
@@ -125,6 +126,7 @@ def export(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_publish
     table = in_postgres.table.split(".", 1)[1]
     model_version = parse(ScoredResult, scored).model_version
     attributes = sorted({c for s in specs for c in s.attributes})
+    holdouts = parse(ExperimentsResult, experiments).holdouts() if experiments else []
     with res.pg_session() as conn:
         check_published(conn, run["run_key"], table, in_postgres.rows)
         attributes_table = SOURCE_ATTRIBUTES_TABLE
@@ -136,7 +138,7 @@ def export(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_publish
                                                     spec.id_column, attributes, batch_rows=cfg.export_chunk_rows)
         written = [export_spec(conn, export_def, table, cfg.exports_dir, run["run_key"], model_version,
                                airflow_run_id=run.get("airflow_run_id", ""), chunk_rows=cfg.export_chunk_rows,
-                               attributes_table=attributes_table)
+                               attributes_table=attributes_table, holdouts=holdouts)
                    for export_def in specs]
     files = [path for w in written for path in (w.path, w.manifest_path)]  # each manifest after its file
     delivered = sink.deliver(files)

@@ -27,7 +27,7 @@ from churn.retention import PurgeResult
 from churn.stages.records import JsonRecord, RunRef, StageResult, parse  # noqa: F401 - part of this module's API
 __all__ = ["parse", "JsonRecord", "StageResult", "RunRef", "IngestResult", "ValidationResult", "DriftResult",
            "SplitResult", "PartitionPlan", "PartitionResult", "ScoredResult", "PostgresPublishResult",
-           "RedisPublishResult", "ExportResult", "SummaryResult", "ReportResult", "PurgeStageResult",
+           "RedisPublishResult", "ExportResult", "ExperimentSplit", "ExperimentsResult", "SummaryResult", "ReportResult", "PurgeStageResult",
            "Candidate", "TrainResult", "GateResult", "RegisterResult", "Snapshot", "ValidationOutcome",
            "DriftReport", "PartitionScores", "PostgresPublish", "RedisPublish", "ExportFile", "PurgeResult"]
 
@@ -174,6 +174,32 @@ class ExportResult(StageResult):
     remote_paths: list[str] = field(default_factory=list)
     skipped: bool = False
     reason: str | None = None
+
+
+@dataclass(kw_only=True)
+class ExperimentSplit(JsonRecord):
+    """One experiment's split after a night: customers per arm, new tonight, the sample-ratio check."""
+
+    experiment_id: str
+    counts: dict[str, int]
+    new: int
+    p_value: float
+    flagged: bool
+    holdout_arms: list[str] = field(default_factory=list)
+    """Arms declared ``contact: false``: their customers are left out of every export."""
+
+
+@dataclass(kw_only=True)
+class ExperimentsResult(StageResult):
+    """Output of ``assign_experiments``: every active experiment's split (what ``export`` leaves out)."""
+
+    experiments: list[ExperimentSplit] = field(default_factory=list)
+    skipped: bool = False
+    reason: str | None = None
+
+    def holdouts(self) -> list[tuple[str, str]]:
+        """``(experiment id, arm)`` of every arm whose customers must not be contacted."""
+        return [(e.experiment_id, arm) for e in self.experiments for arm in e.holdout_arms]
 
 
 @dataclass(kw_only=True)

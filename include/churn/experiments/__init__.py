@@ -1,0 +1,1 @@
+"""Experiments on live customers: reviewed definitions, deterministic frozen arm assignment, split checks."""

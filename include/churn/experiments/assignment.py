@@ -1,0 +1,189 @@
+"""Deterministic arm assignment, frozen once made, and the checks of a split.
+
+**The hash** (``sha256-64/10000``), so that any other system computes the same arm::
+
+    bucket(experiment_id, salt, customer_id) =
+        int.from_bytes(sha256(f"{experiment_id}|{salt}|{customer_id}".encode("utf-8")).digest()[:8], "big") % 10000
+
+An arm takes the buckets ``[floor(10000 * w_before / W), floor(10000 * (w_before + w) / W))`` in file order
+(``W`` the sum of the weights). Enrollment in a layer uses the same hash with the experiment id
+``layer:<layer>`` and an empty salt: the customer is in the experiment when that bucket falls in
+``[100 * traffic_from, 100 * traffic_to)``.
+
+**Frozen.** The first assignment of each customer is stored in ``churn.experiment_assignments`` and never
+changes while the experiment runs (not when weights change, nor when the customer leaves and comes back);
+customers seen for the first time are assigned by the file as it is that night.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import math
+from dataclasses import dataclass
+from datetime import date
+from typing import Iterable
+
+from churn.experiments.definitions import Experiment
+
+log = logging.getLogger(__name__)
+
+BUCKETS = 10_000
+# (experiment id, salt, customer id) -> bucket: the published test vectors of the hash (docs/guides/experiments.md)
+TEST_VECTORS = (
+    ("boosting-vs-champion", "2026-12", "C00000001", 7471),
+    ("boosting-vs-champion", "2026-12", "C00000002", 9254),
+    ("boosting-vs-champion", "2027-01", "C00000001", 2503),
+    ("retention-email", "", "7590-VHVEG", 2796),
+    ("layer:retention", "", "Ä-ü-€", 2692),
+)
+
+def bucket(experiment_id: str, salt: str, customer_id: str) -> int:
+    """The customer's bucket (0..9999) in an experiment: ``sha256-64/10000`` (see the module docstring)."""
+    digest = hashlib.sha256(f"{experiment_id}|{salt}|{customer_id}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % BUCKETS
+
+
+def arm_bounds(experiment: Experiment) -> list[tuple[str, int, int]]:
+    """``(arm, first bucket, end bucket)`` of every arm: contiguous shares of the 10,000 buckets by weight."""
+    total = sum(a.weight for a in experiment.arms)
+    bounds, before = [], 0.0
+    for arm in experiment.arms:
+        low, high = math.floor(BUCKETS * before / total), math.floor(BUCKETS * (before + arm.weight) / total)
+        bounds.append((arm.name, low, high))
+        before += arm.weight
+    return bounds
+
+
+def enrolled(experiment: Experiment, customer_id: str) -> bool:
+    """True when the customer falls in the experiment's traffic range of its layer."""
+    low, high = experiment.traffic
+    if (low, high) == (0.0, 100.0):
+        return True
+    return 100 * low <= bucket(f"layer:{experiment.layer_name}", "", customer_id) < 100 * high
+
+
+def arm_of(experiment: Experiment, customer_id: str) -> str | None:
+    """The arm the file assigns ``customer_id`` to (None: not enrolled); the stored assignment wins over this."""
+    if not enrolled(experiment, customer_id):
+        return None
+    b = bucket(experiment.id, experiment.salt, customer_id)
+    return next(name for name, low, high in arm_bounds(experiment) if low <= b < high)
+
+
+@dataclass
+class AssignmentCounts:
+    """One experiment's assignments after a night: per arm, all stored, and how many were new tonight."""
+
+    experiment_id: str
+    per_arm: dict[str, int]
+    new: int
+
+
+def assign(conn, experiments: Iterable[Experiment], customer_ids: Iterable[str], run_key: str,
+           night: date) -> list[AssignmentCounts]:
+    """Store the arm of every customer not yet assigned in each experiment active on ``night``; return counts.
+
+    Idempotent: a re-run of the night inserts nothing new (``ON CONFLICT DO NOTHING``), and an assignment
+    once stored is never changed, whatever the file says now.
+    """
+    from churn.db import ensure_schema
+
+    ensure_schema(conn)
+    ids = list(dict.fromkeys(str(c) for c in customer_ids))
+    results = []
+    with conn.cursor() as cur:
+        for exp in experiments:
+            if not exp.active_on(night):
+                continue
+            rows = io.StringIO()
+            for cid in ids:
+                arm = arm_of(exp, cid)
+                if arm is not None:
+                    rows.write(f"{_copy_text(cid)}\t{arm}\n")
+            rows.seek(0)
+            cur.execute("CREATE TEMP TABLE IF NOT EXISTS experiment_new (customer_id text, arm text) ON COMMIT DROP")
+            cur.execute("TRUNCATE experiment_new")
+            cur.copy_expert("COPY experiment_new (customer_id, arm) FROM STDIN", rows)
+            cur.execute("INSERT INTO churn.experiment_assignments (experiment_id, customer_id, arm, assigned_run) "
+                        "SELECT %s, customer_id, arm, %s FROM experiment_new "
+                        "ON CONFLICT (experiment_id, customer_id) DO NOTHING", (exp.id, run_key))
+            new = cur.rowcount
+            cur.execute("SELECT arm, count(*) FROM churn.experiment_assignments WHERE experiment_id = %s GROUP BY arm",
+                        (exp.id,))
+            per_arm = {arm.name: 0 for arm in exp.arms} | {arm: int(n) for arm, n in cur.fetchall()}
+            results.append(AssignmentCounts(exp.id, per_arm, new))
+            log.info("experiment %s: %s new assignment(s) on %s; per arm %s", exp.id, new, night, per_arm)
+    conn.commit()
+    return results
+
+
+def _copy_text(value: str) -> str:
+    """A value in COPY's text format (ids are checked printable, but escape the format's own characters)."""
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def stored_arms(conn, experiment_id: str, customer_ids: Iterable[str]) -> dict[str, str]:
+    """The stored arm of each of ``customer_ids`` that has one."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT customer_id, arm FROM churn.experiment_assignments WHERE experiment_id = %s "
+                    "AND customer_id = ANY(%s)", (experiment_id, list(customer_ids)))
+        found = dict(cur.fetchall())
+    conn.rollback()
+    return found
+
+
+@dataclass
+class SplitCheck:
+    """A sample-ratio-mismatch check: chi-squared of the arms' counts against their weights."""
+
+    counts: dict[str, int]
+    expected: dict[str, float]
+    chi2: float
+    p_value: float
+    flagged: bool
+    """True when p < ``threshold`` (0.001): the split is broken and the experiment's results are withheld."""
+
+
+def sample_ratio_check(experiment: Experiment, counts: dict[str, int], threshold: float = 0.001) -> SplitCheck:
+    """Chi-squared goodness of fit of the arms' sizes to their weights; flagged at p < ``threshold``."""
+    from scipy.stats import chi2 as chi2_dist
+
+    total_weight = sum(a.weight for a in experiment.arms)
+    n = sum(counts.get(a.name, 0) for a in experiment.arms)
+    expected = {a.name: n * a.weight / total_weight for a in experiment.arms}
+    stat = sum((counts.get(name, 0) - e) ** 2 / e for name, e in expected.items() if e > 0)
+    p = float(chi2_dist.sf(stat, len(experiment.arms) - 1)) if n else 1.0
+    return SplitCheck({a.name: counts.get(a.name, 0) for a in experiment.arms}, expected, float(stat), p,
+                      n > 0 and p < threshold)
+
+
+def sample_size_per_arm(base_rate: float, minimum_detectable_effect: float, alpha: float = 0.05,
+                        power: float = 0.8) -> int:
+    """Customers per arm to detect an absolute change ``minimum_detectable_effect`` in a churn rate of
+    ``base_rate`` (two-sided test of two proportions at ``alpha``, with ``power``)."""
+    from scipy.stats import norm
+
+    p1 = base_rate
+    p2 = min(max(base_rate - minimum_detectable_effect, 1e-9), 1 - 1e-9)
+    z_alpha, z_beta = norm.ppf(1 - alpha / 2), norm.ppf(power)
+    pooled = (p1 + p2) / 2
+    n = (z_alpha * math.sqrt(2 * pooled * (1 - pooled)) + z_beta * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))) ** 2
+    return math.ceil(n / (p1 - p2) ** 2)
+
+
+def record_split(conn, experiment: Experiment, night: date, run_key: str, counts: AssignmentCounts,
+                 check: SplitCheck) -> None:
+    """Store the night's split and its check in ``churn.experiment_splits`` (a re-run of the night replaces it)."""
+    import json
+
+    with conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO churn.experiment_splits (experiment_id, night, run_key, counts, new_customers, chi2, p_value, "
+            "flagged) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (experiment_id, night) DO UPDATE SET "
+            "run_key = EXCLUDED.run_key, counts = EXCLUDED.counts, new_customers = EXCLUDED.new_customers, "
+            "chi2 = EXCLUDED.chi2, p_value = EXCLUDED.p_value, flagged = EXCLUDED.flagged",
+            (experiment.id, night, run_key, json.dumps(check.counts), counts.new, check.chi2, check.p_value,
+             check.flagged))
+    conn.commit()

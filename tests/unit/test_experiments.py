@@ -1,0 +1,136 @@
+"""Experiments (issue 27 items 1, 2, 4): the file's validation, the published hash, shares, layers, split checks."""
+
+from __future__ import annotations
+
+import subprocess
+from collections import Counter
+from datetime import date
+
+import pytest
+
+from churn.experiments.assignment import (
+    BUCKETS, TEST_VECTORS, arm_bounds, arm_of, bucket, sample_ratio_check, sample_size_per_arm,
+)
+from churn.experiments.definitions import ExperimentsError, load_experiments
+
+EXAMPLE = """\
+experiments:
+  - id: boosting-vs-champion
+    salt: "2026-12"
+    start: 2026-12-01
+    arms:
+      - {name: control,    weight: 45, model: champion}
+      - {name: challenger, weight: 45, model: hist_gradient_boosting}
+      - {name: holdout,    weight: 10, model: champion, contact: false}
+"""
+IDS = [f"C{i:08d}" for i in range(1, 100_001)]
+
+
+def _file(tmp_path, text: str):
+    path = tmp_path / "experiments.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_published_test_vectors_are_sha256_computed_by_another_tool():
+    for experiment_id, salt, customer_id, expected in TEST_VECTORS:
+        assert bucket(experiment_id, salt, customer_id) == expected
+        # coreutils' sha256sum, not Python's hashlib: the documented recipe, reproduced outside the code
+        digest = subprocess.run(["sha256sum"], input=f"{experiment_id}|{salt}|{customer_id}".encode(),
+                                capture_output=True, check=True).stdout.split()[0]
+        assert int(digest[:16], 16) % BUCKETS == expected
+
+
+def test_the_example_file_parses_and_arms_take_their_weights_share(tmp_path):
+    experiments = load_experiments(_file(tmp_path, EXAMPLE))
+    exp = experiments.experiments[0]
+    assert [a.name for a in exp.arms] == ["control", "challenger", "holdout"]
+    assert [a.contact for a in exp.arms] == [True, True, False] and exp.end is None
+    assert arm_bounds(exp) == [("control", 0, 4500), ("challenger", 4500, 9000), ("holdout", 9000, 10000)]
+    assert experiments.active(date(2026, 11, 30)) == [] and experiments.active(date(2026, 12, 1)) == [exp]
+    counts = Counter(arm_of(exp, cid) for cid in IDS)
+    for name, share in (("control", 0.45), ("challenger", 0.45), ("holdout", 0.10)):
+        assert abs(counts[name] / len(IDS) - share) < 0.005, counts  # ~3 standard errors at 100k
+    assert [arm_of(exp, cid) for cid in IDS[:50]] == [arm_of(exp, cid) for cid in IDS[:50]]  # deterministic
+    check = sample_ratio_check(exp, dict(counts))
+    assert not check.flagged and check.p_value > 0.001
+
+
+@pytest.mark.parametrize("text, where, fix", [
+    ("experiments:\n  - id: a\n    salt: s\n    start: 2026-12-01\n    arms: [{name: x, weight: 1, model: m}, "
+     "{name: y, weight: 1, model: m}]\n    weigth: 3\n", ":2:", "unknown key(s) ['weigth']"),
+    ("experiments:\n  - id: a\n    start: 2026-12-01\n    arms: []\n", ":2:", "without 'salt'"),
+    ("experiments:\n  - id: a\n    salt: s\n    start: 2026-12-01\n    arms:\n      - {name: x, weight: 1, model: m}\n"
+     "      - {name: y, weight: -2, model: m}\n", ":7:", "weight -2 must be a positive number"),
+    ("experiments:\n  - id: a\n    salt: s\n    start: 2026-13-01\n    arms: []\n", ":2:", "write it as YYYY-MM-DD"),
+    ("experiments:\n  - id: Bad Id\n    salt: s\n    start: 2026-12-01\n    arms: []\n", ":2:", "lowercase letters"),
+    ("experiments:\n  - id: a\n    salt: s\n    start: 2026-12-01\n    arms: [{name: x, weight: 1, model: m}]\n",
+     ":2:", "at least two arms"),
+    ("experiments:\n  - id: a\n    salt: s\n    start: 2026-12-01\n    arms:\n      - {name: x, weight: 1, model: m}\n"
+     "      - {name: y, weight: 1, model: m, contact: maybe}\n", ":7:", "must be true or false"),
+    ("experiments:\n  - id: a\n    salt: s\n    start: 2026-12-01\n    arms: [{name: x, weight: 1, model: m}, "
+     "{name: y, weight: 1, model: m}]\n  - id: a\n    salt: t\n    start: 2026-12-01\n    arms: [{name: x, "
+     "weight: 1, model: m}, {name: y, weight: 1, model: m}]\n", ":6:", "declared twice"),
+    ("experiments:\n  - id: a\n  salt: [\n", ":3:", "not valid YAML"),
+    ("experiments:\n  - id: a\n    salt: s\n    start: 2026-12-01\n    end: 2026-11-01\n    arms: []\n", ":2:",
+     "before start"),
+])
+def test_a_malformed_file_is_refused_with_the_line_and_the_fix(tmp_path, text, where, fix):
+    with pytest.raises(ExperimentsError) as raised:
+        load_experiments(_file(tmp_path, text))
+    message = str(raised.value)
+    assert f"experiments.yaml{where}" in message and fix in message, message
+
+
+def test_experiments_of_one_layer_never_share_a_customer(tmp_path):
+    text = EXAMPLE.replace("    arms:", "    layer: retention\n    traffic: [0, 40]\n    arms:", 1) + """\
+  - id: email-subject
+    salt: s
+    start: 2026-12-01
+    layer: retention
+    traffic: [40, 100]
+    arms: [{name: a, weight: 1, model: champion}, {name: b, weight: 1, model: champion}]
+"""
+    first, second = load_experiments(_file(tmp_path, text)).experiments
+    in_first = {cid for cid in IDS if arm_of(first, cid)}
+    in_second = {cid for cid in IDS if arm_of(second, cid)}
+    assert not in_first & in_second
+    assert abs(len(in_first) / len(IDS) - 0.4) < 0.01 and len(in_first) + len(in_second) == len(IDS)
+    overlapping = text.replace("traffic: [40, 100]", "traffic: [30, 100]")
+    with pytest.raises(ExperimentsError, match="share layer 'retention'.*disjoint ranges"):
+        load_experiments(_file(tmp_path, overlapping))
+    later = overlapping.replace("start: 2026-12-01\n    layer: retention\n    traffic: [30",
+                                "start: 2027-03-01\n    layer: retention\n    traffic: [30")
+    later = later.replace("    layer: retention\n    traffic: [0, 40]", "    end: 2027-02-28\n    layer: retention\n"
+                                                                        "    traffic: [0, 40]")
+    assert len(load_experiments(_file(tmp_path, later)).experiments) == 2  # one after the other: allowed
+
+
+def test_the_split_check_flags_a_48_52_split_of_100k_and_passes_the_declared_one(tmp_path):
+    exp = load_experiments(_file(tmp_path, EXAMPLE.replace("weight: 45", "weight: 50").replace(
+        "      - {name: holdout,    weight: 10, model: champion, contact: false}\n", ""))).experiments[0]
+    assert sample_ratio_check(exp, {"control": 48_000, "challenger": 52_000}).flagged
+    fair = sample_ratio_check(exp, {"control": 50_100, "challenger": 49_900})
+    assert not fair.flagged and fair.p_value > 0.5
+    assert not sample_ratio_check(exp, {}).flagged  # nobody assigned yet: nothing to judge
+
+
+def test_sample_size_per_arm_matches_the_two_proportion_formula():
+    # 5 % churn, detect a drop to 4 % at alpha 0.05 and power 0.8: 6,745 per arm (standard calculators agree)
+    assert sample_size_per_arm(0.05, 0.01) == 6745
+    assert sample_size_per_arm(0.05, 0.005) > 4 * 6745 * 0.9  # half the effect: about four times the sample
+
+
+def test_the_check_cli_shows_the_arms_and_refuses_a_malformed_file(tmp_path, capsys):
+    from churn.experiments.cli import main
+
+    good = _file(tmp_path, EXAMPLE.replace("    arms:", "    minimum_detectable_effect: 0.01\n    arms:", 1))
+    assert main(["check", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "holdout" in out and "10.00 %" in out and "6,745 customers per arm" in out and "1 experiment(s) valid" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(EXAMPLE.replace("weight: 10", "weight: ten"))
+    assert main(["check", str(bad)]) == 2
+    assert "bad.yaml:8: arm holdout: weight 'ten' must be a positive number" in capsys.readouterr().err
+    assert main(["bucket", "boosting-vs-champion", "2026-12", "C00000001"]) == 0
+    assert capsys.readouterr().out.strip() == str(TEST_VECTORS[0][3])
