@@ -17,7 +17,7 @@ DEMO_DATE ?= $(shell date -u +%F)
 PRIVATE := umask 077 &&
 DEMO_CONF ?= {}
 
-.PHONY: venv clients services stop demo cluster demo-cluster test lock airflow-ui bench bench-scale bench-nightly bench-serving bench-rescore bench-automl clean
+.PHONY: venv clients services stop demo cluster demo-cluster test lock airflow-ui bench bench-scale bench-nightly bench-serving bench-rescore bench-automl bench-experiment clean
 
 venv: $(VENV)/.installed
 
@@ -136,6 +136,10 @@ bench-rescore: venv
 # AutoML quality (issue 14): the synthetic population against its oracle ceiling (100k and 1M customers) and
 # the Telco file, 5 seeds x TPOT budgets 1/2/5 minutes (about 2 h 40 min on 2 cores; run on a quiet machine);
 # writes bench/results/automl_synthetic.json and bench/results/telco_quality.json.
+# Experiments (issue 27): does the analysis recover a planted effect? Coverage, split checks, power (a few minutes).
+bench-experiment: venv
+	PYTHONPATH=include $(BIN)/python -m bench.experiment
+
 bench-automl: venv
 	PYTHONPATH=include $(BIN)/python -m bench.automl_synthetic --customers 100000 1000000 --seeds 5 --budget-minutes 1 2 5
 	$(BIN)/python bench/telco_quality.py --seeds 5 --budget-minutes 1 2 5

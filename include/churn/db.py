@@ -11,7 +11,7 @@ if TYPE_CHECKING:  # the types of the psycopg2 objects every store function take
 
 # Bump when PLATFORM_DDL changes: tasks that find the schema at this version run no DDL (the publisher role
 # they run as may not), and ``python -m churn.migrate`` (the owner role) brings an older one up to it.
-SCHEMA_VERSION = 3  # 2: churn.promotions; 3: churn.experiment_assignments, churn.experiment_splits
+SCHEMA_VERSION = 3  # 2: churn.promotions; 3: churn.experiment_* tables
 
 PLATFORM_DDL = """
 CREATE SCHEMA IF NOT EXISTS churn;
@@ -242,6 +242,16 @@ CREATE TABLE IF NOT EXISTS churn.experiment_splits (
     p_value       double precision NOT NULL,
     flagged       boolean NOT NULL,     -- p < 0.001: the split is broken, results are withheld
     PRIMARY KEY (experiment_id, night)
+);
+-- Realized results of every experiment, per scoring night whose outcomes matured (churn.experiments.realized).
+CREATE TABLE IF NOT EXISTS churn.experiment_results (
+    experiment_id text NOT NULL,
+    scored_on     date NOT NULL,        -- the night whose served scores and arms are judged
+    evaluated_on  date NOT NULL,        -- when the label window closed
+    customers     integer NOT NULL,
+    withheld      text,                 -- why no result is shown (a broken split), else null
+    result        jsonb NOT NULL,       -- per arm: ROC AUC, PR AUC, Brier, reliability, top-k precision; uplifts, Qini
+    PRIMARY KEY (experiment_id, scored_on)
 );
 """
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 import psycopg2
 import pytest
@@ -70,3 +70,55 @@ def test_an_experiment_outside_its_dates_assigns_nobody(pg_conn):
     assert assign(pg_conn, [exp], ["C00000001"], "2026-12-01", NIGHT1) == []
     assert assign(pg_conn, [exp], ["C00000001"], "2027-02-01", date(2027, 2, 1)) == []
     assert stored_arms(pg_conn, exp.id, ["C00000001"]) == {}
+
+
+def test_an_experiment_is_judged_on_the_night_its_label_window_closes(pg_conn, tmp_path):
+    """Scores served on night N (the run folder's score file), arms assigned that night, outcomes in
+    src.churn_events: on N + CHURN_REALIZED_LAG_DAYS the arms' figures and the uplift land in experiment_results."""
+    import numpy as np
+
+    from churn.config import ChurnConfig
+    from churn.experiments.realized import evaluate_experiments
+    from tests.support.scores import write_scores
+
+    (tmp_path / "experiments.yaml").write_text(
+        "experiments:\n  - id: retention-email\n    salt: s\n    start: 2026-11-01\n    arms:\n"
+        "      - {name: contacted, weight: 80, model: champion}\n"
+        "      - {name: holdout, weight: 20, model: champion, contact: false}\n")
+    cfg = ChurnConfig(state_dir=tmp_path / "state", experiments_file=str(tmp_path / "experiments.yaml"),
+                      realized_lag_days=30)
+    night = date(2026, 11, 20)
+    folder = cfg.runs_dir / night.isoformat()
+    folder.mkdir(parents=True)
+    path = write_scores(folder / "scores.parquet", night.isoformat(), 0, 20_000, seed=5)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path).to_pydict()
+    ids, proba = table["customer_id"], np.array(table["churn_probability"], dtype=float)
+    experiment = parse_experiments({"experiments": [{
+        "id": "retention-email", "salt": "s", "start": "2026-11-01",
+        "arms": [{"name": "contacted", "weight": 80, "model": "champion"},
+                 {"name": "holdout", "weight": 20, "model": "champion", "contact": False}]}]}).experiments[0]
+    assign(pg_conn, [experiment], ids, night.isoformat(), night)
+    arms = stored_arms(pg_conn, experiment.id, ids)
+    # outcomes: churn follows the served score, and the contacted churn 30 % less
+    rng = np.random.default_rng(1)
+    churned = [cid for cid, p in zip(ids, proba)
+               if rng.random() < (0.7 * p if arms[cid] == "contacted" else p) * 0.5]
+    with pg_conn.cursor() as cur:
+        cur.execute("CREATE SCHEMA src; CREATE TABLE src.churn_events (customer_id text, churn_date date)")
+        cur.executemany("INSERT INTO src.churn_events VALUES (%s, %s)", [(c, date(2026, 12, 5)) for c in churned])
+        cur.execute("INSERT INTO src.churn_events VALUES ('C00000001', '2026-11-01')")  # before the night: not counted
+    pg_conn.commit()
+    [analysis] = evaluate_experiments(pg_conn, cfg, night + timedelta(days=30))
+    assert analysis.withheld is None and [a.arm for a in analysis.arms] == ["contacted", "holdout"]
+    assert all(a.roc_auc > 0.55 for a in analysis.arms)
+    [comparison] = analysis.comparisons
+    assert comparison.uplift.low > 0 and comparison.relative_uplift.covers(0.3)
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT scored_on, evaluated_on, customers, withheld, result->'comparisons'->0->>'treated' "
+                    "FROM churn.experiment_results")
+        assert cur.fetchall() == [(night, night + timedelta(days=30), 20_000, None, "contacted")]
+    pg_conn.rollback()
+    # the night before the experiment's label window closed: nothing to judge yet
+    assert evaluate_experiments(pg_conn, cfg, night + timedelta(days=29)) == []

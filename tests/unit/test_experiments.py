@@ -134,3 +134,43 @@ def test_the_check_cli_shows_the_arms_and_refuses_a_malformed_file(tmp_path, cap
     assert "bad.yaml:8: arm holdout: weight 'ten' must be a positive number" in capsys.readouterr().err
     assert main(["bucket", "boosting-vs-champion", "2026-12", "C00000001"]) == 0
     assert capsys.readouterr().out.strip() == str(TEST_VECTORS[0][3])
+
+
+def test_the_uplift_interval_and_the_qini_coefficient_on_known_data():
+    import numpy as np
+
+    from churn.experiments.analysis import qini_coefficient, uplift
+
+    absolute, relative = uplift(100, 1000, 80, 1000)  # 10 % -> 8 %
+    assert absolute.estimate == pytest.approx(0.02)
+    se = (0.1 * 0.9 / 1000 + 0.08 * 0.92 / 1000) ** 0.5
+    assert (absolute.low, absolute.high) == pytest.approx((0.02 - 1.959964 * se, 0.02 + 1.959964 * se))
+    assert relative.estimate == pytest.approx(0.2) and relative.low < 0.2 < relative.high
+    # scores that rank first the customers the action retains give a positive Qini; reversed, a negative one
+    scores = np.linspace(1, 0, 1000)
+    treated_retained = (np.arange(1000) < 300).astype(int) | (np.arange(1000) >= 600)
+    control_retained = (np.arange(1000) >= 600).astype(int)
+    assert qini_coefficient(scores, treated_retained, scores, control_retained) > 0.05
+    assert qini_coefficient(-scores, treated_retained, -scores, control_retained) < -0.05
+
+
+def test_the_analysis_reports_each_arm_and_withholds_results_of_a_broken_split(tmp_path):
+    import numpy as np
+
+    from churn.experiments.analysis import analyze
+
+    exp = load_experiments(_file(tmp_path, EXAMPLE)).experiments[0]
+    rng = np.random.default_rng(0)
+    arms = np.array([arm_of(exp, cid) for cid in IDS[:20_000]])
+    p = rng.uniform(0.01, 0.3, len(arms))
+    scores = np.clip(p + rng.normal(0, 0.05, len(arms)), 0, 1)
+    contacted = arms != "holdout"
+    churned = (rng.random(len(arms)) < np.where(contacted, p * 0.7, p)).astype(int)
+    result = analyze(exp, arms, scores, churned)
+    assert result.withheld is None and [a.arm for a in result.arms] == ["control", "challenger", "holdout"]
+    assert all(0.6 < a.roc_auc < 0.9 and a.brier < 0.2 and len(a.reliability) >= 3 for a in result.arms)
+    assert [(c.treated, c.holdout) for c in result.comparisons] == [("control", "holdout"), ("challenger", "holdout")]
+    assert all(c.uplift.low > 0 and c.relative_uplift.covers(0.3) for c in result.comparisons)
+    broken = np.where((arms == "control") & (rng.random(len(arms)) < 0.1), "challenger", arms)
+    withheld = analyze(exp, broken, scores, churned)
+    assert withheld.split.flagged and "sample ratio mismatch" in withheld.withheld and not withheld.arms

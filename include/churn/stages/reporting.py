@@ -102,6 +102,10 @@ def report(cfg: ChurnConfig, res: Resources, run: dict, stages: dict, summary: d
                                                cfg.metrics_sample_rows)
         previous = monitoring.previous_run(conn, run["run_key"])
         realized = monitoring.evaluate_realized(conn, cfg, date.fromisoformat(run["as_of"]))
+        if not dry_run:  # experiments whose label window closed tonight: per arm, stored in experiment_results
+            from churn.experiments.realized import evaluate_experiments
+
+            evaluate_experiments(conn, cfg, date.fromisoformat(run["as_of"]))
         metrics.report_path = str(run_dir / "report.html")
         monitoring.record_run(conn, metrics)
     view = {"score_summary": metrics.score_summary, "prediction_psi": metrics.prediction_psi,

@@ -1,0 +1,115 @@
+"""Experiments judged on outcomes: each experiment's arms on a night whose label window has closed.
+
+Every night past ``CHURN_REALIZED_LAG_DAYS``: the customers assigned on or before the night scored
+``realized_lag_days`` ago, the scores they were served that night (the run's Postgres table while it is kept,
+else the run folder's score file), and whether they churned since (``src.churn_events``), analysed per arm
+(:func:`churn.experiments.analysis.analyze`) and stored in ``churn.experiment_results``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from datetime import date, timedelta
+
+import numpy as np
+
+from churn.config import ChurnConfig
+from churn.experiments.analysis import ExperimentAnalysis, analyze
+from churn.experiments.definitions import load_experiments
+
+log = logging.getLogger(__name__)
+
+
+def _served_scores(conn, cfg: ChurnConfig, scored_on: date):
+    """``customer_id -> churn_probability`` served on ``scored_on`` as an Arrow table, or None when gone."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from churn.publish.postgres import run_table
+
+    table = run_table(scored_on.isoformat())
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s)", (f"churn.{table}",))
+        if cur.fetchone()[0] is not None:
+            cur.execute(f"SELECT customer_id, churn_probability FROM churn.{table}")
+            rows = cur.fetchall()
+            conn.commit()
+            return pa.table({"customer_id": [r[0] for r in rows], "churn_probability": [float(r[1]) for r in rows]})
+    conn.commit()
+    path = cfg.runs_dir / scored_on.isoformat() / "scores.parquet"
+    if not path.exists():
+        return None
+    return pq.read_table(path, columns=["customer_id", "churn_probability"])
+
+
+def evaluate_experiments(conn, cfg: ChurnConfig, as_of: date) -> list[ExperimentAnalysis]:
+    """Analyse every experiment of the file on the night ``realized_lag_days`` before ``as_of``; store and return."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from churn.db import ensure_schema
+
+    if not cfg.experiments_file:
+        return []
+    ensure_schema(conn)
+    scored_on = as_of - timedelta(days=cfg.realized_lag_days)
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('src.churn_events') IS NOT NULL")
+        has_outcomes = cur.fetchone()[0]
+    conn.commit()
+    if not has_outcomes:
+        log.info("experiments: no outcome table (src.churn_events) for the %s source; not judged", cfg.source)
+        return []
+    experiments = [e for e in load_experiments(cfg.experiments_file).experiments if e.start <= scored_on]
+    if not experiments:
+        return []
+    scores = _served_scores(conn, cfg, scored_on)
+    if scores is None:
+        log.info("experiments: no scores served on %s are kept; not judged", scored_on)
+        return []
+    with conn.cursor() as cur:
+        cur.execute("SELECT DISTINCT customer_id FROM src.churn_events WHERE churn_date > %s AND churn_date <= %s",
+                    (scored_on, as_of))
+        churned_ids = pa.array([r[0] for r in cur.fetchall()], pa.string())
+    conn.commit()
+    results = []
+    for experiment in experiments:
+        with conn.cursor() as cur:
+            cur.execute("SELECT customer_id, arm FROM churn.experiment_assignments WHERE experiment_id = %s "
+                        "AND assigned_run <= %s", (experiment.id, scored_on.isoformat()))
+            rows = cur.fetchall()
+        conn.commit()
+        if not rows:
+            continue
+        assigned = pa.table({"customer_id": [r[0] for r in rows], "arm": [r[1] for r in rows]})
+        joined = assigned.join(scores, "customer_id", join_type="inner")
+        churned = pc.is_in(joined.column("customer_id"), value_set=churned_ids).to_numpy(zero_copy_only=False)
+        analysis = analyze(experiment, joined.column("arm").to_numpy(zero_copy_only=False),
+                           joined.column("churn_probability").to_numpy(zero_copy_only=False).astype(float),
+                           churned.astype(int))
+        with conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO churn.experiment_results (experiment_id, scored_on, evaluated_on, customers, withheld, "
+                "result) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (experiment_id, scored_on) DO UPDATE SET "
+                "evaluated_on = EXCLUDED.evaluated_on, customers = EXCLUDED.customers, withheld = EXCLUDED.withheld, "
+                "result = EXCLUDED.result",
+                (experiment.id, scored_on, as_of, joined.num_rows, analysis.withheld,
+                 json.dumps(_jsonable(asdict(analysis)))))
+        conn.commit()
+        log.info("experiment %s on %s: %s customers, %s", experiment.id, scored_on, joined.num_rows,
+                 analysis.withheld or [(c.treated, c.holdout, round(c.uplift.estimate, 4)) for c in analysis.comparisons])
+        results.append(analysis)
+    return results
+
+
+def _jsonable(value):
+    """NaN and infinities become null (JSON has neither)."""
+    if isinstance(value, float):
+        return None if not np.isfinite(value) else value
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
