@@ -3,8 +3,8 @@
 The synthetic generator knows each customer's true probability of churning within the label window. On one
 generated population this benchmark plants a retention action that multiplies the contacted customers'
 hazard by ``--hazard-factor`` (so a contacted customer churns with ``1 - (1 - p) ** factor``) and scores the
-customers with two models of known quality (the true logit plus Gaussian noise of standard deviation 1.0
-for the champion, 0.4 for the challenger). Every simulated experiment assigns the customers with the
+customers with two models of known quality (the true logit plus Gaussian noise of standard deviation 2.0
+for the champion, 0.3 for the challenger). Every simulated experiment assigns the customers with the
 platform's own hash (``churn.experiments.assignment``, a new salt each time), draws who churns from the
 true probabilities, and analyses them with ``churn.experiments.analysis``:
 
@@ -42,6 +42,7 @@ from churn.experiments.assignment import arm_bounds, bucket, sample_ratio_check,
 from churn.experiments.definitions import parse_experiments
 
 RESULTS = Path(__file__).resolve().parent / "results" / "experiment.json"
+NOISE = {"champion": 2.0, "challenger": 0.3}  # sd of the noise added to the true logit: the models' known quality
 TARGETS = {"coverage_low": 0.93, "coverage_high": 0.97, "srm_false_alarm_max": 0.005, "srm_detect_min": 0.99,
            "power_min": 0.80}
 
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--customers", type=int, default=200_000, help="generated population (active ones used)")
     parser.add_argument("--experiments", type=int, default=200)
     parser.add_argument("--splits", type=int, default=1000)
-    parser.add_argument("--hazard-factor", type=float, default=0.6)
+    parser.add_argument("--hazard-factor", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -147,13 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     ids = oracle["customer_id"].astype(str).tolist()
     p = np.clip(oracle["true_probability"].to_numpy(dtype=float), 1e-6, 1 - 1e-6)
     rng = np.random.default_rng(args.seed)
-    champion, challenger = _noisy_scores(p, 1.0, rng), _noisy_scores(p, 0.4, rng)
+    champion, challenger = _noisy_scores(p, NOISE["champion"], rng), _noisy_scores(p, NOISE["challenger"], rng)
     result = {
         "benchmark": "experiment", "measured_at": started.isoformat(),
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                  cwd=Path(__file__).parent).stdout.strip(),
         "machine": machine(), "population": len(ids), "base_churn_rate": float(p.mean()),
-        "hazard_factor": args.hazard_factor, "model_noise_sd": {"champion": 1.0, "challenger": 0.4},
+        "hazard_factor": args.hazard_factor, "model_noise_sd": NOISE,
         "targets": TARGETS,
         "coverage": coverage(ids, p, champion, args.hazard_factor, args.experiments, rng),
         "split_check": split_checks(ids, args.splits, rng),

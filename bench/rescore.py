@@ -25,6 +25,7 @@ import os
 import platform
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -224,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     services.start()
     results: dict = {"machine": {"cores": os.cpu_count(), "python": platform.python_version(),
                                  "load_before": os.getloadavg()},
-                     "started": datetime.now(timezone.utc).isoformat(), "population": args.customers}
+                     "started": datetime.now(timezone.utc).isoformat(), "population": args.customers,
+                     "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                              cwd=Path(__file__).parent).stdout.strip()}
     try:
         from churn.data.generate import generate, load_source_tables
 

@@ -536,9 +536,26 @@ def _lookup_latency(name: str, data: dict) -> list[str]:
                          "project achieved/s", "project p50", "project p99", "project p99.9", "p99 / floor"], rows)
 
 
-RENDERERS = {"redis_memory": _redis_memory, "lookup_latency": _lookup_latency, "nightly_floor": _nightly_floor, "publish": _publish, "dag_memory": _dag_memory, "data_ingest_memory": _data_ingest_memory,
+def _experiment(name: str, data: dict) -> list[str]:
+    summary, targets = data["summary"], data["targets"]
+    rows = [["95 % interval of the uplift covers the planted value", f"{targets['coverage_low']:.0%}-"
+             f"{targets['coverage_high']:.0%}", f"{summary['coverage']:.1%}", summary["met"]["coverage"]],
+            ["split check false alarms (correct splits)", f"≤ {targets['srm_false_alarm_max']:.1%}",
+             f"{summary['srm_false_alarm_rate']:.2%}", summary["met"]["srm_false_alarm"]],
+            ["48/52 split of 100,000 flagged", f"≥ {targets['srm_detect_min']:.0%}",
+             f"{summary['srm_detection_rate']:.1%}", summary["met"]["srm_detection"]],
+            [f"better model wins at {data['power']['sample_size_per_arm']:,} per arm", f"≥ {targets['power_min']:.0%}",
+             f"{summary['power']:.1%}", summary["met"]["power"]]]
+    out = _source(name, data) + [f"{data['population']:,} generated customers (true churn rate "
+                                 f"{data['base_churn_rate']:.1%}), contacted hazard × {data['hazard_factor']}, "
+                                 f"{data['coverage']['experiments']} experiments per check.", ""]
+    return out + _table(["check", "target", "measured", "met"], rows)
+
+
+RENDERERS = {"experiment": _experiment, "redis_memory": _redis_memory, "lookup_latency": _lookup_latency, "nightly_floor": _nightly_floor, "publish": _publish, "dag_memory": _dag_memory, "data_ingest_memory": _data_ingest_memory,
              "rescore": _rescore, "scale_out": _scale_out, "automl_synthetic": _automl, "telco_quality": _telco}
 TITLES = {"nightly_floor": "The nightly batch against its floors",
+          "experiment": "Experiments: does the analysis recover a planted effect?",
           "redis_memory": "Redis memory per customer, by layout",
           "lookup_latency": "Lookup latency, open loop, against a C client",
           "publish": "Publish throughput, memory, lookups and end to end", "dag_memory": "Whole DAG, memory per task",
