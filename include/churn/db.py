@@ -219,6 +219,8 @@ CREATE TABLE IF NOT EXISTS churn.experiment_assignments (
     assigned_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (experiment_id, customer_id)
 );
+-- exports look a customer's arms up (experiment_arms column, holdouts left out)
+CREATE INDEX IF NOT EXISTS experiment_assignments_customer ON churn.experiment_assignments (customer_id);
 CREATE OR REPLACE FUNCTION churn.experiment_assignments_frozen() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'churn.experiment_assignments: an assignment is never changed (% refused)', TG_OP

@@ -5,7 +5,8 @@ event refresh log, run folders, re-score batch folders, local exports and consum
 forever. :func:`purge` deletes, for one logical date ``as_of``:
 
 - database rows older than the cutoff (done outbox events and their delta rows; per-run quarantine,
-  validation results, column profiles, drift metrics, run metrics and run records; refresh-log rows);
+  validation results, column profiles, drift metrics, run metrics and run records; refresh-log rows; experiment
+  splits; the assignments of experiments whose ``end`` is before the cutoff);
 - run folders ``runs/<date>``, re-score folders ``rescore/<run>``, export files and consumed delta files
   (``done/``, ``rejected/``) older than the cutoff.
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 _DATE_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})")  # the run date in a folder's or export file's name
 # (table, column holding the date) of run-keyed rows; run keys are the logical date (YYYY-MM-DD...).
 _RUN_KEYED = ("churn.quarantine", "churn.validation_results", "churn.column_profiles", "churn.drift_metrics",
-              "churn.run_metrics", "churn.pipeline_runs")
+              "churn.run_metrics", "churn.pipeline_runs", "churn.experiment_splits")
 _TIMED = (("churn.rescore_outbox", "done_at"), ("churn.score_refresh_log", "scored_at"))
 
 
@@ -121,6 +122,24 @@ def purge_paths(folder: Path, cutoff: date, keep: set[str] = frozenset(), *, dir
     return removed
 
 
+def _purge_experiments(conn: PgConnection, cfg, cutoff: date) -> int:
+    """Assignments of experiments that ended before the cutoff (their last night was judged by then)."""
+    if not getattr(cfg, "experiments_file", ""):
+        return 0
+    from churn.experiments.assignment import purge_ended
+    from churn.experiments.definitions import ExperimentsError, load_experiments
+
+    try:
+        experiments = load_experiments(cfg.experiments_file).experiments
+    except ExperimentsError as exc:  # retention never fails on it; the assign task reports the file's error
+        log.warning("retention: experiment assignments kept, the experiments file cannot be read: %s", exc)
+        return 0
+    with conn.cursor() as cur:
+        present = _exists(cur, "churn.experiment_assignments")
+    conn.commit()
+    return purge_ended(conn, experiments, cutoff) if present else 0
+
+
 def purge(conn: PgConnection, cfg, as_of: date) -> PurgeResult:
     """Purge database rows and files older than the retention cutoff for ``as_of`` (see the module doc)."""
     from churn.publish.refresh import current_batch
@@ -134,6 +153,7 @@ def purge(conn: PgConnection, cfg, as_of: date) -> PurgeResult:
     served_run = served[0] if served else None
     result = PurgeResult(cutoff.isoformat(), days, kept_served=served_run)
     result.rows = purge_rows(conn, cutoff, served_run)
+    result.rows["churn.experiment_assignments"] = _purge_experiments(conn, cfg, cutoff)
     keep = {served_run} if served_run else set()
     result.folders["runs"] = purge_paths(cfg.runs_dir, cutoff, keep)
     result.folders["rescore"] = purge_paths(cfg.state_dir / "rescore", cutoff)

@@ -25,7 +25,8 @@ RUN_DATE = date(2026, 11, 21)
 EXPORTS = [
     {"name": "high_risk", "band": "high"},
     {"name": "top_decile", "min_decile": 10, "gzip": True,
-     "columns": ["customer_id", "churn_probability", "risk_decile", "run_date", "model_version", "email", "plan"]},
+     "columns": ["customer_id", "churn_probability", "risk_decile", "run_date", "model_version", "email", "plan",
+                 "experiment_arms"]},
 ]
 EXPERIMENTS = """\
 experiments:
@@ -111,4 +112,7 @@ def test_nightly_run_delivers_the_configured_exports_over_sftp(nightly_with_sftp
         rows = list(csv.reader(io.StringIO(text, newline="")))
         assert len(rows) == expected + 1
         assert not {r[0] for r in rows[1:]} & holdout_ids  # no held-out customer is ever in a contact list
+        if "experiment_arms" in rows[0]:  # the arm each contacted customer is in
+            column = rows[0].index("experiment_arms")
+            assert {r[column] for r in rows[1:]} == {"retention-email=contacted"}
     assert top > 0 and high > 0 and summary["export_rows"] == high

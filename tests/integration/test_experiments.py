@@ -122,3 +122,42 @@ def test_an_experiment_is_judged_on_the_night_its_label_window_closes(pg_conn, t
     pg_conn.rollback()
     # the night before the experiment's label window closed: nothing to judge yet
     assert evaluate_experiments(pg_conn, cfg, night + timedelta(days=29)) == []
+
+
+def test_retention_removes_only_the_assignments_of_experiments_that_ended_before_the_cutoff(pg_conn, tmp_path):
+    from churn.config import ChurnConfig
+    from churn.retention import purge
+
+    (tmp_path / "experiments.yaml").write_text(
+        "experiments:\n"
+        "  - id: ended\n    salt: s\n    start: 2026-10-01\n    end: 2026-10-31\n"
+        "    arms: [{name: a, weight: 1, model: champion}, {name: b, weight: 1, model: champion}]\n"
+        "  - id: running\n    salt: s\n    start: 2026-10-01\n"
+        "    arms: [{name: a, weight: 1, model: champion}, {name: b, weight: 1, model: champion}]\n")
+    cfg = ChurnConfig(state_dir=tmp_path / "state", experiments_file=str(tmp_path / "experiments.yaml"),
+                      retention_days=30, realized_lag_days=30)
+    experiments = parse_experiments({"experiments": [
+        {"id": i, "salt": "s", "start": "2026-10-01", **({"end": "2026-10-31"} if i == "ended" else {}),
+         "arms": [{"name": "a", "weight": 1, "model": "champion"}, {"name": "b", "weight": 1, "model": "champion"}]}
+        for i in ("ended", "running")]}).experiments
+    ids = [f"C{i:08d}" for i in range(1, 2001)]
+    assign(pg_conn, experiments, ids, "2026-10-10", date(2026, 10, 10))
+    exp_gone = parse_experiments({"experiments": [
+        {"id": "not-in-the-file", "salt": "s", "start": "2026-10-01", "end": "2026-10-02",
+         "arms": [{"name": "a", "weight": 1, "model": "champion"}, {"name": "b", "weight": 1, "model": "champion"}]}
+    ]}).experiments
+    assign(pg_conn, exp_gone, ids, "2026-10-01", date(2026, 10, 1))
+
+    def counts():
+        with pg_conn.cursor() as cur:
+            cur.execute("SELECT experiment_id, count(*) FROM churn.experiment_assignments GROUP BY 1 ORDER BY 1")
+            found = dict(cur.fetchall())
+        pg_conn.rollback()
+        return found
+
+    # 2026-12-01: cutoff 2026-10-31 (31 days kept): "ended" ended on the cutoff day, its last night not judged
+    assert purge(pg_conn, cfg, date(2026, 12, 1)).rows["churn.experiment_assignments"] == 0
+    assert counts() == {"ended": 2000, "not-in-the-file": 2000, "running": 2000}
+    result = purge(pg_conn, cfg, date(2026, 12, 2))  # cutoff 2026-11-01: ended before it
+    assert result.rows["churn.experiment_assignments"] == 2000
+    assert counts() == {"not-in-the-file": 2000, "running": 2000}  # a file edit never erases assignments

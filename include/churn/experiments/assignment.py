@@ -187,3 +187,27 @@ def record_split(conn, experiment: Experiment, night: date, run_key: str, counts
             (experiment.id, night, run_key, json.dumps(check.counts), counts.new, check.chi2, check.p_value,
              check.flagged))
     conn.commit()
+
+
+def purge_ended(conn, experiments: Iterable[Experiment], cutoff: date, batch_rows: int = 50_000) -> int:
+    """Delete the assignments of experiments that ended before ``cutoff`` (judged by then), in bounded batches.
+
+    Experiments without an ``end``, and those no longer in the file, keep theirs: a file edited by mistake
+    must never erase who was in which arm.
+    """
+    ended = [e.id for e in experiments if e.end is not None and e.end < cutoff]
+    total = 0
+    with conn.cursor() as cur:
+        for experiment_id in ended:
+            while True:
+                cur.execute("DELETE FROM churn.experiment_assignments WHERE ctid = ANY(ARRAY(SELECT ctid FROM "
+                            "churn.experiment_assignments WHERE experiment_id = %s LIMIT %s))",
+                            (experiment_id, batch_rows))
+                total += cur.rowcount
+                conn.commit()
+                if cur.rowcount < batch_rows:
+                    break
+    conn.commit()
+    if total:
+        log.info("retention: %s assignments of experiments ended before %s removed (%s)", total, cutoff, ended)
+    return total

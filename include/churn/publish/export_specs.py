@@ -25,6 +25,9 @@ SCORE_COLUMNS = {
     "run_id": "s.run_id",
     "run_date": "s.run_id",  # the run key is the logical date the batch was scored for
     "scored_at": "s.scored_at",
+    # every experiment arm the customer holds, "experiment=arm;..." (churn.experiment_assignments)
+    "experiment_arms": "(SELECT string_agg(a.experiment_id || '=' || a.arm, ';' ORDER BY a.experiment_id) "
+                       "FROM churn.experiment_assignments a WHERE a.customer_id = s.customer_id)",
 }
 DEFAULT_COLUMNS = ("customer_id", "churn_probability", "risk_band", "risk_decile", "model_version", "run_id",
                    "email", "plan")
