@@ -302,6 +302,9 @@ class PublishSettings(_Section):
     redis_hash_max_entries: typing.Annotated[int, Field(ge=0)] = 128
     """The server's ``hash-max-listpack-entries`` (128 in Redis 7 and Valkey unless changed) that sized buckets stay under; 0 = read it with ``CONFIG GET``, which the platform's least-privilege user may not run."""
 
+    redis_publish_batch_rows: Count = 10_000
+    """Customers per Redis publish transaction: the server runs each whole, so smaller ones keep front-ends' lookups from waiting behind them (at some publish speed)."""
+
     publish_lease_seconds: Duration = 60.0
     """Lease of the one-publish-at-a-time locks (Redis lease, renewed every batch); a dead holder's lapses."""
 

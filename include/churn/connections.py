@@ -224,13 +224,18 @@ def _redis_from_url(cfg: ChurnConfig):
 
 def _redis_from_airflow(conn_id: str):
     """redis-py client from an Airflow connection (None if undefined); the db: extra ``db`` or the URI path."""
-    import redis
-
     conn = airflow_connection(conn_id)
     if conn is None:
         return None
+    return redis_from_connection(conn)
+
+
+def redis_from_connection(conn: Any):
+    """A redis-py client from an Airflow connection: a ``RedisCluster`` when its extra says ``"cluster": true``."""
+    import redis
+
     kwargs = redis_kwargs(conn)
-    if (conn.extra_dejson or {}).get("cluster"):  # extra {"cluster": true}: a node of a Redis Cluster
+    if (conn.extra_dejson or {}).get("cluster"):  # a node of a Redis Cluster: the client finds the others
         from redis.cluster import RedisCluster
 
         kwargs.pop("db")

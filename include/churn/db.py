@@ -11,7 +11,7 @@ if TYPE_CHECKING:  # the types of the psycopg2 objects every store function take
 
 # Bump when PLATFORM_DDL changes: tasks that find the schema at this version run no DDL (the publisher role
 # they run as may not), and ``python -m churn.migrate`` (the owner role) brings an older one up to it.
-SCHEMA_VERSION = 3  # 2: churn.promotions; 3: churn.experiment_* tables
+SCHEMA_VERSION = 4  # 2: churn.promotions; 3: churn.experiment_* tables; 4: their index by customer
 
 PLATFORM_DDL = """
 CREATE SCHEMA IF NOT EXISTS churn;

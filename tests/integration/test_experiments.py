@@ -29,7 +29,7 @@ def test_assignments_are_frozen_across_weight_changes_absences_and_re_runs(pg_co
     assert before == {cid: arm_of(fifty, cid) for cid in first}
     # a re-run of the night adds nothing and changes nothing
     [again] = assign(pg_conn, [fifty], first, "2026-12-01", NIGHT1)
-    assert again.new == 0 and again.per_arm == counts.per_arm
+    assert again.new == 5000 and again.per_arm == counts.per_arm  # the night's figures, not doubled
     # night 2: weights changed to 90/10; 1,000 customers absent; 2,000 new ones
     ninety = _experiment(90, 10)
     second = first[1000:] + [f"C{i:08d}" for i in range(5001, 7001)]
@@ -120,8 +120,10 @@ def test_an_experiment_is_judged_on_the_night_its_label_window_closes(pg_conn, t
                     "FROM churn.experiment_results")
         assert cur.fetchall() == [(night, night + timedelta(days=30), 20_000, None, "contacted")]
     pg_conn.rollback()
-    # the night before the experiment's label window closed: nothing to judge yet
-    assert evaluate_experiments(pg_conn, cfg, night + timedelta(days=29)) == []
+    # a night after the experiment's end is not judged (its holdout may be contacted by then)
+    (tmp_path / "experiments.yaml").write_text((tmp_path / "experiments.yaml").read_text().replace(
+        "start: 2026-11-01\n", "start: 2026-11-01\n    end: 2026-11-19\n"))
+    assert evaluate_experiments(pg_conn, cfg, night + timedelta(days=30)) == []
 
 
 def test_retention_removes_only_the_assignments_of_experiments_that_ended_before_the_cutoff(pg_conn, tmp_path):
@@ -161,3 +163,24 @@ def test_retention_removes_only_the_assignments_of_experiments_that_ended_before
     result = purge(pg_conn, cfg, date(2026, 12, 2))  # cutoff 2026-11-01: ended before it
     assert result.rows["churn.experiment_assignments"] == 2000
     assert counts() == {"not-in-the-file": 2000, "running": 2000}  # a file edit never erases assignments
+
+
+def test_a_customer_is_never_in_two_experiments_of_a_layer_even_after_a_traffic_edit(pg_conn):
+    def layer(spec):
+        return parse_experiments({"experiments": [
+            {"id": i, "salt": "s", "start": "2026-12-01", "layer": "retention", "traffic": t,
+             "arms": [{"name": "a", "weight": 1, "model": "champion"}, {"name": "b", "weight": 1, "model": "champion"}]}
+            for i, t in spec]}).experiments
+
+    ids = [f"C{i:08d}" for i in range(1, 20_001)]
+    assign(pg_conn, layer([("x", [0, 50])]), ids, "2026-12-01", NIGHT1)
+    # x shrinks to [0, 30] and y takes [30, 100]: customers of x's old [30, 50) stay in x only
+    counts = assign(pg_conn, layer([("x", [0, 30]), ("y", [30, 100])]), ids, "2026-12-02", NIGHT2)
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT customer_id FROM churn.experiment_assignments GROUP BY customer_id HAVING count(*) > 1")
+        assert cur.fetchall() == []
+        cur.execute("SELECT experiment_id, count(*) FROM churn.experiment_assignments GROUP BY 1 ORDER BY 1")
+        sizes = dict(cur.fetchall())
+    pg_conn.rollback()
+    assert 0.45 < sizes["x"] / 20_000 < 0.55 and 0.45 < sizes["y"] / 20_000 < 0.55  # y: 50 %, not 70 %
+    assert [c.experiment_id for c in counts] == ["x", "y"] and counts[0].new == 0

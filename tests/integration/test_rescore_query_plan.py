@@ -89,7 +89,8 @@ def test_a_rescore_of_two_customers_reads_each_table_through_its_id_index(millio
     assert all(rows <= 100 for _, relation, rows in nodes if relation), json.dumps(nodes)
 
 
-def test_a_burst_of_ten_thousand_customers_joins_without_nested_loops_and_extracts_the_same_rows(million, tmp_path):
+def test_a_burst_of_ten_thousand_customers_joins_without_nested_loops_and_extracts_the_same_rows(million, services,
+                                                                                               tmp_path):
     """A burst's query is run with nested loops off (their cost grows with the square of the batch when the
     planner underestimates the rows kept: 13 s for 10,000 customers at 10M); the rows are those of the query."""
     from churn.data.spec import synthetic_spec
@@ -98,9 +99,30 @@ def test_a_burst_of_ten_thousand_customers_joins_without_nested_loops_and_extrac
     assert len(ids) == 10_000 and len(ids) >= sql_source._MANY_IDS
     nodes = _plan(million, ids, sql_source._MANY_IDS_SETTINGS)
     assert not [n for n in nodes if n[0] == "Nested Loop"], json.dumps(nodes)
-    snapshot = sql_source.extract_query_snapshot(million, sql_source.load_query(sql_source.DEMO_QUERY), AS_OF,
-                                                 tmp_path / "burst.parquet", synthetic_spec(), labelled=False,
-                                                 label_window_days=30, ids=ids)
+    # the extraction itself sets it for a burst, and not for a single event (a logging connection sees it)
+    import logging
+
+    from psycopg2.extras import LoggingConnection
+
+    logged = psycopg2.connect(services.pg_url("plan_1m"), connection_factory=LoggingConnection)
+    statements: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            statements.append(record.getMessage())
+
+    sink = logging.getLogger("test.sql")
+    sink.addHandler(Collect())
+    sink.setLevel(logging.DEBUG)
+    logged.initialize(sink)
+    query = sql_source.load_query(sql_source.DEMO_QUERY)
+    sql_source.extract_query_snapshot(logged, query, AS_OF, tmp_path / "one.parquet", synthetic_spec(),
+                                      labelled=False, label_window_days=30, ids=ids[:2])
+    assert not [s for s in statements if "enable_nestloop" in s]
+    snapshot = sql_source.extract_query_snapshot(logged, query, AS_OF, tmp_path / "burst.parquet", synthetic_spec(),
+                                                 labelled=False, label_window_days=30, ids=ids)
+    assert [s for s in statements if sql_source._MANY_IDS_SETTINGS in s]
+    logged.close()
     import pyarrow.parquet as pq
 
     extracted = pq.read_table(snapshot.path).to_pydict()

@@ -114,9 +114,7 @@ class StreamTrigger(BaseEventTrigger):
 
     async def _client(self):
         """The serving Redis: the URL variable, else the Airflow connection, else the embedded server."""
-        import redis
-
-        from churn.connections import redis_from_url, redis_kwargs, redis_url
+        from churn.connections import redis_from_connection, redis_from_url, redis_url
 
         url = os.environ.get(self.url_env)
         if url:
@@ -125,7 +123,7 @@ class StreamTrigger(BaseEventTrigger):
         from airflow.sdk.exceptions import AirflowNotFoundException
 
         try:
-            return redis.Redis(**redis_kwargs(await BaseHook.aget_connection(self.conn_id)))
+            return redis_from_connection(await BaseHook.aget_connection(self.conn_id))
         except AirflowNotFoundException:
             return redis_from_url(redis_url(), socket_timeout=10)
 

@@ -46,13 +46,22 @@ def bucket(experiment_id: str, salt: str, customer_id: str) -> int:
 
 
 def arm_bounds(experiment: Experiment) -> list[tuple[str, int, int]]:
-    """``(arm, first bucket, end bucket)`` of every arm: contiguous shares of the 10,000 buckets by weight."""
-    total = sum(a.weight for a in experiment.arms)
-    bounds, before = [], 0.0
-    for arm in experiment.arms:
-        low, high = math.floor(BUCKETS * before / total), math.floor(BUCKETS * (before + arm.weight) / total)
+    """``(arm, first bucket, end bucket)`` of every arm: contiguous shares of the 10,000 buckets by weight.
+
+    Exact rational arithmetic (weights as written, e.g. 0.45 = 45/100), the last arm ending at 10,000: every
+    bucket has an arm whatever the weights, and another system computing ``floor(10000 * before / total)``
+    with exact fractions gets the same bounds.
+    """
+    from fractions import Fraction
+
+    weights = [Fraction(str(a.weight)) for a in experiment.arms]
+    total = sum(weights)
+    bounds, before = [], Fraction(0)
+    for i, (arm, weight) in enumerate(zip(experiment.arms, weights)):
+        low = math.floor(BUCKETS * before / total)
+        high = BUCKETS if i == len(weights) - 1 else math.floor(BUCKETS * (before + weight) / total)
         bounds.append((arm.name, low, high))
-        before += arm.weight
+        before += weight
     return bounds
 
 
@@ -85,36 +94,49 @@ def assign(conn, experiments: Iterable[Experiment], customer_ids: Iterable[str],
            night: date) -> list[AssignmentCounts]:
     """Store the arm of every customer not yet assigned in each experiment active on ``night``; return counts.
 
-    Idempotent: a re-run of the night inserts nothing new (``ON CONFLICT DO NOTHING``), and an assignment
-    once stored is never changed, whatever the file says now.
+    ``experiments``: every experiment of the file (the inactive ones name layer mates). The ids go to a
+    temporary table; only customers without an assignment in the experiment, nor in another experiment of
+    its layer (so an edited traffic range never puts a customer in two), are hashed and stored. Idempotent:
+    a re-run of the night adds nothing, and an assignment once stored never changes.
     """
     from churn.db import ensure_schema
 
+    experiments = list(experiments)
+    active = [e for e in experiments if e.active_on(night)]
+    if not active:
+        return []
     ensure_schema(conn)
-    ids = list(dict.fromkeys(str(c) for c in customer_ids))
     results = []
     with conn.cursor() as cur:
-        for exp in experiments:
-            if not exp.active_on(night):
-                continue
+        cur.execute("CREATE TEMP TABLE IF NOT EXISTS experiment_ids (customer_id text) ON COMMIT DROP")
+        cur.execute("CREATE TEMP TABLE IF NOT EXISTS experiment_new (customer_id text, arm text) ON COMMIT DROP")
+        cur.execute("TRUNCATE experiment_ids")
+        cur.copy_expert("COPY experiment_ids (customer_id) FROM STDIN",
+                        io.StringIO("".join(f"{_copy_text(str(c))}\n" for c in customer_ids)))
+        cur.execute("ANALYZE experiment_ids")
+        for exp in active:
+            mates = [e.id for e in experiments if e.layer and e.layer == exp.layer and e.id != exp.id]
+            cur.execute("SELECT DISTINCT i.customer_id FROM experiment_ids i WHERE NOT EXISTS (SELECT 1 FROM "
+                        "churn.experiment_assignments a WHERE a.customer_id = i.customer_id "
+                        "AND a.experiment_id = ANY(%s))", ([exp.id, *mates],))
             rows = io.StringIO()
-            for cid in ids:
+            for (cid,) in cur.fetchall():
                 arm = arm_of(exp, cid)
                 if arm is not None:
                     rows.write(f"{_copy_text(cid)}\t{arm}\n")
             rows.seek(0)
-            cur.execute("CREATE TEMP TABLE IF NOT EXISTS experiment_new (customer_id text, arm text) ON COMMIT DROP")
             cur.execute("TRUNCATE experiment_new")
             cur.copy_expert("COPY experiment_new (customer_id, arm) FROM STDIN", rows)
             cur.execute("INSERT INTO churn.experiment_assignments (experiment_id, customer_id, arm, assigned_run) "
                         "SELECT %s, customer_id, arm, %s FROM experiment_new "
                         "ON CONFLICT (experiment_id, customer_id) DO NOTHING", (exp.id, run_key))
-            new = cur.rowcount
-            cur.execute("SELECT arm, count(*) FROM churn.experiment_assignments WHERE experiment_id = %s GROUP BY arm",
-                        (exp.id,))
-            per_arm = {arm.name: 0 for arm in exp.arms} | {arm: int(n) for arm, n in cur.fetchall()}
+            cur.execute("SELECT arm, count(*), count(*) FILTER (WHERE assigned_run = %s) FROM "
+                        "churn.experiment_assignments WHERE experiment_id = %s GROUP BY arm", (run_key, exp.id))
+            found = cur.fetchall()
+            per_arm = {arm.name: 0 for arm in exp.arms} | {arm: int(n) for arm, n, _ in found}
+            new = sum(int(tonight) for _, _, tonight in found)  # a re-run of the night reports the same
             results.append(AssignmentCounts(exp.id, per_arm, new))
-            log.info("experiment %s: %s new assignment(s) on %s; per arm %s", exp.id, new, night, per_arm)
+            log.info("experiment %s: %s assignment(s) on %s; per arm %s", exp.id, new, night, per_arm)
     conn.commit()
     return results
 
@@ -125,8 +147,12 @@ def _copy_text(value: str) -> str:
 
 
 def stored_arms(conn, experiment_id: str, customer_ids: Iterable[str]) -> dict[str, str]:
-    """The stored arm of each of ``customer_ids`` that has one."""
+    """The stored arm of each of ``customer_ids`` that has one (none before the first assignment)."""
     with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('churn.experiment_assignments') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            conn.rollback()
+            return {}
         cur.execute("SELECT customer_id, arm FROM churn.experiment_assignments WHERE experiment_id = %s "
                     "AND customer_id = ANY(%s)", (experiment_id, list(customer_ids)))
         found = dict(cur.fetchall())

@@ -95,6 +95,10 @@ def _loader():
         pass
 
     def mapping(loader, node):
+        keys = [loader.construct_object(k, deep=True) for k, _ in node.value]
+        repeated = sorted({str(k) for k in keys if keys.count(k) > 1})
+        if repeated:  # YAML would keep the last silently: a copy-paste slip must not change an experiment
+            raise ExperimentsError(f"line {node.start_mark.line + 1}: key(s) {repeated} given twice in one mapping")
         value = loader.construct_mapping(node, deep=True)
         value["__line__"] = node.start_mark.line + 1
         return value
@@ -118,6 +122,8 @@ def load_experiments(path: str | Path) -> ExperimentsFile:
                                "the path of a readable YAML file, or leave it empty to run no experiment") from exc
     try:
         data = yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
+    except ExperimentsError as exc:
+        raise ExperimentsError(f"{path}:{str(exc).removeprefix('line ')}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -169,6 +175,10 @@ def _experiment(item, path: str) -> Experiment:
     for key in ("id", "salt", "start", "arms"):
         if item.get(key) in (None, ""):
             raise _fail(path, line, f"experiment without {key!r}; every experiment needs id, salt, start and arms")
+    for key in ("id", "salt"):
+        if not isinstance(item[key], str):
+            raise _fail(path, line, f"{key} {item[key]!r} must be text: quote it ({key}: \"{item[key]}\"), so that "
+                                    "YAML does not turn it into a number or a boolean and change the hash")
     exp_id = str(item["id"])
     if not ID_PATTERN.match(exp_id):
         raise _fail(path, line, f"id {exp_id!r}: use 1-64 lowercase letters, digits, '-' or '_' (it becomes part of "

@@ -62,7 +62,7 @@ def evaluate_experiments(conn, cfg: ChurnConfig, as_of: date) -> list[Experiment
     if not has_outcomes:
         log.info("experiments: no outcome table (src.churn_events) for the %s source; not judged", cfg.source)
         return []
-    experiments = [e for e in load_experiments(cfg.experiments_file).experiments if e.start <= scored_on]
+    experiments = [e for e in load_experiments(cfg.experiments_file).experiments if e.active_on(scored_on)]
     if not experiments:
         return []
     scores = _served_scores(conn, cfg, scored_on)

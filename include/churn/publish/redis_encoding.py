@@ -404,6 +404,10 @@ class Fencing:
         for group in range(groups):
             pipe.set(fence_key(self.prefix, group), self.lease.token)
         pipe.execute()
+        # Still ours after the claim? A holder that stalled between its check and these SETs (and so overwrote a
+        # newer holder's fences) stops here, before any group write; the newer holder's next write then fails
+        # and its task's retry claims again.
+        self.renew(what, force=True)
         self.claimed = groups
 
     def renew(self, what: str = "Redis publish", force: bool = False) -> None:

@@ -301,9 +301,9 @@ def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefi
         # batch's, an interrupted cleanup's) gets this publisher's token in its fence before any write.
         groups = cluster_groups(buckets) if fencing.cluster else 0
         if groups:
-            fencing.claim(max([groups] + [cluster_groups(int(tag.split(":")[1])) for tag in
-                                          (meta.get("layout_tag"), meta.get("cleanup_layout"))
-                                          if tag and tag.startswith("compact:")]), what)
+            fencing.claim(max([groups, int(meta.get("groups") or 0)] + [
+                cluster_groups(int(tag.split(":")[1])) for tag in (meta.get("layout_tag"), meta.get("cleanup_layout"))
+                if tag and tag.startswith("compact:")]), what)
         layout_tag = layout if layout == "json" else f"{layout}:{buckets}"
         sources = cleanup_sources(meta, run_id)
         previous = meta.get("run_id")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import date
+from datetime import date, timedelta
 
 from churn.config import ChurnConfig
 from churn.connections import Resources
@@ -34,14 +34,21 @@ def assign_experiments(cfg: ChurnConfig, res: Resources, run: dict, scored: dict
         return timed(run, "assign_experiments", started, ExperimentsResult(
             skipped=True, reason="dry run: nobody assigned"))
     night = date.fromisoformat(run["as_of"])
-    active = load_experiments(cfg.experiments_file).active(night)
+    experiments = load_experiments(cfg.experiments_file).experiments
+    active = [e for e in experiments if e.active_on(night)]
+    # Holdouts stay out of contact lists until the outcomes of the experiment's last night are in (end + the
+    # label lag): contacting them the day after the end would spoil the nights still being judged.
+    lag = timedelta(days=cfg.realized_lag_days)
+    judged = [e for e in experiments if e.end is not None and e.end < night <= e.end + lag]
+    kept = [[e.id, a.name] for e in judged for a in e.arms if not a.contact]
     if not active:
         return timed(run, "assign_experiments", started, ExperimentsResult(
-            skipped=True, reason=f"no experiment of {cfg.experiments_file} is active on {night}"))
+            skipped=not kept, ended_holdouts=kept,
+            reason=f"no experiment of {cfg.experiments_file} is active on {night}"))
     ids = pq.read_table(parse(ScoredResult, scored).path, columns=["customer_id"]).column(0).to_pylist()
     splits = []
     with res.pg_session() as conn:
-        for experiment, counts in zip(active, assign(conn, active, ids, run["run_key"], night)):
+        for experiment, counts in zip(active, assign(conn, experiments, ids, run["run_key"], night)):
             check = sample_ratio_check(experiment, counts.per_arm)
             record_split(conn, experiment, night, run["run_key"], counts, check)
             if check.flagged:
@@ -51,4 +58,4 @@ def assign_experiments(cfg: ChurnConfig, res: Resources, run: dict, scored: dict
             splits.append(ExperimentSplit(
                 experiment_id=experiment.id, counts=check.counts, new=counts.new, p_value=check.p_value,
                 flagged=check.flagged, holdout_arms=[a.name for a in experiment.arms if not a.contact]))
-    return timed(run, "assign_experiments", started, ExperimentsResult(experiments=splits))
+    return timed(run, "assign_experiments", started, ExperimentsResult(experiments=splits, ended_holdouts=kept))

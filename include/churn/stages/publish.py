@@ -84,6 +84,7 @@ def publish_redis(cfg: ChurnConfig, res: Resources, run: dict, scored: dict, pg_
                                        lambda sources: stale_customers(conn, sources, in_postgres.table),
                                        prefix=cfg.redis_key_prefix, layout=cfg.redis_layout,
                                        buckets=cfg.redis_hash_buckets, max_entries=cfg.redis_hash_max_entries,
+                                       batch_rows=cfg.redis_publish_batch_rows,
                                        lock_wait_seconds=cfg.publish_lock_wait_seconds,
                                        lock_lease_seconds=cfg.publish_lease_seconds,
                                        exclude_ids=lambda: newer_than_batch(conn, run["run_key"]))

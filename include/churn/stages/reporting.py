@@ -105,7 +105,12 @@ def report(cfg: ChurnConfig, res: Resources, run: dict, stages: dict, summary: d
         if not dry_run:  # experiments whose label window closed tonight: per arm, stored in experiment_results
             from churn.experiments.realized import evaluate_experiments
 
-            evaluate_experiments(conn, cfg, date.fromisoformat(run["as_of"]))
+            try:
+                evaluate_experiments(conn, cfg, date.fromisoformat(run["as_of"]))
+            except Exception:  # noqa: BLE001 - the report, its alerts and retention must still happen
+                conn.rollback()
+                log.exception("experiments were not judged tonight (the report goes on); fix the cause and "
+                              "re-run the night's report task to judge them")
         metrics.report_path = str(run_dir / "report.html")
         monitoring.record_run(conn, metrics)
     view = {"score_summary": metrics.score_summary, "prediction_psi": metrics.prediction_psi,

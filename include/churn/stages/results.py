@@ -194,12 +194,15 @@ class ExperimentsResult(StageResult):
     """Output of ``assign_experiments``: every active experiment's split (what ``export`` leaves out)."""
 
     experiments: list[ExperimentSplit] = field(default_factory=list)
+    ended_holdouts: list[list[str]] = field(default_factory=list)
+    """``[experiment id, arm]`` of holdout arms of experiments that ended less than the label lag ago."""
     skipped: bool = False
     reason: str | None = None
 
     def holdouts(self) -> list[tuple[str, str]]:
         """``(experiment id, arm)`` of every arm whose customers must not be contacted."""
-        return [(e.experiment_id, arm) for e in self.experiments for arm in e.holdout_arms]
+        return [(e.experiment_id, arm) for e in self.experiments for arm in e.holdout_arms] + [
+            (experiment_id, arm) for experiment_id, arm in self.ended_holdouts]
 
 
 @dataclass(kw_only=True)
