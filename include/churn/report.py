@@ -222,9 +222,36 @@ def _scores_section(monitoring: dict) -> dict | None:
             "plot": trusted(plot_score_distribution(current, previous, monitoring.get("previous_run_key")))}
 
 
+def _experiments_section(stages: dict, judged: list | None) -> dict:
+    """Tonight's split of every active experiment and the experiments judged tonight (analysis results)."""
+    assigned = stages.get("experiments") or {}
+    splits = [[e["experiment_id"], ", ".join(f"{arm} {n:,}" for arm, n in e["counts"].items()), e["new"],
+               e["p_value"], "split broken: results withheld" if e["flagged"] else "ok",
+               ", ".join(e.get("holdout_arms") or []) or "-"] for e in assigned.get("experiments") or []]
+    results = []
+    for analysis in judged or []:
+        if analysis.withheld:
+            results.append([analysis.experiment_id, "-", "-", "-", analysis.withheld])
+            continue
+        arms = "; ".join(f"{a.arm}: churn {a.churn_rate:.2%}, ROC AUC "
+                         f"{'-' if a.roc_auc is None else f'{a.roc_auc:.3f}'}" for a in analysis.arms)
+        for c in analysis.comparisons or [None]:
+            results.append([analysis.experiment_id, arms,
+                            "-" if c is None else f"{c.treated} vs {c.holdout}",
+                            "-" if c is None else (f"{c.uplift.estimate:+.2%} [{c.uplift.low:+.2%}, "
+                                                   f"{c.uplift.high:+.2%}]"),
+                            "-" if c is None else f"Qini {c.qini:.4f}"])
+    return {"skipped": assigned.get("reason") if assigned.get("skipped") else None, "splits": splits,
+            "results": results}
+
+
 def build_report(run: dict, summary: dict, stages: dict, monitoring: dict | None = None,
-                 realized: list[dict] | None = None, data_docs_href: Any = None) -> str:
-    """The run's HTML report (templates/report.html; self-contained: inline CSS and SVG, no external requests)."""
+                 realized: list[dict] | None = None, data_docs_href: Any = None,
+                 experiments: list | None = None) -> str:
+    """The run's HTML report (templates/report.html; self-contained: inline CSS and SVG, no external requests).
+
+    ``experiments``: the analyses judged tonight (:func:`churn.experiments.realized.evaluate_experiments`).
+    """
     from churn.templating import render
 
     monitoring = monitoring or {}
@@ -244,6 +271,7 @@ def build_report(run: dict, summary: dict, stages: dict, monitoring: dict | None
         models=_models_section(stages, summary), scores=_scores_section(monitoring),
         realized=[[r["scored_run_key"], r["model_version"], r["customers"], r["churned"], r["realized_roc_auc"],
                    r.get("expected_roc_auc")] for r in realized or []],
+        experiments=_experiments_section(stages, experiments),
         timings={"rows": [[k, v] for k, v in ordered.items()],
                  "plot": trusted(plot_stage_timings(ordered)) if ordered else ""},
     )

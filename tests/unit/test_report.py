@@ -134,3 +134,35 @@ def test_report_escapes_every_value_it_did_not_make(sample):
     assert "<script>" not in page and "<img src=x" not in page
     assert "&lt;script&gt;alert(&#39;note&#39;)&lt;/script&gt;" in page
     assert page.count("<svg") == 6 - 1  # plots are inserted as they are (made here), no score plot without scores
+
+
+def test_report_shows_tonights_experiment_splits_and_the_experiments_judged(sample):
+    import numpy as np
+
+    from churn.experiments.analysis import analyze
+    from churn.experiments.definitions import parse_experiments
+
+    exp = parse_experiments({"experiments": [{"id": "retention-email", "salt": "s", "start": "2026-10-01", "arms": [
+        {"name": "contacted", "weight": 80, "model": "champion"},
+        {"name": "holdout", "weight": 20, "model": "champion", "contact": False}]}]}).experiments[0]
+    rng = np.random.default_rng(2)
+    arms = np.where(rng.random(10_000) < 0.8, "contacted", "holdout")
+    scores = rng.random(10_000)
+    churned = (rng.random(10_000) < np.where(arms == "contacted", 0.5, 0.7) * scores * 0.3).astype(int)
+    judged = [analyze(exp, arms, scores, churned)]
+    stages = _stages(sample)
+    stages["experiments"] = {"experiments": [
+        {"experiment_id": "retention-email", "counts": {"contacted": 8012, "holdout": 1988}, "new": 25,
+         "p_value": 0.78, "flagged": False, "holdout_arms": ["holdout"]},
+        {"experiment_id": "<script>x</script>", "counts": {"a": 10, "b": 90}, "new": 0, "p_value": 1e-9,
+         "flagged": True, "holdout_arms": []}]}
+    page = build_report({"run_key": "2026-11-20"}, _summary(), stages, {}, [], experiments=judged)
+    for text in ("<h2>Experiments</h2>", "contacted 8,012, holdout 1,988", "split broken: results withheld",
+                 "contacted vs holdout", "Qini", "&lt;script&gt;x&lt;/script&gt;"):
+        assert text in page, text
+    assert "<script>x" not in page
+    uplift = judged[0].comparisons[0].uplift
+    assert f"{uplift.estimate:+.2%} [{uplift.low:+.2%}, {uplift.high:+.2%}]" in page
+    quiet = build_report({"run_key": "2026-11-20"}, _summary(), {**_stages(sample), "experiments": {
+        "skipped": True, "reason": "CHURN_EXPERIMENTS_FILE is not set: no experiment"}}, {}, [])
+    assert "CHURN_EXPERIMENTS_FILE is not set: no experiment" in quiet and "Judged tonight" not in quiet

@@ -102,11 +102,12 @@ def report(cfg: ChurnConfig, res: Resources, run: dict, stages: dict, summary: d
                                                cfg.metrics_sample_rows)
         previous = monitoring.previous_run(conn, run["run_key"])
         realized = monitoring.evaluate_realized(conn, cfg, date.fromisoformat(run["as_of"]))
+        judged: list = []
         if not dry_run:  # experiments whose label window closed tonight: per arm, stored in experiment_results
             from churn.experiments.realized import evaluate_experiments
 
             try:
-                evaluate_experiments(conn, cfg, date.fromisoformat(run["as_of"]))
+                judged = evaluate_experiments(conn, cfg, date.fromisoformat(run["as_of"]))
             except Exception:  # noqa: BLE001 - the report, its alerts and retention must still happen
                 conn.rollback()
                 log.exception("experiments were not judged tonight (the report goes on); fix the cause and "
@@ -117,7 +118,7 @@ def report(cfg: ChurnConfig, res: Resources, run: dict, stages: dict, summary: d
             "previous_run_key": metrics.previous_run_key, "max_prediction_psi": cfg.max_prediction_psi,
             "previous_score_summary": previous[1] if previous else None}
     html_text = build_report(run, summary, stages, view, realized,
-                             data_docs_href=lambda p: os.path.relpath(p, run_dir))
+                             data_docs_href=lambda p: os.path.relpath(p, run_dir), experiments=judged)
     path = write_report(run_dir / "report.html", html_text)
     url = f"{cfg.report_base_url.rstrip('/')}/runs/{run['run_key']}/report"
     log.info("run report: %s (file %s)", url, path)
