@@ -202,6 +202,8 @@ def redis_from_url(url: str, socket_timeout: float = 30):
         from redis.cluster import ClusterNode, RedisCluster
 
         parts = urlsplit(url.replace("+cluster", "", 1))
+        if parts.path.strip("/") not in ("", "0"):
+            raise ValueError(f"a Redis Cluster has only database 0: end the cluster URL with /0, not {parts.path}")
         auth, _, hosts = parts.netloc.rpartition("@")
         user, _, password = auth.partition(":")
         nodes = []

@@ -124,3 +124,12 @@ def test_cluster_batches_never_span_two_groups_and_name_their_group():
         assert tags == {encoded.group}, tags  # one group per transaction: one slot on a cluster
         seen_rows += encoded.rows
     assert seen_rows == rows
+
+
+def test_a_cluster_url_with_another_database_is_refused_with_the_fix():
+    import pytest
+
+    from churn.connections import redis_from_url
+
+    with pytest.raises(ValueError, match="only database 0: end the cluster URL with /0, not /3"):
+        redis_from_url("redis+cluster://churn:pw@127.0.0.1:7000,127.0.0.1:7001/3")

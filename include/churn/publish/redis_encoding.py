@@ -317,9 +317,10 @@ _MULTI, _EXEC, _UNWATCH = command("MULTI"), command("EXEC"), command("UNWATCH")
 
 
 def _lease_lost(fence: Fence, what: str, why: str) -> LeaseLost:
+    lease = f"its {fence.ttl_ms / 1000:g} s lease" if fence.ttl_ms > 0 else "its lease"  # group fences: no TTL
     return LeaseLost(
         f"{what}: the publish lease {fence.key} is no longer this publisher's ({why}: this publish stalled past "
-        f"its {fence.ttl_ms / 1000:g} s lease and another may have taken over); the server applied nothing of "
+        f"{lease} and another may have taken over); the server applied nothing of "
         "this write. The task's retry starts over; if workers pause that long routinely, raise "
         "CHURN_PUBLISH_LEASE_SECONDS.")
 
