@@ -209,11 +209,7 @@ def _sampled_outcomes(conn: PgConnection, cfg: ChurnConfig, scored_on: date, as_
         return None
     from churn.data.stream import iter_frames, keep_mask, parquet_rows
 
-    with conn.cursor() as cur:
-        cur.execute("SELECT DISTINCT customer_id FROM src.churn_events WHERE churn_date > %s AND churn_date <= %s",
-                    window)
-        churned = {row[0] for row in cur.fetchall()}
-    conn.commit()
+    churned = set(churned_between(conn, *window))
     total = parquet_rows(path)
     fraction = 1.0 if total <= cfg.metrics_sample_rows else cfg.metrics_sample_rows / total
     counts: dict = {}
@@ -229,6 +225,25 @@ def _sampled_outcomes(conn: PgConnection, cfg: ChurnConfig, scored_on: date, as_
                                                                        "churned"])
 
 
+def has_outcomes(conn: PgConnection) -> bool:
+    """True when the source has an outcome table (``src.churn_events``: the demo source; others have none yet)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('src.churn_events') IS NOT NULL")
+        found = bool(cur.fetchone()[0])
+    conn.commit()
+    return found
+
+
+def churned_between(conn: PgConnection, after: date, until: date) -> list[str]:
+    """Ids of the customers who churned after ``after`` and on or before ``until`` (``src.churn_events``)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT DISTINCT customer_id FROM src.churn_events WHERE churn_date > %s AND churn_date <= %s",
+                    (after, until))
+        ids = [row[0] for row in cur.fetchall()]
+    conn.commit()
+    return ids
+
+
 def evaluate_realized(conn: PgConnection, cfg: ChurnConfig, as_of: date) -> list[dict]:
     """ROC AUC achieved by the scores of ``as_of - realized_lag_days``, per model version; stored and returned.
 
@@ -240,11 +255,7 @@ def evaluate_realized(conn: PgConnection, cfg: ChurnConfig, as_of: date) -> list
 
     ensure_schema(conn)
     scored_on = as_of - timedelta(days=cfg.realized_lag_days)
-    with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('src.churn_events') IS NOT NULL")
-        has_outcomes = cur.fetchone()[0]
-    conn.commit()
-    if not has_outcomes:
+    if not has_outcomes(conn):
         # Outcomes come from the demo source's src.churn_events; a file or SQL source has none here yet, and
         # failing the report on the first night past the lag (found by the seven-nights test) helps nobody.
         log.info("realized performance: no outcome table (src.churn_events) for the %s source; not judged",

@@ -18,6 +18,7 @@ import numpy as np
 from churn.config import ChurnConfig
 from churn.experiments.analysis import ExperimentAnalysis, analyze
 from churn.experiments.definitions import load_experiments
+from churn.monitoring import churned_between, has_outcomes
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,7 @@ def evaluate_experiments(conn, cfg: ChurnConfig, as_of: date) -> list[Experiment
         return []
     ensure_schema(conn)
     scored_on = as_of - timedelta(days=cfg.realized_lag_days)
-    with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('src.churn_events') IS NOT NULL")
-        has_outcomes = cur.fetchone()[0]
-    conn.commit()
-    if not has_outcomes:
+    if not has_outcomes(conn):
         log.info("experiments: no outcome table (src.churn_events) for the %s source; not judged", cfg.source)
         return []
     experiments = [e for e in load_experiments(cfg.experiments_file).experiments if e.active_on(scored_on)]
@@ -69,11 +66,7 @@ def evaluate_experiments(conn, cfg: ChurnConfig, as_of: date) -> list[Experiment
     if scores is None:
         log.info("experiments: no scores served on %s are kept; not judged", scored_on)
         return []
-    with conn.cursor() as cur:
-        cur.execute("SELECT DISTINCT customer_id FROM src.churn_events WHERE churn_date > %s AND churn_date <= %s",
-                    (scored_on, as_of))
-        churned_ids = pa.array([r[0] for r in cur.fetchall()], pa.string())
-    conn.commit()
+    churned_ids = pa.array(churned_between(conn, scored_on, as_of), pa.string())
     results = []
     for experiment in experiments:
         with conn.cursor() as cur:
