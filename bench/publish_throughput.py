@@ -47,6 +47,8 @@ def write_precomputed_scores(path: Path, customers: int, seed: int = 5) -> Path:
             "run_id": pa.array(np.full(customers, RUN_ID, dtype=object), pa.string()),
             "scored_at": pa.array(np.full(customers, datetime(2026, 11, 20, 2, 14, 3, tzinfo=timezone.utc)),
                                   pa.timestamp("us", tz="UTC")),
+            "experiment": pa.nulls(customers, pa.string()),
+            "arm": pa.nulls(customers, pa.string()),
         },
         schema=SCORE_SCHEMA,
     )

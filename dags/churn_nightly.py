@@ -125,10 +125,10 @@ def churn_nightly():
         return run_task(model.register, run, splits, evaluation)
 
     @task
-    def plan_scoring(run: dict, validated: dict, registered: dict) -> list[dict]:
+    def plan_scoring(run: dict, validated: dict, registered: dict, assigned: dict) -> list[dict]:
         from churn.stages import scoring, run_task
 
-        return run_task(scoring.plan_scoring, run, validated, registered)
+        return run_task(scoring.plan_scoring, run, validated, registered, assigned)
 
     @task(max_active_tis_per_dagrun=16)
     def score_partition(run: dict, part: dict) -> dict:
@@ -155,10 +155,10 @@ def churn_nightly():
         return run_task(publish.publish_redis, run, scored, pg_published)
 
     @task
-    def assign_experiments(run: dict, scored: dict) -> dict:
+    def assign_experiments(run: dict, validated: dict, registered: dict) -> dict:
         from churn.stages import experiments, run_task
 
-        return run_task(experiments.assign_experiments, run, scored)
+        return run_task(experiments.assign_experiments, run, validated, registered)
 
     @task(outlets=[EXPORT_FILES])
     def export(run: dict, scored: dict, pg_published: dict, validated: dict, assigned: dict) -> dict:
@@ -194,12 +194,13 @@ def churn_nightly():
     registered = register(run, splits, evaluation)
     # One mapped task per hash partition of the id space (CHURN_SCORE_PARTITIONS); a failed partition retries
     # alone, and `score` merges them (exact global deciles) before anything is published.
-    parts = plan_scoring(run, validated, registered)
+    # Experiments: arms assigned (frozen) before scoring, which serves each customer its arm's model, and before
+    # the export, which leaves holdout arms out of contact lists.
+    assigned = assign_experiments(run, validated, registered)
+    parts = plan_scoring(run, validated, registered, assigned)
     scored = score(run, score_partition.partial(run=run).expand(part=parts))
     pg_published = publish_postgres(run, scored)
     redis_published = publish_redis(run, scored, pg_published)
-    # Experiments: arms assigned (frozen) before the export, which leaves holdout arms out of contact lists.
-    assigned = assign_experiments(run, scored)
     exported = export(run, scored, pg_published, validated, assigned)
     exported.set_upstream(redis_published)
     stages = {

@@ -103,11 +103,12 @@ public final class ChurnLookup {
         String layout = m.get("layout");
         if (layout.equals("json")) return FlatJson.parse(raw);
         String[] fields = raw.split("\\|", -1);
-        if (fields.length == 7) { // an event re-score carries its own details
+        if (fields.length == 7 || fields.length == 9) { // an event re-score carries its own details
             Map<String, Object> r = record(customerId, Double.parseDouble(fields[0]), fields[2],
                     Integer.parseInt(fields[1]), fields[4], fields[3], fields[5]);
             r.put("source", "event");
             r.put("event_at", fields[6]);
+            if (fields.length == 9) withArm(r, fields[7], fields[8]);
             return r;
         }
         if (layout.equals("hash")) {
@@ -131,11 +132,30 @@ public final class ChurnLookup {
         int decile = (int) (rest / 100) + 1, band = (int) (rest / 10 % 10), slot = (int) (rest % 10);
         String s = Integer.toString(slot);
         // a slot neither served nor being published in this copy: a batch published since, read the marker again
-        if (strict && !s.equals(m.get("slot")) && !s.equals(m.get("slot_writing"))) return null;
+        if (strict && !listed(m, "slots", "slot", s) && !listed(m, "slots_writing", "slot_writing", s)) return null;
         String info = m.get("slot_" + slot);
         if (info == null) return null;
-        String[] run = info.split("\\|", -1); // run_id | model_version | scored_at | band names
-        return record(customerId, micro / 1_000_000.0, run[3].split(",")[band], decile, run[1], run[0], run[2]);
+        // run_id | model_version | scored_at | band names [| experiment | arm]
+        String[] run = info.split("\\|", -1);
+        Map<String, Object> r = record(customerId, micro / 1_000_000.0, run[3].split(",")[band], decile, run[1],
+                run[0], run[2]);
+        if (run.length >= 6) withArm(r, run[4], run[5]);
+        return r;
+    }
+
+    /** True when slot {@code s} is in the marker's comma list {@code list} (or its single {@code single}). */
+    private static boolean listed(Map<String, String> m, String list, String single, String s) {
+        String digits = m.get(list) != null && !m.get(list).isEmpty() ? m.get(list) : m.get(single);
+        if (digits == null) return false;
+        for (String d : digits.split(",")) if (d.equals(s)) return true;
+        return false;
+    }
+
+    /** The experiment and arm whose model served the score (an experiment's customer only). */
+    private static void withArm(Map<String, Object> r, String experiment, String arm) {
+        if (experiment.isEmpty()) return;
+        r.put("experiment", experiment);
+        r.put("arm", arm);
     }
 
     private static Map<String, Object> record(String id, double proba, String band, int decile, String version,

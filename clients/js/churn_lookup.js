@@ -43,13 +43,24 @@ function decodeCompact(value) {
   return [micro / 1000000, Math.floor(rest / 100) + 1, Math.floor(rest / 10) % 10, rest % 10];
 }
 
+/** The record with the experiment and arm whose model served it (an experiment's customer only). */
+function withArm(record, experiment, arm) {
+  if (experiment) Object.assign(record, { experiment, arm });
+  return record;
+}
+
+/** True when `slot` is in the marker's comma list `list` (or its single `single`, from before lists). */
+function listed(meta, list, single, slot) {
+  return (meta[list] || meta[single] || '').split(',').includes(String(slot));
+}
+
 function eventRecord(customerId, fields) {
-  const [proba, decile, band, runId, version, scoredAt, eventAt] = fields;
-  return {
+  const [proba, decile, band, runId, version, scoredAt, eventAt, experiment, arm] = fields;
+  return withArm({
     customer_id: customerId, churn_probability: parseFloat(proba), risk_band: band,
     risk_decile: parseInt(decile, 10), model_version: version, run_id: runId, scored_at: scoredAt,
     source: 'event', event_at: eventAt,
-  };
+  }, experiment, arm);
 }
 
 function sameMeta(a, b) {
@@ -112,7 +123,7 @@ class ChurnLookup {
   async decode(customerId, raw, meta) {
     if (meta.layout === 'json') return JSON.parse(raw);
     const fields = raw.split('|');
-    if (fields.length === 7) return eventRecord(customerId, fields); // an event re-score
+    if (fields.length === 7 || fields.length === 9) return eventRecord(customerId, fields); // an event re-score
     if (meta.layout === 'hash') return this.hashRecord(customerId, fields);
     let record = this.compactRecord(customerId, raw, meta, true);
     if (record === null) record = this.compactRecord(customerId, raw, await this.meta(true), false);
@@ -122,14 +133,16 @@ class ChurnLookup {
   compactRecord(customerId, raw, meta, strict) {
     const [proba, decile, band, slot] = decodeCompact(raw);
     // a slot neither served nor being published in this copy: a batch published since, read the marker again
-    if (strict && String(slot) !== meta.slot && String(slot) !== meta.slot_writing) return null;
+    if (strict && !listed(meta, 'slots', 'slot', slot) && !listed(meta, 'slots_writing', 'slot_writing', slot)) {
+      return null;
+    }
     const info = meta[`slot_${slot}`];
     if (!info) return null;
-    const [runId, version, scoredAt, bands] = info.split('|');
-    return {
+    const [runId, version, scoredAt, bands, experiment, arm] = info.split('|');
+    return withArm({
       customer_id: customerId, churn_probability: proba, risk_band: bands.split(',')[band],
       risk_decile: decile, model_version: version, run_id: runId, scored_at: scoredAt,
-    };
+    }, experiment, arm);
   }
 
   async hashRecord(customerId, fields) {

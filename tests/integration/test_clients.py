@@ -81,3 +81,47 @@ def test_the_javascript_crc32_is_the_bucket_hash(node, builtin):
     done = subprocess.run([node, "-e", script, str(CLIENTS / "js" / "churn_lookup.js"), json.dumps(ids)],
                           capture_output=True, text=True, timeout=60, check=True)
     assert json.loads(done.stdout) == [zlib.crc32(i.encode()) for i in ids]
+
+
+def _experiment_scores(path, customers: int):
+    """A score file as an experiment night writes it: three arms, the challenger served another model."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write_scores(path, RUN_A, 0, customers, seed=9)
+    table = pq.read_table(path)
+    n = table.num_rows
+    arm = pa.array([["control", "challenger", "holdout", None][i % 4] for i in range(n)], pa.string())
+    version = pa.array([f"{RUN_A}-hgb" if i % 4 == 1 else f"{RUN_A}-logreg" for i in range(n)], pa.string())
+    table = table.set_column(table.schema.get_field_index("model_version"), "model_version", version)
+    table = table.set_column(table.schema.get_field_index("experiment"), "experiment",
+                             pa.array([None if i % 4 == 3 else "exp-1" for i in range(n)], pa.string()))
+    table = table.set_column(table.schema.get_field_index("arm"), "arm", arm)
+    pq.write_table(table, path)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["compact", "json"])
+def test_the_clients_return_each_customers_experiment_arm_and_model(node, java, services, redis_client, tmp_path,
+                                                                     layout):
+    path = _experiment_scores(tmp_path / "scores.parquet", 4000)
+    rs.publish_scores(redis_client, path, RUN_A, f"{RUN_A}-logreg", layout=layout, buckets=0)
+    meta = rs.served_meta(redis_client)
+    if layout == "compact":  # the champion outside experiments, then each (model, arm): four slots
+        assert len(meta["slots"].split(",")) == 4
+        redis_client.hset(rs.compact_key(EVENT_ID, buckets=int(meta["buckets"])), EVENT_ID,
+                          EVENT_VALUE + "|exp-1|challenger")  # a re-scored challenger customer: 9 fields
+    ids = [f"C{i:08d}" for i in range(1, 4001)]
+    reader_url = services.redis_reader_url()
+    reader = redis.Redis.from_url(reader_url)
+    expected = [rs.lookup_score(reader, cid) for cid in ids]
+    reader.close()
+    assert [(r.get("experiment"), r.get("arm"), r["model_version"]) for r in expected[:4]] == [
+        ("exp-1", "control", f"{RUN_A}-logreg"), ("exp-1", "challenger", f"{RUN_A}-hgb"),
+        ("exp-1", "holdout", f"{RUN_A}-logreg"), (None, None, f"{RUN_A}-logreg")]
+    if layout == "compact":
+        assert expected[76]["source"] == "event" and expected[76]["arm"] == "challenger"
+    for client in (js_lookup_command(node), java):
+        got = client_lookups(client, reader_url, ids)
+        mismatches = [(cid, e, g) for cid, e, g in zip(ids, expected, got) if e != g]
+        assert mismatches == [], (client, mismatches[:3])

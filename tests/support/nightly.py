@@ -6,7 +6,7 @@ from datetime import date
 
 from churn.config import ChurnConfig
 from churn.connections import Resources
-from churn.stages import data, model, publish, scoring
+from churn.stages import data, experiments, model, publish, scoring
 from churn.stages.common import start_run
 
 RUN_DATE = date(2026, 11, 20)
@@ -22,7 +22,9 @@ def run_nightly(cfg: ChurnConfig, res: Resources, as_of: date) -> dict:
     trained = model.train(cfg, res, run, splits, drifted)
     evaluation = model.evaluate_and_gate(cfg, res, run, splits, trained)
     registered = model.register(cfg, res, run, splits, evaluation)
-    scored = scoring.score(cfg, res, run, validated, registered)
+    assigned = experiments.assign_experiments(cfg, res, run, validated, registered)
+    scored = scoring.score(cfg, res, run, validated, registered, assigned)
     pg_published = publish.publish_postgres(cfg, res, run, scored)
-    publish.publish_redis(cfg, res, run, scored, pg_published)
-    return {"run": run, "scored": scored, "pg_published": pg_published}
+    redis_published = publish.publish_redis(cfg, res, run, scored, pg_published)
+    return {"run": run, "scored": scored, "pg_published": pg_published, "assigned": assigned,
+            "redis_published": redis_published, "validated": validated}

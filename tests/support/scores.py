@@ -28,6 +28,8 @@ def write_scores(path: Path, run_id: str, first: int, count: int, seed: int = 0,
             "run_id": [run_id] * count,
             "scored_at": pa.array([datetime(2026, 11, 20, 2, 14, 3, tzinfo=timezone.utc)] * count,
                                   pa.timestamp("us", tz="UTC")),
+            "experiment": pa.nulls(count, pa.string()),
+            "arm": pa.nulls(count, pa.string()),
         },
         schema=SCORE_SCHEMA,
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from churn.publish import redis_store as rs
 
 BUCKETS = 64  # as in tests/integration/test_publish_redis.py
@@ -69,16 +71,40 @@ def test_bucket_counts_keep_the_mean_bucket_under_the_fill_and_are_powers_of_two
 
 
 def test_each_publish_takes_the_next_slot_and_a_retry_keeps_its_own():
-    from churn.publish.redis_store import _slot_for
+    from churn.publish.redis_store import _slots_for
 
-    assert _slot_for({}, "2026-11-20") == 0
+    def slot_for(meta, run):
+        return _slots_for(meta, run, [("m", "", "")])[0]
+
+    assert slot_for({}, "2026-11-20") == 0
     served = {"slot": "3", "slot_last": "3", "slot_3": "2026-11-20|m|t|low"}
-    assert _slot_for(served, "2026-11-21") == 4
-    assert _slot_for(served, "2026-11-20") == 3  # the served run published again: the same values
+    assert slot_for(served, "2026-11-21") == 4
+    assert slot_for(served, "2026-11-20") == 3  # the served run published again: the same values
     writing = {**served, "slot_writing": "4", "slot_last": "4", "slot_4": "2026-11-21|m|t|low"}
-    assert _slot_for(writing, "2026-11-21") == 4  # a retry of the attempt in progress
-    assert _slot_for(writing, "2026-11-22") == 5  # another run: a fresh slot, never the one being written
-    assert _slot_for({"slot": "9", "slot_last": "9", "slot_9": "x|m|t|low"}, "y") == 0  # wraps after 9
+    assert slot_for(writing, "2026-11-21") == 4  # a retry of the attempt in progress
+    assert slot_for(writing, "2026-11-22") == 5  # another run: a fresh slot, never the one being written
+    assert slot_for({"slot": "9", "slot_last": "9", "slot_9": "x|m|t|low"}, "y") == 0  # wraps after 9
+
+
+def test_an_experiment_run_takes_a_slot_per_arm_never_the_served_ones_and_keeps_them_on_retry():
+    from churn.publish.redis_keys import RedisPublishError
+    from churn.publish.redis_store import _slots_for
+
+    combos = [("champ", "", ""), ("champ", "exp", "control"), ("boost", "exp", "challenger")]
+    served = {"run_id": "2026-11-20", "slot": "8", "slots": "8,9,0", "slot_last": "0",
+              "slot_8": "2026-11-20|champ|t|low", "slot_9": "2026-11-20|champ|t|low|exp|control",
+              "slot_0": "2026-11-20|boost|t|low|exp|challenger"}
+    assert _slots_for(served, "2026-11-20", combos) == [8, 9, 0]  # the served run again: its own slots
+    assert _slots_for(served, "2026-11-21", combos) == [1, 2, 3]
+    writing = {**served, "slots_writing": "1,2,3", "slot_writing": "1", "slot_last": "3",
+               "slot_1": "2026-11-21|champ|t|low", "slot_2": "2026-11-21|champ|t|low|exp|control",
+               "slot_3": "2026-11-21|boost|t|low|exp|challenger"}
+    assert _slots_for(writing, "2026-11-21", combos) == [1, 2, 3]  # a retry keeps its slots
+    assert _slots_for(writing, "2026-11-21", combos[:2]) == [1, 2]
+    wrapped = {**served, "slot_last": "7"}
+    assert _slots_for(wrapped, "2026-11-21", combos) == [1, 2, 3]  # skips the served 8, 9, 0
+    with pytest.raises(RedisPublishError, match="free slots"):
+        _slots_for(served, "2026-11-21", [("v", "e", f"a{i}") for i in range(8)])
 
 
 def test_cluster_groups_spread_buckets_in_contiguous_ranges_within_the_slot_count():

@@ -30,6 +30,7 @@ ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 EXPERIMENT_KEYS = {"id", "salt", "start", "end", "layer", "traffic", "arms", "minimum_detectable_effect",
                    "description"}
 ARM_KEYS = {"name", "weight", "model", "contact"}
+CHAMPION = "champion"
 
 
 class ExperimentsError(ValueError):
@@ -73,6 +74,15 @@ class Experiment:
     def arm(self, name: str) -> Arm:
         """The arm called ``name``."""
         return next(a for a in self.arms if a.name == name)
+
+    @property
+    def varies_model(self) -> bool:
+        """True when an arm is served another model than the champion (the experiment decides what is served)."""
+        return any(a.model != CHAMPION for a in self.arms)
+
+    def overlaps(self, other: "Experiment") -> bool:
+        """True when both assign on at least one common night."""
+        return (self.end is None or other.start <= self.end) and (other.end is None or self.start <= other.end)
 
 
 @dataclass
@@ -149,6 +159,7 @@ def parse_experiments(data, path: str = "<experiments>") -> ExperimentsFile:
                                    f"{seen[exp.id].line}); ids are permanent, give the new one another id")
         seen[exp.id] = exp
     _check_layers(experiments, path)
+    _check_served_models(experiments, path)
     return ExperimentsFile(path, experiments)
 
 
@@ -237,9 +248,24 @@ def _check_layers(experiments: list[Experiment], path: str) -> None:
         for b in experiments[i + 1:]:
             if not a.layer or a.layer != b.layer:
                 continue
-            dates_overlap = (a.end is None or b.start <= a.end) and (b.end is None or a.start <= b.end)
+            dates_overlap = a.overlaps(b)
             ranges_overlap = a.traffic[0] < b.traffic[1] and b.traffic[0] < a.traffic[1]
             if dates_overlap and ranges_overlap:
                 raise _fail(path, b.line, f"experiments {a.id!r} (line {a.line}) and {b.id!r} share layer {a.layer!r}, "
                                           f"their dates overlap and so do their traffic ranges {list(a.traffic)} and "
                                           f"{list(b.traffic)}: give them disjoint ranges (e.g. [0, 50] and [50, 100])")
+
+
+def _check_served_models(experiments: list[Experiment], path: str) -> None:
+    """Two experiments that both choose the served model must never share a customer: the same layer, apart.
+
+    A customer is served one score; were they in two such experiments, one of them would measure a model its
+    customers were not served.
+    """
+    for i, a in enumerate(experiments):
+        for b in experiments[i + 1:]:
+            if a.varies_model and b.varies_model and a.overlaps(b) and not (a.layer and a.layer == b.layer):
+                raise _fail(path, b.line, f"experiments {a.id!r} (line {a.line}) and {b.id!r} both serve other models "
+                                          "than the champion on common nights: put them in one layer with disjoint "
+                                          "traffic ranges (a customer is served one model), or let their dates not "
+                                          "overlap")

@@ -60,9 +60,12 @@ SCORE_SCHEMA = pa.schema(
         ("model_version", pa.string()),
         ("run_id", pa.string()),
         ("scored_at", pa.timestamp("us", tz="UTC")),
+        ("experiment", pa.string()),  # the experiment and arm whose model served the score (null: none)
+        ("arm", pa.string()),
     ]
 )
-_RAW_SCHEMA = pa.schema([("customer_id", pa.string()), ("churn_probability", pa.float32())])
+_RAW_SCHEMA = pa.schema([("customer_id", pa.string()), ("churn_probability", pa.float32()), ("model", pa.int16()),
+                         ("experiment", pa.string()), ("arm", pa.string())])
 
 
 @dataclass
@@ -238,10 +241,15 @@ def score_partition(
     partition: int = 0,
     partitions: int = 1,
     chunk_rows: int = 200_000,
+    arm_models: list | None = None,
+    arms=None,
 ) -> PartitionScores:
     """Pass 1 for one hash partition: probabilities to ``part-NNNN.raw.parquet`` plus its coarse histogram.
 
     ``model`` is a :class:`churn.model.runtime.Scorer` (or a scikit-learn estimator, scored as such).
+    Experiments: ``arm_models`` are the other models arms are served (index 1, 2, ...; the champion is 0), each
+    scoring every row, and ``arms`` (:class:`churn.experiments.serving.ArmLookup`) names each enrolled
+    customer's arm and model: the row keeps that model's probability.
     Files are written under temporary names and renamed, so a retried partition replaces
     its own files whole and the merge never reads a half-written one.
     """
@@ -264,13 +272,22 @@ def score_partition(
                 frame = signature.enforce(batch.to_pandas(), max_unknown_fraction=0.0)
                 if frame.empty:
                     continue
+                ids = frame[signature.id_column].astype("str").to_numpy(dtype=object)
                 t0 = time.monotonic()
                 proba = scorer.predict(frame)
+                if arms is not None:
+                    chosen, experiment, arm = arms.lookup(ids)
+                    for index, other in enumerate(arm_models or [], start=1):  # every arm's model scores every row
+                        other_proba = other.predict(frame)
+                        proba = np.where(chosen == index, other_proba, proba).astype(np.float32)
+                else:
+                    n = len(frame)
+                    chosen, experiment, arm = np.zeros(n, np.int16), pa.nulls(n, pa.string()), pa.nulls(n, pa.string())
                 inference += time.monotonic() - t0
                 sketch.add(proba)
                 raw_writer.write_batch(pa.record_batch(
-                    [pa.array(frame[signature.id_column].astype("str").to_numpy(dtype=object), pa.string()),
-                     pa.array(proba, pa.float32())], schema=_RAW_SCHEMA))
+                    [pa.array(ids, pa.string()), pa.array(proba, pa.float32()), pa.array(chosen, pa.int16()),
+                     experiment, arm], schema=_RAW_SCHEMA))
                 done += len(frame)
                 if time.monotonic() - last_progress >= PROGRESS_SECONDS:
                     log.info("scoring progress (partition %s of %s): %s rows scored; inference %.1f s (%.0f rows/s)",
@@ -293,13 +310,15 @@ def merge_partitions(
     parts: list[PartitionScores],
     out_path: str | Path,
     *,
-    model_version: str,
+    model_version: str | list[str],
     run_id: str,
     scored_at: datetime,
     band_cuts: tuple[float, ...],
     chunk_rows: int = 200_000,
 ) -> ScoreResult:
     """Passes 2 and 3 over every partition: exact *global* decile cuts, then one final score file.
+
+    ``model_version``: the version of every score, or (experiments) the versions by the raw files' model index.
 
     The partitions' coarse histograms add up to the population's; the refine pass reads only
     the probability column of each partition's raw file. Refuses an incomplete set of partitions.
@@ -327,19 +346,25 @@ def merge_partitions(
                 sketch.refine(batch.column(0).to_numpy(zero_copy_only=False))
     cuts = sketch.cuts()
     scored_us = pd.Timestamp(scored_at).value // 1000
+    versions = pa.array([model_version] if isinstance(model_version, str) else list(model_version), pa.string())
     try:
         with pq.ParquetWriter(tmp, SCORE_SCHEMA) as writer:
             for part in parts:
                 for batch in pq.ParquetFile(part.path).iter_batches(batch_size=chunk_rows):
                     proba = batch.column(1).to_numpy(zero_copy_only=False)
                     n = len(proba)
+                    chosen = batch.column("model").to_numpy(zero_copy_only=False)
+                    if len(chosen) and int(chosen.max()) >= len(versions):
+                        raise ScoringError(f"{part.path} names model {int(chosen.max())} of a plan with "
+                                           f"{len(versions)}: re-run the scoring tasks of this run")
                     writer.write_batch(pa.record_batch(
                         [batch.column(0), batch.column(1),
                          pa.array(risk_bands(proba, band_cuts), pa.string()),
                          pa.array(deciles_from_cuts(proba, cuts), pa.int16()),
-                         pa.array(np.full(n, model_version, dtype=object), pa.string()),
+                         versions.take(pa.array(chosen)),
                          pa.array(np.full(n, run_id, dtype=object), pa.string()),
-                         pa.array(np.full(n, scored_us, dtype=np.int64), pa.timestamp("us", tz="UTC"))],
+                         pa.array(np.full(n, scored_us, dtype=np.int64), pa.timestamp("us", tz="UTC")),
+                         batch.column("experiment"), batch.column("arm")],
                         schema=SCORE_SCHEMA))
         os.replace(tmp, out_path)  # readers never see a half-written score file
     finally:

@@ -50,7 +50,9 @@ CREATE TABLE {name} (
     risk_decile smallint NOT NULL,
     model_version text NOT NULL,
     run_id text NOT NULL,
-    scored_at timestamptz NOT NULL
+    scored_at timestamptz NOT NULL,
+    experiment text,
+    arm text
 )"""
 _LOCK_KEY = 7412  # serializes publishes (the switch is short; loads run in parallel-safe private tables)
 
@@ -102,22 +104,48 @@ def run_table(run_key: str) -> str:
 
 _PER_CUSTOMER = "customer_id, churn_probability, risk_band, risk_decile"
 _CONSTANT_COLUMNS = ("model_version", "run_id", "scored_at")
+EXPERIMENT_COLUMNS = ("experiment", "arm")  # who served the score: null outside experiments
+
+
+def _versions_vary(parquet: pq.ParquetFile) -> bool:
+    """True when the file's ``model_version`` differs between rows (an experiment's arms), from the statistics."""
+    meta = parquet.metadata
+    index = parquet.schema_arrow.get_field_index("model_version")
+    seen: set = set()
+    for group in range(meta.num_row_groups):
+        stats = meta.row_group(group).column(index).statistics
+        if stats is None or not stats.has_min_max:
+            return True  # no statistics: copy the column per row rather than trust the first value
+        seen.update((stats.min, stats.max))
+        if len(seen) > 1:
+            return True
+    return False
 
 
 def _batch_constants(scores_path: str | Path, run_key: str) -> dict[str, object]:
-    """model_version, run_id and scored_at of the score file (one value each for a whole run)."""
-    first = next(pq.ParquetFile(scores_path).iter_batches(batch_size=1, columns=list(_CONSTANT_COLUMNS)), None)
+    """The batch-wide values of the score file: run_id, scored_at and (one model served) model_version."""
+    parquet = pq.ParquetFile(scores_path)
+    columns = [c for c in _CONSTANT_COLUMNS if c != "model_version" or not _versions_vary(parquet)]
+    first = next(parquet.iter_batches(batch_size=1, columns=columns), None)
     if first is None:
         return {"run_id": run_key}
-    values = {c: first.column(c)[0].as_py() for c in _CONSTANT_COLUMNS}
+    values = {c: first.column(c)[0].as_py() for c in columns}
     if values["run_id"] != run_key:
         raise PublishError(f"{scores_path} holds scores of run {values['run_id']!r}, not {run_key!r}: "
                            "publish the score file of this run (nothing was switched)")
     return values
 
 
+def _per_row_columns(scores_path: str | Path, constants: dict[str, object]) -> str:
+    """What COPY carries per row: the customer's columns, the experiment's when the file has them, and
+    model_version when it is not one value for the whole batch."""
+    names = set(pq.ParquetFile(scores_path).schema_arrow.names)
+    extra = [c for c in ("model_version", *EXPERIMENT_COLUMNS) if c in names and c not in constants]
+    return ", ".join([_PER_CUSTOMER, *extra])
+
+
 def _check_constants(batch, constants: dict[str, object], scores_path: str | Path) -> None:
-    for column in _CONSTANT_COLUMNS:
+    for column in constants:
         values = pc.unique(batch.column(column)).to_pylist()
         if values != [constants[column]]:
             raise PublishError(f"{scores_path} mixes {column} values {values[:3]}: a score file holds exactly "
@@ -302,7 +330,8 @@ def _publish(conn: PgConnection, scores_path: str | Path, run_key: str, model_ve
                 sql.Identifier("churn", staging), sql.Identifier(column)), (value,))
         # FREEZE: the table was created in this transaction, so rows can be written pre-frozen
         # (no hint-bit rewrite of the whole table on first read by consumers).
-        rows = copy_parquet(cur, scores_path, f"churn.{staging}", columns=_PER_CUSTOMER, batch_rows=copy_batch_rows,
+        rows = copy_parquet(cur, scores_path, f"churn.{staging}", columns=_per_row_columns(scores_path, constants),
+                            batch_rows=copy_batch_rows,
                             freeze=True, on_batch=lambda: hook("copy"),
                             check=lambda batch: _check_constants(batch, constants, scores_path))
         for column in constants:
@@ -383,18 +412,25 @@ def _retained(cur: PgCursor, retention_runs: int) -> list[tuple[str, str]]:
 def current_view_sql(table: str, run_key: str) -> str:
     """``churn.scores_current``: the batch's rows, each replaced by its event refresh when that is newer data.
 
-    The first seven columns are the batch contract; ``source`` (``batch`` / ``event``) and ``event_at`` follow.
+    The first seven columns are the batch contract; ``source`` (``batch`` / ``event``) and ``event_at`` follow,
+    then the ``experiment`` and ``arm`` whose model served the score (null outside experiments; an arm is frozen,
+    so an event re-score serves the same arm).
     """
     overlaid = ", ".join(f"coalesce(r.{c}, b.{c}) AS {c}" for c in SCORES_COLUMNS.split(", ")[1:])
     return (f"SELECT b.customer_id, {overlaid}, CASE WHEN r.customer_id IS NULL THEN 'batch' ELSE 'event' END "
-            f"AS source, r.event_at FROM churn.{table} b LEFT JOIN churn.score_refreshes r "
+            f"AS source, r.event_at, b.experiment, b.arm FROM churn.{table} b LEFT JOIN churn.score_refreshes r "
             f"ON r.customer_id = b.customer_id AND r.data_at > '{batch_cutoff(run_key)}'::timestamptz")
 
 
 def _rebuild_history_view(cur: PgCursor, retention_runs: int, replace: dict[str, str]) -> None:
     tables = [replace.get(table, table) for _, table in _retained(cur, retention_runs)]
-    selects = [f"SELECT {SCORES_COLUMNS} FROM churn.{t}" for t in tables]
-    selects.append(f"SELECT {SCORES_COLUMNS} FROM churn.score_refresh_log")  # the event scores between nights
+    cur.execute("SELECT table_name FROM information_schema.columns WHERE table_schema = 'churn' AND column_name = "
+                "'experiment' AND table_name = ANY(%s)", (tables,))
+    with_arms = {row[0] for row in cur.fetchall()}
+    none = "NULL::text AS experiment, NULL::text AS arm"  # run tables from before experiments, event scores
+    selects = [f"SELECT {SCORES_COLUMNS}, {'experiment, arm' if t in with_arms else none} FROM churn.{t}"
+               for t in tables]
+    selects.append(f"SELECT {SCORES_COLUMNS}, {none} FROM churn.score_refresh_log")  # the event scores between nights
     cur.execute(f"CREATE OR REPLACE VIEW churn.scores_history AS {' UNION ALL '.join(selects)}")  # keeps grants
 
 

@@ -33,20 +33,63 @@ def _needs_escaping(ids: pa.Array) -> bool:
 
 
 def encode_json_values(batch: pa.RecordBatch) -> pa.Array:
-    """The JSON record of every row of a score batch, built column-wise (no Python loop per row)."""
+    """The JSON record of every row of a score batch, built column-wise (no Python loop per row).
+
+    ``experiment`` and ``arm`` are added for the customers an experiment's arm served (names are validated
+    identifiers; model versions come from the registry)."""
     ids = batch.column("customer_id")
     if _needs_escaping(ids):
         raise RedisPublishError("customer ids with quotes, backslashes or control characters cannot be keys; "
                                 "fix them at the source (they were not quarantined by validation)")
     run = batch.column("run_id")[0].as_py()
-    model = batch.column("model_version")[0].as_py()
     proba = pc.cast(pc.round(pc.cast(batch.column("churn_probability"), pa.float64()), 6), pa.string())
-    tail = json.dumps({"model_version": model, "run_id": run, "scored_at": scored_at_text(batch.column("scored_at"))},
-                      separators=(",", ":"))[1:]
+    tail = json.dumps({"run_id": run, "scored_at": scored_at_text(batch.column("scored_at"))},
+                      separators=(",", ":"))[1:-1]
+    names = batch.schema.names
+    if "experiment" in names and batch.column("experiment").null_count < batch.num_rows:
+        arms = pc.fill_null(pc.binary_join_element_wise(',"experiment":"', batch.column("experiment"), '","arm":"',
+                                                        batch.column("arm"), '"', ""), "")
+    else:
+        arms = ""
     return pc.binary_join_element_wise(
         '{"customer_id":"', ids, '","churn_probability":', proba, ',"risk_band":"', batch.column("risk_band"),
-        '","risk_decile":', pc.cast(batch.column("risk_decile"), pa.string()), ",", tail, "",
+        '","risk_decile":', pc.cast(batch.column("risk_decile"), pa.string()), ',"model_version":"',
+        batch.column("model_version"), '",', tail, arms, "}", "",
     )
+
+
+def combo_keys(batch: pa.RecordBatch) -> pa.Array | str:
+    """``model_version|experiment|arm`` of every row (empty experiment and arm outside experiments)."""
+    if "experiment" not in batch.schema.names:
+        return pc.binary_join_element_wise(batch.column("model_version"), "", "", "|")
+    return pc.binary_join_element_wise(batch.column("model_version"), pc.fill_null(batch.column("experiment"), ""),
+                                       pc.fill_null(batch.column("arm"), ""), "|")
+
+
+def _one_version_no_experiment(parquet: pq.ParquetFile, model_version: str) -> bool:
+    """True when the file's statistics prove every row is ``model_version`` outside experiments (no scan)."""
+    meta, names = parquet.metadata, parquet.schema_arrow.names
+    version, experiment = names.index("model_version"), names.index("experiment")
+    for group in range(meta.num_row_groups):
+        rows = meta.row_group(group).num_rows
+        v, e = meta.row_group(group).column(version).statistics, meta.row_group(group).column(experiment).statistics
+        if (v is None or not v.has_min_max or v.min != model_version or v.max != model_version or e is None
+                or not e.has_null_count or e.null_count != rows):
+            return False
+    return True
+
+
+def served_combos(scores_path: str | Path, model_version: str, read_rows: int = 1_000_000) -> list[tuple[str, str, str]]:
+    """Every ``(model_version, experiment, arm)`` the score file serves, the batch's own version outside
+    experiments first, then sorted (stable across retries)."""
+    parquet = pq.ParquetFile(scores_path)
+    if "experiment" not in parquet.schema_arrow.names or _one_version_no_experiment(parquet, model_version):
+        return [(model_version, "", "")]
+    found: set[str] = set()
+    for batch in parquet.iter_batches(batch_size=read_rows, columns=["model_version", "experiment", "arm"]):
+        found.update(pc.unique(combo_keys(batch)).to_pylist())
+    first = f"{model_version}||"
+    return [tuple(k.split("|")) for k in [first, *sorted(found - {first})]]
 
 
 def encode_compact_values(batch: pa.RecordBatch) -> pa.Array:
@@ -58,10 +101,11 @@ def encode_compact_values(batch: pa.RecordBatch) -> pa.Array:
     )
 
 
-def encode_compact_ints(batch: pa.RecordBatch, slot: int) -> pa.Array:
+def encode_compact_ints(batch: pa.RecordBatch, slot: int | dict[str, int]) -> pa.Array:
     """The ``compact`` layout's value of every row: ``p*1000 + (decile-1)*100 + band*10 + slot`` as integer text.
 
-    ``p`` is the probability in millionths. Redis stores such a value as a 4-5 byte integer inside a bucket
+    ``p`` is the probability in millionths; ``slot`` is the run's slot digit, or (experiments) the slot of each
+    ``model_version|experiment|arm`` (:func:`combo_keys`). Redis stores such a value as a 4-5 byte integer inside a bucket
     (the ``hash`` layout's ``probability|decile|band|run_id`` text takes ~25 bytes).
     """
     if batch.num_rows == 0:
@@ -74,6 +118,13 @@ def encode_compact_ints(batch: pa.RecordBatch, slot: int) -> pa.Array:
             or pc.min(micro).as_py() < 0 or pc.max(micro).as_py() > 1_000_000):
         raise RedisPublishError(f"a score row is outside the compact layout's range (bands {BAND_NAMES}, deciles "
                                 "1-10, probabilities 0-1); publish with CHURN_REDIS_LAYOUT=json and report it")
+    if isinstance(slot, dict):
+        keys = list(slot)
+        index = pc.index_in(combo_keys(batch), value_set=pa.array(keys, pa.string()))
+        if pc.any(pc.is_null(index)).as_py():
+            raise RedisPublishError("a score row's model, experiment or arm has no slot in this publish: the score "
+                                    "file changed while it was published; re-run the score task")
+        slot = pa.array([slot[k] for k in keys], pa.int64()).take(index)
     value = pc.add(pc.add(pc.multiply(micro, 1000), pc.multiply(pc.subtract(decile, 1), 100)),
                    pc.add(pc.multiply(pc.cast(band, pa.int64()), 10), slot))
     return pc.cast(value, pa.string())
@@ -195,7 +246,7 @@ _SPILL_SCHEMA = pa.schema([("bucket", pa.int32()), ("customer_id", pa.string()),
 
 def hash_partitions(scores_path: str | Path, run_id: str, prefix: str, buckets: int,
                      partition_rows: int, read_rows: int, keep: Callable | None = None,
-                     slot: int | None = None, groups: int = 0) -> Iterator[Encoded]:
+                     slot: int | dict[str, int] | None = None, groups: int = 0) -> Iterator[Encoded]:
     """The ``hash`` (``slot=None``) or ``compact`` layout's writes, grouped per bucket, one bucket range at a time.
 
     Pass 1 checks every row's run id (so a wrong file is refused before anything is written), computes

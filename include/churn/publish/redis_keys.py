@@ -165,10 +165,28 @@ def _served_layout(client, prefix: str, fresh: bool = False) -> dict[str, str]:
 
 
 def _event_record(customer_id: str, fields: list[str]) -> dict:
-    proba, decile, band, run_id, version, scored_at, event_at = fields
-    return {"customer_id": customer_id, "churn_probability": float(proba), "risk_band": band,
-            "risk_decile": int(decile), "model_version": version, "run_id": run_id, "scored_at": scored_at,
-            "source": "event", "event_at": event_at}
+    proba, decile, band, run_id, version, scored_at, event_at = fields[:7]
+    record = {"customer_id": customer_id, "churn_probability": float(proba), "risk_band": band,
+              "risk_decile": int(decile), "model_version": version, "run_id": run_id, "scored_at": scored_at,
+              "source": "event", "event_at": event_at}
+    return _with_arm(record, fields[7:9])
+
+
+def _with_arm(record: dict, arm: list[str]) -> dict:
+    """The record with the experiment and arm that served it (``[experiment, arm]``, absent or empty: none)."""
+    if len(arm) == 2 and arm[0]:
+        record.update(experiment=arm[0], arm=arm[1])
+    return record
+
+
+def _slot_served(meta: dict[str, str], slot: int) -> bool:
+    """True when ``slot`` is one of the served or the publishing run's (``slots``/``slots_writing`` lists, or the
+    single ``slot``/``slot_writing`` of a marker without them)."""
+    for listed, single in (("slots", "slot"), ("slots_writing", "slot_writing")):
+        digits = (meta.get(listed) or meta.get(single) or "").split(",")
+        if str(slot) in digits:
+            return True
+    return False
 
 
 def _compact_record(customer_id: str, raw, meta: dict[str, str], strict: bool) -> dict | None:
@@ -178,14 +196,14 @@ def _compact_record(customer_id: str, raw, meta: dict[str, str], strict: bool) -
     if "|" in text:  # an event refresh carries its own details (churn.publish.refresh)
         return _event_record(customer_id, text.split("|"))
     proba, decile, band, slot = decode_compact(int(text))
-    if strict and str(slot) not in (meta.get("slot"), meta.get("slot_writing")):
+    if strict and not _slot_served(meta, slot):
         return None
     info = meta.get(f"slot_{slot}")
     if not info:
         return None
-    run_id, version, scored_at, bands = info.split("|")
-    return {"customer_id": customer_id, "churn_probability": proba, "risk_band": bands.split(",")[band],
-            "risk_decile": decile, "model_version": version, "run_id": run_id, "scored_at": scored_at}
+    run_id, version, scored_at, bands, *arm = info.split("|")
+    return _with_arm({"customer_id": customer_id, "churn_probability": proba, "risk_band": bands.split(",")[band],
+                      "risk_decile": decile, "model_version": version, "run_id": run_id, "scored_at": scored_at}, arm)
 
 
 def lookup_score(client, customer_id: str, prefix: str = "churn", layout: str | None = None,
@@ -261,7 +279,7 @@ def _decode(client, customer_id: str, prefix: str, meta: dict[str, str], raw) ->
 
 def _hash_record(client, customer_id: str, prefix: str, raw) -> dict:
     fields = as_text(raw).split("|")
-    if len(fields) == 7:  # an event refresh carries its own details (churn.publish.refresh)
+    if len(fields) in (7, 9):  # an event refresh carries its own details (churn.publish.refresh)
         return _event_record(customer_id, fields)
     proba, decile, band, run_id = fields
     cache_key = (id(client), prefix, run_id)

@@ -65,6 +65,7 @@ from typing import Callable, Iterable, Iterator
 
 from churn.publish.redis_encoding import (
     Encoded, Fencing, batches, check_run, crc32_array, encode_json, encode_json_values, encoded_batches,
+    served_combos,
     hash_partitions, scored_at_text,
 )
 from churn.publish.redis_keys import (
@@ -141,14 +142,42 @@ def _layout_pattern(layout_tag: str, prefix: str) -> str:
     return f"{prefix}:h:*"
 
 
-def _slot_for(meta: dict[str, str], run_id: str) -> int:
-    """The slot digit of ``run_id``'s values: the one it already has (a retry), else the next after the last."""
-    for field in ("slot_writing", "slot"):
-        held = meta.get(field)
-        if held and (meta.get(f"slot_{held}") or "").split("|", 1)[0] == run_id:
-            return int(held)
+def _run_slots(meta: dict[str, str], fields: tuple[str, ...]) -> list[int]:
+    """The slots the marker's ``fields`` (``slots``/``slot``, or ``slots_writing``/``slot_writing``) name."""
+    for field in fields:
+        if meta.get(field):
+            return [int(s) for s in str(meta[field]).split(",")]
+    return []
+
+
+def _slots_for(meta: dict[str, str], run_id: str, combos: list[tuple[str, str, str]]) -> list[int]:
+    """The slot digit of each ``(model_version, experiment, arm)`` of ``run_id``'s values.
+
+    A retry of the run keeps the slots it already has; otherwise the next free digits after the last one taken,
+    never one of the served batch's (its values stay readable until the marker moves).
+    """
+    held: dict[tuple[str, str, str], int] = {}
+    for digit in _run_slots(meta, ("slots_writing", "slot_writing")) + _run_slots(meta, ("slots", "slot")):
+        info = (meta.get(f"slot_{digit}") or "").split("|")
+        if info[0] == run_id and len(info) >= 4:
+            held[(info[1], *(info[4:6] if len(info) >= 6 else ("", "")))] = digit
+    if all(c in held for c in combos):
+        return [held[c] for c in combos]
+    served = set() if meta.get("run_id") == run_id else set(_run_slots(meta, ("slots", "slot")))
+    free = SLOTS - len(served)
+    if len(combos) > free:
+        raise RedisPublishError(
+            f"run {run_id} serves {len(combos)} model/experiment arm combinations and the compact layout has {free} "
+            f"free slots (of {SLOTS}; the served batch keeps {len(served)}): end an experiment, use fewer arms, or "
+            "publish with CHURN_REDIS_LAYOUT=json")
     last = meta.get("slot_last") or meta.get("slot") or ""
-    return (int(last) + 1) % SLOTS if last else 0
+    digit = int(last) if last else SLOTS - 1
+    chosen: list[int] = []
+    while len(chosen) < len(combos):
+        digit = (digit + 1) % SLOTS
+        if digit not in served:
+            chosen.append(digit)
+    return chosen
 
 
 # Mean customers per bucket as a share of the server's compact-encoding limit: a new count is chosen when
@@ -325,11 +354,21 @@ def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefi
         if layout != "json":  # the bucket layouts keep the run's scoring time once, not in every value
             first = next(batches(scores_path, 1), None)
             scored_at = scored_at_text(first.column("scored_at")) if first is not None else None
+        combos = served_combos(scores_path, model_version)
+        if layout == "hash" and len({c[0] for c in combos}) > 1:
+            raise RedisPublishError(f"run {run_id} serves several models (an experiment's arms) and the hash layout "
+                                    "holds one per run: publish with CHURN_REDIS_LAYOUT=compact or json")
+        slots: list[int] = []
         if layout == "compact":
-            # The run's constant fields live once, in the marker; each value names them by a slot digit.
-            slot = _slot_for(meta, run_id)
-            marks.update({f"slot_{slot}": "|".join([run_id, model_version, scored_at or "", ",".join(BAND_NAMES)]),
-                          "slot_writing": str(slot), "slot_last": str(slot)})
+            # The run's constant fields live once, in the marker; each value names them by a slot digit: one per
+            # model and experiment arm served (one outside experiments).
+            slots = _slots_for(meta, run_id, combos)
+            slot = {"|".join(c): digit for c, digit in zip(combos, slots)} if len(combos) > 1 else slots[0]
+            for (version, experiment, arm), digit in zip(combos, slots):
+                marks[f"slot_{digit}"] = "|".join([run_id, version, scored_at or "", ",".join(BAND_NAMES)]
+                                                  + ([experiment, arm] if experiment else []))
+            marks.update({"slot_writing": str(slots[0]), "slots_writing": ",".join(map(str, slots)),
+                          "slot_last": str(slots[-1])})
         fencing.run([("HSET", meta_key(prefix), *[x for kv in marks.items() for x in kv])], what)
         if layout == "hash":
             fencing.run([("HSET", runs_key(prefix), run_id,
@@ -365,9 +404,9 @@ def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefi
                 "published_at": datetime.now(timezone.utc).isoformat(), "layout": layout,
                 "buckets": buckets if layout != "json" else "", "layout_tag": layout_tag,
                 "cleanup_from": pending_cleanup, "cleanup_layout": old_tag or "",
-                "slot": "" if slot is None else slot, "groups": groups or "",
+                "slot": slots[0] if slots else "", "slots": ",".join(map(str, slots)), "groups": groups or "",
             })
-            pipe.hdel(meta_key(prefix), "writing", "slot_writing")
+            pipe.hdel(meta_key(prefix), "writing", "slot_writing", "slots_writing")
 
         home.transaction(switch, meta_key(prefix), lease.name)
         hook("switched")

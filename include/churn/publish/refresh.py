@@ -9,7 +9,8 @@ is also appended to ``churn.score_refresh_log`` (one row per customer and re-sco
 is checked against the batch that is served when it commits.
 
 Redis: the same records as the batch (``churn:score:{id}`` JSON with ``"source": "event"`` and
-``event_at``; or a 7-field hash value ``proba|decile|band|run_id|model_version|scored_at|event_at``),
+``event_at``; or a 7-field hash value ``proba|decile|band|run_id|model_version|scored_at|event_at``, with
+``|experiment|arm`` after it, 9 fields, for a customer an experiment's arm serves),
 written under the nightly publish's lease, and only when the refresh is newer than the batch the
 marker serves. The nightly Redis publish, under the same lease, skips customers whose refresh is newer
 than its batch. Whichever order they run in, both stores end with the newest data's score.
@@ -67,7 +68,8 @@ def current_batch(cur: PgCursor) -> tuple[str, str] | None:
 
 def apply_postgres(conn: PgConnection, scores: pd.DataFrame, *, model_version: str, run_id: str, scored_at: datetime,
                    data_at: datetime) -> RefreshOutcome:
-    """Store the refreshed scores (columns id, probability, band, decile, ``event_at``) where they are newest."""
+    """Store the refreshed scores (columns id, probability, band, decile, ``event_at``, optional per-row
+    ``model_version``, else ``model_version``) where they are newest."""
     from psycopg2.extras import execute_values
 
     from churn.db import ensure_schema
@@ -84,9 +86,12 @@ def apply_postgres(conn: PgConnection, scores: pd.DataFrame, *, model_version: s
         cur.execute(f"SELECT customer_id FROM churn.{table} WHERE customer_id = ANY(%s)", (ids,))
         served = {row[0] for row in cur.fetchall()}
         fresh = data_at > datetime.fromisoformat(batch_cutoff(run_key))  # else the batch has the newer data
-        rows = [(str(r.customer_id), float(r.churn_probability), str(r.risk_band), int(r.risk_decile), model_version,
-                 run_id, scored_at, data_at, r.event_at) for r in scores.itertuples(index=False)
-                if str(r.customer_id) in served]
+        # an experiment's customer keeps its arm's model (the scores' own model_version column)
+        versions = (scores["model_version"].astype("str").tolist() if "model_version" in scores.columns
+                    else [model_version] * len(scores))
+        rows = [(str(r.customer_id), float(r.churn_probability), str(r.risk_band), int(r.risk_decile), version,
+                 run_id, scored_at, data_at, r.event_at)
+                for r, version in zip(scores.itertuples(index=False), versions) if str(r.customer_id) in served]
         kept: set[str] = set()
         if rows and fresh:
             # Newest data wins: an older refresh (a slower run of an earlier event) never replaces a newer one.
@@ -106,6 +111,17 @@ def apply_postgres(conn: PgConnection, scores: pd.DataFrame, *, model_version: s
     conn.commit()
     return RefreshOutcome(applied=sorted(kept), superseded=sorted({r[0] for r in rows} - kept),
                           not_served=sorted(set(ids) - served), batch_run=run_key)
+
+
+def served_arms(cur: PgCursor, table: str, customer_ids: list[str]) -> dict[str, tuple[str, str | None, str | None]]:
+    """``(model_version, experiment, arm)`` of each customer in the served batch's ``table`` (an experiment's
+    customer keeps its arm, frozen, and so its arm's model, between nights)."""
+    cur.execute("SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'churn' AND "
+                "table_name = %s AND column_name = 'experiment')", (table,))
+    arms = "experiment, arm" if cur.fetchone()[0] else "NULL, NULL"  # a run table from before experiments
+    cur.execute(f"SELECT customer_id, model_version, {arms} FROM churn.{table} WHERE customer_id = ANY(%s)",
+                (list(customer_ids),))
+    return {cid: (version, experiment, arm) for cid, version, experiment, arm in cur.fetchall()}
 
 
 def newer_than_batch(conn: PgConnection, run_key: str) -> list[str]:
@@ -161,12 +177,16 @@ def write_redis(client, conn: PgConnection, customer_ids: Iterable[str], *, pref
             cur.execute(f"SELECT {REFRESH_COLUMNS} FROM churn.score_refreshes WHERE customer_id = ANY(%s) "
                         "AND data_at > %s::timestamptz", (ids, batch_cutoff(served)))
             rows = cur.fetchall()
+            batch = current_batch(cur)
+            arms = served_arms(cur, batch[1], [r[0] for r in rows]) if batch and rows else {}
         conn.rollback()
         commands: dict[int | None, list[tuple]] = {}
         for cid, proba, band, decile, version, run_id, scored_at, _data_at, event_at in rows:
+            _, experiment, arm = arms.get(cid, (None, None, None))
             if layout in ("hash", "compact"):
+                # 7 fields, 9 with the experiment and arm that served the customer
                 value = "|".join([f"{float(proba):.6f}", str(int(decile)), band, run_id, version,
-                                  _time_text(scored_at), _time_text(event_at)])
+                                  _time_text(scored_at), _time_text(event_at)] + ([experiment, arm] if experiment else []))
                 key = (bucket_key(cid, prefix, buckets) if layout == "hash"
                        else compact_key(cid, prefix, buckets, groups))
                 group = group_of(bucket_of(cid, buckets), buckets, groups) if groups else None
@@ -175,7 +195,8 @@ def write_redis(client, conn: PgConnection, customer_ids: Iterable[str], *, pref
                 commands.setdefault(None, []).append(("SET", score_key(cid, prefix), json.dumps({
                     "customer_id": cid, "churn_probability": round(float(proba), 6), "risk_band": band,
                     "risk_decile": int(decile), "model_version": version, "run_id": run_id,
-                    "scored_at": _time_text(scored_at), "source": "event", "event_at": _time_text(event_at)})))
+                    "scored_at": _time_text(scored_at), "source": "event", "event_at": _time_text(event_at),
+                    **({"experiment": experiment, "arm": arm} if experiment else {})})))
         for group, batch in commands.items():  # one transaction (per cluster group)
             fencing.run(batch, "re-score", group=group)
         return len(rows)

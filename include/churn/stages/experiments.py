@@ -5,26 +5,32 @@ from __future__ import annotations
 import logging
 import time
 from datetime import date, timedelta
+from pathlib import Path
 
 from churn.config import ChurnConfig
 from churn.connections import Resources
 from churn.stages.common import is_dry_run, timed
-from churn.stages.results import ExperimentSplit, ExperimentsResult, ScoredResult, parse
+from churn.stages.results import ExperimentSplit, ExperimentsResult, ValidationResult, parse
 
 log = logging.getLogger(__name__)
 
 
-def assign_experiments(cfg: ChurnConfig, res: Resources, run: dict, scored: dict) -> dict:
-    """Store the arm of every newly seen scored customer in each active experiment; record each split's check.
+def assign_experiments(cfg: ChurnConfig, res: Resources, run: dict, validated: dict, registered: dict) -> dict:
+    """Store the arm of every newly seen customer of tonight's scoring snapshot in each active experiment, record
+    each split's check, and write tonight's served arm and model of every enrolled customer.
 
-    Runs before the export, which leaves the customers of holdout arms (``contact: false``) out of every file.
-    A malformed experiments file fails this task (and so the export) with the line and the fix; the scores are
-    published regardless.
+    Runs before scoring (each customer is served its arm's model's score) and the export (which leaves the
+    customers of holdout arms, ``contact: false``, out of every file). A malformed experiments file, or an arm
+    naming a model the registry does not hold, fails this task with the line and the fix: the night publishes
+    nothing and readers keep the previous batch (serving the champion to a challenger arm would spoil the
+    experiment without anyone noticing).
     """
     import pyarrow.parquet as pq
 
     from churn.experiments.assignment import assign, record_split, sample_ratio_check
     from churn.experiments.definitions import load_experiments
+    from churn.experiments.serving import served_models, write_served_arms
+    from churn.model import registry
 
     started = time.monotonic()
     if not cfg.experiments_file:
@@ -45,9 +51,18 @@ def assign_experiments(cfg: ChurnConfig, res: Resources, run: dict, scored: dict
         return timed(run, "assign_experiments", started, ExperimentsResult(
             skipped=not kept, ended_holdouts=kept,
             reason=f"no experiment of {cfg.experiments_file} is active on {night}"))
-    ids = pq.read_table(parse(ScoredResult, scored).path, columns=["customer_id"]).column(0).to_pylist()
+    snapshot = parse(ValidationResult, validated).score.clean_path
     splits = []
     with res.pg_session() as conn:
+        champion = registry.champion(conn)
+        if champion is None:
+            return timed(run, "assign_experiments", started, ExperimentsResult(
+                skipped=True, ended_holdouts=kept, reason=f"no champion yet ({registered.get('registered')}): nothing "
+                                                          "is scored tonight, nobody assigned"))
+        models, arm_models = served_models(conn, active, champion)
+        # tonight's scoring population, by the id column the champion scores with
+        id_column = champion.signature.get("id_column", "customer_id")
+        ids = pq.read_table(snapshot, columns=[id_column]).column(0).cast("string").to_pylist()
         for experiment, counts in zip(active, assign(conn, experiments, ids, run["run_key"], night)):
             check = sample_ratio_check(experiment, counts.per_arm)
             record_split(conn, experiment, night, run["run_key"], counts, check)
@@ -58,4 +73,8 @@ def assign_experiments(cfg: ChurnConfig, res: Resources, run: dict, scored: dict
             splits.append(ExperimentSplit(
                 experiment_id=experiment.id, counts=check.counts, new=counts.new, p_value=check.p_value,
                 flagged=check.flagged, holdout_arms=[a.name for a in experiment.arms if not a.contact]))
-    return timed(run, "assign_experiments", started, ExperimentsResult(experiments=splits, ended_holdouts=kept))
+        arms_path = Path(run["run_dir"]) / "experiment_arms.parquet"
+        enrolled = write_served_arms(conn, active, arm_models, arms_path, cfg.score_partitions)
+    return timed(run, "assign_experiments", started, ExperimentsResult(
+        experiments=splits, ended_holdouts=kept, arms_path=str(arms_path), enrolled=enrolled,
+        models=[m.as_dict() for m in models] if len(models) > 1 else []))

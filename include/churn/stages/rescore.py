@@ -179,6 +179,7 @@ class _Context:
         self._served: tuple[str, str] | None | bool = False  # (run_key, table) once looked up; False: not yet
         self._spec = None
         self._model: tuple | None = None
+        self._arm_models: dict[str, Any] = {}
 
     def served(self) -> tuple[str, str] | None:
         """(run key, table) of the batch ``churn.scores_current`` serves, looked up once per run."""
@@ -227,6 +228,28 @@ class _Context:
             self._model = (champ, model, signature, np.asarray(cuts, dtype=np.float32))
         return self._model
 
+    def arm_model(self, version: str):
+        """The (verified) model of an experiment arm's served ``version``, loaded once per run (it reads the
+        champion's columns: checked when the experiment's models were resolved)."""
+        if version not in self._arm_models:
+            from churn.model import registry
+
+            with self.res.pg_session() as conn:
+                record = registry.get(conn, version)
+            self._arm_models[version] = registry.load_verified(record.artifact_path, record.artifact_sha256)[0]
+        return self._arm_models[version]
+
+    def arm_versions(self, customer_ids: list[str]) -> dict[str, str]:
+        """The model version the served batch gave each experiment customer (its frozen arm's model)."""
+        from churn.publish.refresh import served_arms
+
+        served = self.served()
+        if not served or not customer_ids:
+            return {}
+        with self.res.pg_session() as conn, conn.cursor() as cur:
+            arms = served_arms(cur, served[1], customer_ids)
+        return {cid: version for cid, (version, experiment, _) in arms.items() if experiment}
+
 
 def _rescore_batch(ctx: _Context, src, events: list, index: int, hook: Callable[[str], None]) -> dict[int, str]:
     """One claimed batch through features, validation, scoring and both stores; the outcome of each event."""
@@ -274,8 +297,16 @@ def _rescore_batch(ctx: _Context, src, events: list, index: int, hook: Callable[
             t0 = time.monotonic()
             frame = signature.enforce(pd.read_parquet(validated.clean_path), max_unknown_fraction=0.0)
             proba = predict(model, signature, frame) if len(frame) else []
+            frame_ids = frame[signature.id_column].astype("str").to_numpy() if len(frame) else []
+            # An experiment's customer is re-scored by the model of its (frozen) arm, as the batch served it.
+            arm_versions = ctx.arm_versions(list(frame_ids))
+            versions = [arm_versions.get(c, champ.version) for c in frame_ids]
+            for version in sorted(set(versions) - {champ.version}):
+                rows = [i for i, v in enumerate(versions) if v == version]
+                proba[rows] = predict(ctx.arm_model(version), signature, frame.iloc[rows])
             scores = pd.DataFrame({
-                "customer_id": frame[signature.id_column].astype("str").to_numpy() if len(frame) else [],
+                "customer_id": frame_ids,
+                "model_version": versions,
                 "churn_probability": proba,
                 "risk_band": risk_bands(proba, cfg.band_cuts) if len(frame) else [],
                 "risk_decile": deciles_from_cuts(proba, cuts) if len(frame) else []})

@@ -95,6 +95,10 @@ class PartitionPlan(JsonRecord):
     onnx_sha256: str | None = None
     runtime: str = "auto"
     onnx_tolerance: float = 1e-5
+    models: list[dict[str, Any]] = field(default_factory=list)
+    """Experiments: every ``ServedModel`` the partition scores with, the champion first (empty: the champion only)."""
+    arms_path: str | None = None
+    """Experiments: the served arm of every enrolled customer; each is served its arm's model's score."""
 
 
 @dataclass(kw_only=True)
@@ -104,6 +108,8 @@ class PartitionResult(PartitionScores):
 
     model_version: str
     scored_at: str
+    model_versions: list[str] = field(default_factory=list)
+    """The versions by the raw file's model index (the champion first)."""
     worker: str = ""
     load_seconds: float = 0.0
     rows_per_second: float = 0.0
@@ -127,6 +133,8 @@ class ScoredResult(StageResult):
     partitions: int = 1
     workers: list[str] = field(default_factory=list)
     runtimes: list[str] = field(default_factory=list)  # what scored the partitions: sklearn, onnxruntime
+    model_versions: list[str] = field(default_factory=list)
+    """Every version whose scores are served (the champion first; more with an experiment's arms)."""
 
 
 @dataclass(kw_only=True)
@@ -198,6 +206,12 @@ class ExperimentsResult(StageResult):
     """``[experiment id, arm]`` of holdout arms of experiments that ended less than the label lag ago."""
     skipped: bool = False
     reason: str | None = None
+    arms_path: str | None = None
+    """Tonight's served arm of every enrolled customer (``churn.experiments.serving``), what scoring reads."""
+    models: list[dict[str, Any]] = field(default_factory=list)
+    """``ServedModel`` dicts: the models the batch scores with, the champion first (empty: the champion only)."""
+    enrolled: int = 0
+    """Customers written to ``arms_path``."""
 
     def holdouts(self) -> list[tuple[str, str]]:
         """``(experiment id, arm)`` of every arm whose customers must not be contacted."""
