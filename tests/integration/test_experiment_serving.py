@@ -131,7 +131,7 @@ def test_redis_compact_and_json_layouts_serve_each_customer_its_arms_record(nigh
     expected = _expected(nights)
     client = redis.Redis.from_url(nights["redis_url"])
     meta = {k.decode(): v.decode() for k, v in client.hgetall("churn:meta").items()}
-    assert meta["layout"] == "compact" and len(meta["slots"].split(",")) == 4  # champion, three arms
+    assert meta["layout"] == "compact" and len(meta["slots"].split(",")) == 3  # every customer is in an arm
     scores_path = parse(ScoredResult, nights["second"]["scored"]).path
     publish_scores(client, scores_path, str(NIGHT2), nights["champion"], prefix="churnj", layout="json")
     for prefix in ("churn", "churnj"):

@@ -80,8 +80,8 @@ def _one_version_no_experiment(parquet: pq.ParquetFile, model_version: str) -> b
 
 
 def served_combos(scores_path: str | Path, model_version: str, read_rows: int = 1_000_000) -> list[tuple[str, str, str]]:
-    """Every ``(model_version, experiment, arm)`` the score file serves, the batch's own version outside
-    experiments first, then sorted (stable across retries)."""
+    """Every ``(model_version, experiment, arm)`` the score file serves: ``model_version`` outside experiments
+    first (when present), then sorted (stable across retries)."""
     parquet = pq.ParquetFile(scores_path)
     if "experiment" not in parquet.schema_arrow.names or _one_version_no_experiment(parquet, model_version):
         return [(model_version, "", "")]
@@ -89,7 +89,8 @@ def served_combos(scores_path: str | Path, model_version: str, read_rows: int = 
     for batch in parquet.iter_batches(batch_size=read_rows, columns=["model_version", "experiment", "arm"]):
         found.update(pc.unique(combo_keys(batch)).to_pylist())
     first = f"{model_version}||"
-    return [tuple(k.split("|")) for k in [first, *sorted(found - {first})]]
+    ordered = ([first] if first in found or not found else []) + sorted(found - {first})
+    return [tuple(k.split("|")) for k in ordered]
 
 
 def encode_compact_values(batch: pa.RecordBatch) -> pa.Array:
