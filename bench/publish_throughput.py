@@ -49,6 +49,7 @@ def write_precomputed_scores(path: Path, customers: int, seed: int = 5) -> Path:
                                   pa.timestamp("us", tz="UTC")),
             "experiment": pa.nulls(customers, pa.string()),
             "arm": pa.nulls(customers, pa.string()),
+            "features_hash": pa.nulls(customers, pa.int64()),
         },
         schema=SCORE_SCHEMA,
     )

@@ -326,6 +326,9 @@ class PublishSettings(_Section):
     score_history_runs: Count = 7
     """How many published runs stay queryable in Postgres score history."""
 
+    prediction_log_days: Annotated[int, Field(ge=0)] = 45
+    """Days each nightly run's served scores (model, experiment arm, features hash) stay in churn.prediction_log (0: only the score history's runs)."""
+
     retention_days: Annotated[int, Field(ge=1)] = 45
     """Days kept of run folders, exports, outbox events, quarantine, validation and refresh logs (never below CHURN_REALIZED_LAG_DAYS + 1)."""
 

@@ -169,3 +169,29 @@ def test_an_event_re_score_keeps_the_customers_arm_and_its_model(nights):
         record = lookup_score(client, cid)
         assert (record["source"], record["model_version"], record["experiment"], record["arm"]) == (
             "event", version, EXPERIMENT, arm), cid
+
+
+def test_the_prediction_log_keeps_each_nights_served_score_model_arm_and_features_hash(nights):
+    from churn.model.score import features_hash
+
+    expected = _expected(nights)
+    rows = pg_rows(nights["pg_url"], "SELECT run_id, customer_id, churn_probability, model_version, experiment, "
+                                     "arm, features_hash FROM churn.prediction_log")
+    log = pd.DataFrame(rows, columns=["run_id", "customer_id", "p", "model_version", "experiment", "arm", "hash"])
+    assert set(log["run_id"]) == {str(RUN_DATE), str(NIGHT2)}  # both nights, beyond nothing
+    night2 = log[log["run_id"] == str(NIGHT2)].set_index("customer_id").join(expected[["proba"]])
+    assert len(night2) == len(expected)
+    assert (night2["model_version"] == expected["model_version"].reindex(night2.index)).all()
+    assert (night2["arm"] == expected["arm"].reindex(night2.index)).all()
+    assert np.allclose(night2["p"], night2["proba"], atol=1e-6)
+    # the features hash is that of the row scored, customer by customer
+    features = pd.read_parquet(parse(ValidationResult, nights["second"]["validated"]).score.clean_path)
+    with psycopg2.connect(nights["pg_url"]) as conn:
+        _, signature = registry.load_verified(*[getattr(registry.get(conn, nights["champion"]), a)
+                                                for a in ("artifact_path", "artifact_sha256")])
+    enforced = signature.enforce(features, max_unknown_fraction=0.0)
+    hashes = pd.Series(features_hash(enforced, signature), index=enforced[signature.id_column].astype(str))
+    assert (night2["hash"] == hashes.reindex(night2.index)).all()
+    assert hashes.nunique() > 0.99 * len(hashes)  # a hash of the features, not a constant
+    night1 = log[log["run_id"] == str(RUN_DATE)]
+    assert night1["arm"].isna().all() and night1["hash"].notna().all()

@@ -127,6 +127,28 @@ def test_retention_keeps_the_configured_number_of_runs(pg_conn, tmp_path):
         assert cur.fetchone()[0] == 3
 
 
+def test_the_prediction_log_keeps_runs_of_its_days_beyond_the_score_history(pg_conn, tmp_path):
+    for day in range(1, 8):
+        run = f"2026-11-0{day}"
+        pgpub.publish_scores(pg_conn, write_scores(tmp_path / f"{day}.parquet", run, 0, 100, seed=day), run, "m",
+                             retention_runs=2, log_days=3)
+        # a re-publish of the same run (a retry) replaces its log partition, never adds rows
+        if day == 6:
+            pgpub.publish_scores(pg_conn, tmp_path / f"{day}.parquet", run, "m", retention_runs=2, log_days=3)
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT DISTINCT run_id FROM churn.scores_history ORDER BY 1")
+        assert [r[0] for r in cur.fetchall()] == ["2026-11-06", "2026-11-07"]
+        cur.execute("SELECT run_id, count(*), count(DISTINCT customer_id) FROM churn.prediction_log GROUP BY 1 "
+                    "ORDER BY 1")
+        assert cur.fetchall() == [(f"2026-11-0{d}", 100, 100) for d in (5, 6, 7)]  # 7 - 3 days < run <= 7
+        cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'churn' AND tablename LIKE 'scores_%'")
+        assert cur.fetchone()[0] == 3  # runs 1-4 dropped whole
+        cur.execute("SELECT count(*) FROM churn.prediction_log WHERE run_id = '2026-11-07' AND model_version = '2026-11-07-logreg' "
+                    "AND churn_probability IS NOT NULL")
+        assert cur.fetchone()[0] == 100
+    pg_conn.rollback()
+
+
 def test_a_file_of_another_run_is_refused_before_anything_switches(pg_conn, scores):
     pgpub.publish_scores(pg_conn, scores[RUN_A], RUN_A, "m1")
     with pytest.raises(pgpub.PublishError, match="not '2026-11-22'"):

@@ -30,6 +30,7 @@ def write_scores(path: Path, run_id: str, first: int, count: int, seed: int = 0,
                                   pa.timestamp("us", tz="UTC")),
             "experiment": pa.nulls(count, pa.string()),
             "arm": pa.nulls(count, pa.string()),
+            "features_hash": pa.nulls(count, pa.int64()),
         },
         schema=SCORE_SCHEMA,
     )

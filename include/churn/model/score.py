@@ -62,10 +62,18 @@ SCORE_SCHEMA = pa.schema(
         ("scored_at", pa.timestamp("us", tz="UTC")),
         ("experiment", pa.string()),  # the experiment and arm whose model served the score (null: none)
         ("arm", pa.string()),
+        ("features_hash", pa.int64()),  # of the features scored (features_hash()): the prediction log's
     ]
 )
 _RAW_SCHEMA = pa.schema([("customer_id", pa.string()), ("churn_probability", pa.float32()), ("model", pa.int16()),
-                         ("experiment", pa.string()), ("arm", pa.string())])
+                         ("experiment", pa.string()), ("arm", pa.string()), ("features_hash", pa.int64())])
+
+
+def features_hash(frame: pd.DataFrame, signature: ModelSignature) -> np.ndarray:
+    """A 64-bit hash of each row's scored features (the enforced frame's feature columns in signature order:
+    ``pandas.util.hash_pandas_object(..., index=False)``, as int64): the prediction log says whether a customer's
+    features changed between two scores without keeping them."""
+    return pd.util.hash_pandas_object(frame[signature.feature_columns], index=False).to_numpy().view(np.int64)
 
 
 @dataclass
@@ -287,7 +295,7 @@ def score_partition(
                 sketch.add(proba)
                 raw_writer.write_batch(pa.record_batch(
                     [pa.array(ids, pa.string()), pa.array(proba, pa.float32()), pa.array(chosen, pa.int16()),
-                     experiment, arm], schema=_RAW_SCHEMA))
+                     experiment, arm, pa.array(features_hash(frame, signature), pa.int64())], schema=_RAW_SCHEMA))
                 done += len(frame)
                 if time.monotonic() - last_progress >= PROGRESS_SECONDS:
                     log.info("scoring progress (partition %s of %s): %s rows scored; inference %.1f s (%.0f rows/s)",
@@ -364,7 +372,7 @@ def merge_partitions(
                          versions.take(pa.array(chosen)),
                          pa.array(np.full(n, run_id, dtype=object), pa.string()),
                          pa.array(np.full(n, scored_us, dtype=np.int64), pa.timestamp("us", tz="UTC")),
-                         batch.column("experiment"), batch.column("arm")],
+                         batch.column("experiment"), batch.column("arm"), batch.column("features_hash")],
                         schema=SCORE_SCHEMA))
         os.replace(tmp, out_path)  # readers never see a half-written score file
     finally:

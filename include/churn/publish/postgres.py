@@ -20,6 +20,7 @@ import io
 import logging
 import re
 import time
+from datetime import date, timedelta
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,8 @@ CREATE TABLE {name} (
     run_id text NOT NULL,
     scored_at timestamptz NOT NULL,
     experiment text,
-    arm text
+    arm text,
+    features_hash bigint
 )"""
 _LOCK_KEY = 7412  # serializes publishes (the switch is short; loads run in parallel-safe private tables)
 
@@ -105,6 +107,8 @@ def run_table(run_key: str) -> str:
 _PER_CUSTOMER = "customer_id, churn_probability, risk_band, risk_decile"
 _CONSTANT_COLUMNS = ("model_version", "run_id", "scored_at")
 EXPERIMENT_COLUMNS = ("experiment", "arm")  # who served the score: null outside experiments
+LOG_COLUMNS = ("run_id, customer_id, churn_probability, risk_band, risk_decile, model_version, experiment, arm, "
+               "features_hash, scored_at")  # churn.prediction_log
 
 
 def _versions_vary(parquet: pq.ParquetFile) -> bool:
@@ -140,7 +144,7 @@ def _per_row_columns(scores_path: str | Path, constants: dict[str, object]) -> s
     """What COPY carries per row: the customer's columns, the experiment's when the file has them, and
     model_version when it is not one value for the whole batch."""
     names = set(pq.ParquetFile(scores_path).schema_arrow.names)
-    extra = [c for c in ("model_version", *EXPERIMENT_COLUMNS) if c in names and c not in constants]
+    extra = [c for c in ("model_version", *EXPERIMENT_COLUMNS, "features_hash") if c in names and c not in constants]
     return ", ".join([_PER_CUSTOMER, *extra])
 
 
@@ -194,8 +198,11 @@ def copy_parquet(cur: PgCursor, parquet_path: str | Path, table: str, columns: s
 def publish_scores(conn: PgConnection, scores_path: str | Path, run_key: str, model_version: str, retention_runs: int = 7,
                    hook: Callable[[str], None] | None = None, copy_batch_rows: int = 250_000,
                    lock_wait_seconds: float = 900.0, switch_lock_timeout_seconds: float | None = None,
-                   switch_deadline_seconds: float | None = None) -> PostgresPublish:
+                   switch_deadline_seconds: float | None = None, log_days: int = 0) -> PostgresPublish:
     """Load the run's scores into a private table, then switch readers to it in one transaction.
+
+    Run tables beyond the ``retention_runs`` newest leave the score views; those less than ``log_days`` older
+    than this run stay as the prediction log (``churn.prediction_log``), the rest are dropped.
 
     The switch waits for its locks at most ``switch_lock_timeout_seconds`` per attempt and retries until
     ``switch_deadline_seconds`` (defaults: ``CHURN_PUBLISH_SWITCH_LOCK_TIMEOUT_SECONDS`` / ``..._DEADLINE_SECONDS``).
@@ -212,7 +219,7 @@ def publish_scores(conn: PgConnection, scores_path: str | Path, run_key: str, mo
         try:
             return _publish(conn, scores_path, run_key, model_version, retention_runs,
                             hook or (lambda point: None), copy_batch_rows,
-                            _SwitchLimits.resolve(switch_lock_timeout_seconds, switch_deadline_seconds))
+                            _SwitchLimits.resolve(switch_lock_timeout_seconds, switch_deadline_seconds), log_days)
         finally:
             if not conn.closed:
                 conn.rollback()  # no-op after a commit; needed to run the unlock after an error
@@ -314,7 +321,8 @@ def _lock_holders(conn: PgConnection) -> str:
 
 
 def _publish(conn: PgConnection, scores_path: str | Path, run_key: str, model_version: str, retention_runs: int,
-             hook: Callable[[str], None], copy_batch_rows: int, limits: _SwitchLimits) -> PostgresPublish:
+             hook: Callable[[str], None], copy_batch_rows: int, limits: _SwitchLimits,
+             log_days: int = 0) -> PostgresPublish:
     ensure_schema(conn)
     final = run_table(run_key)
     staging = f"{final}__loading"
@@ -351,7 +359,7 @@ def _publish(conn: PgConnection, scores_path: str | Path, run_key: str, model_ve
             with conn.cursor() as raw:
                 raw.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))  # another publish's switch: short
                 is_current = _switch(_LockBudget(raw, limits.lock_timeout), run_key, final, staging, model_version,
-                                     rows, retention_runs)
+                                     rows, retention_runs, log_days)
                 hook("switching")  # everything done but the commit: a kill here must leave the old batch served
             conn.commit()
             break
@@ -374,7 +382,8 @@ def _publish(conn: PgConnection, scores_path: str | Path, run_key: str, model_ve
     return PostgresPublish(f"churn.{final}", rows, is_current, load_seconds)
 
 
-def _switch(cur: PgCursor, run_key: str, final: str, staging: str, model_version: str, rows: int, retention_runs: int) -> bool:
+def _switch(cur: PgCursor, run_key: str, final: str, staging: str, model_version: str, rows: int, retention_runs: int,
+            log_days: int = 0) -> bool:
     """Point the views at the run's table and apply retention (one attempt, in the caller's transaction)."""
     cur.execute(
         """INSERT INTO churn.score_runs (run_key, table_name, model_version, rows)
@@ -392,13 +401,15 @@ def _switch(cur: PgCursor, run_key: str, final: str, staging: str, model_version
         # Refreshes from before this batch's data cutoff are superseded by it (the view hides them already).
         cur.execute("DELETE FROM churn.score_refreshes WHERE data_at <= %s::timestamptz", (batch_cutoff(run_key),))
     _rebuild_history_view(cur, retention_runs, replace={final: staging})
+    doomed = _beyond_retention(cur, retention_runs, log_days)
+    _rebuild_log_view(cur, exclude={table for _, table in doomed}, replace={final: staging})  # before any drop
     cur.execute(f"DROP TABLE IF EXISTS churn.{final}")
     cur.execute(f"ALTER TABLE churn.{staging} RENAME TO {final}")  # views follow the table, not its name
     cur.execute(
         f"ALTER TABLE churn.{final} RENAME CONSTRAINT {staging}_pkey TO {final}_pkey"
     )
     cur.execute("UPDATE churn.score_runs SET is_current = (run_key = %s)", (latest,))
-    _apply_retention(cur, retention_runs)
+    _apply_retention(cur, retention_runs, doomed)
     return is_current
 
 
@@ -434,17 +445,47 @@ def _rebuild_history_view(cur: PgCursor, retention_runs: int, replace: dict[str,
     cur.execute(f"CREATE OR REPLACE VIEW churn.scores_history AS {' UNION ALL '.join(selects)}")  # keeps grants
 
 
-def _apply_retention(cur: PgCursor, retention_runs: int) -> None:
+def _beyond_retention(cur: PgCursor, retention_runs: int, log_days: int = 0) -> list[tuple[str, str]]:
+    """(run key, table) of the runs to drop: neither among the ``retention_runs`` newest (the score views) nor
+    less than ``log_days`` older than the newest (the prediction log)."""
     keep = {run for run, _ in _retained(cur, retention_runs)}
+    logged_from = None
+    if keep and log_days > 0:
+        try:
+            logged_from = (date.fromisoformat(max(keep)[:10]) - timedelta(days=log_days)).isoformat()
+        except ValueError:  # run keys that are not dates (ad hoc runs): no age, only the history count applies
+            log.warning("run key %s is not a date: the prediction log keeps only the score history's runs", max(keep))
     cur.execute("SELECT run_key, table_name FROM churn.score_runs")
-    for run, table in cur.fetchall():
-        if run not in keep:
-            cur.execute(f"DROP TABLE IF EXISTS churn.{table}")
-            cur.execute("DELETE FROM churn.score_runs WHERE run_key = %s", (run,))
-            log.info("retention: dropped scores of run %s", run)
+    return [(run, table) for run, table in cur.fetchall()
+            if run not in keep and not (logged_from and run[:10] > logged_from)]
+
+
+def _apply_retention(cur: PgCursor, retention_runs: int, doomed: list[tuple[str, str]]) -> None:
+    for run, table in doomed:
+        cur.execute(f"DROP TABLE IF EXISTS churn.{table}")
+        cur.execute("DELETE FROM churn.score_runs WHERE run_key = %s", (run,))
+        log.info("retention: dropped scores of run %s", run)
+    keep = {run for run, _ in _retained(cur, retention_runs)}
     if keep:  # event scores older than the oldest retained batch leave the history with it
         cur.execute("DELETE FROM churn.score_refresh_log WHERE data_at <= %s::timestamptz",
                     (batch_cutoff(min(keep)),))
+
+
+def _rebuild_log_view(cur: PgCursor, exclude: set[str], replace: dict[str, str]) -> None:
+    """``churn.prediction_log``: every kept run table (one table per run is the log's partition: retention drops
+    a whole table, never deletes rows), with each customer's served score, model, arm and features hash."""
+    cur.execute("SELECT table_name FROM churn.score_runs ORDER BY run_key")
+    tables = [replace.get(t, t) for (t,) in cur.fetchall() if t not in exclude]
+    cur.execute("SELECT table_name FROM information_schema.columns WHERE table_schema = 'churn' AND column_name = "
+                "'features_hash' AND table_name = ANY(%s)", (tables,))
+    logged = {row[0] for row in cur.fetchall()}  # run tables of this release (older ones lack the columns)
+    selects = [f"SELECT {LOG_COLUMNS} FROM churn.{table}" for table in tables if table in logged]
+    if not selects:  # no run table of this release yet: the view exists, empty, with its columns
+        selects = ["SELECT NULL::text AS run_id, NULL::text AS customer_id, NULL::real AS churn_probability, "
+                   "NULL::text AS risk_band, NULL::smallint AS risk_decile, NULL::text AS model_version, "
+                   "NULL::text AS experiment, NULL::text AS arm, NULL::bigint AS features_hash, "
+                   "NULL::timestamptz AS scored_at WHERE false"]
+    cur.execute(f"CREATE OR REPLACE VIEW churn.prediction_log AS {' UNION ALL '.join(selects)}")
 
 
 def stale_customers(conn: PgConnection, runs: list[str], current_table: str, fetch_rows: int = 50_000) -> Iterator[str]:

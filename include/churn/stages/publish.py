@@ -29,7 +29,8 @@ def publish_postgres(cfg: ChurnConfig, res: Resources, run: dict, scored: dict) 
         published = publish_scores(conn, scores.path, run["run_key"], scores.model_version,
                                    cfg.score_history_runs, lock_wait_seconds=cfg.publish_lock_wait_seconds,
                                    switch_lock_timeout_seconds=cfg.publish_switch_lock_timeout_seconds,
-                                   switch_deadline_seconds=cfg.publish_switch_deadline_seconds)
+                                   switch_deadline_seconds=cfg.publish_switch_deadline_seconds,
+                                   log_days=cfg.prediction_log_days)
         reader_role = _reader_role(conn, cfg)
     finally:
         conn.close()
