@@ -27,6 +27,7 @@ RUN_DEADLINE = None if CONFIG.run_deadline_minutes <= 0 or sys.argv[1:3] == ["da
 SCORES_POSTGRES = Asset("churn_scores_postgres")
 SCORES_REDIS = Asset("churn_scores_redis")
 EXPORT_FILES = Asset("churn_export_files")
+EXPERIMENT_RESULTS = Asset("churn_experiment_results")  # judged experiments: churn_experiment_decision asks a person
 
 
 @dag(
@@ -172,7 +173,7 @@ def churn_nightly():
 
         return run_task(reporting.summarize, run, stages)
 
-    @task
+    @task(outlets=[EXPERIMENT_RESULTS])
     def report(run: dict, stages: dict, summary: dict) -> dict:
         from churn.stages import reporting, run_task
 

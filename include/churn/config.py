@@ -444,6 +444,9 @@ class ExperimentSettings(_Section):
     experiments_file: str = ""
     """Path of the experiments YAML file (kept under version control; docs "Experiments"); empty = no experiment."""
 
+    experiment_decision_days: Annotated[float, Field(gt=0)] = 7
+    """Days a person has to answer an experiment's promote / stop / extend question before it ends as extend."""
+
 
 
 class DevSettings(_Section):

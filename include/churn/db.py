@@ -11,7 +11,8 @@ if TYPE_CHECKING:  # the types of the psycopg2 objects every store function take
 
 # Bump when PLATFORM_DDL changes: tasks that find the schema at this version run no DDL (the publisher role
 # they run as may not), and ``python -m churn.migrate`` (the owner role) brings an older one up to it.
-SCHEMA_VERSION = 4  # 2: churn.promotions; 3: churn.experiment_* tables; 4: their index by customer
+SCHEMA_VERSION = 5  # 2: churn.promotions; 3: churn.experiment_* tables; 4: their index by customer;
+# 5: churn.experiment_decisions, promotions of kind 'experiment'
 
 PLATFORM_DDL = """
 CREATE SCHEMA IF NOT EXISTS churn;
@@ -187,15 +188,15 @@ CREATE TABLE IF NOT EXISTS churn.promotions (
     previous_champion text,              -- null for the first champion
     actor text NOT NULL,                 -- who: the nightly gate, a UI user, the CLI's OS user
     reason text NOT NULL,
-    kind text NOT NULL CHECK (kind IN ('gate', 'rollback', 'override')),
+    kind text NOT NULL CONSTRAINT promotions_kind_check CHECK (kind IN ('gate', 'rollback', 'override', 'experiment')),
     forced boolean NOT NULL DEFAULT false,  -- an override of the gate's refusal (or of never-champion)
     CHECK (forced = (kind = 'override'))
 );
 REVOKE UPDATE, DELETE, TRUNCATE ON churn.promotions FROM PUBLIC;
 CREATE OR REPLACE FUNCTION churn.promotions_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    RAISE EXCEPTION 'churn.promotions is append-only: % refused', TG_OP
-        USING HINT = 'the history of champion changes is never rewritten; a new promotion adds a row';
+    RAISE EXCEPTION 'churn.% is append-only: % refused', TG_TABLE_NAME, TG_OP
+        USING HINT = 'this history is never rewritten; a new promotion or decision adds a row';
 END $$;
 DO $$ BEGIN  -- checked first: CREATE TRIGGER locks the table even when the trigger exists
     IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'churn.promotions'::regclass
@@ -245,6 +246,34 @@ CREATE TABLE IF NOT EXISTS churn.experiment_splits (
     flagged       boolean NOT NULL,     -- p < 0.001: the split is broken, results are withheld
     PRIMARY KEY (experiment_id, night)
 );
+-- A person's decision on an experiment that reached its sample size (churn.experiments.decisions), append-only.
+CREATE TABLE IF NOT EXISTS churn.experiment_decisions (
+    id            bigserial PRIMARY KEY,
+    experiment_id text NOT NULL,
+    decided_at    timestamptz NOT NULL DEFAULT now(),
+    decided_on    date NOT NULL,        -- the night it applies from (a stop ends the experiment that night)
+    decision      text NOT NULL CHECK (decision IN ('promote', 'stop', 'extend')),
+    arm           text,                 -- promote: the winning arm
+    model_version text,                 -- promote: its model, now champion (churn.promotions says so too)
+    decided_by    text NOT NULL,
+    scored_on     date NOT NULL,        -- the judged night the decision was asked on
+    customers     jsonb NOT NULL,       -- customers per arm then
+    reason        text NOT NULL
+);
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'churn.experiment_decisions'::regclass
+                   AND tgname = 'experiment_decisions_append_only') THEN
+        CREATE TRIGGER experiment_decisions_append_only BEFORE UPDATE OR DELETE ON churn.experiment_decisions
+            FOR EACH ROW EXECUTE FUNCTION churn.promotions_append_only();
+    END IF;
+    -- schema 5: promotions decided on an experiment's realized results
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'promotions_kind_check'
+                   AND pg_get_constraintdef(oid) LIKE '%experiment%') THEN
+        ALTER TABLE churn.promotions DROP CONSTRAINT IF EXISTS promotions_kind_check;
+        ALTER TABLE churn.promotions ADD CONSTRAINT promotions_kind_check
+            CHECK (kind IN ('gate', 'rollback', 'override', 'experiment'));
+    END IF;
+END $$;
 -- Realized results of every experiment, per scoring night whose outcomes matured (churn.experiments.realized).
 CREATE TABLE IF NOT EXISTS churn.experiment_results (
     experiment_id text NOT NULL,

@@ -127,6 +127,7 @@ def _purge_experiments(conn: PgConnection, cfg, cutoff: date) -> int:
     if not getattr(cfg, "experiments_file", ""):
         return 0
     from churn.experiments.assignment import purge_ended
+    from churn.experiments.decisions import effective, ended_on
     from churn.experiments.definitions import ExperimentsError, load_experiments
 
     try:
@@ -137,7 +138,7 @@ def _purge_experiments(conn: PgConnection, cfg, cutoff: date) -> int:
     with conn.cursor() as cur:
         present = _exists(cur, "churn.experiment_assignments")
     conn.commit()
-    return purge_ended(conn, experiments, cutoff) if present else 0
+    return purge_ended(conn, effective(experiments, ended_on(conn)), cutoff) if present else 0
 
 
 def purge(conn: PgConnection, cfg, as_of: date) -> PurgeResult:

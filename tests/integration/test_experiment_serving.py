@@ -195,3 +195,76 @@ def test_the_prediction_log_keeps_each_nights_served_score_model_arm_and_feature
     assert hashes.nunique() > 0.99 * len(hashes)  # a hash of the features, not a constant
     night1 = log[log["run_id"] == str(RUN_DATE)]
     assert night1["arm"].isna().all() and night1["hash"].notna().all()
+
+
+def _result(arms: dict[str, tuple[int, float, float]]) -> str:
+    import json
+
+    return json.dumps({"arms": [{"arm": a, "customers": n, "churn_rate": r, "roc_auc": auc, "pr_auc": None,
+                                 "brier": 0.1, "reliability": [], "top_k_precision": 0.3}
+                                for a, (n, r, auc) in arms.items()],
+                       "comparisons": [{"treated": "control", "holdout": "holdout", "qini": 0.01,
+                                        "uplift": {"estimate": 0.02, "low": 0.0, "high": 0.04},
+                                        "relative_uplift": {"estimate": 0.1, "low": 0.0, "high": 0.2}}]})
+
+
+def test_a_person_decides_an_experiment_that_reached_its_sample_size_through_the_registry(nights):
+    """Last in the module: the promotion changes the champion."""
+    from churn.experiments.decisions import EXTEND, PROMOTE, apply_decision, effective, ended_on, ready_for_decision
+    from churn.experiments.definitions import ExperimentsError, load_experiments, parse_experiments
+
+    declared = load_experiments(nights["cfg"].experiments_file).experiments[0]
+    experiment = parse_experiments({"experiments": [{
+        "id": declared.id, "salt": declared.salt, "start": str(declared.start), "minimum_detectable_effect": 0.05,
+        "arms": [{"name": a.name, "weight": a.weight, "model": a.model, "contact": a.contact}
+                 for a in declared.arms]}]}).experiments
+    insert = ("INSERT INTO churn.experiment_results (experiment_id, scored_on, evaluated_on, customers, withheld, "
+              "result) VALUES (%s, %s, %s, %s, NULL, %s)")
+    pg_rows(nights["pg_url"], insert, (EXPERIMENT, NIGHT2, NIGHT2 + timedelta(days=30), 8000, _result(
+        {"control": (3600, 0.10, 0.70), "challenger": (3600, 0.10, 0.78), "holdout": (800, 0.12, 0.70)})))
+    conn = psycopg2.connect(nights["pg_url"])
+    try:
+        request = ready_for_decision(conn, experiment)
+        assert request is not None and request.needed_per_arm < 800 < 2 * request.needed_per_arm
+        assert (request.winner_arm, request.winner_model, request.champion) == (
+            "challenger", nights["other"], nights["champion"])
+        assert "| `challenger` | 3,600 |" in request.body and nights["other"] in request.body
+        # extend: asked again only once every arm holds twice the sample size
+        extended = apply_decision(conn, request.as_dict(), [EXTEND], "ana", NIGHT2 + timedelta(days=30))
+        assert extended["decision"] == "extend"
+        assert ready_for_decision(conn, experiment) is None
+        later, twice = NIGHT2 + timedelta(days=1), 2 * request.needed_per_arm
+        pg_rows(nights["pg_url"], insert, (EXPERIMENT, later, later + timedelta(days=30), 9000, _result(
+            {"control": (4000, 0.10, 0.70), "challenger": (4000, 0.10, 0.79), "holdout": (twice - 1, 0.12, 0.70)})))
+        assert ready_for_decision(conn, experiment) is None  # one short of twice the size
+        pg_rows(nights["pg_url"], "DELETE FROM churn.experiment_results WHERE scored_on = %s", (later,))
+        pg_rows(nights["pg_url"], insert, (EXPERIMENT, later, later + timedelta(days=30), 9000, _result(
+            {"control": (4000, 0.10, 0.70), "challenger": (4000, 0.10, 0.79), "holdout": (twice, 0.12, 0.70)})))
+        again = ready_for_decision(conn, experiment)
+        assert again is not None and again.extends == 1 and again.scored_on == str(later)
+        # promote: through the registry, with who and why; a retry changes nothing more
+        decided_on = later + timedelta(days=30)
+        done = apply_decision(conn, again.as_dict(), [PROMOTE], "ana", decided_on)
+        assert done == {"experiment_id": EXPERIMENT, "decision": "promote", "model_version": nights["other"],
+                        "repeated": False}
+        assert apply_decision(conn, again.as_dict(), [PROMOTE], "ana", decided_on)["repeated"] is True
+        assert registry.champion(conn).version == nights["other"]
+        promotions = pg_rows(nights["pg_url"], "SELECT version, previous_champion, actor, kind, forced FROM "
+                                               "churn.promotions ORDER BY id DESC LIMIT 1")
+        assert promotions == [(nights["other"], nights["champion"], "ana", "experiment", False)]
+        decisions = pg_rows(nights["pg_url"], "SELECT decision, arm, model_version, decided_by FROM "
+                                              "churn.experiment_decisions ORDER BY id")
+        assert decisions == [("extend", None, None, "ana"), ("promote", "challenger", nights["other"], "ana")]
+        with pytest.raises(psycopg2.Error, match="append-only"):
+            pg_rows(nights["pg_url"], "UPDATE churn.experiment_decisions SET decided_by = 'eve'")
+        # the promotion ended the experiment: it assigns nobody after the decision, and is not asked again
+        assert ended_on(conn) == {EXPERIMENT: decided_on}
+        [ended] = effective(experiment, ended_on(conn))
+        assert ended.end == decided_on and not ended.active_on(decided_on + timedelta(days=1))
+        assert ready_for_decision(conn, experiment) is None
+        # nothing to promote when the best arm is served the champion: refused with the fix
+        with pytest.raises(ExperimentsError, match="choose stop or extend"):
+            apply_decision(conn, {**again.as_dict(), "scored_on": str(later + timedelta(days=1)), "winner_model": nights["other"],
+                                  "champion": nights["other"]}, [PROMOTE], "ana", decided_on)
+    finally:
+        conn.close()

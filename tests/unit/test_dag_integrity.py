@@ -98,3 +98,12 @@ def test_dag_files_do_no_heavy_imports_at_parse_time():
                               env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT / "include"),
                                    "AIRFLOW_HOME": "/tmp/airflow-parse-probe"}, timeout=120)
         assert "HEAVY []" in proc.stdout, f"{dag_file.name}: {proc.stdout[-500:]} {proc.stderr[-1500:]}"
+
+
+def test_scoring_waits_for_the_experiment_arms_and_the_decision_dag_follows_the_report(dagbag):
+    nightly = dagbag["dags"]["churn_nightly"]["upstream"]
+    assert "assign_experiments" in nightly["plan_scoring"] and "register" in nightly["assign_experiments"]
+    decision = dagbag["dags"]["churn_experiment_decision"]
+    assert "churn_experiment_results" in decision["schedule"] and decision["max_active_runs"] == 1
+    assert decision["upstream"] == {"find_decision": [], "decide": ["find_decision"],
+                                    "apply": ["decide", "find_decision"]}

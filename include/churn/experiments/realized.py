@@ -17,6 +17,7 @@ import numpy as np
 
 from churn.config import ChurnConfig
 from churn.experiments.analysis import ExperimentAnalysis, analyze
+from churn.experiments.decisions import effective, ended_on
 from churn.experiments.definitions import load_experiments
 from churn.monitoring import churned_between, has_outcomes
 
@@ -59,7 +60,8 @@ def evaluate_experiments(conn, cfg: ChurnConfig, as_of: date) -> list[Experiment
     if not has_outcomes(conn):
         log.info("experiments: no outcome table (src.churn_events) for the %s source; not judged", cfg.source)
         return []
-    experiments = [e for e in load_experiments(cfg.experiments_file).experiments if e.active_on(scored_on)]
+    ended = effective(load_experiments(cfg.experiments_file).experiments, ended_on(conn))
+    experiments = [e for e in ended if e.active_on(scored_on)]
     if not experiments:
         return []
     scores = _served_scores(conn, cfg, scored_on)

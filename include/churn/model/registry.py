@@ -342,16 +342,20 @@ def promote(conn: PgConnection, version: str, reason: str, *, kind: str | None =
             force: bool = False) -> bool:
     """Move the champion pointer to ``version`` and record it in ``churn.promotions``, in one transaction.
 
-    ``kind`` is ``gate`` (the nightly gate promoting the challenger it approved) or ``rollback``; by
+    ``kind`` is ``gate`` (the nightly gate promoting the challenger it approved), ``rollback``, or
+    ``experiment`` (a person promoting an experiment arm's model on its realized results on live customers:
+    that evidence stands in for the gate's, so no override is needed; ``actor`` and ``reason`` are required); by
     default ``gate`` for a version whose status is ``challenger`` (approved, awaiting its promotion),
     else ``rollback``. A version the gate refused, or one that was never champion (or only by
     override), is made champion only with ``force=True`` and a non-empty ``reason``: the row then says
     ``kind='override'``, ``forced=true``. The old champion becomes 'retired'; ``actor`` defaults to the
     database role. Promoting the current champion changes nothing (returns False; True when it moved).
     """
-    if kind not in (None, "gate", "rollback"):
-        raise RegistryError(f"promotion kind {kind!r} is not one of 'gate', 'rollback' (an override is "
-                            "'rollback' with force=True)")
+    if kind not in (None, "gate", "rollback", "experiment"):
+        raise RegistryError(f"promotion kind {kind!r} is not one of 'gate', 'rollback', 'experiment' (an override "
+                            "is 'rollback' with force=True)")
+    if kind == "experiment" and not (actor and (reason or "").strip()):
+        raise RegistryError("a promotion decided on an experiment names who decided (actor) and why (reason)")
     record = get(conn, version)  # a registered version means the registry tables exist
     load_verified(record.artifact_path, record.artifact_sha256)  # never point readers at a broken artifact
     if not tables_present(conn, "churn.promotions"):  # a schema from before the history: migrate it first
@@ -373,6 +377,7 @@ def promote(conn: PgConnection, version: str, reason: str, *, kind: str | None =
             kind = kind or ("gate" if status == "challenger" else "rollback")
             if kind == "gate" and status != "challenger":
                 raise RegistryError(f"the gate promotes only the challenger it approved; {version} is {status!r}")
+            # an experiment's decision rests on realized results on live customers, not on the gate's split
             why_override = _override_needed(cur, version, status) if kind == "rollback" else None
             if why_override and not force:
                 raise OverrideRequired(

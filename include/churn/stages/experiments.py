@@ -28,6 +28,7 @@ def assign_experiments(cfg: ChurnConfig, res: Resources, run: dict, validated: d
     import pyarrow.parquet as pq
 
     from churn.experiments.assignment import assign, record_split, sample_ratio_check
+    from churn.experiments.decisions import effective, ended_on
     from churn.experiments.definitions import load_experiments
     from churn.experiments.serving import served_models, write_served_arms
     from churn.model import registry
@@ -40,7 +41,8 @@ def assign_experiments(cfg: ChurnConfig, res: Resources, run: dict, validated: d
         return timed(run, "assign_experiments", started, ExperimentsResult(
             skipped=True, reason="dry run: nobody assigned"))
     night = date.fromisoformat(run["as_of"])
-    experiments = load_experiments(cfg.experiments_file).experiments
+    with res.pg_session() as conn:  # a person's stop or promotion ends an experiment early
+        experiments = effective(load_experiments(cfg.experiments_file).experiments, ended_on(conn))
     active = [e for e in experiments if e.active_on(night)]
     # Holdouts stay out of contact lists until the outcomes of the experiment's last night are in (end + the
     # label lag): contacting them the day after the end would spoil the nights still being judged.
@@ -78,3 +80,35 @@ def assign_experiments(cfg: ChurnConfig, res: Resources, run: dict, validated: d
     return timed(run, "assign_experiments", started, ExperimentsResult(
         experiments=splits, ended_holdouts=kept, arms_path=str(arms_path), enrolled=enrolled,
         models=[m.as_dict() for m in models] if len(models) > 1 else []))
+
+
+def find_decision(cfg: ChurnConfig, res: Resources) -> dict | None:
+    """The experiment awaiting a person's decision (a ``DecisionRequest``), or None: nothing to ask tonight."""
+    from churn.experiments.decisions import ready_for_decision
+    from churn.experiments.definitions import load_experiments
+
+    if not cfg.experiments_file:
+        log.info("CHURN_EXPERIMENTS_FILE is not set: no experiment to decide")
+        return None
+    experiments = load_experiments(cfg.experiments_file).experiments
+    with res.pg_session() as conn:
+        request = ready_for_decision(conn, experiments)
+    if request is None:
+        log.info("no experiment of %s has reached its sample size without a decision", cfg.experiments_file)
+        return None
+    log.info("experiment %s reached its sample size (%s per arm needed, %s): asking for a decision",
+             request.experiment_id, request.needed_per_arm, request.customers)
+    return request.as_dict()
+
+
+def apply_experiment_decision(cfg: ChurnConfig, res: Resources, request: dict, response: dict) -> dict:
+    """Carry out the person's answer (the human-in-the-loop task's result): promote, stop or extend."""
+    from datetime import datetime, timezone
+
+    from churn.experiments.decisions import apply_decision
+
+    who = response.get("responded_by_user") or {}
+    decided_by = str(who.get("name") or who.get("id") or "unknown") if isinstance(who, dict) else str(who)
+    with res.pg_session() as conn:
+        return apply_decision(conn, request, list(response.get("chosen_options") or []), decided_by,
+                              datetime.now(timezone.utc).date())
