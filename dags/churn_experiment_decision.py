@@ -52,6 +52,7 @@ def churn_experiment_decision():
         options=OPTIONS,
         defaults=[EXTEND],
         response_timeout=timedelta(days=CONFIG.experiment_decision_days),
+        execution_timeout=None,  # the wait for a person is bounded by response_timeout, not by the task limit
     )
 
     @task

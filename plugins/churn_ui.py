@@ -101,7 +101,8 @@ def _query(conn, sql: str, params: tuple = ()) -> list[dict]:
 
 
 def load_overview(conn, runs_limit: int = 20, outbox_conn=None) -> dict:
-    """Model versions (with latest realized AUC), the champion, recent runs with drift figures, re-score activity.
+    """Model versions (with latest realized AUC), the champion, recent runs with drift figures, re-score activity,
+    the trends (realized ROC AUC, score distribution, drift) and the experiments.
 
     ``outbox_conn``: where the re-score outbox lives when it is not the platform's database (a SQL source's).
     """
@@ -127,9 +128,11 @@ def load_overview(conn, runs_limit: int = 20, outbox_conn=None) -> dict:
         FROM churn.pipeline_runs p LEFT JOIN churn.run_metrics m USING (run_key) {drift_join}
         ORDER BY p.run_key DESC LIMIT %s""", ((_cfg().drift_psi_threshold,) if has_drift else ()) + (runs_limit,))
     from churn.data.outbox import activity
+    from churn.experiments.view import load_experiments, load_trends
 
     return {"models": models, "champion": champion[0] if champion else None, "runs": runs,
-            "refresh": activity(outbox_conn or conn)}
+            "refresh": activity(outbox_conn or conn), "trends": load_trends(conn),
+            "experiments": load_experiments(conn)}
 
 
 def render_overview(data: dict, message: str | None = None, error: str | None = None) -> str:
@@ -140,7 +143,8 @@ def render_overview(data: dict, message: str | None = None, error: str | None = 
     models = [{**m, "status": "champion" if champ is not None and m["version"] == champ["version"] else m["status"]}
               for m in data["models"]]
     return render("churn_overview.html", title="Churn", prefix=URL_PREFIX, champion=champ, models=models,
-                  runs=data["runs"], refresh=data.get("refresh"), message=message, error=error)
+                  runs=data["runs"], refresh=data.get("refresh"), trends=data.get("trends") or {},
+                  experiments=data.get("experiments") or [], message=message, error=error)
 
 
 def run_file(run_key: str, *parts: str):

@@ -168,3 +168,45 @@ def test_rollback_to_a_refused_version_over_http_needs_a_reason(pg_conn, fresh_p
     assert (row["version"], row["previous_champion"], row["actor"], row["reason"], row["kind"], row["forced"]) == (
         "2026-11-20-logistic_baseline-bbbbbb", "2026-11-20-tpot-bbbbbb", "ui:alice", "tpot mis-scores new plans",
         "override", True)
+
+
+def test_overview_draws_the_trends_and_each_experiments_arms_checks_metrics_and_decisions(churn_ui, pg_conn):
+    ensure_schema(pg_conn)
+    summary = {"histogram": {"edges": [i / 10 for i in range(11)], "counts": [50, 30, 10, 5, 5, 0, 0, 0, 0, 0]}}
+    with pg_conn.cursor() as cur:
+        for night, auc_a, auc_b in (("2026-10-20", 0.76, 0.79), ("2026-10-21", 0.77, 0.80)):
+            cur.execute("INSERT INTO churn.realized_performance VALUES (%s, 'v1', %s, 900, 80, %s, 0.8, now()), "
+                        "(%s, '<script>x</script>', %s, 900, 80, %s, 0.8, now())",
+                        (night, night, auc_a, night, night, auc_b))
+        cur.execute("INSERT INTO churn.drift_metrics (run_key, feature, kind, psi, reference_version, reference_rows, "
+                    "current_rows) VALUES ('2026-11-20', 'tenure', 'numeric', 0.35, 'v', 10, 10), "
+                    "('2026-11-21', 'tenure', 'numeric', 0.05, 'v', 10, 10)")
+        cur.execute("INSERT INTO churn.experiment_splits VALUES ('exp-ok', '2026-11-21', '2026-11-21', "
+                    "'{\"control\": 500, \"holdout\": 55}', 12, 0.4, 0.52, false), ('exp-broken', '2026-11-21', "
+                    "'2026-11-21', '{\"a\": 600, \"b\": 400}', 3, 40.0, 0.00001, true)")
+        result = {"arms": [{"arm": "control", "roc_auc": 0.78}, {"arm": "holdout", "roc_auc": 0.74}],
+                  "comparisons": [{"treated": "control", "holdout": "holdout", "qini": 0.01,
+                                   "uplift": {"estimate": 0.02, "low": -0.01, "high": 0.05}}]}
+        for night in ("2026-10-20", "2026-10-21"):
+            cur.execute("INSERT INTO churn.experiment_results VALUES ('exp-ok', %s, %s, 555, NULL, %s)",
+                        (night, night, json.dumps(result)))
+        cur.execute("INSERT INTO churn.experiment_results VALUES ('exp-broken', '2026-10-21', '2026-11-21', 1000, "
+                    "'sample ratio mismatch (p = 1e-05)', '{}')")
+        cur.execute("INSERT INTO churn.experiment_decisions (experiment_id, decided_on, decision, decided_by, "
+                    "scored_on, customers, reason) VALUES ('exp-ok', '2026-11-21', 'extend', 'ana', '2026-10-21', "
+                    "'{}', 'more data')")
+    pg_conn.commit()
+    record_run(pg_conn, RunMetrics("2026-11-20", "v1", False, 100, 0, 100, 100, {"score": 1.0}, summary, None,
+                                   None, None))
+    data = churn_ui.load_overview(pg_conn)
+    assert set(data["trends"]) == {"realized", "scores", "drift"}
+    page = churn_ui.render_overview(data)
+    trends = page[page.index('<div id="trends">'):page.index("<h2>Experiments</h2>")]
+    assert trends.count("<svg") == 3 and trends.count("<polyline") >= 3  # two models, the drift line
+    assert "&lt;script&gt;x&lt;/script&gt;" in trends and "<script>" not in page  # data never becomes markup
+    ok = page[page.index('data-experiment="exp-ok"'):]
+    assert '<b>control</b> 500' in ok and 'data-srm="ok"' in ok and ok.count("<svg") == 2
+    assert "<polygon" in ok  # the uplift's 95 % interval band over the two nights
+    assert "<td>extend</td>" in ok and "<td>ana</td>" in ok[:ok.index("</section>")]
+    broken = page[page.index('data-experiment="exp-broken"'):page.index('data-experiment="exp-ok"')]
+    assert 'data-srm="flagged"' in broken and "withheld: sample ratio mismatch" in broken

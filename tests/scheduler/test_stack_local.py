@@ -24,6 +24,18 @@ from tests.support.stack_support import (NO_SCHEDULED_RUN, SHORT_SEARCH, complai
 
 AS_OF = date(2026, 11, 20)
 STREAM = "churn:events"
+EXPERIMENT = "stack-arms"
+EXPERIMENTS = f"""\
+experiments:
+  - id: {EXPERIMENT}
+    salt: "s"
+    start: {AS_OF}
+    minimum_detectable_effect: 0.05
+    arms:
+      - {{name: control, weight: 45, model: champion}}
+      - {{name: challenger, weight: 45, model: hist_gradient_boosting}}
+      - {{name: holdout, weight: 10, model: champion, contact: false}}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +43,11 @@ def local_run(services, pg_admin_url, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stack-local")
     ancestors = {p: p.stat().st_mode for p in [tmp, *tmp.parents]}
     started_ms = time.time() * 1000
+    experiments = tmp / "experiments.yaml"
+    experiments.write_text(EXPERIMENTS)
     with running_stack(services, pg_admin_url, tmp, "stack_local", "local", redis_db=6, as_of=AS_OF,
                        score_partitions="2", schedule_cron=NO_SCHEDULED_RUN, rescore_stream=STREAM,
-                       **SHORT_SEARCH) as stack:
+                       experiments_file=str(experiments), **SHORT_SEARCH) as stack:
         run_id = stack.trigger(f"{AS_OF.isoformat()}T02:00:00Z", {"retrain": True, "note": "scheduler test"})
         lines: list[str] = []
         state = stack.wait_run(run_id, timeout=900, progress=lines.append)
@@ -148,3 +162,84 @@ def test_the_platform_redis_user_was_refused_nothing(local_run, services):
     denied = [e for e in admin.acl_log(count=1000) if e.get("username") == "churn"
               and float(e.get("timestamp-last-updated", 0)) >= local_run["started_ms"]]
     assert not denied, denied
+
+
+def test_each_arm_is_served_its_model_and_a_person_decides_the_experiment_under_the_scheduler(local_run):
+    """The nightly (real scheduler) served every customer its arm's model; once results show the sample size,
+    churn_experiment_decision (scheduled by the report's asset) waits for a person, whose answer given through
+    the REST API is carried out through the registry."""
+    import json
+
+    from churn.dev.airflow_api import http_json
+    from churn.experiments.decisions import PROMOTE, STOP
+
+    admin = local_run["admin_url"]
+    conn = psycopg2.connect(admin)
+    with conn.cursor() as cur:
+        cur.execute("SELECT c.arm, c.model_version, count(*) FROM churn.scores_current c JOIN "
+                    "churn.experiment_assignments a ON a.customer_id = c.customer_id AND a.experiment_id = %s "
+                    "AND a.arm = c.arm WHERE c.experiment = %s GROUP BY 1, 2", (EXPERIMENT, EXPERIMENT))
+        served = {(arm, version): n for arm, version, n in cur.fetchall()}
+        cur.execute("SELECT version FROM churn.model_champion")
+        (champion,) = cur.fetchone()
+        cur.execute("SELECT version FROM churn.model_registry WHERE model_name = 'hist_gradient_boosting'")
+        (boosting,) = cur.fetchone()
+        cur.execute("SELECT count(*) FROM churn.scores_current")
+        (total,) = cur.fetchone()
+    conn.commit()
+    assert {arm: v for arm, v in served} == {"control": champion, "challenger": boosting, "holdout": champion}
+    assert sum(served.values()) == total  # every customer, in its stored arm, served its arm's model
+    # the label window closed (a judged night, as the report writes it once the outcomes matured)
+    result = {"arms": [{"arm": a, "customers": 5000, "churn_rate": 0.1, "roc_auc": auc, "pr_auc": None,
+                        "brier": 0.1, "reliability": [], "top_k_precision": 0.3}
+                       for a, auc in (("control", 0.70), ("challenger", 0.80), ("holdout", 0.70))],
+              "comparisons": []}
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO churn.experiment_results (experiment_id, scored_on, evaluated_on, customers, "
+                    "withheld, result) VALUES (%s, %s, %s, 15000, NULL, %s)",
+                    (EXPERIMENT, AS_OF, AS_OF, json.dumps(result)))
+    conn.commit()
+    stack = local_run["stack"]
+    stack.unpause("churn_experiment_decision")  # the nightly report's asset event schedules a run
+    token = stack.token()
+    base = f"{stack.base_url}/api/v2/dags/churn_experiment_decision"
+    deadline, runs = time.monotonic() + 120, []
+    while time.monotonic() < deadline and not runs:
+        runs = stack.dag_runs("churn_experiment_decision")
+        time.sleep(1)
+    assert runs, "the report's asset event scheduled no churn_experiment_decision run"
+    run_id = runs[0]["dag_run_id"]
+    decide, deadline = {}, time.monotonic() + 300
+    while time.monotonic() < deadline:
+        tis = {t["task_id"]: t for t in stack.task_instances(run_id, token, dag_id="churn_experiment_decision")}
+        decide = tis.get("decide") or {}
+        if decide.get("state") in ("awaiting_input", "deferred", "failed", "skipped"):
+            break
+        time.sleep(1)
+    assert decide.get("state") in ("awaiting_input", "deferred"), tis  # waiting for a person
+    request = stack.xcom(run_id, "find_decision", dag_id="churn_experiment_decision")
+    assert request["experiment_id"] == EXPERIMENT and request["winner_arm"] == "challenger"
+    choice = PROMOTE if request["winner_model"] != champion else STOP
+    quoted = run_id.replace(":", "%3A").replace("+", "%2B")
+    status, body = http_json(f"{base}/dagRuns/{quoted}/taskInstances/decide/-1/hitlDetails", token,
+                             {"chosen_options": [choice], "params_input": {}}, method="PATCH")
+    assert status == 200, body
+    stack.dag_id, dag_id = "churn_experiment_decision", stack.dag_id
+    try:
+        state = stack.wait_run(run_id, timeout=300)
+    finally:
+        stack.dag_id = dag_id
+    assert state == "success"
+    with conn.cursor() as cur:
+        cur.execute("SELECT decision, model_version, decided_by FROM churn.experiment_decisions")
+        decisions = cur.fetchall()
+        cur.execute("SELECT version FROM churn.model_champion")
+        (now_champion,) = cur.fetchone()
+        cur.execute("SELECT kind, actor FROM churn.promotions ORDER BY id DESC LIMIT 1")
+        last_promotion = cur.fetchone()
+    conn.close()
+    if choice == PROMOTE:
+        assert decisions == [("promote", boosting, "admin")] and now_champion == boosting
+        assert last_promotion == ("experiment", "admin")
+    else:
+        assert decisions == [("stop", None, "admin")] and now_champion == champion
