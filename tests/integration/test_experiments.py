@@ -184,3 +184,30 @@ def test_a_customer_is_never_in_two_experiments_of_a_layer_even_after_a_traffic_
     pg_conn.rollback()
     assert 0.45 < sizes["x"] / 20_000 < 0.55 and 0.45 < sizes["y"] / 20_000 < 0.55  # y: 50 %, not 70 %
     assert [c.experiment_id for c in counts] == ["x", "y"] and counts[0].new == 0
+
+
+def test_the_database_hash_assigns_every_customer_as_the_published_hash_does(pg_conn, tmp_path):
+    """Assignment runs in Postgres (sha256 there): customer by customer it equals arm_of(), also for a layer's
+    traffic range and awkward ids, and the test vectors hold; the ids stream from a Parquet file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from churn.experiments.assignment import TEST_VECTORS, IdsFile, bucket_sql
+
+    with pg_conn.cursor() as cur:
+        for exp_id, salt, customer, expected in TEST_VECTORS:
+            cur.execute(f"SELECT {bucket_sql('k')} FROM (SELECT %s::text AS k) t", (f"{exp_id}|{salt}|{customer}",))
+            assert cur.fetchone()[0] == expected, (exp_id, salt, customer)
+    pg_conn.rollback()
+    [exp] = parse_experiments({"experiments": [{
+        "id": "sql-hash", "salt": "2027", "start": "2026-12-01", "layer": "retention", "traffic": [12.5, 87.25],
+        "arms": [{"name": "a", "weight": 0.45, "model": "champion"}, {"name": "b", "weight": 0.45, "model": "champion"},
+                 {"name": "c", "weight": 0.1, "model": "champion", "contact": False}]}]}).experiments
+    ids = [f"C{i:08d}" for i in range(20_000)] + ["Ä-ü-€", "x,y", 'q"uote', "tab\there", "7590-VHVEG"]
+    path = tmp_path / "ids.parquet"
+    pq.write_table(pa.table({"customer_id": ids}), path, row_group_size=7_000)
+    [counts] = assign(pg_conn, [exp], IdsFile(str(path), "customer_id", batch_rows=4_000), "2026-12-01", NIGHT1)
+    stored = stored_arms(pg_conn, exp.id, ids)
+    expected = {cid: arm_of(exp, cid) for cid in ids if arm_of(exp, cid) is not None}
+    assert stored == expected and counts.new == len(expected)
+    assert 0.70 < len(expected) / len(ids) < 0.80  # the layer's 74.75 % of the traffic

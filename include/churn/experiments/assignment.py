@@ -81,6 +81,53 @@ def arm_of(experiment: Experiment, customer_id: str) -> str | None:
     return next(name for name, low, high in arm_bounds(experiment) if low <= b < high)
 
 
+def bucket_sql(key_sql: str) -> str:
+    """The SQL expression of :func:`bucket` for the text expression ``key_sql`` (``'<id>|<salt>|' || customer_id``).
+
+    The first 8 bytes of the SHA-256 as a signed bigint ``h``; the unsigned value modulo 10,000 is
+    ``mod(mod(h, 10000) + 10000 + 1616 * (h < 0), 10000)`` (2^64 mod 10,000 = 1,616; ``mod`` truncates toward
+    zero).
+    """
+    h = f"('x' || encode(substr(sha256(convert_to({key_sql}, 'UTF8')), 1, 8), 'hex'))::bit(64)::bigint"
+    return f"mod(mod({h}, {BUCKETS}) + {BUCKETS} + 1616 * (({h}) < 0)::int, {BUCKETS})"  # mod(): no % for the driver
+
+
+def _arm_case(experiment: Experiment, bucket_column: str) -> tuple[str, list]:
+    """``CASE`` choosing the arm of a bucket (the arms' contiguous ranges), with its parameters (the names)."""
+    bounds = arm_bounds(experiment)
+    whens = " ".join(f"WHEN {bucket_column} < {int(high)} THEN %s" for _, _, high in bounds[:-1])
+    return f"CASE {whens} ELSE %s END", [name for name, _, _ in bounds]
+
+
+@dataclass
+class IdsFile:
+    """A Parquet file's id column, streamed batch by batch (never a Python list of every id)."""
+
+    path: str
+    column: str
+    batch_rows: int = 500_000
+
+
+def _copy_ids(cur, customer_ids) -> None:
+    """COPY the ids into the temp table ``experiment_ids``: an :class:`IdsFile` in Arrow CSV batches, else text."""
+    if isinstance(customer_ids, IdsFile):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(customer_ids.path)
+        for batch in parquet.iter_batches(batch_size=customer_ids.batch_rows, columns=[customer_ids.column]):
+            ids = pc.cast(batch.column(0), pa.string()).drop_null()
+            buf = io.BytesIO()
+            pacsv.write_csv(pa.table({"customer_id": ids}), buf, write_options=pacsv.WriteOptions(include_header=False))
+            buf.seek(0)
+            cur.copy_expert("COPY experiment_ids (customer_id) FROM STDIN WITH (FORMAT csv)", buf)
+        return
+    cur.copy_expert("COPY experiment_ids (customer_id) FROM STDIN",
+                    io.StringIO("".join(f"{_copy_text(str(c))}\n" for c in customer_ids)))
+
+
 @dataclass
 class AssignmentCounts:
     """One experiment's assignments after a night: per arm, all stored, and how many were new tonight."""
@@ -90,7 +137,7 @@ class AssignmentCounts:
     new: int
 
 
-def assign(conn, experiments: Iterable[Experiment], customer_ids: Iterable[str], run_key: str,
+def assign(conn, experiments: Iterable[Experiment], customer_ids: "Iterable[str] | IdsFile", run_key: str,
            night: date) -> list[AssignmentCounts]:
     """Store the arm of every customer not yet assigned in each experiment active on ``night``; return counts.
 
@@ -109,27 +156,26 @@ def assign(conn, experiments: Iterable[Experiment], customer_ids: Iterable[str],
     results = []
     with conn.cursor() as cur:
         cur.execute("CREATE TEMP TABLE IF NOT EXISTS experiment_ids (customer_id text) ON COMMIT DROP")
-        cur.execute("CREATE TEMP TABLE IF NOT EXISTS experiment_new (customer_id text, arm text) ON COMMIT DROP")
         cur.execute("TRUNCATE experiment_ids")
-        cur.copy_expert("COPY experiment_ids (customer_id) FROM STDIN",
-                        io.StringIO("".join(f"{_copy_text(str(c))}\n" for c in customer_ids)))
+        _copy_ids(cur, customer_ids)
         cur.execute("ANALYZE experiment_ids")
         for exp in active:
             mates = [e.id for e in experiments if e.layer and e.layer == exp.layer and e.id != exp.id]
-            cur.execute("SELECT DISTINCT i.customer_id FROM experiment_ids i WHERE NOT EXISTS (SELECT 1 FROM "
-                        "churn.experiment_assignments a WHERE a.customer_id = i.customer_id "
-                        "AND a.experiment_id = ANY(%s))", ([exp.id, *mates],))
-            rows = io.StringIO()
-            for (cid,) in cur.fetchall():
-                arm = arm_of(exp, cid)
-                if arm is not None:
-                    rows.write(f"{_copy_text(cid)}\t{arm}\n")
-            rows.seek(0)
-            cur.execute("TRUNCATE experiment_new")
-            cur.copy_expert("COPY experiment_new (customer_id, arm) FROM STDIN", rows)
-            cur.execute("INSERT INTO churn.experiment_assignments (experiment_id, customer_id, arm, assigned_run) "
-                        "SELECT %s, customer_id, arm, %s FROM experiment_new "
-                        "ON CONFLICT (experiment_id, customer_id) DO NOTHING", (exp.id, run_key))
+            # hashed in the database (the same sha256-64/10000 as bucket(), checked against it by the tests):
+            # no id travels back to Python, whatever the population
+            arm_case, arm_params = _arm_case(exp, "b")
+            low, high = exp.traffic
+            everyone = (low, high) == (0.0, 100.0)
+            enrolled_sql = "true" if everyone else f"{bucket_sql('lk')} >= %s AND {bucket_sql('lk')} < %s"
+            cur.execute(
+                f"INSERT INTO churn.experiment_assignments (experiment_id, customer_id, arm, assigned_run) "
+                f"SELECT %s, customer_id, {arm_case}, %s FROM (SELECT customer_id, {bucket_sql('k')} AS b FROM "
+                f"(SELECT customer_id, %s || customer_id AS k, %s || customer_id AS lk FROM "
+                f"(SELECT DISTINCT customer_id FROM experiment_ids) d) i WHERE {enrolled_sql} AND NOT EXISTS "
+                f"(SELECT 1 FROM churn.experiment_assignments a WHERE a.customer_id = i.customer_id AND "
+                f"a.experiment_id = ANY(%s))) s ON CONFLICT (experiment_id, customer_id) DO NOTHING",
+                [exp.id, *arm_params, run_key, f"{exp.id}|{exp.salt}|", f"layer:{exp.layer_name}||",
+                 *([] if everyone else [100 * low, 100 * high]), [exp.id, *mates]])
             cur.execute("SELECT arm, count(*), count(*) FILTER (WHERE assigned_run = %s) FROM "
                         "churn.experiment_assignments WHERE experiment_id = %s GROUP BY arm", (run_key, exp.id))
             found = cur.fetchall()

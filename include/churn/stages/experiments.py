@@ -25,9 +25,7 @@ def assign_experiments(cfg: ChurnConfig, res: Resources, run: dict, validated: d
     nothing and readers keep the previous batch (serving the champion to a challenger arm would spoil the
     experiment without anyone noticing).
     """
-    import pyarrow.parquet as pq
-
-    from churn.experiments.assignment import assign, record_split, sample_ratio_check
+    from churn.experiments.assignment import IdsFile, assign, record_split, sample_ratio_check
     from churn.experiments.decisions import effective, ended_on
     from churn.experiments.definitions import load_experiments
     from churn.experiments.serving import served_models, write_served_arms
@@ -62,9 +60,8 @@ def assign_experiments(cfg: ChurnConfig, res: Resources, run: dict, validated: d
                 skipped=True, ended_holdouts=kept, reason=f"no champion yet ({registered.get('registered')}): nothing "
                                                           "is scored tonight, nobody assigned"))
         models, arm_models = served_models(conn, active, champion)
-        # tonight's scoring population, by the id column the champion scores with
-        id_column = champion.signature.get("id_column", "customer_id")
-        ids = pq.read_table(snapshot, columns=[id_column]).column(0).cast("string").to_pylist()
+        # tonight's scoring population, by the id column the champion scores with, streamed to the database
+        ids = IdsFile(snapshot, champion.signature.get("id_column", "customer_id"))
         for experiment, counts in zip(active, assign(conn, experiments, ids, run["run_key"], night)):
             check = sample_ratio_check(experiment, counts.per_arm)
             record_split(conn, experiment, night, run["run_key"], counts, check)
