@@ -24,6 +24,28 @@ from churn.monitoring import churned_between, has_outcomes
 log = logging.getLogger(__name__)
 
 
+def _copy_table(conn, query: str, params: tuple, names: list[str]):
+    """A query's rows as an Arrow table, streamed with ``COPY ... TO STDOUT`` (columnar, never Python tuples).
+
+    Every column is text except ``churn_probability`` (ids such as ``00123`` stay as written).
+    """
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    with tempfile.SpooledTemporaryFile(max_size=64 << 20) as spool:
+        with conn.cursor() as cur:
+            cur.copy_expert(f"COPY ({cur.mogrify(query, params).decode()}) TO STDOUT WITH (FORMAT csv)", spool)
+        conn.commit()
+        if spool.tell() == 0:
+            return pa.table({n: pa.array([], pa.float64() if n == "churn_probability" else pa.string()) for n in names})
+        spool.seek(0)
+        types = {n: pa.float64() if n == "churn_probability" else pa.string() for n in names}
+        return pacsv.read_csv(spool, read_options=pacsv.ReadOptions(column_names=names),
+                              convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False))
+
+
 def _served_scores(conn, cfg: ChurnConfig, scored_on: date):
     """``customer_id -> churn_probability`` served on ``scored_on`` as an Arrow table, or None when gone."""
     import pyarrow as pa
@@ -34,12 +56,12 @@ def _served_scores(conn, cfg: ChurnConfig, scored_on: date):
     table = run_table(scored_on.isoformat())
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass(%s)", (f"churn.{table}",))
-        if cur.fetchone()[0] is not None:
-            cur.execute(f"SELECT customer_id, churn_probability FROM churn.{table}")
-            rows = cur.fetchall()
-            conn.commit()
-            return pa.table({"customer_id": [r[0] for r in rows], "churn_probability": [float(r[1]) for r in rows]})
+        present = cur.fetchone()[0] is not None
     conn.commit()
+    if present:
+        scores = _copy_table(conn, f"SELECT customer_id, churn_probability FROM churn.{table}", (),
+                             ["customer_id", "churn_probability"])
+        return scores.cast(pa.schema([("customer_id", pa.string()), ("churn_probability", pa.float64())]))
     path = cfg.runs_dir / scored_on.isoformat() / "scores.parquet"
     if not path.exists():
         return None
@@ -71,14 +93,12 @@ def evaluate_experiments(conn, cfg: ChurnConfig, as_of: date) -> list[Experiment
     churned_ids = pa.array(churned_between(conn, scored_on, as_of), pa.string())
     results = []
     for experiment in experiments:
-        with conn.cursor() as cur:
-            cur.execute("SELECT customer_id, arm FROM churn.experiment_assignments WHERE experiment_id = %s "
-                        "AND assigned_run <= %s", (experiment.id, scored_on.isoformat()))
-            rows = cur.fetchall()
-        conn.commit()
-        if not rows:
+        assigned = _copy_table(conn, "SELECT customer_id, arm FROM churn.experiment_assignments WHERE "
+                                     "experiment_id = %s AND assigned_run <= %s", (experiment.id, scored_on.isoformat()),
+                               ["customer_id", "arm"])
+        if not assigned.num_rows:
             continue
-        assigned = pa.table({"customer_id": [r[0] for r in rows], "arm": [r[1] for r in rows]})
+        assigned = assigned.cast(pa.schema([("customer_id", pa.string()), ("arm", pa.string())]))
         joined = assigned.join(scores, "customer_id", join_type="inner")
         churned = pc.is_in(joined.column("customer_id"), value_set=churned_ids).to_numpy(zero_copy_only=False)
         analysis = analyze(experiment, joined.column("arm").to_numpy(zero_copy_only=False),
