@@ -149,6 +149,39 @@ def test_the_prediction_log_keeps_runs_of_its_days_beyond_the_score_history(pg_c
     pg_conn.rollback()
 
 
+def test_a_long_query_on_the_prediction_log_never_holds_the_switch_up(pg_conn, fresh_pg_url, tmp_path):
+    """Retention runs after the switch: an analyst's open transaction over the log delays only the drops."""
+    def publish(day: int):
+        run = f"2026-11-0{day}"
+        return pgpub.publish_scores(pg_conn, write_scores(tmp_path / f"{day}.parquet", run, 0, 50, seed=day), run, "m",
+                                    retention_runs=2, log_days=1, switch_lock_timeout_seconds=0.5,
+                                    switch_deadline_seconds=5)
+
+    for day in (1, 2):
+        publish(day)
+    analyst = psycopg2.connect(fresh_pg_url)
+    try:
+        with analyst.cursor() as cur:
+            cur.execute("SELECT count(*) FROM churn.prediction_log")  # holds its tables until the transaction ends
+            assert cur.fetchone()[0] == 100
+        started = time.monotonic()
+        assert publish(3).is_current  # run 1 leaves the log, but its table is in the analyst's query
+        assert time.monotonic() - started < 5
+        with pg_conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('churn.scores_2026_11_01') IS NOT NULL")
+            assert cur.fetchone()[0]  # kept one night more
+        pg_conn.rollback()
+    finally:
+        analyst.close()
+    publish(4)
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'churn' AND tablename LIKE 'scores_%'")
+        assert cur.fetchone()[0] == 2  # runs 1 and 2 dropped once nobody read them
+        cur.execute("SELECT DISTINCT run_id FROM churn.prediction_log ORDER BY 1")
+        assert [r[0] for r in cur.fetchall()] == ["2026-11-03", "2026-11-04"]
+    pg_conn.rollback()
+
+
 def test_a_file_of_another_run_is_refused_before_anything_switches(pg_conn, scores):
     pgpub.publish_scores(pg_conn, scores[RUN_A], RUN_A, "m1")
     with pytest.raises(pgpub.PublishError, match="not '2026-11-22'"):

@@ -12,6 +12,7 @@ is in no log, and the platform's Redis user was refused no command.
 from __future__ import annotations
 
 import time
+import urllib.parse
 from datetime import date
 
 import psycopg2
@@ -32,8 +33,9 @@ experiments:
     start: {AS_OF}
     minimum_detectable_effect: 0.05
     arms:
-      - {{name: control, weight: 45, model: champion}}
-      - {{name: challenger, weight: 45, model: hist_gradient_boosting}}
+      - {{name: control, weight: 40, model: champion}}
+      - {{name: logistic, weight: 25, model: logistic_baseline}}
+      - {{name: boosting, weight: 25, model: hist_gradient_boosting}}
       - {{name: holdout, weight: 10, model: champion, contact: false}}
 """
 
@@ -48,6 +50,8 @@ def local_run(services, pg_admin_url, tmp_path_factory):
     with running_stack(services, pg_admin_url, tmp, "stack_local", "local", redis_db=6, as_of=AS_OF,
                        score_partitions="2", schedule_cron=NO_SCHEDULED_RUN, rescore_stream=STREAM,
                        experiments_file=str(experiments), **SHORT_SEARCH) as stack:
+        # on before the night: the report's asset event schedules it (nothing to decide yet that night)
+        stack.unpause("churn_experiment_decision")
         run_id = stack.trigger(f"{AS_OF.isoformat()}T02:00:00Z", {"retrain": True, "note": "scheduler test"})
         lines: list[str] = []
         state = stack.wait_run(run_id, timeout=900, progress=lines.append)
@@ -165,13 +169,13 @@ def test_the_platform_redis_user_was_refused_nothing(local_run, services):
 
 
 def test_each_arm_is_served_its_model_and_a_person_decides_the_experiment_under_the_scheduler(local_run):
-    """The nightly (real scheduler) served every customer its arm's model; once results show the sample size,
-    churn_experiment_decision (scheduled by the report's asset) waits for a person, whose answer given through
-    the REST API is carried out through the registry."""
+    """The nightly (real scheduler) served every customer its arm's model; its report's asset event ran
+    churn_experiment_decision (nothing to decide yet); once a judged night shows the sample size, a run waits
+    for a person, whose answer given through the REST API is carried out through the registry."""
     import json
 
     from churn.dev.airflow_api import http_json
-    from churn.experiments.decisions import PROMOTE, STOP
+    from churn.experiments.decisions import PROMOTE
 
     admin = local_run["admin_url"]
     conn = psycopg2.connect(admin)
@@ -182,64 +186,67 @@ def test_each_arm_is_served_its_model_and_a_person_decides_the_experiment_under_
         served = {(arm, version): n for arm, version, n in cur.fetchall()}
         cur.execute("SELECT version FROM churn.model_champion")
         (champion,) = cur.fetchone()
-        cur.execute("SELECT version FROM churn.model_registry WHERE model_name = 'hist_gradient_boosting'")
-        (boosting,) = cur.fetchone()
+        cur.execute("SELECT model_name, version FROM churn.model_registry WHERE model_name IN "
+                    "('logistic_baseline', 'hist_gradient_boosting')")
+        versions = dict(cur.fetchall())
         cur.execute("SELECT count(*) FROM churn.scores_current")
         (total,) = cur.fetchone()
     conn.commit()
-    assert {arm: v for arm, v in served} == {"control": champion, "challenger": boosting, "holdout": champion}
+    arm_models = {"control": champion, "logistic": versions["logistic_baseline"],
+                  "boosting": versions["hist_gradient_boosting"], "holdout": champion}
+    assert {arm: v for arm, v in served} == arm_models
+    assert len(set(arm_models.values())) >= 2  # one challenger at least is not the champion
     assert sum(served.values()) == total  # every customer, in its stored arm, served its arm's model
-    # the label window closed (a judged night, as the report writes it once the outcomes matured)
-    result = {"arms": [{"arm": a, "customers": 5000, "churn_rate": 0.1, "roc_auc": auc, "pr_auc": None,
-                        "brier": 0.1, "reliability": [], "top_k_precision": 0.3}
-                       for a, auc in (("control", 0.70), ("challenger", 0.80), ("holdout", 0.70))],
-              "comparisons": []}
+    stack = local_run["stack"]
+    token = stack.token()
+    decision_dag = "churn_experiment_decision"
+    base = f"{stack.base_url}/api/v2/dags/{decision_dag}"
+    first = stack.dag_runs(decision_dag)
+    assert [r["run_type"] for r in first] == ["asset_triggered"], first  # the report's asset event
+    skipped = {t["task_id"]: t["state"] for t in stack.task_instances(first[0]["dag_run_id"], token,
+                                                                        dag_id=decision_dag)}
+    assert skipped == {"find_decision": "success", "decide": "skipped", "apply": "skipped"}, skipped
+    # a judged night whose arms hold the sample size; the best ROC AUC goes to a challenger not the champion
+    winner = next(arm for arm in ("boosting", "logistic") if arm_models[arm] != champion)
+    result = {"arms": [{"arm": a, "customers": 5000, "churn_rate": 0.1, "roc_auc": 0.8 if a == winner else 0.7,
+                        "pr_auc": None, "brier": 0.1, "reliability": [], "top_k_precision": 0.3}
+                       for a in arm_models], "comparisons": []}
     with conn.cursor() as cur:
         cur.execute("INSERT INTO churn.experiment_results (experiment_id, scored_on, evaluated_on, customers, "
-                    "withheld, result) VALUES (%s, %s, %s, 15000, NULL, %s)",
+                    "withheld, result) VALUES (%s, %s, %s, 20000, NULL, %s)",
                     (EXPERIMENT, AS_OF, AS_OF, json.dumps(result)))
     conn.commit()
-    stack = local_run["stack"]
-    stack.unpause("churn_experiment_decision")  # the nightly report's asset event schedules a run
-    token = stack.token()
-    base = f"{stack.base_url}/api/v2/dags/churn_experiment_decision"
-    deadline, runs = time.monotonic() + 120, []
-    while time.monotonic() < deadline and not runs:
-        runs = stack.dag_runs("churn_experiment_decision")
-        time.sleep(1)
-    assert runs, "the report's asset event scheduled no churn_experiment_decision run"
-    run_id = runs[0]["dag_run_id"]
-    decide, deadline = {}, time.monotonic() + 300
+    status, body = http_json(f"{base}/dagRuns", token, {"logical_date": None})
+    assert status in (200, 201), body
+    run_id = body["dag_run_id"]
+    decide, tis, deadline = {}, {}, time.monotonic() + 300
     while time.monotonic() < deadline:
-        tis = {t["task_id"]: t for t in stack.task_instances(run_id, token, dag_id="churn_experiment_decision")}
+        tis = {t["task_id"]: t for t in stack.task_instances(run_id, token, dag_id=decision_dag)}
         decide = tis.get("decide") or {}
-        if decide.get("state") in ("awaiting_input", "deferred", "failed", "skipped"):
+        if decide.get("state") in ("awaiting_input", "deferred", "failed", "skipped", "upstream_failed"):
             break
         time.sleep(1)
     assert decide.get("state") in ("awaiting_input", "deferred"), tis  # waiting for a person
-    request = stack.xcom(run_id, "find_decision", dag_id="churn_experiment_decision")
-    assert request["experiment_id"] == EXPERIMENT and request["winner_arm"] == "challenger"
-    choice = PROMOTE if request["winner_model"] != champion else STOP
-    quoted = run_id.replace(":", "%3A").replace("+", "%2B")
+    request = stack.xcom(run_id, "find_decision", dag_id=decision_dag)
+    assert (request["experiment_id"], request["winner_arm"], request["winner_model"], request["champion"]) == (
+        EXPERIMENT, winner, arm_models[winner], champion)
+    quoted = urllib.parse.quote(run_id, safe="")
     status, body = http_json(f"{base}/dagRuns/{quoted}/taskInstances/decide/-1/hitlDetails", token,
-                             {"chosen_options": [choice], "params_input": {}}, method="PATCH")
+                             {"chosen_options": [PROMOTE], "params_input": {}}, method="PATCH")
     assert status == 200, body
-    stack.dag_id, dag_id = "churn_experiment_decision", stack.dag_id
+    stack.dag_id, nightly = decision_dag, stack.dag_id
     try:
         state = stack.wait_run(run_id, timeout=300)
     finally:
-        stack.dag_id = dag_id
-    assert state == "success"
+        stack.dag_id = nightly
+    assert state == "success", stack.task_instances(run_id, token, dag_id=decision_dag)
     with conn.cursor() as cur:
-        cur.execute("SELECT decision, model_version, decided_by FROM churn.experiment_decisions")
+        cur.execute("SELECT decision, arm, model_version, decided_by FROM churn.experiment_decisions")
         decisions = cur.fetchall()
         cur.execute("SELECT version FROM churn.model_champion")
         (now_champion,) = cur.fetchone()
-        cur.execute("SELECT kind, actor FROM churn.promotions ORDER BY id DESC LIMIT 1")
+        cur.execute("SELECT kind, actor, version FROM churn.promotions ORDER BY id DESC LIMIT 1")
         last_promotion = cur.fetchone()
     conn.close()
-    if choice == PROMOTE:
-        assert decisions == [("promote", boosting, "admin")] and now_champion == boosting
-        assert last_promotion == ("experiment", "admin")
-    else:
-        assert decisions == [("stop", None, "admin")] and now_champion == champion
+    assert decisions == [("promote", winner, arm_models[winner], "admin")]
+    assert now_champion == arm_models[winner] and last_promotion == ("experiment", "admin", arm_models[winner])

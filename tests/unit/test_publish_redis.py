@@ -103,6 +103,9 @@ def test_an_experiment_run_takes_a_slot_per_arm_never_the_served_ones_and_keeps_
     assert _slots_for(writing, "2026-11-21", combos[:2]) == [1, 2]
     wrapped = {**served, "slot_last": "7"}
     assert _slots_for(wrapped, "2026-11-21", combos) == [1, 2, 3]  # skips the served 8, 9, 0
+    # the served run published again with another combination: the changed one never takes a served digit
+    changed = [("champ", "", ""), ("champ", "exp", "control"), ("boost2", "exp", "challenger")]
+    assert _slots_for(served, "2026-11-20", changed) == [8, 9, 1]
     with pytest.raises(RedisPublishError, match="free slots"):
         _slots_for(served, "2026-11-21", [("v", "e", f"a{i}") for i in range(8)])
 

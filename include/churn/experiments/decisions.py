@@ -93,22 +93,26 @@ def _decisions(conn, experiment_id: str) -> list[tuple[str, date]]:
 
 
 def _served_model(conn, experiment: Experiment, arm: str, scored_on: date) -> str | None:
-    """The model version the arm was served on ``scored_on`` (the prediction log), else what its ``model`` names now."""
+    """The model version the arm was served on ``scored_on`` (that night's run table, kept for the prediction
+    log), else what its ``model`` names now."""
     from churn.experiments.serving import resolve_model
     from churn.model import registry
+    from churn.publish.postgres import run_table
 
+    table = run_table(scored_on.isoformat())
     with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('churn.prediction_log') IS NOT NULL")
+        cur.execute("SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'churn' AND "
+                    "table_name = %s AND column_name = 'arm')", (table,))
         if cur.fetchone()[0]:
-            cur.execute("SELECT DISTINCT model_version FROM churn.prediction_log WHERE run_id = %s AND experiment = %s "
-                        "AND arm = %s LIMIT 2", (scored_on.isoformat(), experiment.id, arm))
+            cur.execute(f"SELECT DISTINCT model_version FROM churn.{table} WHERE experiment = %s AND arm = %s LIMIT 2",
+                        (experiment.id, arm))
             versions = [r[0] for r in cur.fetchall()]
             if len(versions) == 1:
                 conn.rollback()
                 return versions[0]
     conn.rollback()
     champion = registry.champion(conn)
-    return resolve_model(conn, experiment.arm(arm).model, champion).version if champion else None
+    return resolve_model(conn, experiment.arm(arm).model, champion, experiment.start).version if champion else None
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -208,6 +212,12 @@ def apply_decision(conn, request: dict, chosen: list[str], decided_by: str, toda
             raise ExperimentsError(
                 f"experiment {req.experiment_id}: no arm is served another model than the champion, so there is "
                 "nothing to promote; clear the decide task and choose stop or extend")
+        current = registry.champion(conn)
+        if current is None or current.version != req.champion:
+            raise ExperimentsError(
+                f"experiment {req.experiment_id}: the champion changed from {req.champion} to "
+                f"{current.version if current else None} since the question was asked, so the answer was not applied; "
+                "the next churn_experiment_decision run asks again with tonight's champion")
         arm, version = req.winner_arm, req.winner_model
         reason = (f"experiment {req.experiment_id}: arm {arm} had the best realized ROC AUC on {req.scored_on} "
                   f"({req.customers}); {reason}")

@@ -6,14 +6,15 @@ the one that chooses its model (at most one can: :func:`churn.experiments.defini
 with the first of the file that enrolled it.
 
 Model references in the file: ``champion`` (the champion pinned for tonight's batch), an exact registered
-version, or a model name (``hist_gradient_boosting``, ``logistic_baseline``, ``tpot``): the newest registered
-version of that name (tonight's candidate when tonight trained).
+version, or a model name (``hist_gradient_boosting``, ``logistic_baseline``, ``tpot``): the newest version of
+that name registered by the experiment's first night, frozen for the experiment (:func:`resolve_model`).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Iterable
 
@@ -39,8 +40,13 @@ class ServedModel:
         return dict(self.__dict__)
 
 
-def resolve_model(conn, reference: str, champion) -> object:
-    """The registry record an arm's ``model`` names (``champion``, a version or a model name), or an error with the fix."""
+def resolve_model(conn, reference: str, champion, start: date | None = None) -> object:
+    """The registry record an arm's ``model`` names (``champion``, a version or a model name), or an error with the fix.
+
+    A model name is frozen for the experiment: the newest version of that name registered by its first night
+    (``start``), or, when none was yet, the first registered after it. A nightly retraining therefore never
+    changes what an arm is served in the middle of an experiment (name a version to choose another).
+    """
     from churn.model import registry
 
     if reference == CHAMPION:
@@ -49,8 +55,10 @@ def resolve_model(conn, reference: str, champion) -> object:
     if record is not None:
         return record
     with conn.cursor() as cur:
-        cur.execute("SELECT version FROM churn.model_registry WHERE model_name = %s ORDER BY created_at DESC, "
-                    "version DESC LIMIT 1", (reference,))
+        first_night = (start or date.max).isoformat()
+        cur.execute("SELECT version FROM churn.model_registry WHERE model_name = %s ORDER BY run_key <= %s DESC, "
+                    "CASE WHEN run_key <= %s THEN created_at END DESC, created_at, version LIMIT 1",
+                    (reference, first_night, first_night))
         row = cur.fetchone()
     conn.commit()
     if row is None:
@@ -80,7 +88,7 @@ def served_models(conn, experiments: Iterable[Experiment], champion) -> tuple[li
 
     for experiment in experiments:
         for arm in experiment.arms:
-            record = resolve_model(conn, arm.model, champion)
+            record = resolve_model(conn, arm.model, champion, experiment.start)
             if columns(record) != columns(champion):
                 # every model scores the rows the champion's signature checked: they must read the same columns
                 raise ExperimentsError(

@@ -255,9 +255,10 @@ def score_partition(
     """Pass 1 for one hash partition: probabilities to ``part-NNNN.raw.parquet`` plus its coarse histogram.
 
     ``model`` is a :class:`churn.model.runtime.Scorer` (or a scikit-learn estimator, scored as such).
-    Experiments: ``arm_models`` are the other models arms are served (index 1, 2, ...; the champion is 0), each
-    scoring every row, and ``arms`` (:class:`churn.experiments.serving.ArmLookup`) names each enrolled
-    customer's arm and model: the row keeps that model's probability.
+    Experiments: ``arm_models`` are the other models arms are served (index 1, 2, ...; the champion is 0), and
+    ``arms`` (:class:`churn.experiments.serving.ArmLookup`) names each enrolled customer's arm and model: each
+    model scores the rows its arms serve (the champion scores every row: its score is the reference the
+    realized monitoring compares).
     Files are written under temporary names and renamed, so a retried partition replaces
     its own files whole and the merge never reads a half-written one.
     """
@@ -285,9 +286,11 @@ def score_partition(
                 proba = scorer.predict(frame)
                 if arms is not None:
                     chosen, experiment, arm = arms.lookup(ids)
-                    for index, other in enumerate(arm_models or [], start=1):  # every arm's model scores every row
-                        other_proba = other.predict(frame)
-                        proba = np.where(chosen == index, other_proba, proba).astype(np.float32)
+                    for index, other in enumerate(arm_models or [], start=1):  # each model scores its arms' rows
+                        rows = chosen == index
+                        if rows.any():
+                            proba = np.array(proba, dtype=np.float32)
+                            proba[rows] = other.predict(frame[rows])
                 else:
                     n = len(frame)
                     chosen, experiment, arm = np.zeros(n, np.int16), pa.nulls(n, pa.string()), pa.nulls(n, pa.string())

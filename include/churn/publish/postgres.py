@@ -378,13 +378,14 @@ def _publish(conn: PgConnection, scores_path: str | Path, run_key: str, model_ve
             time.sleep(min(pause, left))
             pause = min(pause * 2, 5.0)
     hook("switched")
+    apply_retention(conn, retention_runs, log_days, limits.lock_timeout)
     log.info("published %s scores to churn.%s (current: %s) in %.2f s", rows, final, is_current, load_seconds)
     return PostgresPublish(f"churn.{final}", rows, is_current, load_seconds)
 
 
 def _switch(cur: PgCursor, run_key: str, final: str, staging: str, model_version: str, rows: int, retention_runs: int,
             log_days: int = 0) -> bool:
-    """Point the views at the run's table and apply retention (one attempt, in the caller's transaction)."""
+    """Point the views at the run's table (one attempt, in the caller's transaction); retention follows it."""
     cur.execute(
         """INSERT INTO churn.score_runs (run_key, table_name, model_version, rows)
            VALUES (%s, %s, %s, %s)
@@ -401,16 +402,43 @@ def _switch(cur: PgCursor, run_key: str, final: str, staging: str, model_version
         # Refreshes from before this batch's data cutoff are superseded by it (the view hides them already).
         cur.execute("DELETE FROM churn.score_refreshes WHERE data_at <= %s::timestamptz", (batch_cutoff(run_key),))
     _rebuild_history_view(cur, retention_runs, replace={final: staging})
-    doomed = _beyond_retention(cur, retention_runs, log_days)
-    _rebuild_log_view(cur, exclude={table for _, table in doomed}, replace={final: staging})  # before any drop
+    if _log_view_uses(cur, final):  # this run published again: the log must let go of its old table first
+        _rebuild_log_view(cur, exclude=set(), replace={final: staging})
     cur.execute(f"DROP TABLE IF EXISTS churn.{final}")
     cur.execute(f"ALTER TABLE churn.{staging} RENAME TO {final}")  # views follow the table, not its name
     cur.execute(
         f"ALTER TABLE churn.{final} RENAME CONSTRAINT {staging}_pkey TO {final}_pkey"
     )
     cur.execute("UPDATE churn.score_runs SET is_current = (run_key = %s)", (latest,))
-    _apply_retention(cur, retention_runs, doomed)
     return is_current
+
+
+def _log_view_uses(cur: PgCursor, table: str) -> bool:
+    cur.execute("SELECT EXISTS (SELECT 1 FROM information_schema.view_table_usage WHERE view_schema = 'churn' AND "
+                "view_name = 'prediction_log' AND table_schema = 'churn' AND table_name = %s)", (table,))
+    return bool(cur.fetchone()[0])
+
+
+def apply_retention(conn: PgConnection, retention_runs: int, log_days: int = 0, lock_timeout: float = 5.0) -> int:
+    """After a switch: rebuild the prediction log's view over the kept run tables, drop the others whole.
+
+    Its own transaction, outside the switch: an analyst's long query on ``churn.prediction_log`` can delay
+    it (each lock is waited for at most ``lock_timeout``), never the batch's switch. When it cannot run now,
+    the run tables stay one night more and the next publish drops them. Returns the run tables dropped.
+    """
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{max(1, int(lock_timeout * 1000))}ms",))
+            doomed = _beyond_retention(cur, retention_runs, log_days)
+            _rebuild_log_view(cur, exclude={table for _, table in doomed}, replace={})
+            _apply_retention(cur, retention_runs, doomed)
+        conn.commit()
+        return len(doomed)
+    except psycopg2.Error as exc:
+        conn.rollback()
+        log.warning("retention of the score tables deferred to the next publish (%s); locks held now: %s",
+                    _one_line(exc), _lock_holders(conn))
+        return 0
 
 
 def _retained(cur: PgCursor, retention_runs: int) -> list[tuple[str, str]]:

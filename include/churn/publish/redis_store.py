@@ -153,31 +153,33 @@ def _run_slots(meta: dict[str, str], fields: tuple[str, ...]) -> list[int]:
 def _slots_for(meta: dict[str, str], run_id: str, combos: list[tuple[str, str, str]]) -> list[int]:
     """The slot digit of each ``(model_version, experiment, arm)`` of ``run_id``'s values.
 
-    A retry of the run keeps the slots it already has; otherwise the next free digits after the last one taken,
-    never one of the served batch's (its values stay readable until the marker moves).
+    A combination this run already has a digit for (an attempt being retried, or the served run published
+    again) keeps it: its details are the same. Any other takes the next digit after the last one taken that
+    the served batch does not use: a served digit is never rewritten with other details while readers use it.
     """
+    served = set(_run_slots(meta, ("slots", "slot")))
     held: dict[tuple[str, str, str], int] = {}
-    for digit in _run_slots(meta, ("slots_writing", "slot_writing")) + _run_slots(meta, ("slots", "slot")):
+    for digit in _run_slots(meta, ("slots_writing", "slot_writing")) + sorted(served):
         info = (meta.get(f"slot_{digit}") or "").split("|")
         if info[0] == run_id and len(info) >= 4:
-            held[(info[1], *(info[4:6] if len(info) >= 6 else ("", "")))] = digit
-    if all(c in held for c in combos):
-        return [held[c] for c in combos]
-    served = set() if meta.get("run_id") == run_id else set(_run_slots(meta, ("slots", "slot")))
-    free = SLOTS - len(served)
-    if len(combos) > free:
+            held.setdefault((info[1], *(info[4:6] if len(info) >= 6 else ("", ""))), digit)
+    chosen = {c: held[c] for c in combos if c in held}
+    taken = served | set(chosen.values())
+    missing = [c for c in combos if c not in chosen]
+    if len(missing) > SLOTS - len(taken):
         raise RedisPublishError(
-            f"run {run_id} serves {len(combos)} model/experiment arm combinations and the compact layout has {free} "
-            f"free slots (of {SLOTS}; the served batch keeps {len(served)}): end an experiment, use fewer arms, or "
-            "publish with CHURN_REDIS_LAYOUT=json")
+            f"run {run_id} serves {len(combos)} model/experiment arm combinations and the compact layout has "
+            f"{SLOTS - len(taken)} free slots for the {len(missing)} new ones (of {SLOTS}; the served batch keeps "
+            f"{len(served)}): end an experiment, use fewer arms, or publish with CHURN_REDIS_LAYOUT=json")
     last = meta.get("slot_last") or meta.get("slot") or ""
     digit = int(last) if last else SLOTS - 1
-    chosen: list[int] = []
-    while len(chosen) < len(combos):
+    for combo in missing:
         digit = (digit + 1) % SLOTS
-        if digit not in served:
-            chosen.append(digit)
-    return chosen
+        while digit in taken:
+            digit = (digit + 1) % SLOTS
+        chosen[combo] = digit
+        taken.add(digit)
+    return [chosen[c] for c in combos]
 
 
 # Mean customers per bucket as a share of the server's compact-encoding limit: a new count is chosen when

@@ -105,7 +105,9 @@ def apply_experiment_decision(cfg: ChurnConfig, res: Resources, request: dict, r
     from churn.experiments.decisions import apply_decision
 
     who = response.get("responded_by_user") or {}
-    decided_by = str(who.get("name") or who.get("id") or "unknown") if isinstance(who, dict) else str(who)
+    # no responder: the question timed out and Airflow took the default answer (extend)
+    decided_by = (str(who.get("name") or who.get("id")) if isinstance(who, dict) and (who.get("name") or who.get("id"))
+                  else str(who) if who and not isinstance(who, dict) else "timeout (no answer)")
     with res.pg_session() as conn:
         return apply_decision(conn, request, list(response.get("chosen_options") or []), decided_by,
                               datetime.now(timezone.utc).date())
