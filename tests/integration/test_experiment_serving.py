@@ -35,7 +35,7 @@ EXPERIMENT = "arm-models"
 @pytest.fixture(scope="module")
 def nights(services, pg_admin_url, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("experiment_serving")
-    pg_url, redis_url = fresh_stores(services, pg_admin_url, "experiment_serving", 12, customers=8000,
+    pg_url, redis_url = fresh_stores(services, pg_admin_url, "experiment_serving", 14, customers=8000,
                                      as_of=NIGHT2, seed=71)
     env = {"CHURN_STATE_DIR": str(tmp / "state"), "CHURN_TRAIN_TPOT": "false", "CHURN_MIN_ROC_AUC": "0.5",
            "CHURN_PG_READER_ROLE": "", "CHURN_SCORE_PARTITIONS": "2"}
