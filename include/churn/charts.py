@@ -27,6 +27,12 @@ def _finite(value) -> bool:
     return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
 
 
+def _nice_step(raw: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 x 10^k at least ``raw``: tick values a reader takes in at a glance."""
+    power = 10 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw - 1e-12)
+
+
 def line_chart(series: list[Series], x_labels: list[str], *, title: str, y_label: str = "",
                y_range: tuple[float, float] | None = None, width: int = 560, height: int = 220) -> Markup:
     """An SVG line chart (with interval bands) of ``series`` over ``x_labels``; a note when nothing is finite."""
@@ -36,6 +42,9 @@ def line_chart(series: list[Series], x_labels: list[str], *, title: str, y_label
     low, high = y_range or (min(values), max(values))
     if high - low < 1e-9:
         low, high = low - 0.5, high + 0.5
+    step = _nice_step((high - low) / 4)
+    low, high = math.floor(low / step + 1e-9) * step, math.ceil(high / step - 1e-9) * step
+    ticks = [low + k * step for k in range(int(round((high - low) / step)) + 1)]
     left, right, top, bottom = 52, 12, 28, 44
     plot_w, plot_h = width - left - right, height - top - bottom
 
@@ -50,9 +59,8 @@ def line_chart(series: list[Series], x_labels: list[str], *, title: str, y_label
              f'<text x="{left}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>',
              f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#999"/>',
              f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#999"/>']
-    for k in range(5):  # y ticks
-        v = low + (high - low) * k / 4
-        parts.append(f'<text x="{left - 4}" y="{y(v) + 4:.1f}" font-size="10" text-anchor="end">{v:.3g}</text>')
+    for v in ticks:
+        parts.append(f'<text x="{left - 4}" y="{y(v) + 4:.1f}" font-size="10" text-anchor="end">{v:.4g}</text>')
         parts.append(f'<line x1="{left}" y1="{y(v):.1f}" x2="{left + plot_w}" y2="{y(v):.1f}" stroke="#eee"/>')
     step = max(1, math.ceil(len(x_labels) / 8))
     for i, label in enumerate(x_labels):
