@@ -29,6 +29,8 @@ def _finite(value) -> bool:
 
 def _nice_step(raw: float) -> float:
     """The smallest of 1, 2, 2.5, 5 x 10^k at least ``raw``: tick values a reader takes in at a glance."""
+    if not (math.isfinite(raw) and raw > 0):
+        raw = 1.0
     power = 10 ** math.floor(math.log10(raw))
     return next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw - 1e-12)
 
@@ -39,7 +41,7 @@ def line_chart(series: list[Series], x_labels: list[str], *, title: str, y_label
     values = [v for s in series for p in s.points.values() for v in p if _finite(v)]
     if not values or not x_labels:
         return Markup('<p class="note">{}: no data yet.</p>').format(title)
-    low, high = y_range or (min(values), max(values))
+    low, high = sorted(y_range) if y_range and all(map(_finite, y_range)) else (min(values), max(values))
     if high - low < 1e-9:
         low, high = low - 0.5, high + 0.5
     step = _nice_step((high - low) / 4)

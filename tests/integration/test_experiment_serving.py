@@ -262,6 +262,12 @@ def test_a_person_decides_an_experiment_that_reached_its_sample_size_through_the
         [ended] = effective(experiment, ended_on(conn))
         assert ended.end == decided_on and not ended.active_on(decided_on + timedelta(days=1))
         assert ready_for_decision(conn, experiment) is None
+        # a retry whose promotion went through before the worker died: recorded, not promoted twice
+        before = pg_rows(nights["pg_url"], "SELECT count(*) FROM churn.promotions")
+        retried = apply_decision(conn, {**again.as_dict(), "scored_on": str(later + timedelta(days=2))}, [PROMOTE],
+                                 "ana", decided_on)
+        assert retried["decision"] == "promote" and not retried["repeated"]
+        assert pg_rows(nights["pg_url"], "SELECT count(*) FROM churn.promotions") == before
         # nothing to promote when the best arm is served the champion: refused with the fix
         with pytest.raises(ExperimentsError, match="choose stop or extend"):
             apply_decision(conn, {**again.as_dict(), "scored_on": str(later + timedelta(days=1)), "winner_model": nights["other"],

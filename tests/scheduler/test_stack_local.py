@@ -201,8 +201,11 @@ def test_each_arm_is_served_its_model_and_a_person_decides_the_experiment_under_
     token = stack.token()
     decision_dag = "churn_experiment_decision"
     base = f"{stack.base_url}/api/v2/dags/{decision_dag}"
-    first = stack.dag_runs(decision_dag)
-    assert [r["run_type"] for r in first] == ["asset_triggered"], first  # the report's asset event
+    first, deadline = [], time.monotonic() + 180  # the report's asset event: scheduled right after the night
+    while time.monotonic() < deadline and not (first and first[0].get("state") in ("success", "failed")):
+        first = stack.dag_runs(decision_dag)
+        time.sleep(1)
+    assert [(r["run_type"], r["state"]) for r in first] == [("asset_triggered", "success")], first
     skipped = {t["task_id"]: t["state"] for t in stack.task_instances(first[0]["dag_run_id"], token,
                                                                         dag_id=decision_dag)}
     assert skipped == {"find_decision": "success", "decide": "skipped", "apply": "skipped"}, skipped

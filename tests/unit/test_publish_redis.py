@@ -106,6 +106,9 @@ def test_an_experiment_run_takes_a_slot_per_arm_never_the_served_ones_and_keeps_
     # the served run published again with another combination: the changed one never takes a served digit
     changed = [("champ", "", ""), ("champ", "exp", "control"), ("boost2", "exp", "challenger")]
     assert _slots_for(served, "2026-11-20", changed) == [8, 9, 1]
+    # a re-scored re-publish of the served run (another scoring time): new digits, the served ones untouched
+    assert _slots_for(served, "2026-11-20", combos, scored_at="t2") == [1, 2, 3]
+    assert _slots_for(served, "2026-11-20", combos, scored_at="t") == [8, 9, 0]
     with pytest.raises(RedisPublishError, match="free slots"):
         _slots_for(served, "2026-11-21", [("v", "e", f"a{i}") for i in range(8)])
 

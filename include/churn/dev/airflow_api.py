@@ -56,12 +56,18 @@ class AirflowRestApi:
             self.unpause(self.dag_id)
         return run_id
 
-    def unpause(self, dag_id: str) -> None:
-        """Unpause ``dag_id`` (for example ``churn_rescore``, which its asset watcher then schedules)."""
-        status, body = http_json(f"{self.base_url}/api/v2/dags/{dag_id}", self.token(), {"is_paused": False},
-                                 method="PATCH")
-        if status != 200:
-            raise StackError(f"could not unpause {dag_id} (HTTP {status}): {body}")
+    def unpause(self, dag_id: str, wait_seconds: float = 120) -> None:
+        """Unpause ``dag_id`` (for example ``churn_rescore``, which its asset watcher then schedules), waiting up to
+        ``wait_seconds`` for the dag-processor to have parsed it (404 until then)."""
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            status, body = http_json(f"{self.base_url}/api/v2/dags/{dag_id}", self.token(), {"is_paused": False},
+                                     method="PATCH")
+            if status == 200:
+                return
+            if status != 404 or time.monotonic() > deadline:
+                raise StackError(f"could not unpause {dag_id} (HTTP {status}): {body}")
+            time.sleep(1)
 
     def dag_runs(self, dag_id: str) -> list[dict]:
         """Runs of ``dag_id``, newest first (id, state, run type, start and end)."""

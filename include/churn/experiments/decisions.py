@@ -213,7 +213,8 @@ def apply_decision(conn, request: dict, chosen: list[str], decided_by: str, toda
                 f"experiment {req.experiment_id}: no arm is served another model than the champion, so there is "
                 "nothing to promote; clear the decide task and choose stop or extend")
         current = registry.champion(conn)
-        if current is None or current.version != req.champion:
+        promoted_already = current is not None and current.version == req.winner_model  # a retry after promote
+        if not promoted_already and (current is None or current.version != req.champion):
             raise ExperimentsError(
                 f"experiment {req.experiment_id}: the champion changed from {req.champion} to "
                 f"{current.version if current else None} since the question was asked, so the answer was not applied; "
@@ -221,7 +222,8 @@ def apply_decision(conn, request: dict, chosen: list[str], decided_by: str, toda
         arm, version = req.winner_arm, req.winner_model
         reason = (f"experiment {req.experiment_id}: arm {arm} had the best realized ROC AUC on {req.scored_on} "
                   f"({req.customers}); {reason}")
-        registry.promote(conn, version, reason, kind="experiment", actor=decided_by)
+        if not promoted_already:
+            registry.promote(conn, version, reason, kind="experiment", actor=decided_by)
     with conn.cursor() as cur:
         cur.execute("INSERT INTO churn.experiment_decisions (experiment_id, decided_on, decision, arm, model_version, "
                     "decided_by, scored_on, customers, reason) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",

@@ -56,9 +56,10 @@ def resolve_model(conn, reference: str, champion, start: date | None = None) -> 
         return record
     with conn.cursor() as cur:
         first_night = (start or date.max).isoformat()
+        # by the first night: the latest night's (a back-filled older night never displaces it); else the first after
         cur.execute("SELECT version FROM churn.model_registry WHERE model_name = %s ORDER BY run_key <= %s DESC, "
-                    "CASE WHEN run_key <= %s THEN created_at END DESC, created_at, version LIMIT 1",
-                    (reference, first_night, first_night))
+                    "CASE WHEN run_key <= %s THEN run_key END DESC, CASE WHEN run_key <= %s THEN created_at END "
+                    "DESC, run_key, created_at, version LIMIT 1", (reference, first_night, first_night, first_night))
         row = cur.fetchone()
     conn.commit()
     if row is None:

@@ -429,15 +429,22 @@ def apply_retention(conn: PgConnection, retention_runs: int, log_days: int = 0, 
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{max(1, int(lock_timeout * 1000))}ms",))
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))  # never beside another publish's switch
             doomed = _beyond_retention(cur, retention_runs, log_days)
             _rebuild_log_view(cur, exclude={table for _, table in doomed}, replace={})
             _apply_retention(cur, retention_runs, doomed)
         conn.commit()
         return len(doomed)
     except psycopg2.Error as exc:
-        conn.rollback()
-        log.warning("retention of the score tables deferred to the next publish (%s); locks held now: %s",
-                    _one_line(exc), _lock_holders(conn))
+        holders = "unknown (the connection is gone)"
+        try:  # the batch is switched already: nothing here may turn into a failed publish
+            conn.rollback()
+            holders = _lock_holders(conn)
+        except psycopg2.Error:
+            pass
+        log.warning("retention of the score tables and the prediction log's view deferred to the next publish (%s; "
+                    "until then tonight's run is missing from churn.prediction_log); locks held now: %s",
+                    _one_line(exc), holders)
         return 0
 
 

@@ -150,7 +150,8 @@ def _run_slots(meta: dict[str, str], fields: tuple[str, ...]) -> list[int]:
     return []
 
 
-def _slots_for(meta: dict[str, str], run_id: str, combos: list[tuple[str, str, str]]) -> list[int]:
+def _slots_for(meta: dict[str, str], run_id: str, combos: list[tuple[str, str, str]],
+               scored_at: str | None = None) -> list[int]:
     """The slot digit of each ``(model_version, experiment, arm)`` of ``run_id``'s values.
 
     A combination this run already has a digit for (an attempt being retried, or the served run published
@@ -161,7 +162,7 @@ def _slots_for(meta: dict[str, str], run_id: str, combos: list[tuple[str, str, s
     held: dict[tuple[str, str, str], int] = {}
     for digit in _run_slots(meta, ("slots_writing", "slot_writing")) + sorted(served):
         info = (meta.get(f"slot_{digit}") or "").split("|")
-        if info[0] == run_id and len(info) >= 4:
+        if info[0] == run_id and len(info) >= 4 and (scored_at is None or info[2] == scored_at):
             held.setdefault((info[1], *(info[4:6] if len(info) >= 6 else ("", ""))), digit)
     chosen = {c: held[c] for c in combos if c in held}
     taken = served | set(chosen.values())
@@ -364,13 +365,16 @@ def _publish_locked(client, scores_path, run_id, model_version, stale_ids, prefi
         if layout == "compact":
             # The run's constant fields live once, in the marker; each value names them by a slot digit: one per
             # model and experiment arm served (one outside experiments).
-            slots = _slots_for(meta, run_id, combos)
+            slots = _slots_for(meta, run_id, combos, scored_at or "")
             slot = {"|".join(c): digit for c, digit in zip(combos, slots)} if len(combos) > 1 else slots[0]
             for (version, experiment, arm), digit in zip(combos, slots):
                 marks[f"slot_{digit}"] = "|".join([run_id, version, scored_at or "", ",".join(BAND_NAMES)]
                                                   + ([experiment, arm] if experiment else []))
+            # the next run allocates after the last digit newly taken here (held ones are not "taken")
+            held_before = set(_run_slots(meta, ("slots_writing", "slot_writing"))) | set(_run_slots(meta, ("slots", "slot")))
+            fresh = [d for d in slots if d not in held_before]
             marks.update({"slot_writing": str(slots[0]), "slots_writing": ",".join(map(str, slots)),
-                          "slot_last": str(slots[-1])})
+                          "slot_last": str(fresh[-1]) if fresh else (meta.get("slot_last") or str(slots[-1]))})
         fencing.run([("HSET", meta_key(prefix), *[x for kv in marks.items() for x in kv])], what)
         if layout == "hash":
             fencing.run([("HSET", runs_key(prefix), run_id,
