@@ -24,7 +24,9 @@ RUN_DATE = date(2026, 11, 20)
 def nightly_run(services, tmp_path_factory, pg_admin_url):
     tmp = tmp_path_factory.mktemp("e2e")
     pg_url, redis_url = fresh_stores(services, pg_admin_url, "e2e", 3, customers=5000, as_of=RUN_DATE, seed=21)
-    env = airflow_env(tmp, pg_url, redis_url, train_budget_minutes="0.3", max_eval_minutes="0.1",
+    # budgets with room for the e2e tier's two workers beside the search: at 0.3 / 0.1 min a loaded CI run once timed
+    # out every pipeline of the first generation (no TPOT candidate)
+    env = airflow_env(tmp, pg_url, redis_url, train_budget_minutes="0.6", max_eval_minutes="0.25",
                       tpot_population_size="8", tpot_cv="2")
     migrate = run_airflow(["db", "migrate"], env, tmp / "migrate.log")
     assert migrate.returncode == 0, (tmp / "migrate.log").read_text()[-3000:]
