@@ -224,7 +224,8 @@ def test_the_experiment_is_assigned_served_and_judged_on_matured_labels_night_af
     with conn.cursor() as cur:
         cur.execute("SELECT night, flagged FROM churn.experiment_splits WHERE experiment_id = 'nights-arms' "
                     "ORDER BY night")
-        assert cur.fetchall() == [(d, False) for d in DATES]
+        # each night's split, unflagged; those older than the retention window (3 days) are purged with it
+        assert cur.fetchall() == [(d, False) for d in DATES if d >= DATES[-1] - timedelta(days=3)]
         cur.execute("SELECT scored_on, evaluated_on, withheld, customers, result FROM churn.experiment_results "
                     "WHERE experiment_id = 'nights-arms' ORDER BY scored_on")
         results = cur.fetchall()
