@@ -9,7 +9,7 @@ event re-score between nights.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,7 @@ from churn.model import registry
 from churn.publish.redis_store import lookup_score, publish_scores
 from churn.stages.results import ExperimentsResult, ScoredResult, ValidationResult, parse
 from churn.stages.rescore import rescore, start_rescore
-from tests.support.nightly import RUN_DATE, run_nightly
+from tests.support.nightly import RUN_DATE, complain, run_nightly
 from tests.support.servers import fresh_stores, pg_rows
 
 NIGHT2 = RUN_DATE + timedelta(days=1)
@@ -146,16 +146,7 @@ def test_an_event_re_score_keeps_the_customers_arm_and_its_model(nights):
     expected = _expected(nights)
     challengers = expected.index[expected["arm"] == "challenger"][:5].tolist()
     controls = expected.index[expected["arm"] == "control"][:5].tolist()
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
-    rows = [(cid, now - timedelta(minutes=i), "complaint", False) for cid in challengers + controls for i in range(4)]
-    conn = psycopg2.connect(nights["pg_url"])
-    with conn.cursor() as cur:
-        from psycopg2.extras import execute_values
-
-        execute_values(cur, "INSERT INTO src.support_contacts (customer_id, contact_ts, kind, resolved) VALUES %s",
-                       rows)
-    conn.commit()
-    conn.close()
+    complain(nights["pg_url"], challengers + controls)
     totals = rescore(nights["cfg"], nights["res"], start_rescore("experiment-serving", {}))
     assert totals["rescored"] == len(challengers + controls), totals
     current = {r[0]: r[1:] for r in pg_rows(

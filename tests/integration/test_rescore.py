@@ -29,7 +29,7 @@ from churn.stages import publish
 from churn.stages.rescore import rescore, start_rescore
 from tests.support import REPO_ROOT
 from tests.support.stage_refs import scored_ref
-from tests.support.nightly import RUN_DATE, run_nightly
+from tests.support.nightly import RUN_DATE, complain, run_nightly
 from tests.support.servers import fresh_stores, pg_rows
 
 REPO = str(REPO_ROOT)
@@ -63,17 +63,7 @@ def _redis(platform, customer_id: str) -> dict:
 
 
 def _complain(platform, customer_ids: list[str], complaints: int = 4) -> None:
-    """What the support application does: unresolved complaints for these customers, committed now."""
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
-    rows = [(cid, now - timedelta(minutes=i), "complaint", False) for cid in customer_ids for i in range(complaints)]
-    conn = psycopg2.connect(platform["pg_url"])
-    with conn.cursor() as cur:
-        from psycopg2.extras import execute_values
-
-        execute_values(cur, "INSERT INTO src.support_contacts (customer_id, contact_ts, kind, resolved) VALUES %s",
-                       rows)
-    conn.commit()
-    conn.close()
+    complain(platform["pg_url"], customer_ids, complaints)
 
 
 def _drain(platform, claimer: str, **params) -> dict:

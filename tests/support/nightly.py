@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
+
+import psycopg2
+from psycopg2.extras import execute_values
 
 from churn.config import ChurnConfig
 from churn.connections import Resources
@@ -28,3 +31,15 @@ def run_nightly(cfg: ChurnConfig, res: Resources, as_of: date) -> dict:
     redis_published = publish.publish_redis(cfg, res, run, scored, pg_published)
     return {"run": run, "scored": scored, "pg_published": pg_published, "assigned": assigned,
             "redis_published": redis_published, "validated": validated}
+
+
+def complain(pg_url: str, customer_ids: list[str], complaints: int = 4) -> None:
+    """What the support application does: unresolved complaints for these customers, committed now."""
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    rows = [(cid, now - timedelta(minutes=i), "complaint", False) for cid in customer_ids for i in range(complaints)]
+    conn = psycopg2.connect(pg_url)
+    with conn.cursor() as cur:
+        execute_values(cur, "INSERT INTO src.support_contacts (customer_id, contact_ts, kind, resolved) VALUES %s",
+                       rows)
+    conn.commit()
+    conn.close()

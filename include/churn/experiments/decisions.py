@@ -51,11 +51,11 @@ class DecisionRequest:
 
 def ended_on(conn) -> dict[str, date]:
     """The date each experiment was ended by a person (a promotion or a stop), from ``churn.experiment_decisions``."""
+    from churn.db import tables_present
+
+    if not tables_present(conn, "churn.experiment_decisions"):
+        return {}
     with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('churn.experiment_decisions') IS NOT NULL")
-        if not cur.fetchone()[0]:
-            conn.rollback()
-            return {}
         cur.execute("SELECT experiment_id, min(decided_on) FROM churn.experiment_decisions "
                     "WHERE decision IN ('promote', 'stop') GROUP BY 1")
         found = dict(cur.fetchall())

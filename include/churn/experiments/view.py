@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from churn.charts import Series, line_chart
+from churn.db import tables_present
 
 
 def _rows(conn, sql: str, params: tuple = ()) -> list[tuple]:
@@ -21,15 +22,10 @@ def _rows(conn, sql: str, params: tuple = ()) -> list[tuple]:
     return rows
 
 
-def _present(conn, *tables: str) -> bool:
-    return bool(_rows(conn, "SELECT bool_and(to_regclass(t) IS NOT NULL) FROM unnest(%s::text[]) t",
-                      (list(tables),))[0][0])
-
-
 def load_trends(conn, runs: int = 30) -> dict[str, Any]:
     """The overview's three trend charts (SVG) from realized performance, run metrics and drift metrics."""
     charts: dict[str, Any] = {}
-    if _present(conn, "churn.realized_performance"):
+    if tables_present(conn, "churn.realized_performance"):
         rows = _rows(conn, "SELECT scored_run_key, model_version, realized_roc_auc FROM churn.realized_performance "
                            "ORDER BY scored_run_key DESC LIMIT %s", (runs * 4,))
         nights = sorted({r[0] for r in rows})
@@ -38,7 +34,7 @@ def load_trends(conn, runs: int = 30) -> dict[str, Any]:
             by_model.setdefault(version, Series(version)).points[night] = (auc, None, None)
         charts["realized"] = line_chart(list(by_model.values()), nights, title="Realized ROC AUC per model version",
                                         y_label="ROC AUC")
-    if _present(conn, "churn.run_metrics"):
+    if tables_present(conn, "churn.run_metrics"):
         rows = list(reversed(_rows(conn, "SELECT run_key, score_summary FROM churn.run_metrics WHERE score_summary "
                                          "IS NOT NULL AND NOT dry_run ORDER BY run_key DESC LIMIT 5")))
         bins: list[str] = []
@@ -51,7 +47,7 @@ def load_trends(conn, runs: int = 30) -> dict[str, Any]:
         charts["scores"] = line_chart(series, bins, title="Score distribution of the last runs (share per bin)",
                                       y_label="share", y_range=(0.0, max([1e-9] + [p[0] for s in series for p in
                                                                                     s.points.values()])))
-    if _present(conn, "churn.drift_metrics"):
+    if tables_present(conn, "churn.drift_metrics"):
         rows = list(reversed(_rows(conn, "SELECT run_key, max(psi) FROM churn.drift_metrics GROUP BY run_key "
                                          "ORDER BY run_key DESC LIMIT %s", (runs,))))
         charts["drift"] = line_chart([Series("largest feature PSI", {r: (v, None, None) for r, v in rows})],
@@ -61,9 +57,9 @@ def load_trends(conn, runs: int = 30) -> dict[str, Any]:
 
 def load_experiments(conn, nights: int = 60) -> list[dict[str, Any]]:
     """Every experiment with a recorded split: arms and sizes, the split check, metric charts, decisions."""
-    if not _present(conn, "churn.experiment_splits", "churn.experiment_results"):
+    if not tables_present(conn, "churn.experiment_splits", "churn.experiment_results"):
         return []
-    decisions_present = _present(conn, "churn.experiment_decisions")
+    decisions_present = tables_present(conn, "churn.experiment_decisions")
     out = []
     for (experiment_id,) in _rows(conn, "SELECT DISTINCT experiment_id FROM churn.experiment_splits ORDER BY 1"):
         night, counts, new, p_value, flagged = _rows(
