@@ -286,10 +286,10 @@ def score_partition(
                 proba = scorer.predict(frame)
                 if arms is not None:
                     chosen, experiment, arm = arms.lookup(ids)
+                    proba = np.array(proba, dtype=np.float32)  # a copy the arms' scores are written into
                     for index, other in enumerate(arm_models or [], start=1):  # each model scores its arms' rows
                         rows = chosen == index
                         if rows.any():
-                            proba = np.array(proba, dtype=np.float32)
                             proba[rows] = other.predict(frame[rows])
                 else:
                     n = len(frame)

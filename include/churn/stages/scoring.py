@@ -88,15 +88,11 @@ def merge_scores(cfg: ChurnConfig, res: Resources, run: dict, parts: list[dict])
 
     started = time.monotonic()
     parts = [parse(PartitionResult, p) for p in parts]  # Airflow hands a reduce step a lazy sequence
-    versions = {p.model_version for p in parts}
-    if len(versions) != 1:
-        raise RuntimeError(f"partitions were scored by different models {sorted(versions)}: clear the run's "
+    plans = {(p.model_version, *p.model_versions) for p in parts}  # the champion, then every model served
+    if len(plans) != 1:
+        raise RuntimeError(f"partitions were scored by different models {sorted(plans)}: clear the run's "
                            "plan_scoring task so every partition is re-scored with one plan")
-    served = {tuple(p.model_versions) for p in parts}
-    if len(served) != 1:
-        raise RuntimeError("partitions were scored with different experiment models: clear the run's plan_scoring "
-                           "task so every partition is re-scored with one plan")
-    served_versions = list(served.pop())
+    served_versions = list(parts[0].model_versions) or [parts[0].model_version]
     result = merge_partitions(parts, Path(run["run_dir"]) / "scores.parquet",
                               model_version=served_versions, run_id=run["run_key"],
                               scored_at=datetime.fromisoformat(parts[0].scored_at),
